@@ -1,0 +1,319 @@
+//! Every message of protocol version 1. Variants are only appended and fields never change; the
+//! golden-bytes tests at the bottom pin the encoding.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::WireError;
+
+/// A half-open range of byte offsets `[start, end)` in a file. `end == u64::MAX` means "to the end
+/// of the file, whatever its size".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteRange {
+    /// First byte offset included.
+    pub start: u64,
+    /// First byte offset not included.
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// The whole file.
+    pub const FULL: ByteRange = ByteRange {
+        start: 0,
+        end: u64::MAX,
+    };
+
+    /// Whether `self` lies entirely inside `outer`. An empty or inverted range lies nowhere.
+    pub fn is_within(&self, outer: &ByteRange) -> bool {
+        self.start <= self.end && outer.start <= self.start && self.end <= outer.end
+    }
+}
+
+/// The controller's command to a destination star, on a new control stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Pull a file from another star and publish it here.
+    Replicate(ReplicateFile),
+    /// Report this star's status.
+    Status,
+}
+
+/// Pull `source_path` from the star `source` at `source_addr` into `target_path` here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicateFile {
+    /// Chosen by the controller; appears in both stars' logs.
+    pub transfer_id: u64,
+    /// The source star's name, which its certificate must carry.
+    pub source: String,
+    /// Where the source star listens, `host:port`.
+    pub source_addr: String,
+    /// The absolute path of the file on the source star.
+    pub source_path: String,
+    /// The absolute path to publish the file at on this star.
+    pub target_path: String,
+    /// A token for the source star, minted for this star as holder.
+    pub token: String,
+    /// The SHA-256 the controller expects, checked in addition to the source's trailer.
+    pub expect_sha256: Option<[u8; 32]>,
+}
+
+/// What a destination star reports on a control stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ControlEvent {
+    /// Bytes verified and written so far, of `total`.
+    Progress {
+        /// Bytes received so far.
+        bytes: u64,
+        /// The file's size, as the source announced it.
+        total: u64,
+    },
+    /// The replication is complete: verified, durable and published. Final.
+    Done {
+        /// The file's size.
+        bytes: u64,
+        /// The file's SHA-256, checked against the source's trailer.
+        sha256: [u8; 32],
+        /// Wall time on the destination from the command to the published file.
+        seconds: f64,
+    },
+    /// The command failed; nothing was published. Final.
+    Failed(WireError),
+    /// The answer to [`ControlRequest::Status`]. Final.
+    Status(StarStatus),
+}
+
+impl ControlEvent {
+    /// Whether this event ends the control stream.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, ControlEvent::Progress { .. })
+    }
+}
+
+/// A star's report on itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StarStatus {
+    /// The star's name.
+    pub name: String,
+    /// The star's software version.
+    pub version: String,
+    /// The wire protocol version it speaks.
+    pub protocol: u32,
+    /// Seconds since it started.
+    pub uptime_seconds: u64,
+    /// Roots it serves and stores under.
+    pub roots: Vec<String>,
+    /// Replications it is running as a destination.
+    pub transfers_in_flight: u32,
+    /// Files it is sending as a source.
+    pub reads_in_flight: u32,
+}
+
+/// A destination star's request for bytes, on a new unidirectional stream to the source star.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    /// Chosen by the requester, unique on its connection; echoed by the data stream.
+    pub request_id: u64,
+    /// The controller's transfer id, for the source's logs.
+    pub transfer_id: u64,
+    /// The absolute path on the source star.
+    pub path: String,
+    /// The token the controller minted for this read.
+    pub token: String,
+    /// Which bytes; must lie inside the token's range.
+    pub range: ByteRange,
+}
+
+/// What identifies one version of a file: if any of these change, it is another file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileVersion {
+    /// Size in bytes when the read began.
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime_sec: i64,
+    /// Modification time, nanoseconds.
+    pub mtime_nsec: u32,
+    /// Inode number.
+    pub inode: u64,
+}
+
+/// One frame on a data stream, from the source star.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataFrame {
+    /// First frame: the request answered and what will be sent.
+    Header {
+        /// The [`ReadRequest::request_id`] this stream answers.
+        request_id: u64,
+        /// How many bytes follow in chunks.
+        size: u64,
+        /// The version of the file being read.
+        version: FileVersion,
+    },
+    /// The next bytes of the file. `offset` counts from the start of the requested range.
+    Chunk {
+        /// Offset of `data` within the file.
+        offset: u64,
+        /// At most [`crate::CHUNK_SIZE`] bytes.
+        data: Bytes,
+    },
+    /// Last frame: the SHA-256 of every byte sent.
+    Trailer {
+        /// SHA-256 of the bytes sent.
+        sha256: [u8; 32],
+    },
+    /// The request failed; nothing more follows.
+    Error {
+        /// The [`ReadRequest::request_id`] this stream answers.
+        request_id: u64,
+        /// Why.
+        error: WireError,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode_body, decode_data_frame, encode_frame, ErrorCode, MAX_DATA_FRAME};
+
+    /// The encoded body (without the length prefix) as hex.
+    fn golden<T: Serialize>(msg: &T) -> String {
+        let frame = encode_frame(msg).unwrap();
+        let (prefix, body) = frame.split_at(4);
+        assert_eq!(
+            u32::from_be_bytes(prefix.try_into().unwrap()) as usize,
+            body.len()
+        );
+        hex::encode(body)
+    }
+
+    fn replicate() -> ReplicateFile {
+        ReplicateFile {
+            transfer_id: 0x0102,
+            source: "a".into(),
+            source_addr: "h:1".into(),
+            source_path: "/s".into(),
+            target_path: "/t".into(),
+            token: "T".into(),
+            expect_sha256: None,
+        }
+    }
+
+    #[test]
+    fn golden_control_requests() {
+        assert_eq!(
+            golden(&ControlRequest::Replicate(replicate())),
+            "008202016103683a31022f73022f74015400"
+        );
+        assert_eq!(golden(&ControlRequest::Status), "01");
+        let mut with_digest = replicate();
+        with_digest.expect_sha256 = Some([0xab; 32]);
+        let hex = golden(&ControlRequest::Replicate(with_digest));
+        assert!(hex.ends_with(&format!("5401{}", "ab".repeat(32))), "{hex}");
+    }
+
+    #[test]
+    fn golden_control_events() {
+        assert_eq!(
+            golden(&ControlEvent::Progress {
+                bytes: 1,
+                total: 300
+            }),
+            "0001ac02"
+        );
+        assert_eq!(
+            golden(&ControlEvent::Done {
+                bytes: 2,
+                sha256: [1; 32],
+                seconds: 1.5
+            }),
+            format!("0102{}000000000000f83f", "01".repeat(32))
+        );
+        assert_eq!(
+            golden(&ControlEvent::Failed(WireError::new(
+                ErrorCode::NotFound,
+                "x"
+            ))),
+            "02020178"
+        );
+        let status = StarStatus {
+            name: "a".into(),
+            version: "0.1.0".into(),
+            protocol: 1,
+            uptime_seconds: 5,
+            roots: vec!["/r".into()],
+            transfers_in_flight: 2,
+            reads_in_flight: 3,
+        };
+        assert_eq!(
+            golden(&ControlEvent::Status(status)),
+            "03016105302e312e30010501022f720203"
+        );
+    }
+
+    #[test]
+    fn golden_read_request() {
+        let req = ReadRequest {
+            request_id: 7,
+            transfer_id: 8,
+            path: "/p".into(),
+            token: "t".into(),
+            range: ByteRange { start: 0, end: 128 },
+        };
+        assert_eq!(golden(&req), "0708022f700174008001");
+    }
+
+    #[test]
+    fn golden_data_frames() {
+        let header = DataFrame::Header {
+            request_id: 1,
+            size: 2,
+            version: FileVersion {
+                size: 2,
+                mtime_sec: -1,
+                mtime_nsec: 3,
+                inode: 4,
+            },
+        };
+        assert_eq!(golden(&header), "00010202010304");
+        let chunk = DataFrame::Chunk {
+            offset: 65536,
+            data: Bytes::from_static(b"hi"),
+        };
+        assert_eq!(golden(&chunk), "01808004026869");
+        assert_eq!(
+            golden(&DataFrame::Trailer { sha256: [2; 32] }),
+            format!("02{}", "02".repeat(32))
+        );
+        let err = DataFrame::Error {
+            request_id: 9,
+            error: WireError::new(ErrorCode::PermissionDenied, ""),
+        };
+        assert_eq!(golden(&err), "03090000");
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let req = ControlRequest::Replicate(replicate());
+        let frame = encode_frame(&req).unwrap();
+        assert_eq!(decode_body::<ControlRequest>(&frame[4..]).unwrap(), req);
+
+        let chunk = DataFrame::Chunk {
+            offset: 5,
+            data: Bytes::from(vec![7u8; crate::CHUNK_SIZE]),
+        };
+        let frame = encode_frame(&chunk).unwrap();
+        assert!(frame.len() - 4 <= MAX_DATA_FRAME);
+        let body = Bytes::from(frame).slice(4..);
+        assert_eq!(decode_data_frame(body).unwrap(), chunk);
+    }
+
+    #[test]
+    fn ranges_nest() {
+        let token = ByteRange { start: 10, end: 20 };
+        assert!(ByteRange { start: 10, end: 20 }.is_within(&token));
+        assert!(ByteRange { start: 12, end: 15 }.is_within(&token));
+        assert!(!ByteRange { start: 9, end: 15 }.is_within(&token));
+        assert!(!ByteRange { start: 12, end: 21 }.is_within(&token));
+        assert!(!ByteRange { start: 15, end: 12 }.is_within(&token));
+        assert!(ByteRange { start: 0, end: 5 }.is_within(&ByteRange::FULL));
+    }
+}

@@ -1,0 +1,471 @@
+//! Path tokens: short-lived, HMAC-SHA256-signed permissions to read one path on one star, held by
+//! one other star.
+//!
+//! A token is `base64url(postcard(Claims) || tag)` with no padding, where `tag` is
+//! HMAC-SHA256 over the encoded claims under the *audience* star's token key. Each star's key is
+//! derived from the grid's master key and the star's name ([`TokenKey::derive`]), so a star that
+//! is broken into holds only its own key and cannot mint tokens for any other star.
+//!
+//! [`verify`] checks, in this order: the encoding and version, the key id, the tag (in constant
+//! time), expiry, audience, holder, path and range. Only it can make a [`VerifiedToken`], which is
+//! what the serving code demands before it touches a file.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ByteRange;
+
+/// The claims format this crate writes and accepts.
+pub const TOKEN_VERSION: u8 = 1;
+/// Bytes in a token or master key.
+pub const KEY_LEN: usize = 32;
+/// Bytes in a token's tag.
+pub const TAG_LEN: usize = 32;
+/// Bytes in a token's nonce.
+pub const NONCE_LEN: usize = 16;
+/// The longest token accepted, in characters. A real one is a few hundred.
+pub const MAX_TOKEN_LEN: usize = 8192;
+
+const DERIVE_LABEL: &[u8] = b"orbit/1 star token key\0";
+const KEY_ID_LABEL: &[u8] = b"orbit/1 key id\0";
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The grid's master token key, from which every star's key is derived. Only the controller
+/// holds it. `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MasterKey([u8; KEY_LEN]);
+
+/// One star's token key: it verifies tokens addressed to that star. `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenKey([u8; KEY_LEN]);
+
+/// Why key material could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Not 64 hexadecimal digits.
+    #[error("a key must be 64 hexadecimal digits, got {0} characters")]
+    BadLength(usize),
+    /// Not hexadecimal.
+    #[error("a key must be hexadecimal digits")]
+    NotHex,
+}
+
+fn parse_hex_key(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
+    let text = text.trim();
+    if text.len() != KEY_LEN * 2 {
+        return Err(KeyError::BadLength(text.len()));
+    }
+    let mut key = [0u8; KEY_LEN];
+    hex::decode_to_slice(text, &mut key).map_err(|_| KeyError::NotHex)?;
+    Ok(key)
+}
+
+impl MasterKey {
+    /// Wraps 32 random bytes; the caller draws them.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> MasterKey {
+        MasterKey(bytes)
+    }
+
+    /// Reads a key written by [`MasterKey::to_hex`]; surrounding whitespace is ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError`] when the text is not 64 hexadecimal digits.
+    pub fn from_hex(text: &str) -> Result<MasterKey, KeyError> {
+        parse_hex_key(text).map(MasterKey)
+    }
+
+    /// The key as 64 lowercase hexadecimal digits, for its file.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl TokenKey {
+    /// The token key of the star named `star`: HMAC-SHA256 under the master key over a fixed
+    /// label and the name.
+    pub fn derive(master: &MasterKey, star: &str) -> TokenKey {
+        let mut mac = HmacSha256::new_from_slice(&master.0).expect("HMAC takes any key length");
+        mac.update(DERIVE_LABEL);
+        mac.update(star.as_bytes());
+        TokenKey(mac.finalize().into_bytes().into())
+    }
+
+    /// Reads a key written by [`TokenKey::to_hex`]; surrounding whitespace is ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError`] when the text is not 64 hexadecimal digits.
+    pub fn from_hex(text: &str) -> Result<TokenKey, KeyError> {
+        parse_hex_key(text).map(TokenKey)
+    }
+
+    /// The key as 64 lowercase hexadecimal digits, for its file.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// A public fingerprint of the key, carried in tokens so a star can tell which of its keys
+    /// (or nobody's) signed one.
+    pub fn key_id(&self) -> u32 {
+        let digest = Sha256::new()
+            .chain_update(KEY_ID_LABEL)
+            .chain_update(self.0)
+            .finalize();
+        u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length")
+    }
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(***)")
+    }
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenKey(id {:08x}, ***)", self.key_id())
+    }
+}
+
+/// What a token allows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// [`TOKEN_VERSION`].
+    pub version: u8,
+    /// [`TokenKey::key_id`] of the key that signed it.
+    pub key_id: u32,
+    /// The star that will serve the file (the source).
+    pub audience: String,
+    /// The star allowed to present it (the destination), as named by its certificate.
+    pub holder: String,
+    /// The absolute path on the audience star.
+    pub path: String,
+    /// The bytes that may be read.
+    pub range: ByteRange,
+    /// Expiry, seconds since the Unix epoch; the token is refused from this second on.
+    pub not_after: u64,
+    /// Random, so that two tokens for the same read differ.
+    pub nonce: [u8; NONCE_LEN],
+}
+
+/// Signs `claims` with `key` into the printable token string.
+pub fn sign(claims: &Claims, key: &TokenKey) -> String {
+    let mut bytes = postcard::to_allocvec(claims).expect("claims always serialize");
+    let tag = key.mac().chain_update(&bytes).finalize().into_bytes();
+    bytes.extend_from_slice(&tag);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What the verifier knows independently of the token.
+#[derive(Clone, Copy, Debug)]
+pub struct Expected<'a> {
+    /// This star's name.
+    pub audience: &'a str,
+    /// The name in the presenting peer's verified certificate.
+    pub holder: &'a str,
+    /// The path requested.
+    pub path: &'a str,
+    /// The range requested.
+    pub range: ByteRange,
+    /// The current time, seconds since the Unix epoch.
+    pub now: u64,
+}
+
+/// Proof that a token was verified against a request. Only [`verify`] makes one.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    claims: Claims,
+}
+
+impl VerifiedToken {
+    /// The verified claims.
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+}
+
+/// The precise reason a token was refused. Every one of these is `PermissionDenied` on the
+/// wire; the reason goes to the serving star's log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not base64url, too long, too short, or the claims do not decode.
+    #[error("token is malformed")]
+    Malformed,
+    /// A claims format this star does not know.
+    #[error("token version {0} is not supported")]
+    UnsupportedVersion(u8),
+    /// Signed by a key this star does not hold.
+    #[error("token key id {0:08x} is unknown to this star")]
+    UnknownKey(u32),
+    /// The tag does not match the claims.
+    #[error("token signature is invalid")]
+    BadSignature,
+    /// Past its `not_after`.
+    #[error("token expired {0} seconds ago")]
+    Expired(u64),
+    /// Minted for another source star.
+    #[error("token is for star {got:?}, not {expected:?}")]
+    WrongAudience {
+        /// Our name.
+        expected: String,
+        /// The token's audience.
+        got: String,
+    },
+    /// Presented by a star that is not its holder.
+    #[error("token is held by {holder:?} but was presented by {peer:?}")]
+    WrongHolder {
+        /// The token's holder.
+        holder: String,
+        /// The presenting peer.
+        peer: String,
+    },
+    /// Minted for another path.
+    #[error("token is for another path")]
+    WrongPath,
+    /// The requested range is not inside the token's.
+    #[error("requested range {start}..{end} is outside the token's range")]
+    RangeOutside {
+        /// Requested start.
+        start: u64,
+        /// Requested end.
+        end: u64,
+    },
+}
+
+/// Decodes a token without checking anything: only for display and tests. Never act on it.
+///
+/// # Errors
+///
+/// [`TokenError::Malformed`].
+pub fn decode_unverified(token: &str) -> Result<Claims, TokenError> {
+    split(token).map(|(claims, _, _)| claims)
+}
+
+fn split(token: &str) -> Result<(Claims, Vec<u8>, usize), TokenError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Malformed);
+    }
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| TokenError::Malformed)?;
+    let body_len = bytes
+        .len()
+        .checked_sub(TAG_LEN)
+        .ok_or(TokenError::Malformed)?;
+    let (claims, rest) = postcard::take_from_bytes::<Claims>(&bytes[..body_len])
+        .map_err(|_| TokenError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    Ok((claims, bytes, body_len))
+}
+
+/// Verifies `token` under `key` against what the serving star knows.
+///
+/// # Errors
+///
+/// The first check that fails, as a [`TokenError`].
+pub fn verify(
+    token: &str,
+    key: &TokenKey,
+    expected: &Expected<'_>,
+) -> Result<VerifiedToken, TokenError> {
+    let (claims, bytes, body_len) = split(token)?;
+    if claims.version != TOKEN_VERSION {
+        return Err(TokenError::UnsupportedVersion(claims.version));
+    }
+    if claims.key_id != key.key_id() {
+        return Err(TokenError::UnknownKey(claims.key_id));
+    }
+    // verify_slice compares in constant time.
+    key.mac()
+        .chain_update(&bytes[..body_len])
+        .verify_slice(&bytes[body_len..])
+        .map_err(|_| TokenError::BadSignature)?;
+    if expected.now >= claims.not_after {
+        return Err(TokenError::Expired(expected.now - claims.not_after));
+    }
+    if claims.audience != expected.audience {
+        return Err(TokenError::WrongAudience {
+            expected: expected.audience.to_owned(),
+            got: claims.audience,
+        });
+    }
+    if claims.holder != expected.holder {
+        return Err(TokenError::WrongHolder {
+            holder: claims.holder,
+            peer: expected.holder.to_owned(),
+        });
+    }
+    if claims.path != expected.path {
+        return Err(TokenError::WrongPath);
+    }
+    if !expected.range.is_within(&claims.range) {
+        return Err(TokenError::RangeOutside {
+            start: expected.range.start,
+            end: expected.range.end,
+        });
+    }
+    Ok(VerifiedToken { claims })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn master() -> MasterKey {
+        MasterKey::from_bytes([7; KEY_LEN])
+    }
+
+    fn claims(key: &TokenKey) -> Claims {
+        Claims {
+            version: TOKEN_VERSION,
+            key_id: key.key_id(),
+            audience: "star-a".into(),
+            holder: "star-b".into(),
+            path: "/srv/data/f.bin".into(),
+            range: ByteRange::FULL,
+            not_after: NOW + 60,
+            nonce: [9; NONCE_LEN],
+        }
+    }
+
+    fn expected() -> Expected<'static> {
+        Expected {
+            audience: "star-a",
+            holder: "star-b",
+            path: "/srv/data/f.bin",
+            range: ByteRange::FULL,
+            now: NOW,
+        }
+    }
+
+    fn flip_bit(token: &str, byte: usize) -> String {
+        let mut bytes = URL_SAFE_NO_PAD.decode(token).unwrap();
+        bytes[byte] ^= 0x01;
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[test]
+    fn a_good_token_verifies() {
+        let key = TokenKey::derive(&master(), "star-a");
+        let token = sign(&claims(&key), &key);
+        let verified = verify(&token, &key, &expected()).unwrap();
+        assert_eq!(verified.claims(), &claims(&key));
+        assert_eq!(decode_unverified(&token).unwrap(), claims(&key));
+    }
+
+    #[test]
+    fn every_bad_token_is_refused_for_its_reason() {
+        let key = TokenKey::derive(&master(), "star-a");
+        let good = sign(&claims(&key), &key);
+        let tag_start = URL_SAFE_NO_PAD.decode(&good).unwrap().len() - TAG_LEN;
+
+        let check = |token: &str, e: Expected<'_>| verify(token, &key, &e).unwrap_err();
+        assert_eq!(check("garbage!", expected()), TokenError::Malformed);
+        assert_eq!(check("", expected()), TokenError::Malformed);
+        assert_eq!(
+            check(&"A".repeat(MAX_TOKEN_LEN + 1), expected()),
+            TokenError::Malformed
+        );
+        assert_eq!(
+            check(&flip_bit(&good, tag_start + 3), expected()),
+            TokenError::BadSignature
+        );
+        // One bit of the path, inside the signed claims.
+        let raw = URL_SAFE_NO_PAD.decode(&good).unwrap();
+        let path_byte = raw.windows(5).position(|w| w == b"f.bin").unwrap();
+        let flipped = flip_bit(&good, path_byte);
+        assert_eq!(check(&flipped, expected()), TokenError::BadSignature);
+
+        let mut c = claims(&key);
+        c.not_after = NOW;
+        assert_eq!(check(&sign(&c, &key), expected()), TokenError::Expired(0));
+
+        let mut e = expected();
+        e.path = "/srv/data/other.bin";
+        assert_eq!(check(&good, e), TokenError::WrongPath);
+
+        let mut e = expected();
+        e.audience = "star-c";
+        assert!(matches!(check(&good, e), TokenError::WrongAudience { .. }));
+
+        let mut e = expected();
+        e.holder = "star-c";
+        assert!(matches!(check(&good, e), TokenError::WrongHolder { .. }));
+
+        let mut c = claims(&key);
+        c.range = ByteRange { start: 0, end: 100 };
+        let mut e = expected();
+        e.range = ByteRange {
+            start: 50,
+            end: 101,
+        };
+        assert!(matches!(
+            check(&sign(&c, &key), e),
+            TokenError::RangeOutside { .. }
+        ));
+
+        let mut c = claims(&key);
+        c.version = 2;
+        assert_eq!(
+            check(&sign(&c, &key), expected()),
+            TokenError::UnsupportedVersion(2)
+        );
+    }
+
+    #[test]
+    fn another_stars_key_cannot_sign_for_this_star() {
+        let key_a = TokenKey::derive(&master(), "star-a");
+        let key_b = TokenKey::derive(&master(), "star-b");
+        assert_ne!(key_a, key_b);
+        // Honest about its key id: unknown here.
+        let token = sign(&claims(&key_b), &key_b);
+        assert_eq!(
+            verify(&token, &key_a, &expected()).unwrap_err(),
+            TokenError::UnknownKey(key_b.key_id())
+        );
+        // Lying about its key id: the tag does not match.
+        let mut c = claims(&key_b);
+        c.key_id = key_a.key_id();
+        let token = sign(&c, &key_b);
+        assert_eq!(
+            verify(&token, &key_a, &expected()).unwrap_err(),
+            TokenError::BadSignature
+        );
+    }
+
+    #[test]
+    fn keys_round_trip_as_hex_and_never_print() {
+        let key = TokenKey::derive(&master(), "star-a");
+        assert_eq!(
+            TokenKey::from_hex(&format!(" {}\n", key.to_hex())).unwrap(),
+            key
+        );
+        assert!(TokenKey::from_hex("abc").is_err());
+        assert!(TokenKey::from_hex(&"zz".repeat(32)).is_err());
+        assert!(!format!("{key:?}").contains(&key.to_hex()));
+        assert!(!format!("{:?}", master()).contains(&master().to_hex()));
+    }
+
+    #[test]
+    fn derivation_is_pinned() {
+        // Changing the derivation would invalidate every deployed star key.
+        // Computed independently: HMAC-SHA256(key = 32 bytes of 7, "orbit/1 star token key\0star-a").
+        let key = TokenKey::derive(&master(), "star-a");
+        assert_eq!(
+            key.to_hex(),
+            "aa6c159da276494aa792151ca7ec4eee7c2054a0a5a158439c3745110291d003"
+        );
+    }
+}
