@@ -1,0 +1,40 @@
+//! Orbit's trust: one certificate authority per grid, leaf certificates for stars and the
+//! controller, and the rustls configurations that make every connection mutual TLS.
+//!
+//! # Identity scheme
+//!
+//! A grid has exactly one CA ([`GridCa`], made by `orbitctl init`). It issues two kinds of leaf
+//! certificate, each naming its holder and role:
+//!
+//! | role       | subject CN | SANs                                  | extended key usage     |
+//! |------------|------------|---------------------------------------|------------------------|
+//! | star       | `<name>`   | DNS `<name>`, URI `orbit:star:<name>` | serverAuth, clientAuth |
+//! | controller | `<name>`   | URI `orbit:controller:<name>`         | clientAuth             |
+//!
+//! Names are DNS labels ([`validate_name`]): 1 to 63 bytes of `a-z`, `0-9` and `-`, not starting
+//! or ending with `-`.
+//!
+//! Trust is decided in two steps, and this crate keeps them apart:
+//!
+//! 1. **The handshake** ([`server_config`], [`client_config`]): TLS 1.3 only, the grid CA as the
+//!    only root, client certificates mandatory. A star is dialled with the server name set to its
+//!    star name, so the standard WebPKI server verifier checks both that the peer belongs to the
+//!    grid and that it is the star we meant (DNS SAN, serverAuth). A certificate from another CA
+//!    never completes a handshake.
+//! 2. **The identity** ([`peer_identity`]): once rustls has accepted a certificate, its single
+//!    `orbit:<role>:<name>` URI says who the peer is. A star takes control commands only from a
+//!    [`Role::Controller`] and read requests only from a [`Role::Star`]; that policy lives with
+//!    the caller, this crate only reports the identity.
+//!
+//! This crate must never accept a certificate on its own judgement: chain and name checks are
+//! always rustls's, and [`peer_identity`] is only ever applied to a certificate rustls verified.
+
+mod ca;
+mod error;
+mod identity;
+mod tls;
+
+pub use ca::{GridCa, IssuedCert};
+pub use error::CertError;
+pub use identity::{peer_identity, validate_name, PeerIdentity, Role};
+pub use tls::{client_config, load_certs, load_key, server_config};

@@ -1,0 +1,355 @@
+//! rustls configurations for Orbit's mutual TLS, and PEM loading for them.
+//!
+//! Every configuration is TLS 1.3 only, uses the ring provider explicitly, trusts only the grid
+//! CA, and authenticates both ends. Nothing here may ever loosen that: no optional client auth,
+//! no extra roots, no custom verifier that skips the chain or the server name.
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::CertError;
+
+const TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A root store holding exactly the one grid CA certificate in `ca_pem`.
+fn grid_roots(ca_pem: &str) -> Result<Arc<RootCertStore>, CertError> {
+    let certs = load_certs(ca_pem)?;
+    let [ca] = <[_; 1]>::try_from(certs).map_err(|certs| {
+        CertError::Pem(format!(
+            "expected one ca certificate, found {}",
+            certs.len()
+        ))
+    })?;
+    let mut roots = RootCertStore::empty();
+    roots.add(ca)?;
+    Ok(Arc::new(roots))
+}
+
+/// Builds the configuration of a star's server side: it presents `cert_pem` (the certificate
+/// chain, leaf first) with `key_pem`, speaks only `alpn`, and requires every client to present a
+/// certificate from the grid CA `ca_pem`.
+///
+/// Which role the client has is not decided here; read it with
+/// [`peer_identity`](crate::peer_identity) once the handshake is done.
+///
+/// # Errors
+///
+/// [`CertError::Pem`] if a PEM cannot be read or `ca_pem` does not hold exactly one
+/// certificate, [`CertError::Verifier`] if the client verifier cannot be built, and
+/// [`CertError::Tls`] if rustls refuses the certificate or key (for example a key that does not
+/// match the certificate).
+pub fn server_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    alpn: &[u8],
+) -> Result<ServerConfig, CertError> {
+    let provider = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(grid_roots(ca_pem)?, provider.clone())
+            .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(TLS13_ONLY)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(cert_pem)?, load_key(key_pem)?)?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
+/// Builds the configuration of a client (a star dialling a star, or the controller): it trusts
+/// only the grid CA `ca_pem`, authenticates with `cert_pem` and `key_pem`, and speaks only
+/// `alpn`.
+///
+/// Dial a star with its star name as the server name: the verifier then checks that the peer is
+/// that star.
+///
+/// # Errors
+///
+/// [`CertError::Pem`] if a PEM cannot be read or `ca_pem` does not hold exactly one
+/// certificate, and [`CertError::Tls`] if rustls refuses the certificate or key.
+pub fn client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    alpn: &[u8],
+) -> Result<ClientConfig, CertError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(TLS13_ONLY)?
+        .with_root_certificates(grid_roots(ca_pem)?)
+        .with_client_auth_cert(load_certs(cert_pem)?, load_key(key_pem)?)?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
+/// Reads every certificate in `pem`, in order; other PEM sections are skipped.
+///
+/// # Errors
+///
+/// [`CertError::Pem`] if the PEM is malformed or holds no certificate.
+pub fn load_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertError::Pem(format!("certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(CertError::Pem("no certificate found".into()));
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) in `pem`.
+///
+/// # Errors
+///
+/// [`CertError::Pem`] if the PEM is malformed or holds no private key.
+pub fn load_key(pem: &str) -> Result<PrivateKeyDer<'static>, CertError> {
+    rustls_pemfile::private_key(&mut pem.as_bytes())
+        .map_err(|e| CertError::Pem(format!("private key: {e}")))?
+        .ok_or_else(|| CertError::Pem("no private key found".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::pki_types::ServerName;
+    use rustls::{CertificateError, ClientConnection, Error, ServerConnection};
+
+    use super::*;
+    use crate::{peer_identity, GridCa, PeerIdentity, Role};
+
+    const ALPN: &[u8] = b"orbit/1";
+
+    /// Which end of the handshake refused.
+    #[derive(Debug, PartialEq)]
+    enum Side {
+        Client,
+        Server,
+    }
+
+    fn server(ca: &GridCa, role: Role, name: &str) -> ServerConfig {
+        let cert = ca.issue(role, name).unwrap();
+        server_config(&ca.cert_pem(), &cert.cert_pem, &cert.key_pem, ALPN).unwrap()
+    }
+
+    fn client(ca: &GridCa, role: Role, name: &str) -> ClientConfig {
+        let cert = ca.issue(role, name).unwrap();
+        client_config(&ca.cert_pem(), &cert.cert_pem, &cert.key_pem, ALPN).unwrap()
+    }
+
+    /// Runs a whole handshake in memory, with the real rustls verifiers on both ends.
+    fn handshake(
+        client: ClientConfig,
+        server: ServerConfig,
+        server_name: &str,
+    ) -> Result<(ClientConnection, ServerConnection), (Side, Error)> {
+        let name = ServerName::try_from(server_name.to_owned()).unwrap();
+        let mut client = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut server = ServerConnection::new(Arc::new(server)).unwrap();
+        for _ in 0..16 {
+            let mut buf = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                server.read_tls(&mut rd).unwrap();
+                server
+                    .process_new_packets()
+                    .map_err(|e| (Side::Server, e))?;
+            }
+            let mut buf = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).unwrap();
+                client
+                    .process_new_packets()
+                    .map_err(|e| (Side::Client, e))?;
+            }
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok((client, server));
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    fn client_identity(server: &ServerConnection) -> PeerIdentity {
+        peer_identity(&server.peer_certificates().unwrap()[0]).unwrap()
+    }
+
+    fn server_identity(client: &ClientConnection) -> PeerIdentity {
+        peer_identity(&client.peer_certificates().unwrap()[0]).unwrap()
+    }
+
+    fn star(name: &str) -> PeerIdentity {
+        PeerIdentity {
+            role: Role::Star,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn star_to_star_handshake_proves_both_identities() {
+        let ca = GridCa::generate("grid").unwrap();
+        let (client, server) = handshake(
+            client(&ca, Role::Star, "star-b"),
+            server(&ca, Role::Star, "star-a"),
+            "star-a",
+        )
+        .unwrap();
+        assert_eq!(client_identity(&server), star("star-b"));
+        assert_eq!(server_identity(&client), star("star-a"));
+        assert_eq!(client.alpn_protocol(), Some(ALPN));
+        assert_eq!(
+            client.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+    }
+
+    #[test]
+    fn controller_client_handshake_is_a_controller() {
+        let ca = GridCa::generate("grid").unwrap();
+        let (_, server) = handshake(
+            client(&ca, Role::Controller, "orbitctl"),
+            server(&ca, Role::Star, "star-a"),
+            "star-a",
+        )
+        .unwrap();
+        let id = client_identity(&server);
+        assert_eq!(id.role, Role::Controller);
+        assert_eq!(id.name, "orbitctl");
+    }
+
+    #[test]
+    fn client_from_another_grid_is_refused_by_the_server() {
+        let ca = GridCa::generate("grid").unwrap();
+        let other = GridCa::generate("other").unwrap();
+        // The client trusts our CA but carries a certificate from another one.
+        let cert = other.issue(Role::Star, "star-b").unwrap();
+        let client = client_config(&ca.cert_pem(), &cert.cert_pem, &cert.key_pem, ALPN).unwrap();
+        let (side, err) = handshake(client, server(&ca, Role::Star, "star-a"), "star-a")
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(side, Side::Server);
+        assert!(
+            matches!(
+                err,
+                Error::InvalidCertificate(CertificateError::UnknownIssuer)
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn server_from_another_grid_is_refused_by_the_client() {
+        let ca = GridCa::generate("grid").unwrap();
+        let other = GridCa::generate("other").unwrap();
+        let cert = other.issue(Role::Star, "star-a").unwrap();
+        let server = server_config(&ca.cert_pem(), &cert.cert_pem, &cert.key_pem, ALPN).unwrap();
+        let (side, err) = handshake(client(&ca, Role::Star, "star-b"), server, "star-a")
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(side, Side::Client);
+        assert!(
+            matches!(
+                err,
+                Error::InvalidCertificate(CertificateError::UnknownIssuer)
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dialling_the_wrong_star_is_refused() {
+        let ca = GridCa::generate("grid").unwrap();
+        let (side, err) = handshake(
+            client(&ca, Role::Star, "star-b"),
+            server(&ca, Role::Star, "star-a"),
+            "star-x",
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert_eq!(side, Side::Client);
+        assert!(
+            matches!(
+                err,
+                Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. }
+                )
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn controller_certificate_cannot_serve() {
+        let ca = GridCa::generate("grid").unwrap();
+        let (side, err) = handshake(
+            client(&ca, Role::Star, "star-b"),
+            server(&ca, Role::Controller, "orbitctl"),
+            "orbitctl",
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert_eq!(side, Side::Client);
+        assert!(
+            matches!(
+                err,
+                Error::InvalidCertificate(
+                    CertificateError::InvalidPurpose
+                        | CertificateError::InvalidPurposeContext { .. }
+                )
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reloaded_ca_issues_certificates_the_original_trusts() {
+        let ca = GridCa::generate("grid").unwrap();
+        let reloaded = GridCa::from_pem(&ca.cert_pem(), &ca.key_pem()).unwrap();
+        let ca_pem = ca.cert_pem();
+        let a = reloaded.issue(Role::Star, "star-a").unwrap();
+        let b = reloaded.issue(Role::Star, "star-b").unwrap();
+        let server = server_config(&ca_pem, &a.cert_pem, &a.key_pem, ALPN).unwrap();
+        let client = client_config(&ca_pem, &b.cert_pem, &b.key_pem, ALPN).unwrap();
+        let (client, server) = handshake(client, server, "star-a").unwrap();
+        assert_eq!(client_identity(&server), star("star-b"));
+        assert_eq!(server_identity(&client), star("star-a"));
+    }
+
+    #[test]
+    fn configs_refuse_bad_pem() {
+        let ca = GridCa::generate("grid").unwrap();
+        let other = GridCa::generate("other").unwrap();
+        let a = ca.issue(Role::Star, "star-a").unwrap();
+        let ca_pem = ca.cert_pem();
+        let two_cas = format!("{ca_pem}{}", other.cert_pem());
+        assert!(matches!(
+            server_config(&two_cas, &a.cert_pem, &a.key_pem, ALPN),
+            Err(CertError::Pem(_))
+        ));
+        assert!(matches!(
+            client_config(&ca_pem, &a.cert_pem, &a.cert_pem, ALPN),
+            Err(CertError::Pem(_))
+        ));
+        assert!(matches!(
+            client_config(&ca_pem, "", &a.key_pem, ALPN),
+            Err(CertError::Pem(_))
+        ));
+        let b = ca.issue(Role::Star, "star-b").unwrap();
+        assert!(matches!(
+            server_config(&ca_pem, &a.cert_pem, &b.key_pem, ALPN),
+            Err(CertError::Tls(_))
+        ));
+    }
+}
