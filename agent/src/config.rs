@@ -1,0 +1,195 @@
+//! The star's configuration: `star.toml` (as `orbitctl init` writes it), overridden by flags.
+//! Relative paths in the file resolve against the file's directory. The file is strict: an
+//! unknown key is an error that names it.
+//!
+//! The token key comes from, in order: `--token-key-file`, the `ORBIT_AUTH_SECRET` environment
+//! variable (64 hexadecimal digits), the file's `token_key_file`, or `token.key` in systemd's
+//! `$CREDENTIALS_DIRECTORY`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use orbit_wire::token::TokenKey;
+
+use crate::StarConfig;
+
+/// The environment variable that may carry the star's token key, as 64 hexadecimal digits.
+pub const AUTH_SECRET_ENV: &str = "ORBIT_AUTH_SECRET";
+
+/// `star.toml`. Every key is optional here; what is missing must come from flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StarFile {
+    /// The star's name; its certificate must carry it.
+    pub name: Option<String>,
+    /// UDP address to listen on, e.g. `0.0.0.0:7401`.
+    pub listen: Option<SocketAddr>,
+    /// This star's certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// This star's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// The grid CA certificate (PEM).
+    pub ca: Option<PathBuf>,
+    /// File holding this star's token key (64 hexadecimal digits).
+    pub token_key_file: Option<PathBuf>,
+    /// Directory for the star's state.
+    pub state_dir: Option<PathBuf>,
+    /// Roots to serve from and store into.
+    #[serde(default)]
+    pub allow: Vec<PathBuf>,
+}
+
+/// Why the configuration could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a star, or has an unknown key.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why, with the line.
+        source: Box<toml::de::Error>,
+    },
+    /// A required setting is missing from both file and flags.
+    #[error("missing setting `{0}`: set it in star.toml or pass --{flag}", flag = .0.replace('_', "-"))]
+    Missing(&'static str),
+    /// The token key is not usable.
+    #[error("token key from {source_name}: {error}")]
+    TokenKey {
+        /// Where it came from.
+        source_name: String,
+        /// Why.
+        error: orbit_wire::token::KeyError,
+    },
+}
+
+impl StarFile {
+    /// Reads and parses a config file, resolving its relative paths against its directory.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`].
+    pub fn load(path: &Path) -> Result<StarFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut file: StarFile = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut file.cert,
+            &mut file.key,
+            &mut file.ca,
+            &mut file.token_key_file,
+            &mut file.state_dir,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = base.join(&*p);
+        }
+        for p in &mut file.allow {
+            *p = base.join(&*p);
+        }
+        Ok(file)
+    }
+
+    /// Applies `flags` over `self`: every setting given as a flag wins; `--allow` replaces the
+    /// file's list when given at all.
+    pub fn merge(mut self, flags: StarFile) -> StarFile {
+        macro_rules! over {
+            ($($field:ident),*) => { $( if flags.$field.is_some() { self.$field = flags.$field; } )* };
+        }
+        over!(name, listen, cert, key, ca, token_key_file, state_dir);
+        if !flags.allow.is_empty() {
+            self.allow = flags.allow;
+        }
+        self
+    }
+
+    /// Reads the files the settings name and builds the star's configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the missing setting or unreadable file.
+    pub fn into_config(self, auth_secret: Option<String>) -> Result<StarConfig, ConfigError> {
+        let name = self.name.ok_or(ConfigError::Missing("name"))?;
+        let listen = self.listen.ok_or(ConfigError::Missing("listen"))?;
+        let read = |path: Option<PathBuf>, setting: &'static str| {
+            let path = path.ok_or(ConfigError::Missing(setting))?;
+            std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path, source })
+        };
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let (source_name, text) = match (auth_secret, self.token_key_file, credentials) {
+            (Some(secret), _, _) => (AUTH_SECRET_ENV.to_owned(), secret),
+            (None, Some(path), _) | (None, None, Some(path)) => {
+                let path = if path.is_dir() { path.join("token.key") } else { path };
+                let text = read(Some(path.clone()), "token_key_file")?;
+                (path.display().to_string(), text)
+            }
+            (None, None, None) => return Err(ConfigError::Missing("token_key_file")),
+        };
+        let token_key = TokenKey::from_hex(&text).map_err(|error| ConfigError::TokenKey { source_name, error })?;
+        Ok(StarConfig {
+            name,
+            listen,
+            ca_pem: read(self.ca, "ca")?,
+            cert_pem: read(self.cert, "cert")?,
+            key_pem: read(self.key, "key")?,
+            token_key,
+            roots: self.allow,
+            state_dir: self.state_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("star.toml");
+        std::fs::write(&path, "name = \"a\"\nlisten_addr = \"1.2.3.4:5\"\n").unwrap();
+        let err = StarFile::load(&path).unwrap_err().to_string();
+        assert!(err.contains("listen_addr"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_beside_the_file_and_flags_win() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("star.toml");
+        std::fs::write(&path, "name = \"a\"\ncert = \"cert.pem\"\nallow = [\"data\"]\n").unwrap();
+        let file = StarFile::load(&path).unwrap();
+        assert_eq!(file.cert, Some(tmp.path().join("cert.pem")));
+        let merged = file.merge(StarFile {
+            name: Some("b".into()),
+            allow: vec!["/srv".into()],
+            ..StarFile::default()
+        });
+        assert_eq!(merged.name.as_deref(), Some("b"));
+        assert_eq!(merged.allow, vec![PathBuf::from("/srv")]);
+        assert_eq!(merged.cert, Some(tmp.path().join("cert.pem")));
+    }
+
+    #[test]
+    fn missing_settings_say_which_flag_to_pass() {
+        let err = StarFile::default().into_config(None).unwrap_err().to_string();
+        assert_eq!(err, "missing setting `name`: set it in star.toml or pass --name");
+    }
+}

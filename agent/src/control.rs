@@ -1,0 +1,108 @@
+//! Control streams: a controller's command arrives on a bidirectional stream; the star answers
+//! with progress events and one final event. Only a controller certificate may command a star.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::{RecvStream, SendStream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use orbit_certs::{PeerIdentity, Role};
+use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile, StarStatus, WireError, MAX_CONTROL_FRAME};
+
+use crate::error::ToWire;
+use crate::framed::{self, write_frame};
+use crate::pull::{self, InFlight};
+use crate::star::Shared;
+
+/// How often progress is reported while bytes move.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Handles one control stream from `peer`.
+pub(crate) async fn handle(shared: Arc<Shared>, peer: PeerIdentity, mut send: SendStream, mut recv: RecvStream) {
+    let request: ControlRequest = match framed::read_frame(&mut recv, MAX_CONTROL_FRAME).await {
+        Ok(request) => request,
+        Err(e) => {
+            warn!(%peer, "unreadable control request: {e}");
+            let _ = write_frame(&mut send, &ControlEvent::Failed(e.to_wire())).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let last = if peer.role != Role::Controller {
+        warn!(%peer, "control command refused: the peer is not a controller");
+        ControlEvent::Failed(WireError::new(
+            ErrorCode::PermissionDenied,
+            format!("star {} takes commands only from a controller certificate, not from {peer}", shared.name),
+        ))
+    } else {
+        match request {
+            ControlRequest::Status => ControlEvent::Status(status(&shared)),
+            ControlRequest::Replicate(cmd) => replicate(&shared, &cmd, &mut send).await,
+        }
+    };
+    // The controller may have gone; the outcome is logged either way.
+    let _ = write_frame(&mut send, &last).await;
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+fn status(shared: &Shared) -> StarStatus {
+    use std::sync::atomic::Ordering;
+    StarStatus {
+        name: shared.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol: orbit_wire::PROTOCOL_VERSION,
+        uptime_seconds: shared.started.elapsed().as_secs(),
+        roots: shared.jail.roots().map(|p| p.display().to_string()).collect(),
+        transfers_in_flight: shared.transfers_in_flight.load(Ordering::Relaxed),
+        reads_in_flight: shared.reads_in_flight.load(Ordering::Relaxed),
+    }
+}
+
+/// Runs a replication, reporting progress on `send`, and returns the final event.
+async fn replicate(shared: &Arc<Shared>, cmd: &ReplicateFile, send: &mut SendStream) -> ControlEvent {
+    let transfer = format!("{:016x}", cmd.transfer_id);
+    info!(
+        transfer, source = %cmd.source, source_path = %cmd.source_path, target = %cmd.target_path,
+        "replication started"
+    );
+    let _in_flight = InFlight::new(shared);
+    let started = Instant::now();
+    let (progress_tx, mut progress_rx) = watch::channel((0u64, 0u64));
+    let work = pull::replicate(shared, cmd, &progress_tx);
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+    let mut controller_gone = false;
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = ticker.tick(), if !controller_gone => {
+                if progress_rx.has_changed().unwrap_or(false) {
+                    let (bytes, total) = *progress_rx.borrow_and_update();
+                    // A controller that went away does not stop the transfer.
+                    controller_gone = write_frame(send, &ControlEvent::Progress { bytes, total }).await.is_err();
+                }
+            }
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(done) => {
+            info!(
+                transfer, bytes = done.bytes, sha256 = %hex::encode(done.sha256), seconds,
+                target = %cmd.target_path, "replication completed"
+            );
+            ControlEvent::Done {
+                bytes: done.bytes,
+                sha256: done.sha256,
+                seconds,
+            }
+        }
+        Err(error) => {
+            warn!(transfer, code = error.code.name(), "replication failed: {}", error.message);
+            ControlEvent::Failed(error)
+        }
+    }
+}

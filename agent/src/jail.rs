@@ -1,0 +1,395 @@
+//! Confinement: every file a star reads or writes is opened relative to a directory handle of one
+//! of its allowed roots with `openat2(RESOLVE_BENEATH)`, so that no symlink, `..` or rename race
+//! can lead outside the root. Wire paths are validated first (`orbit_wire::path`) and never
+//! normalised. This module must never open anything by its absolute path.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+
+use orbit_wire::path::{self as wire_path, PathError};
+
+/// How a read or write must resolve: beneath the root, and never through /proc magic links.
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
+
+/// Why a path was refused or could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// The wire path is malformed.
+    #[error("{0}")]
+    BadPath(#[from] PathError),
+    /// The path is not under any allowed root.
+    #[error("path is outside this star's allowed roots")]
+    OutsideRoots,
+    /// Resolution would leave the root (a symlink pointing outside, an absolute symlink).
+    #[error("path leaves the allowed root through a symbolic link")]
+    Escapes,
+    /// Nothing at that path.
+    #[error("no such file")]
+    NotFound,
+    /// A directory, FIFO, socket or device where a regular file was needed.
+    #[error("not a regular file ({0})")]
+    NotRegular(&'static str),
+    /// The target path holds a symbolic link, which is never followed or replaced.
+    #[error("target is a symbolic link; refusing to write through or over it")]
+    TargetIsSymlink,
+    /// A component of the target's parent exists and is not a directory.
+    #[error("a parent of the target is not a directory")]
+    ParentNotDirectory,
+    /// The root is the path itself; a file needs a name under the root.
+    #[error("path names an allowed root itself, not a file under it")]
+    IsRoot,
+    /// The operating system refused for another reason.
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+impl JailError {
+    fn from_open(e: io::Error) -> JailError {
+        match rustix::io::Errno::from_io_error(&e) {
+            Some(rustix::io::Errno::XDEV) | Some(rustix::io::Errno::LOOP) => JailError::Escapes,
+            Some(rustix::io::Errno::NOENT) => JailError::NotFound,
+            Some(rustix::io::Errno::NOTDIR) => JailError::ParentNotDirectory,
+            _ => JailError::Io(e),
+        }
+    }
+}
+
+impl From<rustix::io::Errno> for JailError {
+    fn from(e: rustix::io::Errno) -> JailError {
+        JailError::from_open(e.into())
+    }
+}
+
+/// One allowed root, opened once at start.
+#[derive(Debug)]
+struct Root {
+    /// The root as the operator wrote it, made absolute.
+    given: PathBuf,
+    /// The root with symlinks resolved, as the kernel sees it.
+    canonical: PathBuf,
+    dir: OwnedFd,
+}
+
+/// The star's allowed roots. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Jail {
+    roots: Vec<Root>,
+}
+
+/// A path that the jail accepted: a root and a relative path of plain components under it. Only
+/// [`Jail::confine`] makes one.
+#[derive(Debug, Clone)]
+pub struct Confined {
+    root: usize,
+    relative: String,
+}
+
+/// A file opened for reading, with what identifies its version.
+#[derive(Debug)]
+pub struct OpenedFile {
+    /// The open file.
+    pub file: File,
+    /// `fstat` of the open file.
+    pub stat: rustix::fs::Stat,
+}
+
+/// The directory a target will be published in, opened beneath its root.
+#[derive(Debug)]
+pub struct TargetDir {
+    dir: OwnedFd,
+    name: String,
+}
+
+impl Jail {
+    /// Opens every root. Roots must be existing directories.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error naming the root that could not be opened.
+    pub fn open(roots: &[PathBuf]) -> io::Result<Jail> {
+        let mut opened = Vec::with_capacity(roots.len());
+        for given in roots {
+            let with_context =
+                |e: io::Error| io::Error::new(e.kind(), format!("allowed root {}: {e}", given.display()));
+            let absolute = std::path::absolute(given).map_err(with_context)?;
+            let canonical = std::fs::canonicalize(given).map_err(with_context)?;
+            let dir = rustix::fs::open(
+                &canonical,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| with_context(e.into()))?;
+            opened.push(Root {
+                given: clean(&absolute),
+                canonical,
+                dir,
+            });
+        }
+        Ok(Jail { roots: opened })
+    }
+
+    /// The roots, as the operator gave them.
+    pub fn roots(&self) -> impl Iterator<Item = &Path> {
+        self.roots.iter().map(|r| r.given.as_path())
+    }
+
+    /// Validates a wire path and finds the root it lies under.
+    ///
+    /// # Errors
+    ///
+    /// [`JailError::BadPath`], [`JailError::OutsideRoots`] or [`JailError::IsRoot`].
+    pub fn confine(&self, path: &str) -> Result<Confined, JailError> {
+        wire_path::validate(path)?;
+        let wanted = Path::new(path);
+        // The longest matching root wins, so nested roots behave as expected.
+        let mut best: Option<(usize, &Path)> = None;
+        for (i, root) in self.roots.iter().enumerate() {
+            for base in [&root.given, &root.canonical] {
+                if let Ok(rest) = wanted.strip_prefix(base) {
+                    if best.is_none_or(|(_, b)| rest.as_os_str().len() < b.as_os_str().len()) {
+                        best = Some((i, rest));
+                    }
+                }
+            }
+        }
+        let (root, rest) = best.ok_or(JailError::OutsideRoots)?;
+        let relative = rest.to_str().ok_or(JailError::OutsideRoots)?.to_owned();
+        if relative.is_empty() {
+            return Err(JailError::IsRoot);
+        }
+        Ok(Confined { root, relative })
+    }
+
+    /// Opens a confined path for reading. Only regular files are opened: the open does not block
+    /// on a FIFO, and anything that is not a regular file is refused before a byte is read.
+    /// Blocking: call from a blocking thread.
+    ///
+    /// # Errors
+    ///
+    /// [`JailError::Escapes`], [`JailError::NotFound`], [`JailError::NotRegular`] or I/O.
+    pub fn open_read(&self, path: &Confined) -> Result<OpenedFile, JailError> {
+        let root = &self.roots[path.root];
+        let fd = rustix::fs::openat2(
+            root.dir.as_fd(),
+            path.relative.as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::empty(),
+            RESOLVE,
+        )?;
+        let stat = rustix::fs::fstat(&fd)?;
+        check_regular(&stat)?;
+        // NONBLOCK only kept the open from hanging on a FIFO; regular files ignore it.
+        Ok(OpenedFile {
+            file: File::from(fd),
+            stat,
+        })
+    }
+
+    /// Opens (creating where missing) the parent directories of a target beneath its root and
+    /// checks what is at the target now. Each directory is created with `mkdirat` in a directory
+    /// that was itself opened beneath the root, so a symlink swapped in at any moment cannot
+    /// redirect the walk. Blocking: call from a blocking thread.
+    ///
+    /// # Errors
+    ///
+    /// [`JailError::Escapes`], [`JailError::ParentNotDirectory`], [`JailError::TargetIsSymlink`],
+    /// [`JailError::NotRegular`] or I/O.
+    pub fn prepare_target(&self, path: &Confined) -> Result<TargetDir, JailError> {
+        let root = &self.roots[path.root];
+        let components: Vec<&str> = wire_path::components(&path.relative).collect();
+        let (name, parents) = components.split_last().ok_or(JailError::IsRoot)?;
+        let dir_flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+        let mut dir = rustix::fs::openat2(root.dir.as_fd(), ".", dir_flags, Mode::empty(), RESOLVE)?;
+        for (depth, component) in parents.iter().enumerate() {
+            let prefix = parents[..=depth].join("/");
+            match rustix::fs::openat2(root.dir.as_fd(), prefix.as_str(), dir_flags, Mode::empty(), RESOLVE) {
+                Ok(next) => dir = next,
+                Err(rustix::io::Errno::NOENT) => {
+                    match rustix::fs::mkdirat(&dir, *component, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    dir = rustix::fs::openat2(root.dir.as_fd(), prefix.as_str(), dir_flags, Mode::empty(), RESOLVE)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
+                FileType::RegularFile => {}
+                FileType::Symlink => return Err(JailError::TargetIsSymlink),
+                other => return Err(JailError::NotRegular(describe(other))),
+            },
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(TargetDir {
+            dir,
+            name: (*name).to_owned(),
+        })
+    }
+}
+
+impl TargetDir {
+    /// Creates a new temporary file beside the target, `.orbit-<tag>.part`, never following
+    /// anything. Returns the file and its name.
+    ///
+    /// # Errors
+    ///
+    /// I/O, including `AlreadyExists` if the name is taken.
+    pub fn create_part(&self, tag: &str) -> io::Result<(File, String)> {
+        let part = format!(".orbit-{tag}.part");
+        let fd = rustix::fs::openat(
+            &self.dir,
+            part.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        Ok((File::from(fd), part))
+    }
+
+    /// Atomically replaces the target with the temporary file `part` and makes the rename
+    /// durable. The caller has fsynced the file. A symlink that appeared at the target meanwhile is
+    /// replaced, not followed: rename never follows.
+    ///
+    /// # Errors
+    ///
+    /// I/O from `renameat` or the directory's `fsync`.
+    pub fn publish(&self, part: &str) -> io::Result<()> {
+        rustix::fs::renameat(&self.dir, part, &self.dir, self.name.as_str())?;
+        rustix::fs::fsync(&self.dir)?;
+        Ok(())
+    }
+
+    /// Removes the temporary file `part`; errors are ignored because this runs on failure paths.
+    pub fn remove_part(&self, part: &str) {
+        let _ = rustix::fs::unlinkat(&self.dir, part, AtFlags::empty());
+    }
+}
+
+fn check_regular(stat: &rustix::fs::Stat) -> Result<(), JailError> {
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => Ok(()),
+        other => Err(JailError::NotRegular(describe(other))),
+    }
+}
+
+fn describe(kind: FileType) -> &'static str {
+    match kind {
+        FileType::Directory => "a directory",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Symlink => "a symbolic link",
+        _ => "not a regular file",
+    }
+}
+
+/// Removes `.` components and trailing slashes from an operator-given absolute root, lexically.
+fn clean(path: &Path) -> PathBuf {
+    path.components().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn jail(root: &Path) -> Jail {
+        Jail::open(&[root.to_path_buf()]).unwrap()
+    }
+
+    #[test]
+    fn reads_a_file_under_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        std::fs::write(tmp.path().join("d/f"), b"hello").unwrap();
+        let jail = jail(tmp.path());
+        let path = format!("{}/d/f", tmp.path().display());
+        let opened = jail.open_read(&jail.confine(&path).unwrap()).unwrap();
+        assert_eq!(opened.stat.st_size, 5);
+    }
+
+    #[test]
+    fn paths_outside_or_malformed_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let jail = jail(&tmp.path().join("."));
+        let root = tmp.path().display().to_string();
+        assert!(matches!(jail.confine("/etc/passwd"), Err(JailError::OutsideRoots)));
+        assert!(matches!(jail.confine(&format!("{root}/../x")), Err(JailError::BadPath(_))));
+        assert!(matches!(jail.confine("relative/x"), Err(JailError::BadPath(_))));
+        assert!(matches!(jail.confine(&root), Err(JailError::IsRoot)));
+        // A sibling whose name starts with the root's name is not under it.
+        assert!(matches!(jail.confine(&format!("{root}x/f")), Err(JailError::OutsideRoots)));
+    }
+
+    #[test]
+    fn symlinks_out_of_the_root_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        symlink(outside.path().join("secret"), tmp.path().join("file-link")).unwrap();
+        symlink(outside.path(), tmp.path().join("dir-link")).unwrap();
+        symlink("../../../../../../..", tmp.path().join("up")).unwrap();
+        let jail = jail(tmp.path());
+        for rel in ["file-link", "dir-link/secret", "up/etc/passwd"] {
+            let path = format!("{}/{rel}", tmp.path().display());
+            let err = jail.open_read(&jail.confine(&path).unwrap()).unwrap_err();
+            assert!(matches!(err, JailError::Escapes), "{rel}: {err:?}");
+        }
+        // Writing through the directory link is refused as well, and nothing appears outside.
+        let path = format!("{}/dir-link/new", tmp.path().display());
+        assert!(matches!(
+            jail.prepare_target(&jail.confine(&path).unwrap()),
+            Err(JailError::Escapes)
+        ));
+        assert!(!outside.path().join("new").exists());
+    }
+
+    #[test]
+    fn special_files_are_never_opened() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("dir")).unwrap();
+        rustix::fs::mkfifoat(rustix::fs::CWD, tmp.path().join("fifo"), Mode::from_raw_mode(0o644))
+            .unwrap();
+        let jail = jail(tmp.path());
+        for (rel, kind) in [("dir", "a directory"), ("fifo", "a FIFO")] {
+            let path = format!("{}/{rel}", tmp.path().display());
+            match jail.open_read(&jail.confine(&path).unwrap()) {
+                Err(JailError::NotRegular(k)) => assert_eq!(k, kind),
+                other => panic!("{rel}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn targets_get_their_parents_and_refuse_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let jail = jail(tmp.path());
+        let path = format!("{}/a/b/c/file", tmp.path().display());
+        let dir = jail.prepare_target(&jail.confine(&path).unwrap()).unwrap();
+        assert!(tmp.path().join("a/b/c").is_dir());
+        let (mut file, part) = dir.create_part("t1").unwrap();
+        std::io::Write::write_all(&mut file, b"data").unwrap();
+        dir.publish(&part).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("a/b/c/file")).unwrap(), b"data");
+
+        symlink("/nonexistent/dangling", tmp.path().join("link")).unwrap();
+        let path = format!("{}/link", tmp.path().display());
+        assert!(matches!(
+            jail.prepare_target(&jail.confine(&path).unwrap()),
+            Err(JailError::TargetIsSymlink)
+        ));
+        std::fs::write(tmp.path().join("plain"), b"").unwrap();
+        let path = format!("{}/plain/under", tmp.path().display());
+        assert!(matches!(
+            jail.prepare_target(&jail.confine(&path).unwrap()),
+            Err(JailError::ParentNotDirectory)
+        ));
+    }
+}

@@ -1,0 +1,210 @@
+//! The source side of a replication: a read request arrives on a unidirectional stream from
+//! another star, is authorised (peer role, token, path under a root), and the file is sent on a
+//! new unidirectional stream as a header, 64 KiB chunks and a trailer with its SHA-256.
+//!
+//! Reading and hashing run on a blocking thread; chunks reach the stream through a bounded
+//! channel, so memory per read is bounded by the channel depth and QUIC's windows.
+
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{Connection, RecvStream, SendStream};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use orbit_certs::{PeerIdentity, Role};
+use orbit_wire::token::{self, VerifiedToken};
+use orbit_wire::{ByteRange, DataFrame, ErrorCode, FileVersion, ReadRequest, WireError, CHUNK_SIZE, MAX_CONTROL_FRAME};
+
+use crate::error::{varint, ToWire};
+use crate::framed::{self, write_chunk, write_frame};
+use crate::jail::{Confined, OpenedFile};
+use crate::star::Shared;
+
+/// Chunks read ahead of the network: 16 × 64 KiB = 1 MiB per read in flight.
+const READ_AHEAD: usize = 16;
+
+/// A read that passed every check. Only [`authorize`] makes one, and only it reaches the disk.
+#[derive(Debug)]
+pub(crate) struct VerifiedRead {
+    token: VerifiedToken,
+    path: Confined,
+    range: ByteRange,
+}
+
+/// Handles one read request stream from `peer`.
+pub(crate) async fn handle(shared: Arc<Shared>, peer: PeerIdentity, conn: Connection, mut recv: RecvStream) {
+    let request: ReadRequest = match framed::read_frame(&mut recv, MAX_CONTROL_FRAME).await {
+        Ok(request) => request,
+        Err(e) => {
+            warn!(%peer, "unreadable read request: {e}");
+            let _ = recv.stop(varint(ErrorCode::InvalidArgument));
+            return;
+        }
+    };
+    let transfer = format!("{:016x}", request.transfer_id);
+    info!(%peer, transfer, path = %request.path, "read request received");
+    let id = request.request_id;
+    let mut send = match conn.open_uni().await {
+        Ok(send) => send,
+        Err(e) => return warn!(%peer, transfer, "cannot answer the read request: {e}"),
+    };
+    let verified = match authorize(&shared, &peer, &request) {
+        Ok(verified) => {
+            info!(%peer, transfer, path = %request.path, "read authorised");
+            verified
+        }
+        Err(error) => {
+            warn!(%peer, transfer, path = %request.path, "read refused: {}", error.message);
+            return refuse(&mut send, id, error).await;
+        }
+    };
+    shared.reads_in_flight.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let result = tokio::select! {
+        r = send_file(&shared, &mut send, id, verified) => r,
+        _ = shared.cancel.cancelled() => Err(WireError::new(ErrorCode::Unavailable, format!("star {} is shutting down", shared.name))),
+    };
+    shared.reads_in_flight.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(bytes) => info!(
+            %peer, transfer, path = %request.path, bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "read completed"
+        ),
+        Err(error) => {
+            warn!(%peer, transfer, path = %request.path, "read failed: {error}");
+            refuse(&mut send, id, error).await;
+        }
+    }
+}
+
+/// Checks, in order: the peer is a star; the token (MAC, expiry, audience, holder, path, range);
+/// the path lies under a root.
+fn authorize(shared: &Shared, peer: &PeerIdentity, request: &ReadRequest) -> Result<VerifiedRead, WireError> {
+    if peer.role != Role::Star {
+        return Err(WireError::new(
+            ErrorCode::PermissionDenied,
+            format!("read requests are accepted only from stars, not from {peer}"),
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let expected = token::Expected {
+        audience: &shared.name,
+        holder: &peer.name,
+        path: &request.path,
+        range: request.range,
+        now,
+    };
+    let token = token::verify(&request.token, &shared.token_key, &expected).map_err(|e| e.to_wire())?;
+    let path = shared.jail.confine(&request.path).map_err(|e| e.to_wire())?;
+    Ok(VerifiedRead {
+        token,
+        path,
+        range: request.range,
+    })
+}
+
+/// Sends an `Error` frame and finishes the stream; if that cannot be done, resets it with the code.
+async fn refuse(send: &mut SendStream, request_id: u64, error: WireError) {
+    let code = error.code;
+    let frame = DataFrame::Error { request_id, error };
+    if write_frame(send, &frame).await.is_err() || send.finish().is_err() {
+        let _ = send.reset(varint(code));
+    }
+}
+
+/// Opens the file, sends header, chunks and trailer. Returns the bytes sent.
+async fn send_file(shared: &Arc<Shared>, send: &mut SendStream, request_id: u64, read: VerifiedRead) -> Result<u64, WireError> {
+    let opener = shared.clone();
+    let path = read.path.clone();
+    let opened = tokio::task::spawn_blocking(move || opener.jail.open_read(&path))
+        .await
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| e.to_wire())?;
+    let version = version_of(&opened);
+    let start = read.range.start.min(version.size);
+    let end = read.range.end.min(version.size);
+    let size = end - start;
+    tracing::debug!(key_id = read.token.claims().key_id, size, "sending");
+    write_frame(send, &DataFrame::Header { request_id, size, version })
+        .await
+        .map_err(|e| e.to_wire())?;
+
+    let (tx, mut rx) = mpsc::channel::<Bytes>(READ_AHEAD);
+    let reader = tokio::task::spawn_blocking(move || read_file(opened, version, start, size, tx));
+    let mut offset = start;
+    while let Some(chunk) = rx.recv().await {
+        let len = chunk.len() as u64;
+        write_chunk(send, offset, chunk).await.map_err(|e| e.to_wire())?;
+        offset += len;
+    }
+    let sha256 = reader
+        .await
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))??;
+    write_frame(send, &DataFrame::Trailer { sha256 })
+        .await
+        .map_err(|e| e.to_wire())?;
+    send.finish().map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+    // Wait until the peer has everything, so a failure after this point is not silent.
+    let _ = send.stopped().await;
+    Ok(size)
+}
+
+fn version_of(opened: &OpenedFile) -> FileVersion {
+    FileVersion {
+        size: u64::try_from(opened.stat.st_size).unwrap_or(0),
+        mtime_sec: opened.stat.st_mtime,
+        mtime_nsec: u32::try_from(opened.stat.st_mtime_nsec).unwrap_or(0),
+        inode: opened.stat.st_ino,
+    }
+}
+
+/// Reads `size` bytes from `start` in chunks, hashing them, and checks at the end that the file
+/// did not change underneath. Runs on a blocking thread.
+fn read_file(opened: OpenedFile, version: FileVersion, start: u64, size: u64, tx: mpsc::Sender<Bytes>) -> Result<[u8; 32], WireError> {
+    use std::io::{Seek, SeekFrom};
+    let changed = |what: &str| {
+        WireError::new(
+            ErrorCode::FailedPrecondition,
+            format!("the source file changed during the transfer ({what})"),
+        )
+    };
+    let mut file = opened.file;
+    if start > 0 {
+        file.seek(SeekFrom::Start(start)).map_err(|e| e.to_wire())?;
+    }
+    let mut hasher = Sha256::new();
+    let mut left = size;
+    while left > 0 {
+        let want = left.min(CHUNK_SIZE as u64) as usize;
+        let mut buf = BytesMut::zeroed(want);
+        let mut filled = 0;
+        while filled < want {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => return Err(changed("it became shorter")),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_wire()),
+            }
+        }
+        hasher.update(&buf);
+        left -= want as u64;
+        if tx.blocking_send(buf.freeze()).is_err() {
+            // The sender stopped: the stream failed and that error is reported there.
+            return Err(WireError::new(ErrorCode::Cancelled, "the transfer was abandoned"));
+        }
+    }
+    let now = rustix::fs::fstat(&file).map_err(|e| std::io::Error::from(e).to_wire())?;
+    let after = version_of(&OpenedFile { file, stat: now });
+    if after != version {
+        return Err(changed("its size or modification time moved"));
+    }
+    Ok(hasher.finalize().into())
+}
