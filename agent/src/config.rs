@@ -136,13 +136,18 @@ impl StarFile {
         let (source_name, text) = match (auth_secret, self.token_key_file, credentials) {
             (Some(secret), _, _) => (AUTH_SECRET_ENV.to_owned(), secret),
             (None, Some(path), _) | (None, None, Some(path)) => {
-                let path = if path.is_dir() { path.join("token.key") } else { path };
+                let path = if path.is_dir() {
+                    path.join("token.key")
+                } else {
+                    path
+                };
                 let text = read(Some(path.clone()), "token_key_file")?;
                 (path.display().to_string(), text)
             }
             (None, None, None) => return Err(ConfigError::Missing("token_key_file")),
         };
-        let token_key = TokenKey::from_hex(&text).map_err(|error| ConfigError::TokenKey { source_name, error })?;
+        let token_key = TokenKey::from_hex(&text)
+            .map_err(|error| ConfigError::TokenKey { source_name, error })?;
         Ok(StarConfig {
             name,
             listen,
@@ -174,7 +179,11 @@ mod tests {
     fn relative_paths_resolve_beside_the_file_and_flags_win() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("star.toml");
-        std::fs::write(&path, "name = \"a\"\ncert = \"cert.pem\"\nallow = [\"data\"]\n").unwrap();
+        std::fs::write(
+            &path,
+            "name = \"a\"\ncert = \"cert.pem\"\nallow = [\"data\"]\n",
+        )
+        .unwrap();
         let file = StarFile::load(&path).unwrap();
         assert_eq!(file.cert, Some(tmp.path().join("cert.pem")));
         let merged = file.merge(StarFile {
@@ -189,7 +198,13 @@ mod tests {
 
     #[test]
     fn missing_settings_say_which_flag_to_pass() {
-        let err = StarFile::default().into_config(None).unwrap_err().to_string();
-        assert_eq!(err, "missing setting `name`: set it in star.toml or pass --name");
+        let err = StarFile::default()
+            .into_config(None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "missing setting `name`: set it in star.toml or pass --name"
+        );
     }
 }

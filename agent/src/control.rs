@@ -9,7 +9,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use orbit_certs::{PeerIdentity, Role};
-use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile, StarStatus, WireError, MAX_CONTROL_FRAME};
+use orbit_wire::{
+    ControlEvent, ControlRequest, ErrorCode, ReplicateFile, StarStatus, WireError,
+    MAX_CONTROL_FRAME,
+};
 
 use crate::error::ToWire;
 use crate::framed::{self, write_frame};
@@ -20,7 +23,12 @@ use crate::star::Shared;
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Handles one control stream from `peer`.
-pub(crate) async fn handle(shared: Arc<Shared>, peer: PeerIdentity, mut send: SendStream, mut recv: RecvStream) {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    peer: PeerIdentity,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
     let request: ControlRequest = match framed::read_frame(&mut recv, MAX_CONTROL_FRAME).await {
         Ok(request) => request,
         Err(e) => {
@@ -34,7 +42,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, peer: PeerIdentity, mut send: Se
         warn!(%peer, "control command refused: the peer is not a controller");
         ControlEvent::Failed(WireError::new(
             ErrorCode::PermissionDenied,
-            format!("star {} takes commands only from a controller certificate, not from {peer}", shared.name),
+            format!(
+                "star {} takes commands only from a controller certificate, not from {peer}",
+                shared.name
+            ),
         ))
     } else {
         match request {
@@ -55,14 +66,22 @@ fn status(shared: &Shared) -> StarStatus {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         protocol: orbit_wire::PROTOCOL_VERSION,
         uptime_seconds: shared.started.elapsed().as_secs(),
-        roots: shared.jail.roots().map(|p| p.display().to_string()).collect(),
+        roots: shared
+            .jail
+            .roots()
+            .map(|p| p.display().to_string())
+            .collect(),
         transfers_in_flight: shared.transfers_in_flight.load(Ordering::Relaxed),
         reads_in_flight: shared.reads_in_flight.load(Ordering::Relaxed),
     }
 }
 
 /// Runs a replication, reporting progress on `send`, and returns the final event.
-async fn replicate(shared: &Arc<Shared>, cmd: &ReplicateFile, send: &mut SendStream) -> ControlEvent {
+async fn replicate(
+    shared: &Arc<Shared>,
+    cmd: &ReplicateFile,
+    send: &mut SendStream,
+) -> ControlEvent {
     let transfer = format!("{:016x}", cmd.transfer_id);
     info!(
         transfer, source = %cmd.source, source_path = %cmd.source_path, target = %cmd.target_path,
@@ -101,7 +120,12 @@ async fn replicate(shared: &Arc<Shared>, cmd: &ReplicateFile, send: &mut SendStr
             }
         }
         Err(error) => {
-            warn!(transfer, code = error.code.name(), "replication failed: {}", error.message);
+            warn!(
+                transfer,
+                code = error.code.name(),
+                "replication failed: {}",
+                error.message
+            );
             ControlEvent::Failed(error)
         }
     }

@@ -37,9 +37,9 @@ impl ToWire for io::Error {
             io::ErrorKind::NotFound => ErrorCode::NotFound,
             io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
             io::ErrorKind::AlreadyExists => ErrorCode::AlreadyExists,
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::OutOfMemory => {
-                ErrorCode::ResourceExhausted
-            }
+            io::ErrorKind::StorageFull
+            | io::ErrorKind::QuotaExceeded
+            | io::ErrorKind::OutOfMemory => ErrorCode::ResourceExhausted,
             io::ErrorKind::InvalidInput => ErrorCode::InvalidArgument,
             _ => ErrorCode::Internal,
         };
@@ -56,9 +56,10 @@ impl ToWire for TokenError {
 impl ToWire for FramedError {
     fn to_wire(&self) -> WireError {
         match self {
-            FramedError::Ended | FramedError::Truncated | FramedError::Frame(_) => {
-                WireError::new(ErrorCode::InvalidArgument, format!("protocol violation: {self}"))
-            }
+            FramedError::Ended | FramedError::Truncated | FramedError::Frame(_) => WireError::new(
+                ErrorCode::InvalidArgument,
+                format!("protocol violation: {self}"),
+            ),
             FramedError::Read(quinn::ReadError::Reset(code)) => {
                 let code = u32::try_from(code.into_inner())
                     .ok()
@@ -91,7 +92,9 @@ pub(crate) fn connection_lost(e: &quinn::ConnectionError) -> WireError {
             let reason = String::from_utf8_lossy(&close.reason);
             WireError::new(code, format!("connection closed: {reason}"))
         }
-        quinn::ConnectionError::TimedOut => WireError::new(ErrorCode::Unavailable, "connection timed out"),
+        quinn::ConnectionError::TimedOut => {
+            WireError::new(ErrorCode::Unavailable, "connection timed out")
+        }
         other => WireError::new(ErrorCode::Unavailable, format!("connection lost: {other}")),
     }
 }
@@ -107,11 +110,23 @@ mod tests {
 
     #[test]
     fn refusals_map_to_their_codes() {
-        assert_eq!(JailError::OutsideRoots.to_wire().code, ErrorCode::PermissionDenied);
-        assert_eq!(JailError::Escapes.to_wire().code, ErrorCode::PermissionDenied);
+        assert_eq!(
+            JailError::OutsideRoots.to_wire().code,
+            ErrorCode::PermissionDenied
+        );
+        assert_eq!(
+            JailError::Escapes.to_wire().code,
+            ErrorCode::PermissionDenied
+        );
         assert_eq!(JailError::NotFound.to_wire().code, ErrorCode::NotFound);
-        assert_eq!(JailError::NotRegular("a FIFO").to_wire().code, ErrorCode::InvalidArgument);
-        assert_eq!(TokenError::Expired(3).to_wire().code, ErrorCode::PermissionDenied);
+        assert_eq!(
+            JailError::NotRegular("a FIFO").to_wire().code,
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            TokenError::Expired(3).to_wire().code,
+            ErrorCode::PermissionDenied
+        );
         let full = io::Error::from(io::ErrorKind::StorageFull);
         assert_eq!(full.to_wire().code, ErrorCode::ResourceExhausted);
     }

@@ -5,7 +5,9 @@ use bytes::{Bytes, BytesMut};
 use quinn::{ReadExactError, RecvStream, SendStream};
 use serde::{de::DeserializeOwned, Serialize};
 
-use orbit_wire::{decode_body, decode_data_frame, decode_len, encode_frame, DataFrame, FrameError, LEN_PREFIX};
+use orbit_wire::{
+    decode_body, decode_data_frame, decode_len, encode_frame, DataFrame, FrameError, LEN_PREFIX,
+};
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +56,10 @@ async fn read_body(recv: &mut RecvStream, cap: usize) -> Result<BytesMut, Framed
 /// [`FramedError`]; `Ended` if the stream finished cleanly before the frame.
 ///
 /// Not cancel-safe: dropping the future mid-frame loses the frame's start.
-pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, cap: usize) -> Result<T, FramedError> {
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    cap: usize,
+) -> Result<T, FramedError> {
     let body = read_body(recv, cap).await?;
     Ok(decode_body(&body)?)
 }
@@ -85,8 +90,13 @@ pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T) -> Result
 /// # Errors
 ///
 /// [`FramedError::Write`] when the stream or connection is gone.
-pub async fn write_chunk(send: &mut SendStream, offset: u64, data: Bytes) -> Result<(), FramedError> {
+pub async fn write_chunk(
+    send: &mut SendStream,
+    offset: u64,
+    data: Bytes,
+) -> Result<(), FramedError> {
     let (head, n) = orbit_wire::chunk_frame_header(offset, data.len());
-    send.write_all_chunks(&mut [Bytes::copy_from_slice(&head[..n]), data]).await?;
+    send.write_all_chunks(&mut [Bytes::copy_from_slice(&head[..n]), data])
+        .await?;
     Ok(())
 }

@@ -113,8 +113,9 @@ impl Jail {
     pub fn open(roots: &[PathBuf]) -> io::Result<Jail> {
         let mut opened = Vec::with_capacity(roots.len());
         for given in roots {
-            let with_context =
-                |e: io::Error| io::Error::new(e.kind(), format!("allowed root {}: {e}", given.display()));
+            let with_context = |e: io::Error| {
+                io::Error::new(e.kind(), format!("allowed root {}: {e}", given.display()))
+            };
             let absolute = std::path::absolute(given).map_err(with_context)?;
             let canonical = std::fs::canonicalize(given).map_err(with_context)?;
             let dir = rustix::fs::open(
@@ -203,17 +204,30 @@ impl Jail {
         let components: Vec<&str> = wire_path::components(&path.relative).collect();
         let (name, parents) = components.split_last().ok_or(JailError::IsRoot)?;
         let dir_flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
-        let mut dir = rustix::fs::openat2(root.dir.as_fd(), ".", dir_flags, Mode::empty(), RESOLVE)?;
+        let mut dir =
+            rustix::fs::openat2(root.dir.as_fd(), ".", dir_flags, Mode::empty(), RESOLVE)?;
         for (depth, component) in parents.iter().enumerate() {
             let prefix = parents[..=depth].join("/");
-            match rustix::fs::openat2(root.dir.as_fd(), prefix.as_str(), dir_flags, Mode::empty(), RESOLVE) {
+            match rustix::fs::openat2(
+                root.dir.as_fd(),
+                prefix.as_str(),
+                dir_flags,
+                Mode::empty(),
+                RESOLVE,
+            ) {
                 Ok(next) => dir = next,
                 Err(rustix::io::Errno::NOENT) => {
                     match rustix::fs::mkdirat(&dir, *component, Mode::from_raw_mode(0o755)) {
                         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                         Err(e) => return Err(e.into()),
                     }
-                    dir = rustix::fs::openat2(root.dir.as_fd(), prefix.as_str(), dir_flags, Mode::empty(), RESOLVE)?;
+                    dir = rustix::fs::openat2(
+                        root.dir.as_fd(),
+                        prefix.as_str(),
+                        dir_flags,
+                        Mode::empty(),
+                        RESOLVE,
+                    )?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -320,12 +334,24 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let jail = jail(&tmp.path().join("."));
         let root = tmp.path().display().to_string();
-        assert!(matches!(jail.confine("/etc/passwd"), Err(JailError::OutsideRoots)));
-        assert!(matches!(jail.confine(&format!("{root}/../x")), Err(JailError::BadPath(_))));
-        assert!(matches!(jail.confine("relative/x"), Err(JailError::BadPath(_))));
+        assert!(matches!(
+            jail.confine("/etc/passwd"),
+            Err(JailError::OutsideRoots)
+        ));
+        assert!(matches!(
+            jail.confine(&format!("{root}/../x")),
+            Err(JailError::BadPath(_))
+        ));
+        assert!(matches!(
+            jail.confine("relative/x"),
+            Err(JailError::BadPath(_))
+        ));
         assert!(matches!(jail.confine(&root), Err(JailError::IsRoot)));
         // A sibling whose name starts with the root's name is not under it.
-        assert!(matches!(jail.confine(&format!("{root}x/f")), Err(JailError::OutsideRoots)));
+        assert!(matches!(
+            jail.confine(&format!("{root}x/f")),
+            Err(JailError::OutsideRoots)
+        ));
     }
 
     #[test]
@@ -355,8 +381,12 @@ mod tests {
     fn special_files_are_never_opened() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("dir")).unwrap();
-        rustix::fs::mkfifoat(rustix::fs::CWD, tmp.path().join("fifo"), Mode::from_raw_mode(0o644))
-            .unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            tmp.path().join("fifo"),
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
         let jail = jail(tmp.path());
         for (rel, kind) in [("dir", "a directory"), ("fifo", "a FIFO")] {
             let path = format!("{}/{rel}", tmp.path().display());
@@ -377,7 +407,10 @@ mod tests {
         let (mut file, part) = dir.create_part("t1").unwrap();
         std::io::Write::write_all(&mut file, b"data").unwrap();
         dir.publish(&part).unwrap();
-        assert_eq!(std::fs::read(tmp.path().join("a/b/c/file")).unwrap(), b"data");
+        assert_eq!(
+            std::fs::read(tmp.path().join("a/b/c/file")).unwrap(),
+            b"data"
+        );
 
         symlink("/nonexistent/dangling", tmp.path().join("link")).unwrap();
         let path = format!("{}/link", tmp.path().display());

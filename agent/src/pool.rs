@@ -63,7 +63,12 @@ impl Pool {
     ///
     /// `Unavailable` when the star cannot be reached, `PermissionDenied` when the peer there is
     /// not that star.
-    pub(crate) async fn get(&self, shared: &Arc<Shared>, name: &str, addr: &str) -> Result<Arc<PeerConn>, WireError> {
+    pub(crate) async fn get(
+        &self,
+        shared: &Arc<Shared>,
+        name: &str,
+        addr: &str,
+    ) -> Result<Arc<PeerConn>, WireError> {
         let mut conns = self.conns.lock().await;
         if let Some(peer) = conns.get(name) {
             if peer.conn.close_reason().is_none() {
@@ -81,7 +86,12 @@ impl Pool {
 }
 
 async fn dial(shared: &Shared, name: &str, addr: &str) -> Result<PeerConn, WireError> {
-    let unavailable = |why: String| WireError::new(ErrorCode::Unavailable, format!("cannot reach star {name} at {addr}: {why}"));
+    let unavailable = |why: String| {
+        WireError::new(
+            ErrorCode::Unavailable,
+            format!("cannot reach star {name} at {addr}: {why}"),
+        )
+    };
     let target = tokio::net::lookup_host(addr)
         .await
         .map_err(|e| unavailable(e.to_string()))?
@@ -100,7 +110,10 @@ async fn dial(shared: &Shared, name: &str, addr: &str) -> Result<PeerConn, WireE
     match peer_of(&conn) {
         Ok(peer) if peer.role == Role::Star && peer.name == name => {}
         Ok(peer) => {
-            conn.close(varint(ErrorCode::PermissionDenied), b"not the star that was dialled");
+            conn.close(
+                varint(ErrorCode::PermissionDenied),
+                b"not the star that was dialled",
+            );
             return Err(WireError::new(
                 ErrorCode::PermissionDenied,
                 format!("the peer at {addr} is {peer}, not star {name}"),
@@ -121,9 +134,11 @@ async fn dispatch(conn: Connection, waiters: Arc<Waiters>) {
     while let Ok(mut recv) = conn.accept_uni().await {
         let waiters = waiters.clone();
         tokio::spawn(async move {
-            let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, framed::read_data_frame(&mut recv)).await;
+            let first =
+                tokio::time::timeout(FIRST_FRAME_TIMEOUT, framed::read_data_frame(&mut recv)).await;
             let id = match &first {
-                Ok(Ok(DataFrame::Header { request_id, .. })) | Ok(Ok(DataFrame::Error { request_id, .. })) => *request_id,
+                Ok(Ok(DataFrame::Header { request_id, .. }))
+                | Ok(Ok(DataFrame::Error { request_id, .. })) => *request_id,
                 _ => {
                     let _ = recv.stop(varint(ErrorCode::InvalidArgument));
                     return;

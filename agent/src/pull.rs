@@ -15,7 +15,9 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
-use orbit_wire::{ByteRange, DataFrame, ErrorCode, ReadRequest, ReplicateFile, WireError, CHUNK_SIZE};
+use orbit_wire::{
+    ByteRange, DataFrame, ErrorCode, ReadRequest, ReplicateFile, WireError, CHUNK_SIZE,
+};
 
 use crate::error::{connection_lost, ToWire};
 use crate::framed::{self, write_frame};
@@ -51,7 +53,11 @@ enum WriteMsg {
 ///
 /// The [`WireError`] to report to the controller; nothing was published and no temporary file
 /// remains.
-pub(crate) async fn replicate(shared: &Arc<Shared>, cmd: &ReplicateFile, progress: &watch::Sender<(u64, u64)>) -> Result<Replicated, WireError> {
+pub(crate) async fn replicate(
+    shared: &Arc<Shared>,
+    cmd: &ReplicateFile,
+    progress: &watch::Sender<(u64, u64)>,
+) -> Result<Replicated, WireError> {
     orbit_wire::path::validate(&cmd.source_path)
         .map_err(|e| WireError::new(ErrorCode::InvalidArgument, format!("source path: {e}")))?;
     let target = shared
@@ -78,9 +84,16 @@ pub(crate) async fn replicate(shared: &Arc<Shared>, cmd: &ReplicateFile, progres
         range: ByteRange::FULL,
     };
     let sent = async {
-        let mut send = peer.conn.open_uni().await.map_err(|e| connection_lost(&e))?;
-        write_frame(&mut send, &request).await.map_err(|e| e.to_wire())?;
-        send.finish().map_err(|e| WireError::new(ErrorCode::Unavailable, e.to_string()))
+        let mut send = peer
+            .conn
+            .open_uni()
+            .await
+            .map_err(|e| connection_lost(&e))?;
+        write_frame(&mut send, &request)
+            .await
+            .map_err(|e| e.to_wire())?;
+        send.finish()
+            .map_err(|e| WireError::new(ErrorCode::Unavailable, e.to_string()))
     };
     if let Err(e) = sent.await {
         peer.forget(request_id);
@@ -101,7 +114,10 @@ pub(crate) async fn replicate(shared: &Arc<Shared>, cmd: &ReplicateFile, progres
     let size = match first {
         DataFrame::Header { size, .. } => size,
         DataFrame::Error { error, .. } => {
-            return Err(WireError::new(error.code, format!("{source} refused the read: {error}")))
+            return Err(WireError::new(
+                error.code,
+                format!("{source} refused the read: {error}"),
+            ))
         }
         _ => unreachable!("the dispatcher hands over only headers and errors"),
     };
@@ -137,11 +153,17 @@ pub(crate) async fn replicate(shared: &Arc<Shared>, cmd: &ReplicateFile, progres
             return Err(e);
         }
     };
-    outcome.map(|sha256| Replicated { bytes: size, sha256 })
+    outcome.map(|sha256| Replicated {
+        bytes: size,
+        sha256,
+    })
 }
 
 fn shutting_down(shared: &Shared) -> WireError {
-    WireError::new(ErrorCode::Unavailable, format!("star {} is shutting down", shared.name))
+    WireError::new(
+        ErrorCode::Unavailable,
+        format!("star {} is shutting down", shared.name),
+    )
 }
 
 fn from_source(source: &str, what: &str, e: WireError) -> WireError {
@@ -150,21 +172,43 @@ fn from_source(source: &str, what: &str, e: WireError) -> WireError {
 
 /// Reads chunks until the trailer, checking that offsets run on and sizes add up, and feeds them
 /// to the writer. Returns the trailer's digest.
-async fn receive(source: &str, size: u64, recv: &mut quinn::RecvStream, tx: &mpsc::Sender<WriteMsg>, progress: &watch::Sender<(u64, u64)>) -> Result<[u8; 32], WireError> {
-    let violation = |what: String| WireError::new(ErrorCode::DataLoss, format!("{source} broke the protocol: {what}"));
+async fn receive(
+    source: &str,
+    size: u64,
+    recv: &mut quinn::RecvStream,
+    tx: &mpsc::Sender<WriteMsg>,
+    progress: &watch::Sender<(u64, u64)>,
+) -> Result<[u8; 32], WireError> {
+    let violation = |what: String| {
+        WireError::new(
+            ErrorCode::DataLoss,
+            format!("{source} broke the protocol: {what}"),
+        )
+    };
     let mut received = 0u64;
     loop {
         let frame = framed::read_data_frame(recv).await.map_err(|e| {
             let e = e.to_wire();
-            WireError::new(e.code, format!("{source} stopped sending after {received} of {size} bytes: {}", e.message))
+            WireError::new(
+                e.code,
+                format!(
+                    "{source} stopped sending after {received} of {size} bytes: {}",
+                    e.message
+                ),
+            )
         })?;
         match frame {
             DataFrame::Chunk { offset, data } => {
                 if offset != received {
-                    return Err(violation(format!("chunk at offset {offset}, expected {received}")));
+                    return Err(violation(format!(
+                        "chunk at offset {offset}, expected {received}"
+                    )));
                 }
                 if data.len() > CHUNK_SIZE || received + data.len() as u64 > size {
-                    return Err(violation(format!("chunk of {} bytes at {offset} overruns the file", data.len())));
+                    return Err(violation(format!(
+                        "chunk of {} bytes at {offset} overruns the file",
+                        data.len()
+                    )));
                 }
                 received += data.len() as u64;
                 if tx.send(WriteMsg::Data(data)).await.is_err() {
@@ -183,7 +227,10 @@ async fn receive(source: &str, size: u64, recv: &mut quinn::RecvStream, tx: &mps
                 return Ok(sha256);
             }
             DataFrame::Error { error, .. } => {
-                return Err(WireError::new(error.code, format!("{source} failed while sending: {error}")));
+                return Err(WireError::new(
+                    error.code,
+                    format!("{source} failed while sending: {error}"),
+                ));
             }
             DataFrame::Header { .. } => return Err(violation("a second header".into())),
         }
@@ -192,10 +239,20 @@ async fn receive(source: &str, size: u64, recv: &mut quinn::RecvStream, tx: &mps
 
 /// Writes the temporary file, hashing as it goes; on `Commit` verifies and publishes. Removes the
 /// temporary file on any failure, including the channel closing without a commit.
-fn write_file(dir: TargetDir, tag: &str, mut rx: mpsc::Receiver<WriteMsg>) -> Result<[u8; 32], WireError> {
+fn write_file(
+    dir: TargetDir,
+    tag: &str,
+    mut rx: mpsc::Receiver<WriteMsg>,
+) -> Result<[u8; 32], WireError> {
     let (file, part) = dir.create_part(tag).map_err(|e| {
         let e = e.to_wire();
-        WireError::new(e.code, format!("cannot create a temporary file beside the target: {}", e.message))
+        WireError::new(
+            e.code,
+            format!(
+                "cannot create a temporary file beside the target: {}",
+                e.message
+            ),
+        )
     })?;
     let result = write_and_verify(file, &mut rx).and_then(|sha256| {
         dir.publish(&part).map_err(|e| {
@@ -210,7 +267,10 @@ fn write_file(dir: TargetDir, tag: &str, mut rx: mpsc::Receiver<WriteMsg>) -> Re
     result
 }
 
-fn write_and_verify(mut file: File, rx: &mut mpsc::Receiver<WriteMsg>) -> Result<[u8; 32], WireError> {
+fn write_and_verify(
+    mut file: File,
+    rx: &mut mpsc::Receiver<WriteMsg>,
+) -> Result<[u8; 32], WireError> {
     let io = |e: std::io::Error| {
         let e = e.to_wire();
         WireError::new(e.code, format!("writing the temporary file: {}", e.message))
@@ -224,22 +284,37 @@ fn write_and_verify(mut file: File, rx: &mut mpsc::Receiver<WriteMsg>) -> Result
                 file.write_all(&data).map_err(io)?;
                 written += data.len() as u64;
             }
-            WriteMsg::Commit { size, trailer, expect } => {
+            WriteMsg::Commit {
+                size,
+                trailer,
+                expect,
+            } => {
                 let sha256: [u8; 32] = hasher.finalize().into();
                 if written != size {
-                    return Err(WireError::new(ErrorCode::DataLoss, format!("wrote {written} of {size} bytes")));
+                    return Err(WireError::new(
+                        ErrorCode::DataLoss,
+                        format!("wrote {written} of {size} bytes"),
+                    ));
                 }
                 if sha256 != trailer {
                     return Err(WireError::new(
                         ErrorCode::DataLoss,
-                        format!("checksum mismatch: received data hashes to {}, the source sent {}", hex::encode(sha256), hex::encode(trailer)),
+                        format!(
+                            "checksum mismatch: received data hashes to {}, the source sent {}",
+                            hex::encode(sha256),
+                            hex::encode(trailer)
+                        ),
                     ));
                 }
                 if let Some(expect) = expect {
                     if sha256 != expect {
                         return Err(WireError::new(
                             ErrorCode::DataLoss,
-                            format!("checksum mismatch: the file's SHA-256 is {}, expected {}", hex::encode(sha256), hex::encode(expect)),
+                            format!(
+                                "checksum mismatch: the file's SHA-256 is {}, expected {}",
+                                hex::encode(sha256),
+                                hex::encode(expect)
+                            ),
                         ));
                     }
                 }
@@ -248,7 +323,10 @@ fn write_and_verify(mut file: File, rx: &mut mpsc::Receiver<WriteMsg>) -> Result
             }
         }
     }
-    Err(WireError::new(ErrorCode::Cancelled, "the transfer stopped before the end"))
+    Err(WireError::new(
+        ErrorCode::Cancelled,
+        "the transfer stopped before the end",
+    ))
 }
 
 /// Counts a replication in flight for as long as it lives.
@@ -266,4 +344,3 @@ impl Drop for InFlight<'_> {
         self.0.transfers_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
-

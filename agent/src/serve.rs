@@ -18,7 +18,10 @@ use tracing::{info, warn};
 
 use orbit_certs::{PeerIdentity, Role};
 use orbit_wire::token::{self, VerifiedToken};
-use orbit_wire::{ByteRange, DataFrame, ErrorCode, FileVersion, ReadRequest, WireError, CHUNK_SIZE, MAX_CONTROL_FRAME};
+use orbit_wire::{
+    ByteRange, DataFrame, ErrorCode, FileVersion, ReadRequest, WireError, CHUNK_SIZE,
+    MAX_CONTROL_FRAME,
+};
 
 use crate::error::{varint, ToWire};
 use crate::framed::{self, write_chunk, write_frame};
@@ -37,7 +40,12 @@ pub(crate) struct VerifiedRead {
 }
 
 /// Handles one read request stream from `peer`.
-pub(crate) async fn handle(shared: Arc<Shared>, peer: PeerIdentity, conn: Connection, mut recv: RecvStream) {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    peer: PeerIdentity,
+    conn: Connection,
+    mut recv: RecvStream,
+) {
     let request: ReadRequest = match framed::read_frame(&mut recv, MAX_CONTROL_FRAME).await {
         Ok(request) => request,
         Err(e) => {
@@ -85,7 +93,11 @@ pub(crate) async fn handle(shared: Arc<Shared>, peer: PeerIdentity, conn: Connec
 
 /// Checks, in order: the peer is a star; the token (MAC, expiry, audience, holder, path, range);
 /// the path lies under a root.
-fn authorize(shared: &Shared, peer: &PeerIdentity, request: &ReadRequest) -> Result<VerifiedRead, WireError> {
+fn authorize(
+    shared: &Shared,
+    peer: &PeerIdentity,
+    request: &ReadRequest,
+) -> Result<VerifiedRead, WireError> {
     if peer.role != Role::Star {
         return Err(WireError::new(
             ErrorCode::PermissionDenied,
@@ -102,8 +114,12 @@ fn authorize(shared: &Shared, peer: &PeerIdentity, request: &ReadRequest) -> Res
         range: request.range,
         now,
     };
-    let token = token::verify(&request.token, &shared.token_key, &expected).map_err(|e| e.to_wire())?;
-    let path = shared.jail.confine(&request.path).map_err(|e| e.to_wire())?;
+    let token =
+        token::verify(&request.token, &shared.token_key, &expected).map_err(|e| e.to_wire())?;
+    let path = shared
+        .jail
+        .confine(&request.path)
+        .map_err(|e| e.to_wire())?;
     Ok(VerifiedRead {
         token,
         path,
@@ -121,7 +137,12 @@ async fn refuse(send: &mut SendStream, request_id: u64, error: WireError) {
 }
 
 /// Opens the file, sends header, chunks and trailer. Returns the bytes sent.
-async fn send_file(shared: &Arc<Shared>, send: &mut SendStream, request_id: u64, read: VerifiedRead) -> Result<u64, WireError> {
+async fn send_file(
+    shared: &Arc<Shared>,
+    send: &mut SendStream,
+    request_id: u64,
+    read: VerifiedRead,
+) -> Result<u64, WireError> {
     let opener = shared.clone();
     let path = read.path.clone();
     let opened = tokio::task::spawn_blocking(move || opener.jail.open_read(&path))
@@ -133,16 +154,25 @@ async fn send_file(shared: &Arc<Shared>, send: &mut SendStream, request_id: u64,
     let end = read.range.end.min(version.size);
     let size = end - start;
     tracing::debug!(key_id = read.token.claims().key_id, size, "sending");
-    write_frame(send, &DataFrame::Header { request_id, size, version })
-        .await
-        .map_err(|e| e.to_wire())?;
+    write_frame(
+        send,
+        &DataFrame::Header {
+            request_id,
+            size,
+            version,
+        },
+    )
+    .await
+    .map_err(|e| e.to_wire())?;
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(READ_AHEAD);
     let reader = tokio::task::spawn_blocking(move || read_file(opened, version, start, size, tx));
     let mut offset = start;
     while let Some(chunk) = rx.recv().await {
         let len = chunk.len() as u64;
-        write_chunk(send, offset, chunk).await.map_err(|e| e.to_wire())?;
+        write_chunk(send, offset, chunk)
+            .await
+            .map_err(|e| e.to_wire())?;
         offset += len;
     }
     let sha256 = reader
@@ -151,7 +181,8 @@ async fn send_file(shared: &Arc<Shared>, send: &mut SendStream, request_id: u64,
     write_frame(send, &DataFrame::Trailer { sha256 })
         .await
         .map_err(|e| e.to_wire())?;
-    send.finish().map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+    send.finish()
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
     // Wait until the peer has everything, so a failure after this point is not silent.
     let _ = send.stopped().await;
     Ok(size)
@@ -168,7 +199,13 @@ fn version_of(opened: &OpenedFile) -> FileVersion {
 
 /// Reads `size` bytes from `start` in chunks, hashing them, and checks at the end that the file
 /// did not change underneath. Runs on a blocking thread.
-fn read_file(opened: OpenedFile, version: FileVersion, start: u64, size: u64, tx: mpsc::Sender<Bytes>) -> Result<[u8; 32], WireError> {
+fn read_file(
+    opened: OpenedFile,
+    version: FileVersion,
+    start: u64,
+    size: u64,
+    tx: mpsc::Sender<Bytes>,
+) -> Result<[u8; 32], WireError> {
     use std::io::{Seek, SeekFrom};
     let changed = |what: &str| {
         WireError::new(
@@ -198,7 +235,10 @@ fn read_file(opened: OpenedFile, version: FileVersion, start: u64, size: u64, tx
         left -= want as u64;
         if tx.blocking_send(buf.freeze()).is_err() {
             // The sender stopped: the stream failed and that error is reported there.
-            return Err(WireError::new(ErrorCode::Cancelled, "the transfer was abandoned"));
+            return Err(WireError::new(
+                ErrorCode::Cancelled,
+                "the transfer was abandoned",
+            ));
         }
     }
     let now = rustix::fs::fstat(&file).map_err(|e| std::io::Error::from(e).to_wire())?;

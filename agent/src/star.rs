@@ -200,7 +200,9 @@ impl Star {
             tracker: TaskTracker::new(),
         });
         let span = tracing::info_span!("star", name = %shared.name);
-        shared.tracker.spawn(accept_loop(shared.clone()).instrument(span.clone()));
+        shared
+            .tracker
+            .spawn(accept_loop(shared.clone()).instrument(span.clone()));
         span.in_scope(|| info!("listening on {addr}"));
         Ok(Star { shared, addr })
     }
@@ -222,7 +224,10 @@ impl Star {
         info!(name = %shared.name, "shutting down");
         shared.cancel.cancel();
         shared.tracker.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, shared.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, shared.tracker.wait())
+            .await
+            .is_err()
+        {
             warn!(name = %shared.name, "tasks did not stop within {DRAIN_TIMEOUT:?}; closing anyway");
         }
         shared
@@ -253,7 +258,11 @@ pub(crate) fn transport_config() -> TransportConfig {
         .receive_window(CONNECTION_WINDOW.into())
         .send_window(u64::from(CONNECTION_WINDOW))
         .keep_alive_interval(Some(KEEP_ALIVE))
-        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("30 s is a valid idle timeout")));
+        .max_idle_timeout(Some(
+            IDLE_TIMEOUT
+                .try_into()
+                .expect("30 s is a valid idle timeout"),
+        ));
     transport
 }
 

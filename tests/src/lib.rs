@@ -1,0 +1,387 @@
+//! Helpers for Orbit's integration tests: a per-test grid (CA, master key, controller
+//! certificate), stars spawned on 127.0.0.1:0, and raw QUIC clients that speak the wire protocol
+//! as a controller or as a star, so tests can send exactly what a hostile peer would.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use bytes::{Bytes, BytesMut};
+use quinn::crypto::rustls::QuicClientConfig;
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use sha2::{Digest, Sha256};
+
+use orbit_agent::{Star, StarConfig};
+use orbit_certs::{GridCa, IssuedCert, Role};
+use orbit_wire::token::{self, Claims, MasterKey, TokenKey, TOKEN_VERSION};
+use orbit_wire::{
+    ByteRange, ControlEvent, ControlRequest, DataFrame, ReadRequest, ReplicateFile, WireError,
+    MAX_CONTROL_FRAME,
+};
+
+/// Sizes around the chunk edges, as every replication test should cover.
+pub const INTERESTING_SIZES: [usize; 7] = [
+    0,
+    1,
+    65535,
+    65536,
+    65537,
+    5 * 1024 * 1024 + 3,
+    64 * 1024 * 1024,
+];
+
+/// How long any single step of a test may take before the test fails. Only fires on failure.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Logs to the test's output once per process; `RUST_LOG` sets the level (default: warn).
+pub fn tracing_guard() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// Runs `fut`, failing the test if it takes longer than [`STEP_TIMEOUT`].
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(STEP_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {STEP_TIMEOUT:?}"))
+}
+
+/// A grid made for one test: its own CA, master key and controller certificate.
+#[derive(Debug)]
+pub struct Grid {
+    /// The grid CA.
+    pub ca: GridCa,
+    /// The master token key.
+    pub master: MasterKey,
+    /// The controller's certificate.
+    pub controller: IssuedCert,
+}
+
+impl Default for Grid {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Grid {
+    /// A fresh grid.
+    pub fn new() -> Grid {
+        tracing_guard();
+        let ca = GridCa::generate("test").expect("CA");
+        let controller = ca
+            .issue(Role::Controller, "orbitctl")
+            .expect("controller cert");
+        Grid {
+            ca,
+            master: MasterKey::from_bytes(rand::random()),
+            controller,
+        }
+    }
+
+    /// The token key of star `name`.
+    pub fn key(&self, name: &str) -> TokenKey {
+        TokenKey::derive(&self.master, name)
+    }
+
+    /// A star's configuration on 127.0.0.1:0 with the given roots.
+    pub fn star_config(&self, name: &str, roots: &[&Path]) -> StarConfig {
+        let cert = self.ca.issue(Role::Star, name).expect("star cert");
+        StarConfig {
+            name: name.to_owned(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ca_pem: self.ca.cert_pem(),
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+            token_key: self.key(name),
+            roots: roots.iter().map(|p| p.to_path_buf()).collect(),
+            state_dir: None,
+        }
+    }
+
+    /// Spawns star `name` on 127.0.0.1:0 serving and storing under `roots`.
+    pub async fn spawn_star(&self, name: &str, roots: &[&Path]) -> Star {
+        Star::spawn(self.star_config(name, roots))
+            .await
+            .expect("star spawns")
+    }
+
+    /// Claims for a full-file read of `path` on `audience`, held by `holder`, valid for a minute.
+    pub fn claims(&self, audience: &str, holder: &str, path: &str) -> Claims {
+        Claims {
+            version: TOKEN_VERSION,
+            key_id: self.key(audience).key_id(),
+            audience: audience.to_owned(),
+            holder: holder.to_owned(),
+            path: path.to_owned(),
+            range: ByteRange::FULL,
+            not_after: unix_now() + 60,
+            nonce: rand::random(),
+        }
+    }
+
+    /// A valid token, signed with `audience`'s key.
+    pub fn token(&self, audience: &str, holder: &str, path: &str) -> String {
+        token::sign(&self.claims(audience, holder, path), &self.key(audience))
+    }
+
+    /// A client with the controller's certificate.
+    pub fn controller_client(&self) -> Client {
+        Client::new(&self.ca.cert_pem(), &self.controller)
+    }
+
+    /// A client with a star certificate named `name`, to act as that star.
+    pub fn star_client(&self, name: &str) -> Client {
+        let cert = self.ca.issue(Role::Star, name).expect("star cert");
+        Client::new(&self.ca.cert_pem(), &cert)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A QUIC client endpoint on 127.0.0.1:0 with some certificate of some CA.
+#[derive(Debug)]
+pub struct Client {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+}
+
+impl Client {
+    /// A client presenting `cert` and trusting `ca_pem`.
+    pub fn new(ca_pem: &str, cert: &IssuedCert) -> Client {
+        let tls =
+            orbit_certs::client_config(ca_pem, &cert.cert_pem, &cert.key_pem, orbit_wire::ALPN)
+                .expect("client TLS config");
+        let mut endpoint =
+            Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("client endpoint");
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from(tls).expect("QUIC client config"),
+        )));
+        Client { endpoint }
+    }
+
+    /// Connects to the star `name` at `addr`.
+    ///
+    /// # Errors
+    ///
+    /// When the handshake fails.
+    pub async fn connect(&self, addr: SocketAddr, name: &str) -> anyhow::Result<Connection> {
+        let conn = within("connect", self.endpoint.connect(addr, name)?).await?;
+        Ok(conn)
+    }
+
+    /// Sends one control request and collects every event until the final one.
+    ///
+    /// # Errors
+    ///
+    /// When the connection or the stream fails.
+    pub async fn control(
+        &self,
+        star: &Star,
+        request: &ControlRequest,
+    ) -> anyhow::Result<Vec<ControlEvent>> {
+        let conn = self.connect(star.local_addr(), star.name()).await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(&mut send, request).await?;
+        send.finish()?;
+        let mut events = Vec::new();
+        loop {
+            let event: ControlEvent = read_frame(&mut recv, MAX_CONTROL_FRAME).await?;
+            let last = event.is_final();
+            events.push(event);
+            if last {
+                conn.close(0u32.into(), b"done");
+                return Ok(events);
+            }
+        }
+    }
+
+    /// Tells `dst` to replicate `src_path` from `src` to `dst_path` with `token`, and returns the
+    /// final event.
+    ///
+    /// # Errors
+    ///
+    /// When the control stream fails.
+    pub async fn replicate(
+        &self,
+        src: &Star,
+        src_path: &str,
+        dst: &Star,
+        dst_path: &str,
+        token: String,
+        expect: Option<[u8; 32]>,
+    ) -> anyhow::Result<ControlEvent> {
+        let request = ControlRequest::Replicate(ReplicateFile {
+            transfer_id: rand::random(),
+            source: src.name().to_owned(),
+            source_addr: src.local_addr().to_string(),
+            source_path: src_path.to_owned(),
+            target_path: dst_path.to_owned(),
+            token,
+            expect_sha256: expect,
+        });
+        let mut events = within("replication", self.control(dst, &request)).await?;
+        Ok(events.pop().expect("at least one event"))
+    }
+
+    /// Sends a read request on `conn` as a star would and collects the answer.
+    ///
+    /// # Errors
+    ///
+    /// When the connection or the stream fails.
+    pub async fn read(
+        &self,
+        conn: &Connection,
+        request: &ReadRequest,
+    ) -> anyhow::Result<ReadOutcome> {
+        let mut send = conn.open_uni().await?;
+        write_frame(&mut send, request).await?;
+        send.finish()?;
+        let mut recv = within("data stream", conn.accept_uni()).await?;
+        let mut outcome = ReadOutcome::default();
+        loop {
+            let frame = match within("data frame", read_data(&mut recv)).await {
+                Ok(frame) => frame,
+                Err(e) if outcome.error.is_some() => return Err(e),
+                Err(e) => return Err(e.context("reading the data stream")),
+            };
+            match frame {
+                DataFrame::Header { size, .. } => outcome.size = Some(size),
+                DataFrame::Chunk { data, .. } => outcome.bytes.extend_from_slice(&data),
+                DataFrame::Trailer { sha256 } => {
+                    outcome.sha256 = Some(sha256);
+                    return Ok(outcome);
+                }
+                DataFrame::Error { error, .. } => {
+                    outcome.error = Some(error);
+                    return Ok(outcome);
+                }
+            }
+        }
+    }
+}
+
+/// What a raw read request got back.
+#[derive(Debug, Default)]
+pub struct ReadOutcome {
+    /// The header's size, if a header came.
+    pub size: Option<u64>,
+    /// Every byte of every chunk.
+    pub bytes: Vec<u8>,
+    /// The trailer's digest, if the read completed.
+    pub sha256: Option<[u8; 32]>,
+    /// The error frame, if the read was refused or failed.
+    pub error: Option<WireError>,
+}
+
+/// A read request for the whole file.
+pub fn read_request(path: &str, token: String) -> ReadRequest {
+    ReadRequest {
+        request_id: 1,
+        transfer_id: 1,
+        path: path.to_owned(),
+        token,
+        range: ByteRange::FULL,
+    }
+}
+
+async fn write_frame<T: serde::Serialize>(send: &mut SendStream, msg: &T) -> anyhow::Result<()> {
+    send.write_all(&orbit_wire::encode_frame(msg)?).await?;
+    Ok(())
+}
+
+async fn read_body(recv: &mut RecvStream, cap: usize) -> anyhow::Result<BytesMut> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await.context("frame length")?;
+    let len = orbit_wire::decode_len(prefix, cap)?;
+    let mut body = BytesMut::zeroed(len);
+    recv.read_exact(&mut body).await.context("frame body")?;
+    Ok(body)
+}
+
+async fn read_frame<T: serde::de::DeserializeOwned>(
+    recv: &mut RecvStream,
+    cap: usize,
+) -> anyhow::Result<T> {
+    Ok(orbit_wire::decode_body(&read_body(recv, cap).await?)?)
+}
+
+async fn read_data(recv: &mut RecvStream) -> anyhow::Result<DataFrame> {
+    let body: Bytes = read_body(recv, orbit_wire::MAX_DATA_FRAME).await?.freeze();
+    Ok(orbit_wire::decode_data_frame(body)?)
+}
+
+/// Writes `size` pseudo-random bytes to `path` and returns their SHA-256.
+pub fn random_file(path: &Path, size: usize) -> [u8; 32] {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(size as u64);
+    let mut data = vec![0u8; size];
+    rng.fill_bytes(&mut data);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, &data).unwrap();
+    Sha256::digest(&data).into()
+}
+
+/// SHA-256 of a file's contents.
+pub fn sha256_file(path: &Path) -> [u8; 32] {
+    Sha256::digest(std::fs::read(path).unwrap()).into()
+}
+
+/// Every entry under `dir`, recursively, as paths relative to it, sorted.
+pub fn list_tree(dir: &Path) -> Vec<PathBuf> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            out.push(path.strip_prefix(base).unwrap().to_path_buf());
+            if path.is_dir() && !path.is_symlink() {
+                walk(base, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// The path as a `String`, for the wire.
+pub fn wire(path: &Path) -> String {
+    path.to_str().expect("test paths are UTF-8").to_owned()
+}
+
+/// Unwraps a `Done` event, failing the test with the error otherwise.
+pub fn expect_done(event: ControlEvent) -> (u64, [u8; 32]) {
+    match event {
+        ControlEvent::Done { bytes, sha256, .. } => (bytes, sha256),
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
+/// Unwraps a `Failed` event.
+pub fn expect_failed(event: ControlEvent) -> WireError {
+    match event {
+        ControlEvent::Failed(e) => e,
+        other => panic!("expected Failed, got {other:?}"),
+    }
+}
+
+/// An error for a condition a helper cannot handle.
+pub fn fail(what: &str) -> anyhow::Error {
+    anyhow!("{what}")
+}
