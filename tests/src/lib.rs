@@ -13,6 +13,8 @@ use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use sha2::{Digest, Sha256};
 
+pub mod process;
+
 use orbit_agent::{Star, StarConfig};
 use orbit_certs::{GridCa, IssuedCert, Role};
 use orbit_wire::token::{self, Claims, MasterKey, TokenKey, TOKEN_VERSION};
@@ -384,4 +386,42 @@ pub fn expect_failed(event: ControlEvent) -> WireError {
 /// An error for a condition a helper cannot handle.
 pub fn fail(what: &str) -> anyhow::Error {
     anyhow!("{what}")
+}
+
+// ------------------------------------------------------------------------------------------------
+// Refusal helpers, shared by tokens.rs, paths.rs, special_files.rs, peers.rs and interrupted.rs.
+// Appended as one block; nothing above depends on it.
+// ------------------------------------------------------------------------------------------------
+
+/// Asserts that a raw read was refused with `code` before anything was served: an error frame,
+/// no header, no bytes and no trailer. Returns the error for checks on its message.
+#[track_caller]
+pub fn assert_refused(outcome: &ReadOutcome, code: orbit_wire::ErrorCode) -> &WireError {
+    let error = outcome
+        .error
+        .as_ref()
+        .unwrap_or_else(|| panic!("expected a refusal with {code:?}, got {outcome:?}"));
+    assert_eq!(error.code, code, "{error}");
+    assert_eq!(outcome.size, None, "a header was sent before the refusal");
+    assert!(
+        outcome.bytes.is_empty(),
+        "{} bytes were served before the refusal",
+        outcome.bytes.len()
+    );
+    assert_eq!(outcome.sha256, None, "a trailer was sent");
+    error
+}
+
+/// The temporary files (`.orbit-*.part`) directly in `dir`.
+pub fn part_files(dir: &Path) -> Vec<PathBuf> {
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_string_lossy();
+            name.starts_with(".orbit-") && name.ends_with(".part")
+        })
+        .collect();
+    parts.sort();
+    parts
 }

@@ -1,0 +1,173 @@
+//! The real binaries, as a person or a script uses them: `orbitctl init`, two `orbit-star`
+//! processes, `orbitctl replicate` (plain and `--json`), `orbitctl status`, `orbitctl token`, and
+//! `orbitctl demo`; SIGTERM stops a star with exit code 0.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use orbit_tests::process::{orbitctl, StarProcess};
+use orbit_tests::{random_file, wire};
+
+/// `orbitctl init` for two stars on loopback ports that are free right now.
+fn init_grid(root: &Path) -> std::path::PathBuf {
+    let grid = root.join("grid");
+    let ports: Vec<u16> = (0..2)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+        .collect();
+    let a = format!("star-a=127.0.0.1:{}", ports[0]);
+    let b = format!("star-b=127.0.0.1:{}", ports[1]);
+    let out = orbitctl(&["init", &wire(&grid), "--star", &a, "--star", &b]);
+    assert_eq!(out.code, Some(0), "init failed: {}{}", out.stdout, out.stderr);
+    grid
+}
+
+fn start_star(grid: &Path, name: &str, root: &Path) -> StarProcess {
+    let config = grid.join(format!("stars/{name}/star.toml"));
+    StarProcess::start(&["--config", &wire(&config), "--allow", &wire(root)])
+}
+
+#[test]
+fn init_writes_the_grid_with_private_keys_and_refuses_to_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = init_grid(tmp.path());
+    for file in [
+        "grid.toml",
+        "ca.pem",
+        "ca.key",
+        "controller.pem",
+        "controller.key",
+        "token-master.key",
+        "stars/star-a/star.toml",
+        "stars/star-a/cert.pem",
+        "stars/star-a/key.pem",
+        "stars/star-a/ca.pem",
+        "stars/star-a/token.key",
+        "stars/star-b/star.toml",
+    ] {
+        assert!(grid.join(file).is_file(), "{file} missing");
+    }
+    for key in ["ca.key", "controller.key", "token-master.key", "stars/star-a/key.pem", "stars/star-a/token.key"] {
+        let mode = std::fs::metadata(grid.join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key} has mode {mode:o}");
+    }
+    let before = std::fs::read(grid.join("ca.key")).unwrap();
+    let again = orbitctl(&["init", &wire(&grid), "--star", "star-c=127.0.0.1:1"]);
+    assert_ne!(again.code, Some(0));
+    assert!(again.stderr.contains("not empty"), "{}", again.stderr);
+    assert_eq!(std::fs::read(grid.join("ca.key")).unwrap(), before, "the CA key was touched");
+}
+
+#[test]
+fn two_star_processes_replicate_and_stop_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = init_grid(tmp.path());
+    let src_root = tmp.path().join("src");
+    let dst_root = tmp.path().join("dst");
+    std::fs::create_dir_all(&src_root).unwrap();
+    std::fs::create_dir_all(&dst_root).unwrap();
+    let a = start_star(&grid, "star-a", &src_root);
+    let b = start_star(&grid, "star-b", &dst_root);
+
+    let src = src_root.join("data/f.bin");
+    let dst = dst_root.join("backup/f.bin");
+    let digest = hex::encode(random_file(&src, 3 * 1024 * 1024 + 17));
+    let g = wire(&grid);
+    let out = orbitctl(&[
+        "--grid",
+        &g,
+        "replicate",
+        &format!("star-a:{}", wire(&src)),
+        &format!("star-b:{}", wire(&dst)),
+        "--json",
+    ]);
+    assert_eq!(out.code, Some(0), "replicate failed: {}{}", out.stdout, out.stderr);
+    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["bytes"], 3 * 1024 * 1024 + 17);
+    assert_eq!(json["sha256"], digest.as_str());
+    assert!(json["seconds"].as_f64().is_some(), "{json}");
+    assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+
+    // The plain form: one summary line with the size and checksum.
+    let dst2 = dst_root.join("backup/g.bin");
+    let out = orbitctl(&[
+        "--grid",
+        &g,
+        "replicate",
+        &format!("star-a:{}", wire(&src)),
+        &format!("star-b:{}", wire(&dst2)),
+        "--expect-sha256",
+        &digest,
+    ]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+    assert!(out.stdout.contains(&digest) && out.stdout.contains("3145745"), "{}", out.stdout);
+
+    // A refused read: non-zero exit, one line on stderr naming the star and the reason, and
+    // --json says which code.
+    let out = orbitctl(&[
+        "--grid",
+        &g,
+        "replicate",
+        &format!("star-a:{}/missing.bin", wire(&src_root)),
+        &format!("star-b:{}", wire(&dst_root.join("x.bin"))),
+        "--json",
+    ]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["code"], "NotFound");
+    assert!(json["message"].as_str().unwrap().contains("star-a"), "{json}");
+    let out = orbitctl(&[
+        "--grid",
+        &g,
+        "replicate",
+        &format!("star-a:{}/missing.bin", wire(&src_root)),
+        &format!("star-b:{}", wire(&dst_root.join("x.bin"))),
+    ]);
+    assert_eq!(out.code, Some(1));
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("star-b") && out.stderr.contains("not found"), "{}", out.stderr);
+    assert!(!dst_root.join("x.bin").exists());
+
+    // Status sees both stars up.
+    let out = orbitctl(&["--grid", &g, "status", "--json"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+    let stars = json["stars"].as_array().expect("stars");
+    assert_eq!(stars.len(), 2);
+    assert!(stars.iter().all(|s| s["up"] == true), "{json}");
+    let out = orbitctl(&["--grid", &g, "status"]);
+    assert_eq!(out.code, Some(0));
+    assert!(out.stdout.contains("star-a") && out.stdout.contains("star-b"), "{}", out.stdout);
+
+    // A token for scripts: one line, nothing else.
+    let out = orbitctl(&["--grid", &g, "token", &format!("star-a:{}", wire(&src)), "--holder", "star-b"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.trim().lines().count(), 1);
+
+    let logs_a: Vec<String> = a.drain_lines();
+    assert!(logs_a.iter().any(|l| l.contains("read completed")), "{logs_a:#?}");
+    assert_eq!(a.terminate().code(), Some(0));
+    assert_eq!(b.terminate().code(), Some(0));
+
+    // With the stars gone, status says so and exits non-zero, quickly.
+    let out = orbitctl(&["--grid", &g, "status"]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+}
+
+#[test]
+fn the_demo_runs_with_no_setup_and_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(orbit_tests::process::bin("orbitctl"))
+        .args(["demo", "--size", "4194304"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("4194304"), "{stdout}");
+    assert!(stdout.to_lowercase().contains("sha256"), "{stdout}");
+    assert!(stdout.contains("/s"), "no rate in: {stdout}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the demo left files behind");
+}
