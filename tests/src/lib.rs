@@ -425,3 +425,33 @@ pub fn part_files(dir: &Path) -> Vec<PathBuf> {
     parts.sort();
     parts
 }
+
+impl Client {
+    /// As [`Client::control`], but to the star `name` at `addr`, so that the caller keeps no
+    /// borrow of the [`Star`] (and may shut it down while the command runs).
+    ///
+    /// # Errors
+    ///
+    /// When the connection or the stream fails.
+    pub async fn control_at(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        request: &ControlRequest,
+    ) -> anyhow::Result<Vec<ControlEvent>> {
+        let conn = self.connect(addr, name).await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(&mut send, request).await?;
+        send.finish()?;
+        let mut events = Vec::new();
+        loop {
+            let event: ControlEvent = read_frame(&mut recv, MAX_CONTROL_FRAME).await?;
+            let last = event.is_final();
+            events.push(event);
+            if last {
+                conn.close(0u32.into(), b"done");
+                return Ok(events);
+            }
+        }
+    }
+}

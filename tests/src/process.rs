@@ -19,11 +19,23 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = BUILT.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/<test> -> target/<profile>
-        let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "orbit-agent", "-p", "orbit-controller", "--bins"]);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "orbit-agent",
+            "-p",
+            "orbit-controller",
+            "--bins",
+        ]);
         if release {
             build.arg("--release");
         }
@@ -54,10 +66,17 @@ impl StarProcess {
     ///
     /// When it exits or stays silent before it is ready; the panic shows its output.
     pub fn start(args: &[&str]) -> StarProcess {
+        StarProcess::start_with_env(args, &[])
+    }
+
+    /// As [`StarProcess::start`], with extra environment variables (and no inherited
+    /// `ORBIT_AUTH_SECRET`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> StarProcess {
         let mut child = Command::new(bin("orbit-star"))
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("ORBIT_AUTH_SECRET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -90,7 +109,10 @@ impl StarProcess {
                 Err(_) => {
                     let _ = child.kill();
                     let status = child.wait().ok();
-                    panic!("orbit-star did not start ({status:?}); its output:\n{}", seen.join("\n"));
+                    panic!(
+                        "orbit-star did not start ({status:?}); its output:\n{}",
+                        seen.join("\n")
+                    );
                 }
             }
         }
@@ -164,7 +186,10 @@ mod tests {
     #[test]
     fn finds_the_address_in_a_log_line() {
         let line = "2026-11-27T12:00:00Z  INFO star{name=star-a}: orbit_agent::star: listening on 127.0.0.1:4567";
-        assert_eq!(listening_addr(line), Some("127.0.0.1:4567".parse().unwrap()));
+        assert_eq!(
+            listening_addr(line),
+            Some("127.0.0.1:4567".parse().unwrap())
+        );
         assert_eq!(listening_addr("nothing here"), None);
     }
 }

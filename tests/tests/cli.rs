@@ -12,12 +12,24 @@ use orbit_tests::{random_file, wire};
 fn init_grid(root: &Path) -> std::path::PathBuf {
     let grid = root.join("grid");
     let ports: Vec<u16> = (0..2)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+        .map(|_| {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
         .collect();
     let a = format!("star-a=127.0.0.1:{}", ports[0]);
     let b = format!("star-b=127.0.0.1:{}", ports[1]);
     let out = orbitctl(&["init", &wire(&grid), "--star", &a, "--star", &b]);
-    assert_eq!(out.code, Some(0), "init failed: {}{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "init failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
     grid
 }
 
@@ -46,15 +58,29 @@ fn init_writes_the_grid_with_private_keys_and_refuses_to_overwrite() {
     ] {
         assert!(grid.join(file).is_file(), "{file} missing");
     }
-    for key in ["ca.key", "controller.key", "token-master.key", "stars/star-a/key.pem", "stars/star-a/token.key"] {
-        let mode = std::fs::metadata(grid.join(key)).unwrap().permissions().mode() & 0o777;
+    for key in [
+        "ca.key",
+        "controller.key",
+        "token-master.key",
+        "stars/star-a/key.pem",
+        "stars/star-a/token.key",
+    ] {
+        let mode = std::fs::metadata(grid.join(key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{key} has mode {mode:o}");
     }
     let before = std::fs::read(grid.join("ca.key")).unwrap();
     let again = orbitctl(&["init", &wire(&grid), "--star", "star-c=127.0.0.1:1"]);
     assert_ne!(again.code, Some(0));
     assert!(again.stderr.contains("not empty"), "{}", again.stderr);
-    assert_eq!(std::fs::read(grid.join("ca.key")).unwrap(), before, "the CA key was touched");
+    assert_eq!(
+        std::fs::read(grid.join("ca.key")).unwrap(),
+        before,
+        "the CA key was touched"
+    );
 }
 
 #[test]
@@ -80,7 +106,13 @@ fn two_star_processes_replicate_and_stop_cleanly() {
         &format!("star-b:{}", wire(&dst)),
         "--json",
     ]);
-    assert_eq!(out.code, Some(0), "replicate failed: {}{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "replicate failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
     let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
     assert_eq!(json["ok"], true);
     assert_eq!(json["bytes"], 3 * 1024 * 1024 + 17);
@@ -101,7 +133,11 @@ fn two_star_processes_replicate_and_stop_cleanly() {
     ]);
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
     assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
-    assert!(out.stdout.contains(&digest) && out.stdout.contains("3145745"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&digest) && out.stdout.contains("3145745"),
+        "{}",
+        out.stdout
+    );
 
     // A refused read: non-zero exit, one line on stderr naming the star and the reason, and
     // --json says which code.
@@ -117,7 +153,10 @@ fn two_star_processes_replicate_and_stop_cleanly() {
     let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
     assert_eq!(json["ok"], false);
     assert_eq!(json["code"], "NotFound");
-    assert!(json["message"].as_str().unwrap().contains("star-a"), "{json}");
+    assert!(
+        json["message"].as_str().unwrap().contains("star-a"),
+        "{json}"
+    );
     let out = orbitctl(&[
         "--grid",
         &g,
@@ -127,7 +166,11 @@ fn two_star_processes_replicate_and_stop_cleanly() {
     ]);
     assert_eq!(out.code, Some(1));
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
-    assert!(out.stderr.contains("star-b") && out.stderr.contains("not found"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("star-b") && out.stderr.contains("not found"),
+        "{}",
+        out.stderr
+    );
     assert!(!dst_root.join("x.bin").exists());
 
     // Status sees both stars up.
@@ -139,15 +182,29 @@ fn two_star_processes_replicate_and_stop_cleanly() {
     assert!(stars.iter().all(|s| s["up"] == true), "{json}");
     let out = orbitctl(&["--grid", &g, "status"]);
     assert_eq!(out.code, Some(0));
-    assert!(out.stdout.contains("star-a") && out.stdout.contains("star-b"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("star-a") && out.stdout.contains("star-b"),
+        "{}",
+        out.stdout
+    );
 
     // A token for scripts: one line, nothing else.
-    let out = orbitctl(&["--grid", &g, "token", &format!("star-a:{}", wire(&src)), "--holder", "star-b"]);
+    let out = orbitctl(&[
+        "--grid",
+        &g,
+        "token",
+        &format!("star-a:{}", wire(&src)),
+        "--holder",
+        "star-b",
+    ]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(out.stdout.trim().lines().count(), 1);
 
     let logs_a: Vec<String> = a.drain_lines();
-    assert!(logs_a.iter().any(|l| l.contains("read completed")), "{logs_a:#?}");
+    assert!(
+        logs_a.iter().any(|l| l.contains("read completed")),
+        "{logs_a:#?}"
+    );
     assert_eq!(a.terminate().code(), Some(0));
     assert_eq!(b.terminate().code(), Some(0));
 
@@ -165,9 +222,74 @@ fn the_demo_runs_with_no_setup_and_leaves_nothing_behind() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("4194304"), "{stdout}");
     assert!(stdout.to_lowercase().contains("sha256"), "{stdout}");
     assert!(stdout.contains("/s"), "no rate in: {stdout}");
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the demo left files behind");
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "the demo left files behind"
+    );
+}
+
+#[test]
+fn a_star_takes_its_token_key_from_orbit_auth_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = init_grid(tmp.path());
+    let src_root = tmp.path().join("src");
+    let dst_root = tmp.path().join("dst");
+    std::fs::create_dir_all(&src_root).unwrap();
+    std::fs::create_dir_all(&dst_root).unwrap();
+    // star-a from flags alone, its key only in the environment; the listen address from grid.toml.
+    let dir = grid.join("stars/star-a");
+    let secret = std::fs::read_to_string(dir.join("token.key")).unwrap();
+    std::fs::remove_file(dir.join("token.key")).unwrap();
+    let inventory = std::fs::read_to_string(grid.join("grid.toml")).unwrap();
+    let addr = inventory
+        .lines()
+        .skip_while(|l| !l.contains("star-a"))
+        .find_map(|l| l.trim().strip_prefix("addr = "))
+        .expect("star-a's address")
+        .trim_matches('"')
+        .to_owned();
+    let a = StarProcess::start_with_env(
+        &[
+            "--name",
+            "star-a",
+            "--listen",
+            &addr,
+            "--cert",
+            &wire(&dir.join("cert.pem")),
+            "--key",
+            &wire(&dir.join("key.pem")),
+            "--ca",
+            &wire(&dir.join("ca.pem")),
+            "--allow",
+            &wire(&src_root),
+        ],
+        &[("ORBIT_AUTH_SECRET", secret.trim())],
+    );
+    let b = start_star(&grid, "star-b", &dst_root);
+    let src = src_root.join("f.bin");
+    random_file(&src, 70_000);
+    let out = orbitctl(&[
+        "--grid",
+        &wire(&grid),
+        "replicate",
+        &format!("star-a:{}", wire(&src)),
+        &format!("star-b:{}", wire(&dst_root.join("f.bin"))),
+    ]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        std::fs::read(dst_root.join("f.bin")).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    assert_eq!(a.terminate().code(), Some(0));
+    assert_eq!(b.terminate().code(), Some(0));
 }

@@ -459,6 +459,29 @@ mod tests {
     }
 
     #[test]
+    fn golden_claims() {
+        let c = Claims {
+            version: 1,
+            key_id: 0x0102_0304,
+            audience: "a".into(),
+            holder: "b".into(),
+            path: "/p".into(),
+            range: ByteRange { start: 0, end: 5 },
+            not_after: 300,
+            nonce: [0xee; NONCE_LEN],
+        };
+        let bytes = postcard::to_allocvec(&c).unwrap();
+        assert_eq!(
+            hex::encode(bytes),
+            format!(
+                "01848688080161016202{}0005ac02{}",
+                "2f70",
+                "ee".repeat(NONCE_LEN)
+            )
+        );
+    }
+
+    #[test]
     fn derivation_is_pinned() {
         // Changing the derivation would invalidate every deployed star key.
         // Computed independently: HMAC-SHA256(key = 32 bytes of 7, "orbit/1 star token key\0star-a").
