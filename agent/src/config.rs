@@ -45,20 +45,20 @@ pub struct StarFile {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML for a star, or has an unknown key.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Parse {
         /// The file.
         path: PathBuf,
         /// Why, with the line.
-        source: Box<toml::de::Error>,
+        error: Box<toml::de::Error>,
     },
     /// A required setting is missing from both file and flags.
     #[error("missing setting `{0}`: set it in star.toml or pass --{flag}", flag = .0.replace('_', "-"))]
@@ -80,13 +80,13 @@ impl StarFile {
     ///
     /// [`ConfigError::Read`] or [`ConfigError::Parse`].
     pub fn load(path: &Path) -> Result<StarFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
-        let mut file: StarFile = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let mut file: StarFile = toml::from_str(&text).map_err(|error| ConfigError::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            error: Box::new(error),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
@@ -130,7 +130,7 @@ impl StarFile {
         let listen = self.listen.ok_or(ConfigError::Missing("listen"))?;
         let read = |path: Option<PathBuf>, setting: &'static str| {
             let path = path.ok_or(ConfigError::Missing(setting))?;
-            std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path, source })
+            std::fs::read_to_string(&path).map_err(|error| ConfigError::Read { path, error })
         };
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let (source_name, text) = match (auth_secret, self.token_key_file, credentials) {

@@ -21,6 +21,8 @@ use crate::star::Shared;
 
 /// How often progress is reported while bytes move.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+/// How long the final event may wait for the controller to read it.
+const FINAL_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handles one control stream from `peer`.
 pub(crate) async fn handle(
@@ -53,10 +55,15 @@ pub(crate) async fn handle(
             ControlRequest::Replicate(cmd) => replicate(&shared, &cmd, &mut send).await,
         }
     };
-    // The controller may have gone; the outcome is logged either way.
+    // The controller may have gone; the outcome is logged either way. Wait (boundedly) for it to
+    // read the final event, so that closing the connection does not cut it off.
     let _ = write_frame(&mut send, &last).await;
     let _ = send.finish();
-    let _ = send.stopped().await;
+    tokio::select! {
+        _ = send.stopped() => {}
+        _ = shared.cancel.cancelled() => {}
+        _ = tokio::time::sleep(FINAL_EVENT_TIMEOUT) => {}
+    }
 }
 
 fn status(shared: &Shared) -> StarStatus {

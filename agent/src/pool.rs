@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use quinn::{Connection, RecvStream};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
 
 use orbit_certs::Role;
@@ -76,7 +77,11 @@ impl Pool {
             }
         }
         let peer = Arc::new(dial(shared, name, addr).await?);
-        let dispatcher = dispatch(peer.conn.clone(), peer.waiters.clone());
+        let dispatcher = dispatch(
+            peer.conn.clone(),
+            peer.waiters.clone(),
+            shared.cancel.child_token(),
+        );
         shared
             .tracker
             .spawn(dispatcher.instrument(tracing::debug_span!("dispatch", peer = name)));
@@ -129,9 +134,17 @@ async fn dial(shared: &Shared, name: &str, addr: &str) -> Result<PeerConn, WireE
     })
 }
 
-/// Accepts data streams on an outgoing connection and hands each to the request it answers.
-async fn dispatch(conn: Connection, waiters: Arc<Waiters>) {
-    while let Ok(mut recv) = conn.accept_uni().await {
+/// Accepts data streams on an outgoing connection and hands each to the request it answers,
+/// until the connection ends or the star shuts down.
+async fn dispatch(conn: Connection, waiters: Arc<Waiters>, cancel: CancellationToken) {
+    loop {
+        let mut recv = tokio::select! {
+            _ = cancel.cancelled() => break,
+            stream = conn.accept_uni() => match stream {
+                Ok(recv) => recv,
+                Err(_) => break,
+            },
+        };
         let waiters = waiters.clone();
         tokio::spawn(async move {
             let first =

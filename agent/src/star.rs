@@ -89,20 +89,20 @@ pub enum SpawnError {
     #[error("QUIC TLS configuration: {0}")]
     Quic(String),
     /// The state directory could not be created.
-    #[error("state directory {path}: {source}")]
+    #[error("state directory {path}: {error}")]
     StateDir {
         /// The directory.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The UDP socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -143,9 +143,9 @@ impl Star {
         }
         let jail = Jail::open(&config.roots).map_err(SpawnError::Root)?;
         if let Some(path) = &config.state_dir {
-            std::fs::create_dir_all(path).map_err(|source| SpawnError::StateDir {
+            std::fs::create_dir_all(path).map_err(|error| SpawnError::StateDir {
                 path: path.clone(),
-                source,
+                error,
             })?;
         }
 
@@ -171,9 +171,9 @@ impl Star {
         ));
         client.transport_config(transport);
 
-        let socket = bind_socket(config.listen).map_err(|source| SpawnError::Bind {
+        let socket = bind_socket(config.listen).map_err(|error| SpawnError::Bind {
             addr: config.listen,
-            source,
+            error,
         })?;
         let mut endpoint_config = quinn::EndpointConfig::default();
         endpoint_config
@@ -185,14 +185,14 @@ impl Star {
             socket,
             Arc::new(quinn::TokioRuntime),
         )
-        .map_err(|source| SpawnError::Bind {
+        .map_err(|error| SpawnError::Bind {
             addr: config.listen,
-            source,
+            error,
         })?;
         endpoint.set_default_client_config(client);
-        let addr = endpoint.local_addr().map_err(|source| SpawnError::Bind {
+        let addr = endpoint.local_addr().map_err(|error| SpawnError::Bind {
             addr: config.listen,
-            source,
+            error,
         })?;
 
         let shared = Arc::new(Shared {

@@ -1,0 +1,278 @@
+//! The files of a grid directory: their names, their modes, and how a star's directory is
+//! written.
+//!
+//! ```text
+//! GRID/grid.toml                 inventory: stars, addresses, defaults
+//! GRID/ca.pem, GRID/ca.key       the grid's CA
+//! GRID/controller.pem, .key      orbitctl's certificate
+//! GRID/token-master.key          the master token key
+//! GRID/stars/NAME/star.toml      a ready config for that star
+//! GRID/stars/NAME/{cert.pem,key.pem,ca.pem,token.key}
+//! ```
+//!
+//! Secret files are created with mode 0600 from the first byte, never loosened and then
+//! tightened, and no file is ever overwritten here: every write is `create_new`.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use orbit_certs::{GridCa, IssuedCert, Role};
+use orbit_wire::token::{MasterKey, TokenKey};
+
+use crate::spec::StarAddr;
+
+/// The inventory.
+pub const GRID_TOML: &str = "grid.toml";
+/// The grid CA's certificate.
+pub const CA_CERT: &str = "ca.pem";
+/// The grid CA's private key (secret).
+pub const CA_KEY: &str = "ca.key";
+/// The controller's certificate.
+pub const CONTROLLER_CERT: &str = "controller.pem";
+/// The controller's private key (secret).
+pub const CONTROLLER_KEY: &str = "controller.key";
+/// The master token key, 64 hex digits (secret).
+pub const MASTER_KEY: &str = "token-master.key";
+/// The folder holding one folder per star.
+pub const STARS_DIR: &str = "stars";
+/// A star's config, inside its folder.
+pub const STAR_TOML: &str = "star.toml";
+/// A star's certificate, inside its folder.
+pub const STAR_CERT: &str = "cert.pem";
+/// A star's private key (secret), inside its folder.
+pub const STAR_KEY: &str = "key.pem";
+/// The grid CA's certificate, copied into a star's folder.
+pub const STAR_CA: &str = "ca.pem";
+/// A star's token key, 64 hex digits (secret), inside its folder.
+pub const STAR_TOKEN_KEY: &str = "token.key";
+/// The state directory a star's config names, relative to its folder.
+pub const STAR_STATE_DIR: &str = "state";
+/// The name in the controller's certificate.
+pub const CONTROLLER_NAME: &str = "orbitctl";
+
+/// Who may read a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Mode 0644: certificates and configs.
+    Public,
+    /// Mode 0600: private keys and token keys.
+    Secret,
+}
+
+/// A file or folder could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {}: {error}", path.display())]
+pub struct WriteError {
+    /// What was being written.
+    pub path: PathBuf,
+    /// Why it failed.
+    pub error: io::Error,
+}
+
+impl WriteError {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn new(path: &Path, error: io::Error) -> WriteError {
+        WriteError {
+            path: path.to_owned(),
+            error,
+        }
+    }
+}
+
+/// Creates `path`, which must not exist, with the mode for `access`, writes `contents` and
+/// syncs it to disk.
+///
+/// # Errors
+///
+/// [`WriteError`] naming the path; `AlreadyExists` if it exists.
+pub fn write_new(path: &Path, contents: &[u8], access: Access) -> Result<(), WriteError> {
+    let mode = match access {
+        Access::Public => 0o644,
+        Access::Secret => 0o600,
+    };
+    let write = || -> io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)?;
+        file.write_all(contents)?;
+        file.sync_all()
+    };
+    write().map_err(|e| WriteError::new(path, e))
+}
+
+/// Creates the folder `path`, which must not exist.
+///
+/// # Errors
+///
+/// [`WriteError`] naming the path.
+pub fn create_dir(path: &Path) -> Result<(), WriteError> {
+    std::fs::create_dir(path).map_err(|e| WriteError::new(path, e))
+}
+
+/// Everything that goes into one star's folder.
+#[derive(Debug, Clone)]
+pub struct StarKit {
+    /// The star's name.
+    pub name: String,
+    /// Where it listens, as the inventory says.
+    pub addr: StarAddr,
+    /// The grid CA's certificate, PEM.
+    pub ca_pem: String,
+    /// Its certificate and key.
+    pub cert: IssuedCert,
+    /// Its token key, derived from the master key and its name.
+    pub token_key: TokenKey,
+}
+
+impl StarKit {
+    /// Issues a star certificate for `name` and derives its token key.
+    ///
+    /// # Errors
+    ///
+    /// [`orbit_certs::CertError`] if the name is invalid or the certificate cannot be made.
+    pub fn issue(
+        ca: &GridCa,
+        master: &MasterKey,
+        name: &str,
+        addr: &StarAddr,
+    ) -> Result<StarKit, orbit_certs::CertError> {
+        Ok(StarKit {
+            name: name.to_owned(),
+            addr: addr.clone(),
+            ca_pem: ca.cert_pem(),
+            cert: ca.issue(Role::Star, name)?,
+            token_key: TokenKey::derive(master, name),
+        })
+    }
+
+    /// Writes `star.toml`, `cert.pem`, `key.pem`, `ca.pem` and `token.key` into `dir`, which
+    /// must exist and hold none of them. `command` is the `orbitctl` subcommand writing them.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteError`] naming the file that could not be written.
+    pub fn write_into(&self, dir: &Path, grid_name: &str, command: &str) -> Result<(), WriteError> {
+        let files: [(&str, String, Access); 5] = [
+            (STAR_CERT, self.cert.cert_pem.clone(), Access::Public),
+            (STAR_KEY, self.cert.key_pem.clone(), Access::Secret),
+            (STAR_CA, self.ca_pem.clone(), Access::Public),
+            (
+                STAR_TOKEN_KEY,
+                format!("{}\n", self.token_key.to_hex()),
+                Access::Secret,
+            ),
+            (
+                STAR_TOML,
+                self.star_toml(grid_name, command),
+                Access::Public,
+            ),
+        ];
+        for (name, contents, access) in files {
+            write_new(&dir.join(name), contents.as_bytes(), access)?;
+        }
+        Ok(())
+    }
+
+    /// The star's config file, written by `orbitctl <command>`. The agent reads it; paths in it
+    /// are relative to its folder.
+    pub fn star_toml(&self, grid_name: &str, command: &str) -> String {
+        let q = toml_string;
+        format!(
+            "# Orbit star {name} of grid {grid}, written by orbitctl {command}.\n\
+             name = {name}\n\
+             listen = {listen}\n\
+             cert = {cert}\n\
+             key = {key}\n\
+             ca = {ca}\n\
+             token_key_file = {token}\n\
+             state_dir = {state}\n\
+             # allow = [\"/srv/data\"]        # roots to serve and store under; or pass --allow DIR\n",
+            name = q(&self.name),
+            grid = grid_name,
+            listen = q(&self.addr.listen_addr().to_string()),
+            cert = q(STAR_CERT),
+            key = q(STAR_KEY),
+            ca = q(STAR_CA),
+            token = q(STAR_TOKEN_KEY),
+            state = q(STAR_STATE_DIR),
+        )
+    }
+}
+
+/// `value` as a quoted, escaped TOML string.
+pub fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_owned()).to_string()
+}
+
+/// A grid's name for people and for its CA: the last component of its folder.
+pub fn grid_name(dir: &Path) -> String {
+    let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    named(dir)
+        .or_else(|| dir.canonicalize().ok().as_deref().and_then(named))
+        .unwrap_or_else(|| "grid".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn secret_files_are_0600_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        write_new(&path, b"secret", Access::Secret).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let err = write_new(&path, b"other", Access::Secret).unwrap_err();
+        assert_eq!(err.error.kind(), io::ErrorKind::AlreadyExists);
+        assert!(err.to_string().contains(&*path.to_string_lossy()));
+        assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn star_toml_has_exactly_the_agreed_keys() {
+        let ca = GridCa::generate("t").unwrap();
+        let master = MasterKey::from_bytes([1; 32]);
+        let addr = StarAddr::parse("host.example:7401").unwrap();
+        let kit = StarKit::issue(&ca, &master, "star-a", &addr).unwrap();
+        let text = kit.star_toml("prod", "init");
+        assert!(
+            text.starts_with("# Orbit star \"star-a\" of grid prod, written by orbitctl init.\n")
+        );
+        let table: toml::Table = text.parse().unwrap();
+        let keys: Vec<&str> = table.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "ca",
+                "cert",
+                "key",
+                "listen",
+                "name",
+                "state_dir",
+                "token_key_file"
+            ]
+        );
+        assert_eq!(table["name"].as_str(), Some("star-a"));
+        assert_eq!(table["listen"].as_str(), Some("0.0.0.0:7401"));
+        assert!(text.contains("\n# allow = [\"/srv/data\"]"));
+
+        let ip = StarAddr::parse("10.1.2.3:7401").unwrap();
+        let kit = StarKit::issue(&ca, &master, "star-b", &ip).unwrap();
+        let table: toml::Table = kit.star_toml("prod", "init").parse().unwrap();
+        assert_eq!(table["listen"].as_str(), Some("10.1.2.3:7401"));
+    }
+
+    #[test]
+    fn grid_names_come_from_the_folder() {
+        assert_eq!(grid_name(Path::new("/etc/orbit/prod")), "prod");
+        assert_eq!(grid_name(Path::new("prod/")), "prod");
+        assert!(!grid_name(Path::new(".")).is_empty());
+    }
+}

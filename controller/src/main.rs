@@ -1,0 +1,105 @@
+//! `orbitctl`: the command line of the Orbit controller. Thin on purpose: parse the arguments,
+//! set up logging, run the subcommand from the library, and turn its result into one line on
+//! stderr and an exit code (0 success, 1 failure, 2 usage error).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory as _, Parser, Subcommand};
+use orbit_controller::{add_star, demo, init, replicate, status, token, VERSION};
+use tracing_subscriber::EnvFilter;
+
+/// Orbit's controller: make a grid of stars, and have stars copy files directly between them.
+///
+/// A grid is a folder made by `orbitctl init`: its inventory (grid.toml), its certificate
+/// authority, the controller's certificate and the master token key. Point the other commands at
+/// it with --grid or ORBIT_GRID. Try `orbitctl demo` to see one replication on this machine.
+#[derive(Debug, Parser)]
+#[command(name = "orbitctl", version = VERSION)]
+struct Cli {
+    /// The grid folder made by `orbitctl init` (every command but init and demo needs one).
+    #[arg(long, global = true, env = "ORBIT_GRID", value_name = "GRID")]
+    grid: Option<PathBuf>,
+
+    /// Log more on stderr: -v for info, -vv for debug, -vvv for trace. RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Init(init::Args),
+    AddStar(add_star::Args),
+    Replicate(replicate::Args),
+    Status(status::Args),
+    Token(token::Args),
+    Demo(demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("orbitctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Do not wait for stray blocking work (a file being hashed) once the answer is known.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orbitctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let grid = cli.grid;
+    match cli.command {
+        Command::Init(args) => Ok(init::run(args)?),
+        Command::AddStar(args) => Ok(add_star::run(&need_grid(grid), args)?),
+        Command::Replicate(args) => Ok(replicate::run(&need_grid(grid), args).await?),
+        Command::Status(args) => Ok(status::run(&need_grid(grid), args).await?),
+        Command::Token(args) => Ok(token::run(&need_grid(grid), args)?),
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+/// The grid from --grid or ORBIT_GRID, or a usage error (exit code 2).
+fn need_grid(grid: Option<PathBuf>) -> PathBuf {
+    grid.unwrap_or_else(|| {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "this command needs a grid: pass --grid GRID or set ORBIT_GRID",
+            )
+            .exit()
+    })
+}
+
+fn init_tracing(verbose: u8) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,478 @@
+//! `orbitctl replicate`: tells the destination star to pull a file from the source star, and
+//! reports the verified result.
+//!
+//! The controller mints a token for the source star naming the destination as holder, sends
+//! one `ReplicateFile` on a control stream to the destination, and waits for its final event.
+//! File data never passes through the controller; its traffic is a few kilobytes whatever the
+//! file's size. [`replicate_file`] is the one client code path, shared with `orbitctl demo`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile, WireError};
+use rand::RngCore;
+use serde::Serialize;
+
+use crate::connect::{self, ConnectError, StarConnection, StreamError, WireBytes};
+use crate::grid::{Grid, GridError};
+use crate::human;
+use crate::spec::{parse_sha256, parse_ttl, StarPath};
+use crate::token;
+
+/// Copy a file from one star to another, directly between the two stars.
+///
+/// The destination star pulls the file from the source star over QUIC, checks its size
+/// and SHA-256, writes it durably and only then renames it into place; orbitctl prints
+/// one line and exits 0 only after that. The file's bytes never pass through orbitctl.
+///
+/// Example:
+///
+///   orbitctl --grid /etc/orbit/grid replicate star-a:/srv/data/f.bin star-b:/srv/backup/f.bin
+///
+/// prints
+///
+///   star-b: star-a:/srv/data/f.bin -> /srv/backup/f.bin: 268435456 bytes in 1.23 s (208.1 MiB/s), sha256 9f86d0...
+///
+/// On failure it exits 1 and prints one line on stderr naming the star that failed and why.
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The file to copy: the source star's name and the absolute path on it, e.g.
+    /// star-a:/srv/data/f.bin.
+    #[arg(value_name = "SRC:/abs/path", value_parser = StarPath::parse)]
+    pub source: StarPath,
+
+    /// Where to put it: the destination star's name and the absolute path on it, e.g.
+    /// star-b:/srv/backup/f.bin. An existing file there is replaced only by a verified copy.
+    #[arg(value_name = "DST:/abs/path", value_parser = StarPath::parse)]
+    pub target: StarPath,
+
+    /// Fail unless the file's SHA-256 is this (64 hexadecimal digits); nothing is published
+    /// at the target if it differs.
+    #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
+    pub expect_sha256: Option<[u8; 32]>,
+
+    /// How long the source star accepts the read token, in seconds. Default: defaults.ttl_secs
+    /// in grid.toml, or 300.
+    #[arg(long, value_name = "SECS", value_parser = parse_ttl)]
+    pub ttl: Option<u64>,
+
+    /// Print one JSON object on stdout instead of the summary line, also on failure.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One replication, fully specified: what [`replicate_file`] sends.
+#[derive(Debug, Clone)]
+pub struct ReplicateJob {
+    /// Chosen by the controller; both stars log it.
+    pub transfer_id: u64,
+    /// The destination star's name, which its certificate must carry.
+    pub destination: String,
+    /// Where to dial the destination.
+    pub destination_addr: SocketAddr,
+    /// The source star's name.
+    pub source: String,
+    /// Where the destination should dial the source, `HOST:PORT`.
+    pub source_addr: String,
+    /// The absolute path on the source star.
+    pub source_path: String,
+    /// The absolute path on the destination star.
+    pub target_path: String,
+    /// A token for the source star with the destination as holder.
+    pub token: String,
+    /// The digest the file must have, if known.
+    pub expect_sha256: Option<[u8; 32]>,
+}
+
+/// A verified, durable copy, as the destination reported it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Replicated {
+    /// The file's size.
+    pub bytes: u64,
+    /// The file's SHA-256.
+    pub sha256: [u8; 32],
+    /// The destination's wall time from the command to the published file.
+    pub seconds: f64,
+    /// The controller's own traffic for the whole exchange.
+    pub wire: WireBytes,
+}
+
+/// Why a replication failed. Every message names the star concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    /// The grid could not be read or does not list a star.
+    #[error(transparent)]
+    Grid(#[from] GridError),
+    /// The destination star could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The destination star reported a failure; nothing was published. The star's message says
+    /// what failed in full (it names the source when the source refused), so the code's words are
+    /// printed only when there is no message.
+    #[error("{star}: replication failed: {}", if error.message.is_empty() { error.code.describe() } else { &error.message })]
+    Failed {
+        /// The destination star.
+        star: String,
+        /// Its report; names the source star when the source refused.
+        error: WireError,
+    },
+    /// The control stream or connection to the destination failed.
+    #[error("{star}: replication failed: {error}")]
+    Stream {
+        /// The destination star.
+        star: String,
+        /// What happened.
+        error: StreamError,
+    },
+    /// The destination answered with something that is not a replication result.
+    #[error("{star}: unexpected answer to a replication command: {what}")]
+    Unexpected {
+        /// The destination star.
+        star: String,
+        /// The answer.
+        what: String,
+    },
+    /// The destination reported another digest than the one expected.
+    #[error(
+        "{star}: reported sha256 {} but {} was expected",
+        hex::encode(got),
+        hex::encode(want)
+    )]
+    DigestMismatch {
+        /// The destination star.
+        star: String,
+        /// Its digest.
+        got: [u8; 32],
+        /// The expected one.
+        want: [u8; 32],
+    },
+}
+
+impl ReplicateError {
+    /// The wire code for `--json` output.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ReplicateError::Grid(e) => e.code(),
+            ReplicateError::Connect(e) => e.code(),
+            ReplicateError::Failed { error, .. } => error.code,
+            ReplicateError::Stream { error, .. } => error.code(),
+            ReplicateError::Unexpected { .. } => ErrorCode::Internal,
+            ReplicateError::DigestMismatch { .. } => ErrorCode::DataLoss,
+        }
+    }
+}
+
+/// Runs `orbitctl replicate` on the grid at `grid_dir`: prints the summary line or JSON.
+///
+/// # Errors
+///
+/// [`ReplicateError`]; with `--json` the failure object has been printed already.
+pub async fn run(grid_dir: &Path, args: Args) -> Result<(), ReplicateError> {
+    match execute(grid_dir, &args).await {
+        Ok((job, done)) => {
+            if args.json {
+                println!("{}", success_json(&job, &done));
+            } else {
+                println!("{}", summary_line(&job, &done));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if args.json {
+                println!("{}", failure_json(e.code(), &e.to_string()));
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn execute(
+    grid_dir: &Path,
+    args: &Args,
+) -> Result<(ReplicateJob, Replicated), ReplicateError> {
+    let grid = Grid::open(grid_dir)?;
+    let (source, target) = (&args.source, &args.target);
+    let source_addr = grid.star(&source.star)?;
+    let target_addr = grid.star(&target.star)?;
+    let master = grid.master_key()?;
+    let tls = grid.client_tls()?;
+    let ttl = args.ttl.unwrap_or(grid.ttl_secs());
+    let token = token::mint(&master, &source.star, &target.star, &source.path, ttl);
+    let destination_addr = connect::resolve(&target.star, target_addr).await?;
+    let job = ReplicateJob {
+        transfer_id: rand::rngs::OsRng.next_u64(),
+        destination: target.star.clone(),
+        destination_addr,
+        source: source.star.clone(),
+        source_addr: source_addr.to_string(),
+        source_path: source.path.clone(),
+        target_path: target.path.clone(),
+        token,
+        expect_sha256: args.expect_sha256,
+    };
+    let done = replicate_file(tls, &job).await?;
+    Ok((job, done))
+}
+
+/// Sends `job` to its destination star with the controller's TLS configuration `tls` and
+/// waits for the verified result. The connection is closed cleanly either way.
+///
+/// Connecting is bounded by [`connect::CONNECT_TIMEOUT`]; the transfer itself is not, but a
+/// destination that stops answering ends it within [`connect::MAX_IDLE_TIMEOUT`].
+///
+/// # Errors
+///
+/// [`ReplicateError`] naming the destination star.
+pub async fn replicate_file(
+    tls: Arc<rustls::ClientConfig>,
+    job: &ReplicateJob,
+) -> Result<Replicated, ReplicateError> {
+    let conn = StarConnection::connect(tls, &job.destination, job.destination_addr).await?;
+    let transfer = format!("{:016x}", job.transfer_id);
+    tracing::info!(
+        %transfer,
+        destination = %job.destination,
+        source = %job.source,
+        source_path = %job.source_path,
+        target_path = %job.target_path,
+        "replication started"
+    );
+    let request = ControlRequest::Replicate(ReplicateFile {
+        transfer_id: job.transfer_id,
+        source: job.source.clone(),
+        source_addr: job.source_addr.clone(),
+        source_path: job.source_path.clone(),
+        target_path: job.target_path.clone(),
+        token: job.token.clone(),
+        expect_sha256: job.expect_sha256,
+    });
+    let result = conn
+        .control(&request, |bytes, total| {
+            tracing::debug!(%transfer, bytes, total, "progress");
+        })
+        .await;
+    let wire = conn.wire_bytes();
+    conn.close().await;
+
+    let star = job.destination.clone();
+    match result {
+        Ok(ControlEvent::Done {
+            bytes,
+            sha256,
+            seconds,
+        }) => {
+            if let Some(want) = job.expect_sha256.filter(|want| *want != sha256) {
+                return Err(ReplicateError::DigestMismatch {
+                    star,
+                    got: sha256,
+                    want,
+                });
+            }
+            tracing::info!(%transfer, bytes, sha256 = %hex::encode(sha256), seconds, "replication completed");
+            Ok(Replicated {
+                bytes,
+                sha256,
+                seconds,
+                wire,
+            })
+        }
+        Ok(ControlEvent::Failed(error)) => Err(ReplicateError::Failed { star, error }),
+        Ok(other) => Err(ReplicateError::Unexpected {
+            star,
+            what: format!("{other:?}"),
+        }),
+        Err(error) => Err(ReplicateError::Stream { star, error }),
+    }
+}
+
+/// The one-line summary of a successful replication:
+/// `star-b: star-a:/srv/data/f.bin -> /srv/backup/f.bin: 268435456 bytes in 1.23 s (208.1 MiB/s), sha256 <hex>`.
+pub fn summary_line(job: &ReplicateJob, done: &Replicated) -> String {
+    format!(
+        "{}: {}:{} -> {}: {} bytes in {:.2} s ({}), sha256 {}",
+        job.destination,
+        job.source,
+        job.source_path,
+        job.target_path,
+        done.bytes,
+        done.seconds,
+        human::rate(done.bytes, done.seconds),
+        hex::encode(done.sha256)
+    )
+}
+
+#[derive(Serialize)]
+struct SuccessJson<'a> {
+    ok: bool,
+    transfer_id: String,
+    source: &'a str,
+    destination: &'a str,
+    source_path: &'a str,
+    target_path: &'a str,
+    bytes: u64,
+    sha256: String,
+    seconds: f64,
+    rate_bytes_per_sec: f64,
+    controller_bytes_sent: u64,
+    controller_bytes_received: u64,
+}
+
+#[derive(Serialize)]
+struct FailureJson<'a> {
+    ok: bool,
+    code: &'static str,
+    message: &'a str,
+}
+
+/// The `--json` object of a successful replication, on one line.
+pub fn success_json(job: &ReplicateJob, done: &Replicated) -> String {
+    let rate = if done.seconds > 0.0 {
+        done.bytes as f64 / done.seconds
+    } else {
+        0.0
+    };
+    let json = SuccessJson {
+        ok: true,
+        transfer_id: format!("{:016x}", job.transfer_id),
+        source: &job.source,
+        destination: &job.destination,
+        source_path: &job.source_path,
+        target_path: &job.target_path,
+        bytes: done.bytes,
+        sha256: hex::encode(done.sha256),
+        seconds: done.seconds,
+        rate_bytes_per_sec: rate,
+        controller_bytes_sent: done.wire.sent,
+        controller_bytes_received: done.wire.received,
+    };
+    serde_json::to_string(&json).unwrap_or_default()
+}
+
+/// The `--json` object of a failure, on one line.
+pub fn failure_json(code: ErrorCode, message: &str) -> String {
+    let json = FailureJson {
+        ok: false,
+        code: code.name(),
+        message,
+    };
+    serde_json::to_string(&json).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_star::FakeStar;
+
+    fn job(addr: SocketAddr) -> ReplicateJob {
+        ReplicateJob {
+            transfer_id: 0xabc,
+            destination: "star-b".into(),
+            destination_addr: addr,
+            source: "star-a".into(),
+            source_addr: "127.0.0.1:7401".into(),
+            source_path: "/srv/data/f.bin".into(),
+            target_path: "/srv/backup/f.bin".into(),
+            token: "T".into(),
+            expect_sha256: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replication_sends_the_job_and_reports_done() {
+        let mut star = FakeStar::spawn("star-b", |_| {
+            vec![
+                ControlEvent::Progress {
+                    bytes: 1 << 20,
+                    total: 256 << 20,
+                },
+                ControlEvent::Done {
+                    bytes: 256 << 20,
+                    sha256: [0x5a; 32],
+                    seconds: 2.0,
+                },
+            ]
+        })
+        .await;
+        let job = job(star.addr);
+        let done = replicate_file(star.controller_tls(), &job).await.unwrap();
+        assert_eq!(done.bytes, 256 << 20);
+        assert_eq!(done.sha256, [0x5a; 32]);
+        assert!(done.wire.sent > 0 && done.wire.received > 0);
+        // A few kilobytes, whatever the file's size.
+        assert!(
+            done.wire.sent + done.wire.received < 64 * 1024,
+            "{:?}",
+            done.wire
+        );
+
+        let Some(ControlRequest::Replicate(sent)) = star.requests.recv().await else {
+            panic!("no replicate request");
+        };
+        assert_eq!(sent.transfer_id, 0xabc);
+        assert_eq!(sent.source, "star-a");
+        assert_eq!(sent.source_addr, "127.0.0.1:7401");
+        assert_eq!(sent.source_path, "/srv/data/f.bin");
+        assert_eq!(sent.target_path, "/srv/backup/f.bin");
+        assert_eq!(sent.token, "T");
+
+        assert_eq!(
+            summary_line(&job, &done),
+            format!(
+                "star-b: star-a:/srv/data/f.bin -> /srv/backup/f.bin: 268435456 bytes in 2.00 s \
+                 (128.0 MiB/s), sha256 {}",
+                "5a".repeat(32)
+            )
+        );
+        let json: serde_json::Value = serde_json::from_str(&success_json(&job, &done)).unwrap();
+        assert_eq!(json["ok"], true);
+        assert_eq!(json["transfer_id"], "0000000000000abc");
+        assert_eq!(json["bytes"], 256u64 << 20);
+        assert_eq!(json["sha256"], "5a".repeat(32));
+        assert_eq!(json["seconds"], 2.0);
+        assert_eq!(json["rate_bytes_per_sec"], (128u64 << 20) as f64);
+        assert!(json["controller_bytes_sent"].as_u64().unwrap() > 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_replication_names_the_star_and_reason() {
+        let star = FakeStar::spawn("star-b", |_| {
+            vec![ControlEvent::Failed(WireError::new(
+                ErrorCode::PermissionDenied,
+                "star-a refused the read: token expired",
+            ))]
+        })
+        .await;
+        let err = replicate_file(star.controller_tls(), &job(star.addr))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::PermissionDenied);
+        assert_eq!(
+            err.to_string(),
+            "star-b: replication failed: star-a refused the read: token expired"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&failure_json(err.code(), &err.to_string())).unwrap();
+        assert_eq!(json["ok"], false);
+        assert_eq!(json["code"], "PermissionDenied");
+    }
+
+    #[tokio::test]
+    async fn an_unexpected_digest_is_data_loss() {
+        let star = FakeStar::spawn("star-b", |_| {
+            vec![ControlEvent::Done {
+                bytes: 1,
+                sha256: [1; 32],
+                seconds: 0.1,
+            }]
+        })
+        .await;
+        let mut job = job(star.addr);
+        job.expect_sha256 = Some([2; 32]);
+        let err = replicate_file(star.controller_tls(), &job)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::DataLoss);
+    }
+}

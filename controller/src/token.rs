@@ -1,0 +1,171 @@
+//! Minting path tokens, and `orbitctl token`, which prints one for scripts.
+//!
+//! A token lets one star (the holder) read one path on another star (the audience, the source)
+//! until it expires. It is signed with the source star's token key, derived here from the
+//! master key; the master key itself never leaves the controller.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use orbit_wire::token::{self, Claims, MasterKey, TokenKey, NONCE_LEN, TOKEN_VERSION};
+use orbit_wire::ByteRange;
+use rand::RngCore;
+
+use crate::grid::{Grid, GridError};
+use crate::spec::{parse_ttl, StarPath};
+
+/// Print a token that lets star HOLDER read a file on star SRC, for scripts.
+///
+/// The token alone is printed on stdout. Anyone holding it, and a certificate naming HOLDER,
+/// can read that one file until it expires.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The file the token allows reading: the source star and the absolute path on it, e.g.
+    /// star-a:/srv/data/f.bin.
+    #[arg(value_name = "SRC:/abs/path", value_parser = StarPath::parse)]
+    pub file: StarPath,
+
+    /// The star that may present the token (the destination of a replication).
+    #[arg(long, value_name = "DST")]
+    pub holder: String,
+
+    /// How long the token stays valid, in seconds. Default: defaults.ttl_secs in grid.toml,
+    /// or 300.
+    #[arg(long, value_name = "SECS", value_parser = parse_ttl)]
+    pub ttl: Option<u64>,
+}
+
+/// What a token grants.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant<'a> {
+    /// The star that serves the file.
+    pub source: &'a str,
+    /// The star allowed to present the token.
+    pub holder: &'a str,
+    /// The absolute path on the source star.
+    pub path: &'a str,
+    /// Expiry, seconds since the Unix epoch.
+    pub not_after: u64,
+}
+
+/// Signs a token for `grant` under the source star's key derived from `master`, with the given
+/// nonce. The whole file may be read.
+pub fn mint_with(master: &MasterKey, grant: &Grant<'_>, nonce: [u8; NONCE_LEN]) -> String {
+    let key = TokenKey::derive(master, grant.source);
+    let claims = Claims {
+        version: TOKEN_VERSION,
+        key_id: key.key_id(),
+        audience: grant.source.to_owned(),
+        holder: grant.holder.to_owned(),
+        path: grant.path.to_owned(),
+        range: ByteRange::FULL,
+        not_after: grant.not_after,
+        nonce,
+    };
+    token::sign(&claims, &key)
+}
+
+/// Signs a token for `holder` to read `path` on `source`, valid for `ttl_secs` from now, with a
+/// random nonce.
+pub fn mint(master: &MasterKey, source: &str, holder: &str, path: &str, ttl_secs: u64) -> String {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let grant = Grant {
+        source,
+        holder,
+        path,
+        not_after: unix_now().saturating_add(ttl_secs),
+    };
+    mint_with(master, &grant, nonce)
+}
+
+/// Seconds since the Unix epoch; 0 if the clock is set before it.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Runs `orbitctl token`: prints the token alone on stdout.
+///
+/// # Errors
+///
+/// [`GridError`] if the grid cannot be read or either star is unknown.
+pub fn run(grid_dir: &Path, args: Args) -> Result<(), GridError> {
+    let grid = Grid::open(grid_dir)?;
+    grid.star(&args.file.star)?;
+    grid.star(&args.holder)?;
+    let master = grid.master_key()?;
+    let ttl = args.ttl.unwrap_or(grid.ttl_secs());
+    println!(
+        "{}",
+        mint(&master, &args.file.star, &args.holder, &args.file.path, ttl)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use orbit_wire::token::{verify, Expected, TokenError};
+
+    use super::*;
+
+    #[test]
+    fn minted_tokens_verify_under_the_source_key_only() {
+        let master = MasterKey::from_bytes([3; 32]);
+        let now = unix_now();
+        let token = mint(&master, "star-a", "star-b", "/srv/data/f.bin", 60);
+        let expected = Expected {
+            audience: "star-a",
+            holder: "star-b",
+            path: "/srv/data/f.bin",
+            range: ByteRange::FULL,
+            now,
+        };
+        let verified = verify(&token, &TokenKey::derive(&master, "star-a"), &expected).unwrap();
+        let claims = verified.claims();
+        assert_eq!(claims.version, TOKEN_VERSION);
+        assert!((now + 59..=now + 61).contains(&claims.not_after));
+        assert_eq!(claims.range, ByteRange::FULL);
+
+        // Another star's key does not verify it, and it expires.
+        let other = TokenKey::derive(&master, "star-b");
+        assert!(matches!(
+            verify(&token, &other, &expected),
+            Err(TokenError::UnknownKey(_))
+        ));
+        let late = Expected {
+            now: now + 120,
+            ..expected
+        };
+        let key = TokenKey::derive(&master, "star-a");
+        assert!(matches!(
+            verify(&token, &key, &late),
+            Err(TokenError::Expired(_))
+        ));
+        // Two tokens for the same read differ by their nonce.
+        assert_ne!(
+            token,
+            mint(&master, "star-a", "star-b", "/srv/data/f.bin", 60)
+        );
+    }
+
+    #[test]
+    fn mint_with_is_deterministic() {
+        let master = MasterKey::from_bytes([3; 32]);
+        let grant = Grant {
+            source: "a",
+            holder: "b",
+            path: "/p",
+            not_after: 1_800_000_000,
+        };
+        assert_eq!(
+            mint_with(&master, &grant, [1; NONCE_LEN]),
+            mint_with(&master, &grant, [1; NONCE_LEN])
+        );
+        let claims = token::decode_unverified(&mint_with(&master, &grant, [1; NONCE_LEN])).unwrap();
+        assert_eq!(claims.audience, "a");
+        assert_eq!(claims.holder, "b");
+        assert_eq!(claims.not_after, 1_800_000_000);
+    }
+}
