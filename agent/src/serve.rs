@@ -78,6 +78,18 @@ pub(crate) async fn handle(
         _ = shared.cancel.cancelled() => Err(WireError::new(ErrorCode::Unavailable, format!("star {} is shutting down", shared.name))),
     };
     shared.reads_in_flight.fetch_sub(1, Ordering::Relaxed);
+    let path = conn.stats().path;
+    tracing::debug!(
+        mtu = path.current_mtu,
+        cwnd = path.cwnd,
+        rtt = ?path.rtt,
+        lost_packets = path.lost_packets,
+        congestion_events = path.congestion_events,
+        black_holes = path.black_holes_detected,
+        probes = path.sent_plpmtud_probes,
+        lost_probes = path.lost_plpmtud_probes,
+        "path to {peer} after the read"
+    );
     match result {
         Ok(bytes) => info!(
             %peer, transfer, path = %request.path, bytes,
