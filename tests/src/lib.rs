@@ -196,20 +196,8 @@ impl Client {
         star: &Star,
         request: &ControlRequest,
     ) -> anyhow::Result<Vec<ControlEvent>> {
-        let conn = self.connect(star.local_addr(), star.name()).await?;
-        let (mut send, mut recv) = conn.open_bi().await?;
-        write_frame(&mut send, request).await?;
-        send.finish()?;
-        let mut events = Vec::new();
-        loop {
-            let event: ControlEvent = read_frame(&mut recv, MAX_CONTROL_FRAME).await?;
-            let last = event.is_final();
-            events.push(event);
-            if last {
-                conn.close(0u32.into(), b"done");
-                return Ok(events);
-            }
-        }
+        self.control_at(star.local_addr(), star.name(), request)
+            .await
     }
 
     /// Tells `dst` to replicate `src_path` from `src` to `dst_path` with `token`, and returns the

@@ -116,7 +116,6 @@ impl World {
     }
 
     async fn shutdown(self) {
-        // The source first: see interrupted.rs for why the other order waits out a timeout.
         self.a.shutdown().await;
         self.b.shutdown().await;
     }

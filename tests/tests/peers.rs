@@ -61,7 +61,6 @@ impl Pair {
     }
 
     async fn shutdown(self) {
-        // The source first: see interrupted.rs for why the other order waits out a timeout.
         self.a.shutdown().await;
         self.b.shutdown().await;
     }

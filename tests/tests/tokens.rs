@@ -280,7 +280,6 @@ async fn an_expired_token_fails_the_replication_and_names_the_source() {
     );
     assert!(error.message.contains("expired"), "and the reason: {error}");
     assert_eq!(list_tree(dst_root.path()), Vec::<std::path::PathBuf>::new());
-    // The source first: see interrupted.rs for why the other order waits out the drain timeout.
     s.shutdown().await;
     b.shutdown().await;
 }
