@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn::{RecvStream, SendStream};
+use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -22,12 +22,13 @@ use crate::star::Shared;
 /// How often progress is reported while bytes move.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the final event may wait for the controller to read it.
-const FINAL_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+const FINAL_EVENT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Handles one control stream from `peer`.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     peer: PeerIdentity,
+    conn: Connection,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
@@ -59,10 +60,11 @@ pub(crate) async fn handle(
     // read the final event, so that closing the connection does not cut it off.
     let _ = write_frame(&mut send, &last).await;
     let _ = send.finish();
-    tokio::select! {
-        _ = send.stopped() => {}
-        _ = shared.cancel.cancelled() => {}
-        _ = tokio::time::sleep(FINAL_EVENT_TIMEOUT) => {}
+    let _ = tokio::time::timeout(FINAL_EVENT_TIMEOUT, send.stopped()).await;
+    if shared.cancel.is_cancelled() {
+        // Shutting down: the endpoint closes once this task ends. Give the controller the moment
+        // it needs to read the event and close the connection itself.
+        let _ = tokio::time::timeout(FINAL_EVENT_TIMEOUT, conn.closed()).await;
     }
 }
 

@@ -53,6 +53,8 @@ impl JailError {
             Some(rustix::io::Errno::XDEV) | Some(rustix::io::Errno::LOOP) => JailError::Escapes,
             Some(rustix::io::Errno::NOENT) => JailError::NotFound,
             Some(rustix::io::Errno::NOTDIR) => JailError::ParentNotDirectory,
+            // What opening a Unix socket (or a device without a driver) returns.
+            Some(rustix::io::Errno::NXIO) => JailError::NotRegular("a socket or device"),
             _ => JailError::Io(e),
         }
     }

@@ -108,6 +108,12 @@ async fn dial(shared: &Shared, name: &str, addr: &str) -> Result<PeerConn, WireE
         .map_err(|e| unavailable(e.to_string()))?;
     let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => conn,
+        Ok(Err(e)) if is_tls_failure(&e) => {
+            return Err(WireError::new(
+                ErrorCode::PermissionDenied,
+                format!("the peer at {addr} did not prove it is star {name}: {e}"),
+            ))
+        }
         Ok(Err(e)) => return Err(unavailable(e.to_string())),
         Err(_) => return Err(unavailable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
     };
@@ -132,6 +138,17 @@ async fn dial(shared: &Shared, name: &str, addr: &str) -> Result<PeerConn, WireE
         waiters: Arc::default(),
         next_id: AtomicU64::new(1),
     })
+}
+
+/// Whether a handshake failed on identity (a TLS alert, ours or the peer's) rather than on the
+/// network. QUIC carries TLS alerts as transport error codes 0x100 to 0x1ff.
+fn is_tls_failure(e: &quinn::ConnectionError) -> bool {
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => t.code,
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
+        _ => return false,
+    };
+    (0x100..0x200).contains(&u64::from(code))
 }
 
 /// Accepts data streams on an outgoing connection and hands each to the request it answers,

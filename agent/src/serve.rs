@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, RecvStream, SendStream};
@@ -30,6 +30,8 @@ use crate::star::Shared;
 
 /// Chunks read ahead of the network: 16 × 64 KiB = 1 MiB per read in flight.
 const READ_AHEAD: usize = 16;
+/// How long a refusal waits for the peer to acknowledge the error frame.
+const ERROR_DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A read that passed every check. Only [`authorize`] makes one, and only it reaches the disk.
 #[derive(Debug)]
@@ -73,10 +75,7 @@ pub(crate) async fn handle(
     };
     shared.reads_in_flight.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    let result = tokio::select! {
-        r = send_file(&shared, &mut send, id, verified) => r,
-        _ = shared.cancel.cancelled() => Err(WireError::new(ErrorCode::Unavailable, format!("star {} is shutting down", shared.name))),
-    };
+    let result = send_file(&shared, &mut send, id, verified).await;
     shared.reads_in_flight.fetch_sub(1, Ordering::Relaxed);
     let path = conn.stats().path;
     tracing::debug!(
@@ -139,13 +138,17 @@ fn authorize(
     })
 }
 
-/// Sends an `Error` frame and finishes the stream; if that cannot be done, resets it with the code.
+/// Sends an `Error` frame and finishes the stream, then waits (boundedly) until the peer has it,
+/// so that a connection closed right after, as at shutdown, does not swallow it. If the frame
+/// cannot be written, resets the stream with the code instead.
 async fn refuse(send: &mut SendStream, request_id: u64, error: WireError) {
     let code = error.code;
     let frame = DataFrame::Error { request_id, error };
     if write_frame(send, &frame).await.is_err() || send.finish().is_err() {
         let _ = send.reset(varint(code));
+        return;
     }
+    let _ = tokio::time::timeout(ERROR_DELIVERY_TIMEOUT, send.stopped()).await;
 }
 
 /// Opens the file, sends header, chunks and trailer. Returns the bytes sent.
@@ -180,7 +183,20 @@ async fn send_file(
     let (tx, mut rx) = mpsc::channel::<Bytes>(READ_AHEAD);
     let reader = tokio::task::spawn_blocking(move || read_file(opened, version, start, size, tx));
     let mut offset = start;
-    while let Some(chunk) = rx.recv().await {
+    loop {
+        // Shutdown is checked between chunks, never inside one, so the stream stays well-framed
+        // and the Error frame that follows is read as such.
+        let chunk = tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => {
+                return Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    format!("star {} is shutting down", shared.name),
+                ))
+            }
+            chunk = rx.recv() => chunk,
+        };
+        let Some(chunk) = chunk else { break };
         let len = chunk.len() as u64;
         write_chunk(send, offset, chunk)
             .await

@@ -347,7 +347,7 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             _ = cancel.cancelled() => break,
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    let task = crate::control::handle(shared.clone(), peer.clone(), send, recv);
+                    let task = crate::control::handle(shared.clone(), peer.clone(), conn.clone(), send, recv);
                     shared.tracker.spawn(task.in_current_span());
                 }
                 Err(e) => { debug!(%peer, "connection ended: {e}"); break; }
