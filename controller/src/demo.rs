@@ -26,6 +26,7 @@ use crate::layout::CONTROLLER_NAME;
 use crate::replicate::{replicate_file, summary_line, ReplicateJob};
 use crate::spec::parse_size;
 use crate::token;
+use orbit_wire::ReplicateFile;
 
 /// The demo file's name, in the source star's root and at the target.
 const FILE_NAME: &str = "orbit-demo.bin";
@@ -199,21 +200,23 @@ async fn replicate_between(
     let source_path = utf8(&source_path)?;
     let target_path = utf8(&target_path)?;
     let job = ReplicateJob {
-        transfer_id: OsRng.next_u64(),
         destination: "star-b".to_owned(),
         destination_addr: star_b.local_addr(),
-        source: "star-a".to_owned(),
-        source_addr: star_a.local_addr().to_string(),
-        source_path: source_path.clone(),
-        target_path: target_path.clone(),
-        token: token::mint(
-            &grid.master,
-            "star-a",
-            "star-b",
-            &source_path,
-            TOKEN_TTL_SECS,
-        ),
-        expect_sha256: Some(written),
+        command: ReplicateFile {
+            transfer_id: OsRng.next_u64(),
+            source: "star-a".to_owned(),
+            source_addr: star_a.local_addr().to_string(),
+            source_path: source_path.clone(),
+            target_path: target_path.clone(),
+            token: token::mint(
+                &grid.master,
+                "star-a",
+                "star-b",
+                &source_path,
+                TOKEN_TTL_SECS,
+            ),
+            expect_sha256: Some(written),
+        },
     };
     println!("  replicate asking star-b to pull the file from star-a...");
     let done = replicate_file(grid.client_tls()?, &job).await?;

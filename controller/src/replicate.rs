@@ -63,27 +63,15 @@ pub struct Args {
     pub json: bool,
 }
 
-/// One replication, fully specified: what [`replicate_file`] sends.
+/// One replication, fully specified: the destination to dial and the command it receives.
 #[derive(Debug, Clone)]
 pub struct ReplicateJob {
-    /// Chosen by the controller; both stars log it.
-    pub transfer_id: u64,
     /// The destination star's name, which its certificate must carry.
     pub destination: String,
     /// Where to dial the destination.
     pub destination_addr: SocketAddr,
-    /// The source star's name.
-    pub source: String,
-    /// Where the destination should dial the source, `HOST:PORT`.
-    pub source_addr: String,
-    /// The absolute path on the source star.
-    pub source_path: String,
-    /// The absolute path on the destination star.
-    pub target_path: String,
-    /// A token for the source star with the destination as holder.
-    pub token: String,
-    /// The digest the file must have, if known.
-    pub expect_sha256: Option<[u8; 32]>,
+    /// The command, exactly as it goes on the wire.
+    pub command: ReplicateFile,
 }
 
 /// A verified, durable copy, as the destination reported it.
@@ -202,15 +190,17 @@ async fn execute(
     let token = token::mint(&master, &source.star, &target.star, &source.path, ttl);
     let destination_addr = connect::resolve(&target.star, target_addr).await?;
     let job = ReplicateJob {
-        transfer_id: rand::rngs::OsRng.next_u64(),
         destination: target.star.clone(),
         destination_addr,
-        source: source.star.clone(),
-        source_addr: source_addr.to_string(),
-        source_path: source.path.clone(),
-        target_path: target.path.clone(),
-        token,
-        expect_sha256: args.expect_sha256,
+        command: ReplicateFile {
+            transfer_id: rand::rngs::OsRng.next_u64(),
+            source: source.star.clone(),
+            source_addr: source_addr.to_string(),
+            source_path: source.path.clone(),
+            target_path: target.path.clone(),
+            token,
+            expect_sha256: args.expect_sha256,
+        },
     };
     let done = replicate_file(tls, &job).await?;
     Ok((job, done))
@@ -230,24 +220,16 @@ pub async fn replicate_file(
     job: &ReplicateJob,
 ) -> Result<Replicated, ReplicateError> {
     let conn = StarConnection::connect(tls, &job.destination, job.destination_addr).await?;
-    let transfer = format!("{:016x}", job.transfer_id);
+    let transfer = format!("{:016x}", job.command.transfer_id);
     tracing::info!(
         %transfer,
         destination = %job.destination,
-        source = %job.source,
-        source_path = %job.source_path,
-        target_path = %job.target_path,
+        source = %job.command.source,
+        source_path = %job.command.source_path,
+        target_path = %job.command.target_path,
         "replication started"
     );
-    let request = ControlRequest::Replicate(ReplicateFile {
-        transfer_id: job.transfer_id,
-        source: job.source.clone(),
-        source_addr: job.source_addr.clone(),
-        source_path: job.source_path.clone(),
-        target_path: job.target_path.clone(),
-        token: job.token.clone(),
-        expect_sha256: job.expect_sha256,
-    });
+    let request = ControlRequest::Replicate(job.command.clone());
     let result = conn
         .control(&request, |bytes, total| {
             tracing::debug!(%transfer, bytes, total, "progress");
@@ -263,7 +245,7 @@ pub async fn replicate_file(
             sha256,
             seconds,
         }) => {
-            if let Some(want) = job.expect_sha256.filter(|want| *want != sha256) {
+            if let Some(want) = job.command.expect_sha256.filter(|want| *want != sha256) {
                 return Err(ReplicateError::DigestMismatch {
                     star,
                     got: sha256,
@@ -293,9 +275,9 @@ pub fn summary_line(job: &ReplicateJob, done: &Replicated) -> String {
     format!(
         "{}: {}:{} -> {}: {} bytes in {:.2} s ({}), sha256 {}",
         job.destination,
-        job.source,
-        job.source_path,
-        job.target_path,
+        job.command.source,
+        job.command.source_path,
+        job.command.target_path,
         done.bytes,
         done.seconds,
         human::rate(done.bytes, done.seconds),
@@ -335,11 +317,11 @@ pub fn success_json(job: &ReplicateJob, done: &Replicated) -> String {
     };
     let json = SuccessJson {
         ok: true,
-        transfer_id: format!("{:016x}", job.transfer_id),
-        source: &job.source,
+        transfer_id: format!("{:016x}", job.command.transfer_id),
+        source: &job.command.source,
         destination: &job.destination,
-        source_path: &job.source_path,
-        target_path: &job.target_path,
+        source_path: &job.command.source_path,
+        target_path: &job.command.target_path,
         bytes: done.bytes,
         sha256: hex::encode(done.sha256),
         seconds: done.seconds,
@@ -367,15 +349,17 @@ mod tests {
 
     fn job(addr: SocketAddr) -> ReplicateJob {
         ReplicateJob {
-            transfer_id: 0xabc,
             destination: "star-b".into(),
             destination_addr: addr,
-            source: "star-a".into(),
-            source_addr: "127.0.0.1:7401".into(),
-            source_path: "/srv/data/f.bin".into(),
-            target_path: "/srv/backup/f.bin".into(),
-            token: "T".into(),
-            expect_sha256: None,
+            command: ReplicateFile {
+                transfer_id: 0xabc,
+                source: "star-a".into(),
+                source_addr: "127.0.0.1:7401".into(),
+                source_path: "/srv/data/f.bin".into(),
+                target_path: "/srv/backup/f.bin".into(),
+                token: "T".into(),
+                expect_sha256: None,
+            },
         }
     }
 
@@ -469,7 +453,7 @@ mod tests {
         })
         .await;
         let mut job = job(star.addr);
-        job.expect_sha256 = Some([2; 32]);
+        job.command.expect_sha256 = Some([2; 32]);
         let err = replicate_file(star.controller_tls(), &job)
             .await
             .unwrap_err();
