@@ -64,15 +64,6 @@ pub(crate) async fn replicate(
         .jail
         .confine(&cmd.target_path)
         .map_err(|e| e.to_wire())?;
-    let jail_owner = shared.clone();
-    let dir = tokio::task::spawn_blocking(move || jail_owner.jail.prepare_target(&target))
-        .await
-        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
-        .map_err(|e| {
-            let e = e.to_wire();
-            WireError::new(e.code, format!("target {}: {}", cmd.target_path, e.message))
-        })?;
-
     let source = &cmd.source;
     let peer = shared.pool.get(shared, source, &cmd.source_addr).await?;
     let (request_id, answer) = peer.expect_stream();
@@ -122,6 +113,24 @@ pub(crate) async fn replicate(
         _ => unreachable!("the dispatcher hands over only headers and errors"),
     };
     let _ = progress.send((0, size));
+
+    // Only now, with the source's answer in hand, touch the destination's disk: a refused read
+    // leaves not even an empty parent directory behind.
+    let jail_owner = shared.clone();
+    let prepared = tokio::task::spawn_blocking(move || jail_owner.jail.prepare_target(&target))
+        .await
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+    let dir = match prepared {
+        Ok(dir) => dir,
+        Err(e) => {
+            let e = e.to_wire();
+            let _ = recv.stop(crate::error::varint(e.code));
+            return Err(WireError::new(
+                e.code,
+                format!("target {}: {}", cmd.target_path, e.message),
+            ));
+        }
+    };
 
     let tag = format!("{:016x}-{:08x}", cmd.transfer_id, rand::random::<u32>());
     let (tx, rx) = mpsc::channel(WRITE_BEHIND);

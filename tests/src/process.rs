@@ -125,6 +125,13 @@ impl StarProcess {
         child.wait().expect("orbit-star exits")
     }
 
+    /// Sends SIGINT, as Ctrl-C in a terminal does, and waits for the exit status.
+    pub fn interrupt(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(&child, "INT");
+        child.wait().expect("orbit-star exits")
+    }
+
     /// Every line logged so far that has not been read yet.
     pub fn drain_lines(&self) -> Vec<String> {
         self.lines.try_iter().collect()

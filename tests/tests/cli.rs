@@ -1,6 +1,6 @@
 //! The real binaries, as a person or a script uses them: `orbitctl init`, two `orbit-star`
 //! processes, `orbitctl replicate` (plain and `--json`), `orbitctl status`, `orbitctl token`, and
-//! `orbitctl demo`; SIGTERM stops a star with exit code 0.
+//! `orbitctl demo`; SIGTERM or SIGINT stops a star with exit code 0.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -205,8 +205,8 @@ fn two_star_processes_replicate_and_stop_cleanly() {
         logs_a.iter().any(|l| l.contains("read completed")),
         "{logs_a:#?}"
     );
-    assert_eq!(a.terminate().code(), Some(0));
-    assert_eq!(b.terminate().code(), Some(0));
+    assert_eq!(a.terminate().code(), Some(0), "SIGTERM");
+    assert_eq!(b.interrupt().code(), Some(0), "SIGINT");
 
     // With the stars gone, status says so and exits non-zero, quickly.
     let out = orbitctl(&["--grid", &g, "status"]);

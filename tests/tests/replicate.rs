@@ -75,3 +75,27 @@ async fn wrong_expected_digest_keeps_the_old_file() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_read_creates_nothing_at_the_destination() {
+    let grid = Grid::new();
+    let src_root = tempfile::tempdir().unwrap();
+    let dst_root = tempfile::tempdir().unwrap();
+    let a = grid.spawn_star("star-a", &[src_root.path()]).await;
+    let b = grid.spawn_star("star-b", &[dst_root.path()]).await;
+    let missing = src_root.path().join("missing.bin");
+    let dst = dst_root.path().join("new/parents/f.bin");
+    let token = grid.token("star-a", "star-b", &wire(&missing));
+    let event = grid
+        .controller_client()
+        .replicate(&a, &wire(&missing), &b, &wire(&dst), token, None)
+        .await
+        .unwrap();
+    let error = expect_failed(event);
+    assert_eq!(error.code, ErrorCode::NotFound, "{error}");
+    // Not even the parent directories: the destination touches its disk only once the source
+    // has agreed to send.
+    assert_eq!(list_tree(dst_root.path()), Vec::<std::path::PathBuf>::new());
+    a.shutdown().await;
+    b.shutdown().await;
+}
