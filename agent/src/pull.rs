@@ -110,7 +110,12 @@ pub(crate) async fn replicate(
                 format!("{source} refused the read: {error}"),
             ))
         }
-        _ => unreachable!("the dispatcher hands over only headers and errors"),
+        _ => {
+            return Err(WireError::new(
+                ErrorCode::Internal,
+                format!("a data stream from {source} did not begin with a header"),
+            ))
+        }
     };
     let _ = progress.send((0, size));
 
@@ -157,9 +162,14 @@ pub(crate) async fn replicate(
             // Closing the channel without a commit makes the writer remove the temporary file;
             // wait for that before reporting, so the failure leaves nothing behind.
             drop(tx);
-            let _ = writer.await;
+            let written = writer.await;
             let _ = recv.stop(crate::error::varint(e.code));
-            return Err(e);
+            // If the writer failed first (a full disk, say), its error is the cause; it reports
+            // Cancelled only when it was stopped because of `e`.
+            return match written {
+                Ok(Err(cause)) if cause.code != ErrorCode::Cancelled => Err(cause),
+                _ => Err(e),
+            };
         }
     };
     outcome.map(|sha256| Replicated {
