@@ -39,6 +39,14 @@ pub fn bin(name: &str) -> PathBuf {
         if release {
             build.arg("--release");
         }
+        // `cargo test` gives this process CARGO_PKG_NAME and friends; passed on, they make the
+        // build's fingerprints differ from a plain `cargo build` and everything is rebuilt.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
+                build.env_remove(&*key);
+            }
+        }
         let status = build
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
