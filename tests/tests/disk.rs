@@ -1,0 +1,72 @@
+//! A destination that runs out of space: the replication fails with `ResourceExhausted`, the
+//! file already at the target is intact and no temporary file remains. Needs root to mount a
+//! small tmpfs (CI runs as root); elsewhere it says so and passes without checking.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use orbit_tests::*;
+use orbit_wire::ErrorCode;
+
+/// A tmpfs of `size` mounted on a fresh directory, lazily unmounted when dropped.
+struct SmallDisk {
+    dir: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("disk");
+        std::fs::create_dir(&dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk {
+            dir,
+            _parent: parent,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_cleanly_and_keeps_the_old_file() {
+    let Some(disk) = SmallDisk::mount("8m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let grid = Grid::new();
+    let src_root = tempfile::tempdir().unwrap();
+    let a = grid.spawn_star("star-a", &[src_root.path()]).await;
+    let b = grid.spawn_star("star-b", &[disk.path()]).await;
+    let src = src_root.path().join("big.bin");
+    random_file(&src, 16 * 1024 * 1024);
+    let dst = disk.path().join("f.bin");
+    std::fs::write(&dst, b"the old contents").unwrap();
+
+    let token = grid.token("star-a", "star-b", &wire(&src));
+    let event = grid
+        .controller_client()
+        .replicate(&a, &wire(&src), &b, &wire(&dst), token, None)
+        .await
+        .unwrap();
+    let error = expect_failed(event);
+    assert_eq!(error.code, ErrorCode::ResourceExhausted, "{error}");
+    assert!(error.message.contains("No space left"), "{error}");
+    assert_eq!(std::fs::read(&dst).unwrap(), b"the old contents");
+    assert_eq!(list_tree(disk.path()), vec![PathBuf::from("f.bin")]);
+    a.shutdown().await;
+    b.shutdown().await;
+}
