@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
@@ -369,11 +369,6 @@ pub fn expect_failed(event: ControlEvent) -> WireError {
         ControlEvent::Failed(e) => e,
         other => panic!("expected Failed, got {other:?}"),
     }
-}
-
-/// An error for a condition a helper cannot handle.
-pub fn fail(what: &str) -> anyhow::Error {
-    anyhow!("{what}")
 }
 
 // ------------------------------------------------------------------------------------------------
