@@ -60,22 +60,16 @@ impl ToWire for FramedError {
                 ErrorCode::InvalidArgument,
                 format!("protocol violation: {self}"),
             ),
-            FramedError::Read(quinn::ReadError::Reset(code)) => {
-                let code = u32::try_from(code.into_inner())
-                    .ok()
-                    .and_then(ErrorCode::from_u32)
-                    .unwrap_or(ErrorCode::Internal);
-                WireError::new(code, "the stream was reset")
-            }
+            FramedError::Read(quinn::ReadError::Reset(code)) => WireError::new(
+                from_varint(*code, ErrorCode::Internal),
+                "the stream was reset",
+            ),
             FramedError::Read(quinn::ReadError::ConnectionLost(e))
             | FramedError::Write(quinn::WriteError::ConnectionLost(e)) => connection_lost(e),
-            FramedError::Write(quinn::WriteError::Stopped(code)) => {
-                let code = u32::try_from(code.into_inner())
-                    .ok()
-                    .and_then(ErrorCode::from_u32)
-                    .unwrap_or(ErrorCode::Cancelled);
-                WireError::new(code, "the peer stopped reading")
-            }
+            FramedError::Write(quinn::WriteError::Stopped(code)) => WireError::new(
+                from_varint(*code, ErrorCode::Cancelled),
+                "the peer stopped reading",
+            ),
             _ => WireError::new(ErrorCode::Unavailable, self.to_string()),
         }
     }
@@ -85,10 +79,7 @@ impl ToWire for FramedError {
 pub(crate) fn connection_lost(e: &quinn::ConnectionError) -> WireError {
     match e {
         quinn::ConnectionError::ApplicationClosed(close) => {
-            let code = u32::try_from(close.error_code.into_inner())
-                .ok()
-                .and_then(ErrorCode::from_u32)
-                .unwrap_or(ErrorCode::Unavailable);
+            let code = from_varint(close.error_code, ErrorCode::Unavailable);
             let reason = String::from_utf8_lossy(&close.reason);
             WireError::new(code, format!("connection closed: {reason}"))
         }
@@ -97,6 +88,14 @@ pub(crate) fn connection_lost(e: &quinn::ConnectionError) -> WireError {
         }
         other => WireError::new(ErrorCode::Unavailable, format!("connection lost: {other}")),
     }
+}
+
+/// The code a peer reset, stopped or closed with, or `otherwise` when it is not one of ours.
+fn from_varint(code: quinn::VarInt, otherwise: ErrorCode) -> ErrorCode {
+    u32::try_from(code.into_inner())
+        .ok()
+        .and_then(ErrorCode::from_u32)
+        .unwrap_or(otherwise)
 }
 
 /// A stream reset or close code for `code`.
