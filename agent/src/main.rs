@@ -122,8 +122,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else {
         std::env::var(AUTH_SECRET_ENV).ok()
     };
-    let merged = file.merge(flags);
-    let config = merged.clone().into_config(secret.clone())?;
+    let args_config = args.config.clone();
+    let config = file.merge(flags.clone()).into_config(secret.clone())?;
     let name = config.name.clone();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -138,7 +138,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("star {name} cannot start"))?;
         while signals.next().await == Signal::Reload {
             // A reload that fails keeps the star running as it was.
-            let result = match merged.clone().into_config(secret.clone()) {
+            let result = match reread(args_config.as_deref(), &flags, secret.clone()) {
                 Ok(config) => star.reload(&config).await.map_err(anyhow::Error::from),
                 Err(e) => Err(e.into()),
             };
@@ -150,6 +150,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         info!("bye");
         Ok(())
     })
+}
+
+/// The configuration as on SIGHUP: the config file read again, the same flags over it.
+fn reread(
+    config_file: Option<&std::path::Path>,
+    flags: &StarFile,
+    secret: Option<String>,
+) -> anyhow::Result<orbit_agent::StarConfig> {
+    let file = match config_file {
+        Some(path) => StarFile::load(path)?,
+        None => StarFile::default(),
+    };
+    Ok(file.merge(flags.clone()).into_config(secret)?)
 }
 
 #[derive(Debug, PartialEq, Eq)]
