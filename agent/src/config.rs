@@ -4,7 +4,13 @@
 //!
 //! The token key comes from, in order: `--token-key-file`, the `ORBIT_AUTH_SECRET` environment
 //! variable (64 hexadecimal digits), the file's `token_key_file`, or `token.key` in systemd's
-//! `$CREDENTIALS_DIRECTORY`.
+//! `$CREDENTIALS_DIRECTORY`. The previous token key (accepted until the next rotation) comes from
+//! `--previous-token-key-file`, the file's `previous_token_key_file`, or `token.previous.key` in
+//! `$CREDENTIALS_DIRECTORY` when it exists.
+//!
+//! Key files (the TLS private key, the token keys) must be readable by their owner only; a key
+//! file that its group or others may read is refused with the `chmod` that fixes it, as ssh
+//! does. Key material is only ever read from files or the environment, never from a flag.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,8 +24,11 @@ use crate::StarConfig;
 /// The environment variable that may carry the star's token key, as 64 hexadecimal digits.
 pub const AUTH_SECRET_ENV: &str = "ORBIT_AUTH_SECRET";
 
+/// The file in `$CREDENTIALS_DIRECTORY` that holds the previous token key.
+pub const CREDENTIAL_PREVIOUS_TOKEN_KEY: &str = "token.previous.key";
+
 /// `star.toml`. Every key is optional here; what is missing must come from flags.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StarFile {
     /// The star's name; its certificate must carry it.
@@ -39,6 +48,12 @@ pub struct StarFile {
     /// Roots to serve from and store into.
     #[serde(default)]
     pub allow: Vec<PathBuf>,
+    /// File holding the token key before the last rotation (64 hexadecimal digits), accepted
+    /// beside the current one. Default: none.
+    pub previous_token_key_file: Option<PathBuf>,
+    /// The grid's certificate revocation list (PEM), written by `orbitctl revoke`; reread on
+    /// SIGHUP. Default: none, nothing is revoked.
+    pub crl_file: Option<PathBuf>,
 }
 
 /// Why the configuration could not be assembled.
@@ -63,6 +78,9 @@ pub enum ConfigError {
     /// A required setting is missing from both file and flags.
     #[error("missing setting `{0}`: set it in star.toml or pass --{flag}", flag = .0.replace('_', "-"))]
     Missing(&'static str),
+    /// A key file is readable by others, or cannot be read.
+    #[error(transparent)]
+    Secret(#[from] orbit_certs::SecretFileError),
     /// The token key is not usable.
     #[error("token key from {source_name}: {error}")]
     TokenKey {
@@ -95,6 +113,8 @@ impl StarFile {
             &mut file.ca,
             &mut file.token_key_file,
             &mut file.state_dir,
+            &mut file.previous_token_key_file,
+            &mut file.crl_file,
         ]
         .into_iter()
         .flatten()
@@ -114,6 +134,7 @@ impl StarFile {
             ($($field:ident),*) => { $( if flags.$field.is_some() { self.$field = flags.$field; } )* };
         }
         over!(name, listen, cert, key, ca, token_key_file, state_dir);
+        over!(previous_token_key_file, crl_file);
         if !flags.allow.is_empty() {
             self.allow = flags.allow;
         }
@@ -133,14 +154,20 @@ impl StarFile {
             std::fs::read_to_string(&path).map_err(|error| ConfigError::Read { path, error })
         };
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-        let (source_name, text) = match (auth_secret, self.token_key_file, credentials) {
+        let (source_name, text) = match (auth_secret, self.token_key_file, credentials.clone()) {
             (Some(secret), _, _) => (AUTH_SECRET_ENV.to_owned(), secret),
-            (None, Some(path), _) | (None, None, Some(path)) => {
+            (None, Some(path), _) => {
                 let path = if path.is_dir() {
                     path.join("token.key")
                 } else {
                     path
                 };
+                let text = orbit_certs::read_secret_file(&path, "token key file")?;
+                (path.display().to_string(), text)
+            }
+            // systemd makes this folder and its files private to the service itself.
+            (None, None, Some(dir)) => {
+                let path = dir.join("token.key");
                 let text = read(Some(path.clone()), "token_key_file")?;
                 (path.display().to_string(), text)
             }
@@ -148,15 +175,43 @@ impl StarFile {
         };
         let token_key = TokenKey::from_hex(&text)
             .map_err(|error| ConfigError::TokenKey { source_name, error })?;
+        let previous = match (self.previous_token_key_file, credentials) {
+            (Some(path), _) => Some((
+                path.display().to_string(),
+                orbit_certs::read_secret_file(&path, "previous token key file")?,
+            )),
+            (None, Some(dir)) if dir.join(CREDENTIAL_PREVIOUS_TOKEN_KEY).is_file() => {
+                let path = dir.join(CREDENTIAL_PREVIOUS_TOKEN_KEY);
+                let text = read(Some(path.clone()), "previous_token_key_file")?;
+                Some((path.display().to_string(), text))
+            }
+            (None, _) => None,
+        };
+        let previous_token_key = previous
+            .map(|(source_name, text)| {
+                TokenKey::from_hex(&text)
+                    .map_err(|error| ConfigError::TokenKey { source_name, error })
+            })
+            .transpose()?;
+        let ca_pem = read(self.ca, "ca")?;
+        let cert_pem = read(self.cert, "cert")?;
+        let key_path = self.key.ok_or(ConfigError::Missing("key"))?;
+        let key_pem = orbit_certs::read_secret_file(&key_path, "private key file")?;
+        let crl_pem = self
+            .crl_file
+            .map(|path| read(Some(path), "crl_file"))
+            .transpose()?;
         Ok(StarConfig {
             name,
             listen,
-            ca_pem: read(self.ca, "ca")?,
-            cert_pem: read(self.cert, "cert")?,
-            key_pem: read(self.key, "key")?,
+            ca_pem,
+            cert_pem,
+            key_pem,
             token_key,
             roots: self.allow,
             state_dir: self.state_dir,
+            previous_token_key,
+            crl_pem,
         })
     }
 }

@@ -13,6 +13,7 @@
 //! | `pool` | one outgoing connection per source star |
 //! | `jail` | confined opens under the allowed roots |
 //! | `config` | `star.toml` and how flags override it |
+//! | `reload` | new keys, certificates and revocation list on SIGHUP |
 
 pub mod config;
 mod control;
@@ -22,6 +23,8 @@ mod jail;
 mod pool;
 mod pull;
 mod serve;
+mod reload;
 mod star;
 
+pub use reload::Reloaded;
 pub use star::{SpawnError, Star, StarConfig};

@@ -20,7 +20,9 @@ use orbit_agent::Star;
 ///     orbit-star --config GRID/stars/star-a/star.toml --allow /srv/data
 ///
 /// Flags override the settings of the config file. The star logs "listening on ADDR" once it is
-/// ready, and stops cleanly on SIGTERM or SIGINT.
+/// ready, and stops cleanly on SIGTERM or SIGINT. On SIGHUP it rereads its config and key files
+/// and applies new token keys, certificates and revocation list without a restart, closing
+/// connections whose certificate is now revoked.
 #[derive(Debug, Parser)]
 #[command(version = concat!(env!("CARGO_PKG_VERSION"), " (wire protocol orbit/1)"), verbatim_doc_comment)]
 struct Args {
@@ -52,6 +54,14 @@ struct Args {
     /// Directory for the star's state.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// File holding this star's token key before the last rotation, still accepted until the
+    /// next one (see docs/KEYS.md).
+    #[arg(long, value_name = "FILE")]
+    previous_token_key_file: Option<PathBuf>,
+    /// The grid's certificate revocation list (PEM), written by `orbitctl revoke`; reread on
+    /// SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    crl_file: Option<PathBuf>,
     /// Log format on stderr. The level comes from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -103,6 +113,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         token_key_file: args.token_key_file,
         state_dir: args.state_dir,
         allow: args.allow,
+        previous_token_key_file: args.previous_token_key_file,
+        crl_file: args.crl_file,
     };
     // Precedence: --token-key-file, then ORBIT_AUTH_SECRET, then the file's token_key_file.
     let secret = if flags.token_key_file.is_some() {
@@ -110,8 +122,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else {
         std::env::var(AUTH_SECRET_ENV).ok()
     };
-    let merged = file.merge(flags);
-    let config = merged.into_config(secret)?;
+    let args_config = args.config.clone();
+    let config = file.merge(flags.clone()).into_config(secret.clone())?;
     let name = config.name.clone();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -119,23 +131,69 @@ fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Watched before the star starts, so that no signal finds the default action.
+        let mut signals = Signals::new()?;
         let star = Star::spawn(config)
             .await
             .with_context(|| format!("star {name} cannot start"))?;
-        wait_for_signal().await?;
+        while signals.next().await == Signal::Reload {
+            // A reload that fails keeps the star running as it was.
+            let result = match reread(args_config.as_deref(), &flags, secret.clone()) {
+                Ok(config) => star.reload(&config).await.map_err(anyhow::Error::from),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = result {
+                tracing::error!("reload failed, nothing changed: {e:#}");
+            }
+        }
         star.shutdown().await;
         info!("bye");
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+/// The configuration as on SIGHUP: the config file read again, the same flags over it.
+fn reread(
+    config_file: Option<&std::path::Path>,
+    flags: &StarFile,
+    secret: Option<String>,
+) -> anyhow::Result<orbit_agent::StarConfig> {
+    let file = match config_file {
+        Some(path) => StarFile::load(path)?,
+        None => StarFile::default(),
+    };
+    Ok(file.merge(flags.clone()).into_config(secret)?)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Signal {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// SIGHUP.
+    Reload,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => { info!("SIGTERM received"); Signal::Stop }
+            _ = self.int.recv() => { info!("SIGINT received"); Signal::Stop }
+            _ = self.hup.recv() => { info!("SIGHUP received: reloading"); Signal::Reload }
+        }
+    }
 }

@@ -102,9 +102,14 @@ async fn dial(shared: &Shared, name: &str, addr: &str) -> Result<PeerConn, WireE
         .map_err(|e| unavailable(e.to_string()))?
         .next()
         .ok_or_else(|| unavailable("the address resolves to nothing".into()))?;
+    let client_config = shared
+        .client_config
+        .read()
+        .expect("client config lock")
+        .clone();
     let connecting = shared
         .endpoint
-        .connect(target, name)
+        .connect_with(client_config, target, name)
         .map_err(|e| unavailable(e.to_string()))?;
     let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => conn,
@@ -149,6 +154,27 @@ fn is_tls_failure(e: &quinn::ConnectionError) -> bool {
         _ => return false,
     };
     (0x100..0x200).contains(&u64::from(code))
+}
+
+impl Pool {
+    /// Closes every pooled connection whose peer certificate `revoked` says is revoked, and
+    /// returns how many it closed.
+    pub(crate) async fn close_where(&self, revoked: impl Fn(&Connection) -> bool) -> usize {
+        let mut conns = self.conns.lock().await;
+        let before = conns.len();
+        conns.retain(|_, peer| {
+            if revoked(&peer.conn) {
+                peer.conn.close(
+                    varint(ErrorCode::PermissionDenied),
+                    b"certificate revoked",
+                );
+                false
+            } else {
+                true
+            }
+        });
+        before - conns.len()
+    }
 }
 
 /// Accepts data streams on an outgoing connection and hands each to the request it answers,

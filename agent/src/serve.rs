@@ -126,7 +126,8 @@ fn authorize(
         now,
     };
     let token =
-        token::verify(&request.token, &shared.token_key, &expected).map_err(|e| e.to_wire())?;
+        token::verify_with(&request.token, &shared.keys.read().expect("keys lock"), &expected)
+            .map_err(|e| e.to_wire())?;
     let path = shared
         .jail
         .confine(&request.path)

@@ -4,8 +4,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -15,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use orbit_certs::{PeerIdentity, Role};
-use orbit_wire::token::TokenKey;
+use orbit_wire::token::{KeyRing, TokenKey};
 use orbit_wire::ErrorCode;
 
 use crate::error::varint;
@@ -41,8 +42,9 @@ const SOCKET_BUFFER: usize = 16 * 1024 * 1024;
 /// loopback and jumbo-frame networks get fewer, larger packets.
 pub(crate) const MAX_UDP_PAYLOAD: u16 = 9000 - 48;
 
-/// Everything a star needs to run, already read from files and flags.
-#[derive(Debug, Clone)]
+/// Everything a star needs to run, already read from files and flags. `Debug` never prints the
+/// private key or the token keys.
+#[derive(Clone)]
 pub struct StarConfig {
     /// The star's name, as its certificate carries it.
     pub name: String,
@@ -60,6 +62,26 @@ pub struct StarConfig {
     pub roots: Vec<PathBuf>,
     /// Where it keeps its state; `None` keeps none.
     pub state_dir: Option<PathBuf>,
+    /// The token key before the last rotation, still accepted until the next one.
+    pub previous_token_key: Option<TokenKey>,
+    /// The grid's certificate revocation list, PEM: certificates it lists never complete a
+    /// handshake with this star.
+    pub crl_pem: Option<String>,
+}
+
+impl std::fmt::Debug for StarConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StarConfig")
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("key_pem", &"***")
+            .field("token_key", &self.token_key)
+            .field("previous_token_key", &self.previous_token_key)
+            .field("roots", &self.roots)
+            .field("state_dir", &self.state_dir)
+            .field("crl", &self.crl_pem.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a star could not start.
@@ -110,7 +132,13 @@ pub enum SpawnError {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) name: String,
-    pub(crate) token_key: TokenKey,
+    /// The token keys this star accepts; replaced on reload.
+    pub(crate) keys: RwLock<KeyRing>,
+    /// How this star dials other stars; replaced on reload.
+    pub(crate) client_config: RwLock<quinn::ClientConfig>,
+    /// Incoming connections that completed their handshake, by stable id, so that a reload can
+    /// close those whose certificate is now revoked.
+    pub(crate) conns: Mutex<HashMap<usize, Connection>>,
     pub(crate) jail: Jail,
     pub(crate) endpoint: Endpoint,
     pub(crate) pool: Pool,
@@ -149,27 +177,8 @@ impl Star {
             })?;
         }
 
-        let transport = Arc::new(transport_config());
-        let tls_server = orbit_certs::server_config(
-            &config.ca_pem,
-            &config.cert_pem,
-            &config.key_pem,
-            orbit_wire::ALPN,
-        )?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
-            QuicServerConfig::try_from(tls_server).map_err(|e| SpawnError::Quic(e.to_string()))?,
-        ));
-        server.transport_config(transport.clone());
-        let tls_client = orbit_certs::client_config(
-            &config.ca_pem,
-            &config.cert_pem,
-            &config.key_pem,
-            orbit_wire::ALPN,
-        )?;
-        let mut client = quinn::ClientConfig::new(Arc::new(
-            QuicClientConfig::try_from(tls_client).map_err(|e| SpawnError::Quic(e.to_string()))?,
-        ));
-        client.transport_config(transport);
+        let crl = revocation_list(&config)?;
+        let (server, client) = quic_configs(&config, crl.as_ref())?;
 
         let socket = bind_socket(config.listen).map_err(|error| SpawnError::Bind {
             addr: config.listen,
@@ -189,7 +198,7 @@ impl Star {
             addr: config.listen,
             error,
         })?;
-        endpoint.set_default_client_config(client);
+        endpoint.set_default_client_config(client.clone());
         let addr = endpoint.local_addr().map_err(|error| SpawnError::Bind {
             addr: config.listen,
             error,
@@ -197,7 +206,9 @@ impl Star {
 
         let shared = Arc::new(Shared {
             name: config.name,
-            token_key: config.token_key,
+            keys: RwLock::new(KeyRing::new(config.token_key, config.previous_token_key)),
+            client_config: RwLock::new(client),
+            conns: Mutex::default(),
             jail,
             endpoint,
             pool: Pool::default(),
@@ -211,7 +222,10 @@ impl Star {
         shared
             .tracker
             .spawn(accept_loop(shared.clone()).instrument(span.clone()));
-        span.in_scope(|| info!("listening on {addr}"));
+        span.in_scope(|| {
+            crate::reload::log_keys(&shared, crl.as_ref());
+            info!("listening on {addr}");
+        });
         Ok(Star { shared, addr })
     }
 
@@ -223,6 +237,17 @@ impl Star {
     /// The star's name.
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// Applies the token keys, certificates and revocation list of `config` to the running
+    /// star, then closes every open connection whose peer certificate the new list revokes.
+    /// Name, address and roots cannot change this way. On error nothing changes.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError`] if the new certificates, key or list cannot be used.
+    pub async fn reload(&self, config: &StarConfig) -> Result<crate::Reloaded, SpawnError> {
+        crate::reload::reload(&self.shared, config).await
     }
 
     /// Stops accepting, cancels every transfer (temporary files are removed, controllers are told
@@ -246,7 +271,50 @@ impl Star {
     }
 }
 
-fn check_certificate_names(config: &StarConfig) -> Result<(), SpawnError> {
+/// The revocation list of `config`, checked to come from its CA.
+pub(crate) fn revocation_list(
+    config: &StarConfig,
+) -> Result<Option<orbit_certs::RevocationList>, SpawnError> {
+    config
+        .crl_pem
+        .as_deref()
+        .map(|pem| orbit_certs::RevocationList::from_pem(pem, &config.ca_pem))
+        .transpose()
+        .map_err(SpawnError::Tls)
+}
+
+/// The QUIC server and client configurations for `config`'s certificates and `crl`.
+pub(crate) fn quic_configs(
+    config: &StarConfig,
+    crl: Option<&orbit_certs::RevocationList>,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), SpawnError> {
+    let transport = Arc::new(transport_config());
+    let tls_server = orbit_certs::server_config_with_crl(
+        &config.ca_pem,
+        &config.cert_pem,
+        &config.key_pem,
+        orbit_wire::ALPN,
+        crl,
+    )?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+        QuicServerConfig::try_from(tls_server).map_err(|e| SpawnError::Quic(e.to_string()))?,
+    ));
+    server.transport_config(transport.clone());
+    let tls_client = orbit_certs::client_config_with_crl(
+        &config.ca_pem,
+        &config.cert_pem,
+        &config.key_pem,
+        orbit_wire::ALPN,
+        crl,
+    )?;
+    let mut client = quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls_client).map_err(|e| SpawnError::Quic(e.to_string()))?,
+    ));
+    client.transport_config(transport);
+    Ok((server, client))
+}
+
+pub(crate) fn check_certificate_names(config: &StarConfig) -> Result<(), SpawnError> {
     let certs = orbit_certs::load_certs(&config.cert_pem)?;
     let identity = orbit_certs::peer_identity(&certs[0])?;
     if identity.role != Role::Star || identity.name != config.name {
@@ -341,6 +409,13 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
         }
     };
     debug!(%peer, "connected");
+    let id = conn.stable_id();
+    shared
+        .conns
+        .lock()
+        .expect("conns lock")
+        .insert(id, conn.clone());
+    let _registered = crate::reload::Registered { shared: &shared, id };
     let cancel = shared.cancel.child_token();
     loop {
         tokio::select! {

@@ -46,6 +46,30 @@ impl fmt::Debug for GridCa {
     }
 }
 
+/// How to issue a certificate other than the standard one, for tests of hostile cases: another
+/// validity period, or the CA flag on a certificate that is then presented as a leaf.
+#[derive(Debug, Clone)]
+pub struct IssueOptions {
+    /// Valid from.
+    pub not_before: std::time::SystemTime,
+    /// Valid until.
+    pub not_after: std::time::SystemTime,
+    /// Mark it as a CA certificate (basic constraints cA = true).
+    pub ca: bool,
+}
+
+impl Default for IssueOptions {
+    /// What [`GridCa::issue`] uses: valid from an hour ago for three years, not a CA.
+    fn default() -> IssueOptions {
+        let now = OffsetDateTime::now_utc();
+        IssueOptions {
+            not_before: (now - BACKDATE).into(),
+            not_after: (now + LEAF_VALIDITY).into(),
+            ca: false,
+        }
+    }
+}
+
 /// A freshly issued leaf certificate and its private key, both PEM.
 #[derive(Clone)]
 pub struct IssuedCert {
@@ -161,14 +185,36 @@ impl GridCa {
     /// [`CertError::InvalidName`] if `name` breaks [`validate_name`], and
     /// [`CertError::Generate`] if the key or certificate cannot be made.
     pub fn issue(&self, role: Role, name: &str) -> Result<IssuedCert, CertError> {
+        self.issue_with(role, name, &IssueOptions::default())
+    }
+
+    /// As [`GridCa::issue`], with the validity and CA flag of `options`. Orbit itself only
+    /// issues standard certificates; this exists to prove that peers refuse the others.
+    ///
+    /// # Errors
+    ///
+    /// As [`GridCa::issue`].
+    pub fn issue_with(
+        &self,
+        role: Role,
+        name: &str,
+        options: &IssueOptions,
+    ) -> Result<IssuedCert, CertError> {
         validate_name(name)?;
-        let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = common_name(name);
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = now - BACKDATE;
-        params.not_after = now + LEAF_VALIDITY;
+        if options.ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyCertSign,
+            ];
+        } else {
+            params.is_ca = IsCa::ExplicitNoCa;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        }
+        params.not_before = options.not_before.into();
+        params.not_after = options.not_after.into();
         params.use_authority_key_identifier_extension = true;
         let uri = SanType::URI(identity_uri(role, name).try_into()?);
         match role {
@@ -190,6 +236,16 @@ impl GridCa {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+}
+
+impl GridCa {
+    pub(crate) fn issuer(&self) -> &Certificate {
+        &self.issuer
+    }
+
+    pub(crate) fn key(&self) -> &KeyPair {
+        &self.key
     }
 }
 

@@ -37,4 +37,7 @@ pub enum CertError {
     /// A certificate does not carry exactly one well-formed Orbit identity.
     #[error("no orbit identity in certificate: {0}")]
     NoIdentity(String),
+    /// A revocation list is not this grid's.
+    #[error("revocation list: {0}")]
+    Crl(String),
 }

@@ -26,15 +26,28 @@
 //!    [`Role::Controller`] and read requests only from a [`Role::Star`]; that policy lives with
 //!    the caller, this crate only reports the identity.
 //!
+//! 3. **Revocation** ([`RevocationList`]): the CA signs a list of revoked certificates; a
+//!    configuration built with one (`*_with_crl`) makes rustls refuse every listed certificate.
+//!
+//! Secret files (private keys, token keys) are read with [`read_secret_file`], which refuses a
+//! file that its group or others may access.
+//!
 //! This crate must never accept a certificate on its own judgement: chain and name checks are
 //! always rustls's, and [`peer_identity`] is only ever applied to a certificate rustls verified.
 
 mod ca;
+mod crl;
 mod error;
 mod identity;
+mod secret;
 mod tls;
 
-pub use ca::{GridCa, IssuedCert};
+pub use ca::{GridCa, IssueOptions, IssuedCert};
+pub use crl::{serial_of, RevocationList};
+pub use secret::{read_secret_file, SecretFileError};
 pub use error::CertError;
 pub use identity::{peer_identity, validate_name, PeerIdentity, Role};
-pub use tls::{client_config, load_certs, load_key, server_config};
+pub use tls::{
+    client_config, client_config_with_crl, load_certs, load_key, server_config,
+    server_config_with_crl,
+};

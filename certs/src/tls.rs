@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::client::WebPkiServerVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::CertError;
+use crate::{CertError, RevocationList};
 
 const TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
@@ -52,9 +53,26 @@ pub fn server_config(
     key_pem: &str,
     alpn: &[u8],
 ) -> Result<ServerConfig, CertError> {
+    server_config_with_crl(ca_pem, cert_pem, key_pem, alpn, None)
+}
+
+/// As [`server_config`], and a client certificate that `crl` revokes never completes a
+/// handshake.
+///
+/// # Errors
+///
+/// As [`server_config`].
+pub fn server_config_with_crl(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    alpn: &[u8],
+    crl: Option<&RevocationList>,
+) -> Result<ServerConfig, CertError> {
     let provider = provider();
     let verifier =
         WebPkiClientVerifier::builder_with_provider(grid_roots(ca_pem)?, provider.clone())
+            .with_crls(crl.map(|c| c.der().clone()))
             .build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(TLS13_ONLY)?
@@ -81,9 +99,30 @@ pub fn client_config(
     key_pem: &str,
     alpn: &[u8],
 ) -> Result<ClientConfig, CertError> {
-    let mut config = ClientConfig::builder_with_provider(provider())
+    client_config_with_crl(ca_pem, cert_pem, key_pem, alpn, None)
+}
+
+/// As [`client_config`], and a server certificate that `crl` revokes never completes a
+/// handshake.
+///
+/// # Errors
+///
+/// As [`client_config`], and [`CertError::Crl`] if rustls cannot use the list.
+pub fn client_config_with_crl(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    alpn: &[u8],
+    crl: Option<&RevocationList>,
+) -> Result<ClientConfig, CertError> {
+    let provider = provider();
+    let verifier = WebPkiServerVerifier::builder_with_provider(grid_roots(ca_pem)?, provider.clone())
+        .with_crls(crl.map(|c| c.der().clone()))
+        .build()
+        .map_err(|e| CertError::Crl(e.to_string()))?;
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(TLS13_ONLY)?
-        .with_root_certificates(grid_roots(ca_pem)?)
+        .with_webpki_verifier(verifier)
         .with_client_auth_cert(load_certs(cert_pem)?, load_key(key_pem)?)?;
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
@@ -121,7 +160,7 @@ mod tests {
     use rustls::{CertificateError, ClientConnection, Error, ServerConnection};
 
     use super::*;
-    use crate::{peer_identity, GridCa, PeerIdentity, Role};
+    use crate::{peer_identity, GridCa, IssueOptions, PeerIdentity, Role};
 
     const ALPN: &[u8] = b"orbit/1";
 
@@ -351,5 +390,121 @@ mod tests {
             server_config(&ca_pem, &a.cert_pem, &b.key_pem, ALPN),
             Err(CertError::Tls(_))
         ));
+    }
+
+    fn refused_as(result: Result<(ClientConnection, ServerConnection), (Side, Error)>) -> (Side, Error) {
+        result.map(|_| ()).unwrap_err()
+    }
+
+    #[test]
+    fn revoked_certificates_never_complete_a_handshake() {
+        let ca = GridCa::generate("grid").unwrap();
+        let a = ca.issue(Role::Star, "star-a").unwrap();
+        let b = ca.issue(Role::Star, "star-b").unwrap();
+        let ca_pem = ca.cert_pem();
+        let crl = ca.revocation_list(None, &[&b.cert_pem]).unwrap();
+        assert_eq!((crl.number(), crl.len()), (1, 1));
+        let reread = RevocationList::from_pem(crl.pem(), &ca_pem).unwrap();
+        assert!(reread.is_revoked(&load_certs(&b.cert_pem).unwrap()[0]));
+        assert!(!reread.is_revoked(&load_certs(&a.cert_pem).unwrap()[0]));
+
+        // star-a's server, with the list, refuses star-b as a client.
+        let server = server_config_with_crl(&ca_pem, &a.cert_pem, &a.key_pem, ALPN, Some(&crl))
+            .unwrap();
+        let client = client_config(&ca_pem, &b.cert_pem, &b.key_pem, ALPN).unwrap();
+        let (side, err) = refused_as(handshake(client, server, "star-a"));
+        assert_eq!(side, Side::Server);
+        assert!(
+            matches!(err, Error::InvalidCertificate(CertificateError::Revoked)),
+            "{err}"
+        );
+        // star-a's client, with the list, refuses star-b as a server.
+        let client = client_config_with_crl(&ca_pem, &a.cert_pem, &a.key_pem, ALPN, Some(&crl))
+            .unwrap();
+        let server = server_config(&ca_pem, &b.cert_pem, &b.key_pem, ALPN).unwrap();
+        let (side, err) = refused_as(handshake(client, server, "star-b"));
+        assert_eq!(side, Side::Client);
+        assert!(
+            matches!(err, Error::InvalidCertificate(CertificateError::Revoked)),
+            "{err}"
+        );
+        // The control: a certificate the list does not name still passes, under the same list.
+        let c = ca.issue(Role::Star, "star-c").unwrap();
+        let server = server_config_with_crl(&ca_pem, &a.cert_pem, &a.key_pem, ALPN, Some(&crl))
+            .unwrap();
+        let client = client_config(&ca_pem, &c.cert_pem, &c.key_pem, ALPN).unwrap();
+        handshake(client, server, "star-a").unwrap();
+
+        // A later list keeps the earlier entries.
+        let next = ca.revocation_list(Some(&crl), &[&c.cert_pem]).unwrap();
+        assert_eq!((next.number(), next.len()), (2, 2));
+        assert!(next.is_revoked(&load_certs(&b.cert_pem).unwrap()[0]));
+    }
+
+    #[test]
+    fn a_revocation_list_from_another_ca_is_refused() {
+        let ca = GridCa::generate("grid").unwrap();
+        let other = GridCa::generate("other").unwrap();
+        let crl = other.revocation_list(None, &[]).unwrap();
+        let err = RevocationList::from_pem(crl.pem(), &ca.cert_pem()).unwrap_err();
+        assert!(matches!(err, CertError::Crl(_)), "{err}");
+        assert!(RevocationList::from_pem("garbage", &ca.cert_pem()).is_err());
+    }
+
+    fn issued_with(ca: &GridCa, name: &str, options: IssueOptions) -> ClientConfig {
+        let cert = ca.issue_with(Role::Star, name, &options).unwrap();
+        client_config(&ca.cert_pem(), &cert.cert_pem, &cert.key_pem, ALPN).unwrap()
+    }
+
+    #[test]
+    fn expired_not_yet_valid_and_ca_certificates_are_refused_as_clients() {
+        use std::time::{Duration, SystemTime};
+        let ca = GridCa::generate("grid").unwrap();
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        let cases = [
+            (
+                "expired",
+                IssueOptions {
+                    not_before: now - 10 * day,
+                    not_after: now - day,
+                    ca: false,
+                },
+            ),
+            (
+                "not yet valid",
+                IssueOptions {
+                    not_before: now + day,
+                    not_after: now + 10 * day,
+                    ca: false,
+                },
+            ),
+            (
+                "ca as leaf",
+                IssueOptions {
+                    ca: true,
+                    ..IssueOptions::default()
+                },
+            ),
+        ];
+        for (what, options) in cases {
+            let client = issued_with(&ca, "star-b", options);
+            let (side, err) =
+                refused_as(handshake(client, server(&ca, Role::Star, "star-a"), "star-a"));
+            assert_eq!(side, Side::Server, "{what}");
+            assert!(matches!(err, Error::InvalidCertificate(_)), "{what}: {err}");
+        }
+        // The grid CA's own certificate and key, presented as a client certificate.
+        let client = client_config(&ca.cert_pem(), &ca.cert_pem(), &ca.key_pem(), ALPN).unwrap();
+        let (side, err) = refused_as(handshake(client, server(&ca, Role::Star, "star-a"), "star-a"));
+        assert_eq!(side, Side::Server);
+        assert!(matches!(err, Error::InvalidCertificate(_)), "{err}");
+        // The control: default options pass.
+        handshake(
+            issued_with(&ca, "star-b", IssueOptions::default()),
+            server(&ca, Role::Star, "star-a"),
+            "star-a",
+        )
+        .unwrap();
     }
 }

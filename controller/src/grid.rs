@@ -143,6 +143,9 @@ pub enum GridError {
     /// Writing the grid failed.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// A secret file of the grid is readable by others, or cannot be read.
+    #[error(transparent)]
+    Secret(#[from] orbit_certs::SecretFileError),
 }
 
 fn known_list(known: &[String]) -> String {
@@ -158,9 +161,10 @@ impl GridError {
     pub fn code(&self) -> ErrorCode {
         match self {
             GridError::UnknownStar { .. } => ErrorCode::InvalidArgument,
-            GridError::NotAGrid { .. } | GridError::Read { .. } | GridError::Invalid { .. } => {
-                ErrorCode::FailedPrecondition
-            }
+            GridError::NotAGrid { .. }
+            | GridError::Read { .. }
+            | GridError::Invalid { .. }
+            | GridError::Secret(_) => ErrorCode::FailedPrecondition,
             GridError::Write(_) => ErrorCode::Internal,
         }
     }
@@ -242,6 +246,13 @@ impl Grid {
         }
     }
 
+    /// Reads a secret file of the grid, refusing one that its group or others may read.
+    fn read_secret(&self, file: &str, what: &str) -> Result<(PathBuf, String), GridError> {
+        let path = self.dir.join(file);
+        let text = orbit_certs::read_secret_file(&path, what)?;
+        Ok((path, text))
+    }
+
     /// The grid CA, with its private key.
     ///
     /// # Errors
@@ -249,7 +260,7 @@ impl Grid {
     /// [`GridError`] if `ca.pem` or `ca.key` cannot be read or do not make a CA.
     pub fn ca(&self) -> Result<GridCa, GridError> {
         let (cert_path, cert) = self.read(layout::CA_CERT)?;
-        let (_, key) = self.read(layout::CA_KEY)?;
+        let (_, key) = self.read_secret(layout::CA_KEY, "ca key file")?;
         GridCa::from_pem(&cert, &key).map_err(|e| GridError::Invalid {
             path: cert_path,
             message: e.to_string(),
@@ -262,7 +273,18 @@ impl Grid {
     ///
     /// [`GridError`] if `token-master.key` cannot be read or is not 64 hex digits.
     pub fn master_key(&self) -> Result<MasterKey, GridError> {
-        let (path, text) = self.read(layout::MASTER_KEY)?;
+        self.read_master_key(layout::MASTER_KEY)
+    }
+
+    /// A master token key from `file` in the grid's folder (the current one, or the next one
+    /// during a rotation).
+    ///
+    /// # Errors
+    ///
+    /// [`GridError`] if the file cannot be read, is readable by others, or is not 64 hex
+    /// digits.
+    pub fn read_master_key(&self, file: &str) -> Result<MasterKey, GridError> {
+        let (path, text) = self.read_secret(file, "master token key file")?;
         MasterKey::from_hex(&text).map_err(|e| GridError::Invalid {
             path,
             message: e.to_string(),
@@ -278,9 +300,27 @@ impl Grid {
     pub fn client_tls(&self) -> Result<Arc<rustls::ClientConfig>, GridError> {
         let (_, ca) = self.read(layout::CA_CERT)?;
         let (cert_path, cert) = self.read(layout::CONTROLLER_CERT)?;
-        let (_, key) = self.read(layout::CONTROLLER_KEY)?;
-        let config =
-            orbit_certs::client_config(&ca, &cert, &key, orbit_wire::ALPN).map_err(|e| {
+        let (_, key) = self.read_secret(layout::CONTROLLER_KEY, "controller key file")?;
+        // With the grid's revocation list, orbitctl refuses a revoked star as stars do.
+        let crl_path = self.dir.join(crate::revoke::CRL_FILE);
+        let crl = match std::fs::read_to_string(&crl_path) {
+            Ok(pem) => Some(orbit_certs::RevocationList::from_pem(&pem, &ca).map_err(|e| {
+                GridError::Invalid {
+                    path: crl_path.clone(),
+                    message: e.to_string(),
+                }
+            })?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => return Err(GridError::Read { path: crl_path, error }),
+        };
+        let config = orbit_certs::client_config_with_crl(
+            &ca,
+            &cert,
+            &key,
+            orbit_wire::ALPN,
+            crl.as_ref(),
+        )
+        .map_err(|e| {
                 GridError::Invalid {
                     path: cert_path,
                     message: format!("cannot use the controller's certificate: {e}"),

@@ -3,7 +3,7 @@
 //! carries file data: one replication costs it a few kilobytes whatever the file's size.
 //!
 //! Each subcommand is one module owning its clap `Args` and its `run`: [`init`], [`add_star`],
-//! [`replicate`], [`status`], [`token`] and [`demo`]. Around them: [`grid`] reads a grid,
+//! [`replicate`], [`status`], [`token`], [`demo`], and for keys [`rotate_keys`] and [`revoke`]. Around them: [`grid`] reads a grid,
 //! [`layout`] writes its files, [`connect`] dials stars and speaks the control stream, [`spec`]
 //! parses command-line values and [`human`] formats numbers for people.
 //!
@@ -18,6 +18,8 @@ pub mod human;
 pub mod init;
 pub mod layout;
 pub mod replicate;
+pub mod revoke;
+pub mod rotate_keys;
 pub mod spec;
 pub mod status;
 pub mod token;

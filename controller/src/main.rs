@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use orbit_controller::{add_star, demo, init, replicate, status, token, VERSION};
+use orbit_controller::{
+    add_star, demo, init, replicate, revoke, rotate_keys, status, token, VERSION,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Orbit's controller: make a grid of stars, and have stars copy files directly between them.
@@ -38,6 +40,8 @@ enum Command {
     Status(status::Args),
     Token(token::Args),
     Demo(demo::Args),
+    RotateKeys(rotate_keys::Args),
+    Revoke(revoke::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +78,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => Ok(status::run(&need_grid(grid), args).await?),
         Command::Token(args) => Ok(token::run(&need_grid(grid), args)?),
         Command::Demo(args) => demo::run(args).await,
+        Command::RotateKeys(args) => Ok(rotate_keys::run(&need_grid(grid), args)?),
+        Command::Revoke(args) => Ok(revoke::run(&need_grid(grid), args)?),
     }
 }
 

@@ -155,6 +155,31 @@ impl Drop for StarProcess {
     }
 }
 
+impl StarProcess {
+    /// Sends SIGHUP: the star rereads its config, keys and revocation list.
+    pub fn hangup(&self) {
+        signal(self.child.as_ref().expect("running"), "HUP");
+    }
+
+    /// Waits for a log line containing `needle` and returns it, panicking with the lines seen
+    /// if none comes within `timeout`.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!(
+                    "orbit-star never logged {needle:?}; it logged:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
 fn signal(child: &Child, name: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{name}"))

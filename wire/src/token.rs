@@ -9,6 +9,14 @@
 //! [`verify`] checks, in this order: the encoding and version, the key id, the tag (in constant
 //! time), expiry, audience, holder, path and range. Only it can make a [`VerifiedToken`], which is
 //! what the serving code demands before it touches a file.
+//!
+//! # Rotation
+//!
+//! The key id in the claims ([`TokenKey::key_id`]) says which key signed a token. A star holds a
+//! [`KeyRing`]: its current key and, during and after a rotation, its previous one.
+//! [`verify_with`] picks the key by the token's key id; a token under any other key (one retired
+//! two rotations ago, or one this star never had) is refused with [`TokenError::UnknownKey`]
+//! before any MAC is computed.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use hmac::{Hmac, Mac};
@@ -135,6 +143,46 @@ impl std::fmt::Debug for TokenKey {
     }
 }
 
+/// The token keys a star accepts: its current key and, after a rotation, its previous one.
+/// `Debug` prints key ids only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRing {
+    current: TokenKey,
+    previous: Option<TokenKey>,
+}
+
+impl KeyRing {
+    /// A ring of `current` and, if given, `previous`. A previous key equal to the current one
+    /// is dropped.
+    pub fn new(current: TokenKey, previous: Option<TokenKey>) -> KeyRing {
+        let previous = previous.filter(|p| p.key_id() != current.key_id());
+        KeyRing { current, previous }
+    }
+
+    /// The current key.
+    pub fn current(&self) -> &TokenKey {
+        &self.current
+    }
+
+    /// The previous key, if any.
+    pub fn previous(&self) -> Option<&TokenKey> {
+        self.previous.as_ref()
+    }
+
+    /// The key whose id is `key_id`, if this ring holds it.
+    pub fn by_id(&self, key_id: u32) -> Option<&TokenKey> {
+        std::iter::once(&self.current)
+            .chain(self.previous.as_ref())
+            .find(|k| k.key_id() == key_id)
+    }
+}
+
+impl From<TokenKey> for KeyRing {
+    fn from(current: TokenKey) -> KeyRing {
+        KeyRing::new(current, None)
+    }
+}
+
 /// What a token allows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -202,8 +250,8 @@ pub enum TokenError {
     /// A claims format this star does not know.
     #[error("token version {0} is not supported")]
     UnsupportedVersion(u8),
-    /// Signed by a key this star does not hold.
-    #[error("token key id {0:08x} is unknown to this star")]
+    /// Signed by a key this star does not hold: neither its current nor its previous key.
+    #[error("token key id {0:08x} is not this star's current or previous key (retired or unknown)")]
     UnknownKey(u32),
     /// The tag does not match the claims.
     #[error("token signature is invalid")]
@@ -278,13 +326,28 @@ pub fn verify(
     key: &TokenKey,
     expected: &Expected<'_>,
 ) -> Result<VerifiedToken, TokenError> {
+    verify_with(token, &KeyRing::from(key.clone()), expected)
+}
+
+/// Verifies `token` under whichever key of `keys` its key id names, against what the serving
+/// star knows.
+///
+/// # Errors
+///
+/// The first check that fails, as a [`TokenError`]; [`TokenError::UnknownKey`] when the key id
+/// is neither the ring's current nor its previous key.
+pub fn verify_with(
+    token: &str,
+    keys: &KeyRing,
+    expected: &Expected<'_>,
+) -> Result<VerifiedToken, TokenError> {
     let (claims, bytes, body_len) = split(token)?;
     if claims.version != TOKEN_VERSION {
         return Err(TokenError::UnsupportedVersion(claims.version));
     }
-    if claims.key_id != key.key_id() {
-        return Err(TokenError::UnknownKey(claims.key_id));
-    }
+    let key = keys
+        .by_id(claims.key_id)
+        .ok_or(TokenError::UnknownKey(claims.key_id))?;
     // verify_slice compares in constant time.
     key.mac()
         .chain_update(&bytes[..body_len])
@@ -443,6 +506,47 @@ mod tests {
             verify(&token, &key_a, &expected()).unwrap_err(),
             TokenError::BadSignature
         );
+    }
+
+    #[test]
+    fn a_ring_accepts_its_current_and_previous_keys_only() {
+        let old = TokenKey::derive(&MasterKey::from_bytes([1; KEY_LEN]), "star-a");
+        let prev = TokenKey::derive(&MasterKey::from_bytes([2; KEY_LEN]), "star-a");
+        let cur = TokenKey::derive(&master(), "star-a");
+        let ring = KeyRing::new(cur.clone(), Some(prev.clone()));
+        for key in [&cur, &prev] {
+            let token = sign(&claims(key), key);
+            assert_eq!(
+                verify_with(&token, &ring, &expected()).unwrap().claims(),
+                &claims(key)
+            );
+        }
+        // Retired two rotations ago.
+        let token = sign(&claims(&old), &old);
+        let err = verify_with(&token, &ring, &expected()).unwrap_err();
+        assert_eq!(err, TokenError::UnknownKey(old.key_id()));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "token key id {:08x} is not this star's current or previous key (retired or unknown)",
+                old.key_id()
+            )
+        );
+        // A retired key claiming a current key id fails on the tag.
+        let mut c = claims(&old);
+        c.key_id = prev.key_id();
+        assert_eq!(
+            verify_with(&sign(&c, &old), &ring, &expected()).unwrap_err(),
+            TokenError::BadSignature
+        );
+        // Without a previous key, only the current one.
+        let token = sign(&claims(&prev), &prev);
+        assert!(matches!(
+            verify_with(&token, &KeyRing::from(cur.clone()), &expected()),
+            Err(TokenError::UnknownKey(_))
+        ));
+        let debug = format!("{ring:?}");
+        assert!(!debug.contains(&cur.to_hex()) && !debug.contains(&prev.to_hex()));
     }
 
     #[test]

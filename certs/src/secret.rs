@@ -1,0 +1,111 @@
+//! Reading secret files (private keys, token keys) the way ssh does: a file that its group or
+//! other users may read or write is refused, with the command that fixes it. The contents never
+//! appear in an error.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A secret file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    /// The file could not be read.
+    #[error("cannot read {what} {}: {error}", path.display())]
+    Read {
+        /// What the file holds, e.g. "token key file".
+        what: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// Group or others have access to it.
+    #[error("{what} {} is {who} (mode {mode:04o}); run: chmod 600 {}", path.display(), path.display())]
+    TooOpen {
+        /// What the file holds.
+        what: String,
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// "readable by others", "readable by its group", ...
+        who: &'static str,
+    },
+}
+
+/// Checks that only the owner may access `path` (mode 0600 or 0400), then reads it.
+///
+/// # Errors
+///
+/// [`SecretFileError::TooOpen`] if group or others have any access, and
+/// [`SecretFileError::Read`] if it cannot be read.
+pub fn read_secret_file(path: &Path, what: &str) -> Result<String, SecretFileError> {
+    let read_error = |error| SecretFileError::Read {
+        what: what.to_owned(),
+        path: path.to_owned(),
+        error,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    // The mode of the file opened, not of whatever the path names a moment later.
+    let mode = file.metadata().map_err(read_error)?.permissions().mode() & 0o7777;
+    if let Some(who) = too_open(mode) {
+        return Err(SecretFileError::TooOpen {
+            what: what.to_owned(),
+            path: path.to_owned(),
+            mode,
+            who,
+        });
+    }
+    io::read_to_string(file).map_err(read_error)
+}
+
+fn too_open(mode: u32) -> Option<&'static str> {
+    if mode & 0o004 != 0 {
+        Some("readable by others")
+    } else if mode & 0o040 != 0 {
+        Some("readable by its group")
+    } else if mode & 0o002 != 0 {
+        Some("writable by others")
+    } else if mode & 0o020 != 0 {
+        Some("writable by its group")
+    } else if mode & 0o011 != 0 {
+        Some("accessible by group or others")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_owner_only_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.key");
+        std::fs::write(&path, "secret\n").unwrap();
+        for (mode, who) in [
+            (0o644, "readable by others"),
+            (0o640, "readable by its group"),
+            (0o602, "writable by others"),
+            (0o620, "writable by its group"),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = read_secret_file(&path, "token key file").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "token key file {p} is {who} (mode {mode:04o}); run: chmod 600 {p}",
+                    p = path.display()
+                )
+            );
+            assert!(!err.to_string().contains("secret\n"));
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(read_secret_file(&path, "key").unwrap(), "secret\n");
+        }
+        let err = read_secret_file(&dir.path().join("none"), "key").unwrap_err();
+        assert!(matches!(err, SecretFileError::Read { .. }), "{err}");
+    }
+}

@@ -1,0 +1,316 @@
+//! `orbitctl rotate-keys`: replaces the grid's master token key, and so every star's token key,
+//! in two steps so that no replication fails half-way through.
+//!
+//! 1. `rotate-keys` draws a new master key and writes it beside the current one as
+//!    `token-master.next.key`; `orbitctl` keeps signing with the current key. For every star it
+//!    writes the new star key as `token.key` and the current one as `token.previous.key`, and
+//!    makes `star.toml` name the previous key. The operator deploys those files and reloads each
+//!    star (SIGHUP): a star then accepts tokens under both keys.
+//! 2. `rotate-keys --finish` makes the new master key the current one: `orbitctl` signs with the
+//!    new keys, which every star already holds. Tokens minted just before stay valid under the
+//!    previous key until they expire.
+//!
+//! The next rotation makes today's new key the previous one; the key before it is then retired,
+//! and any token under it is refused. Running step 1 again before step 2 writes the same files
+//! again (it is idempotent), so an interrupted run is finished by running it once more.
+
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use orbit_wire::token::{MasterKey, TokenKey, KEY_LEN};
+use rand::RngCore;
+
+use crate::grid::{Grid, GridError};
+use crate::layout::{self, Access, WriteError};
+
+/// The next master token key, during a rotation (secret).
+pub const NEXT_MASTER_KEY: &str = "token-master.next.key";
+/// A star's token key before the last rotation (secret), inside its folder.
+pub const STAR_PREVIOUS_TOKEN_KEY: &str = "token.previous.key";
+
+/// Rotate the grid's token keys: a new master key and new star keys, in two steps.
+///
+/// Step 1 (no flag) writes the new keys for every star and prints which files to deploy where;
+/// orbitctl keeps signing with the current key, and stars accept both. Step 2 (--finish), once
+/// every star runs with its new files, makes orbitctl sign with the new key. See docs/KEYS.md.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Finish a rotation: sign with the new master key from now on. Run it only once every star
+    /// has its new token.key and token.previous.key and has been reloaded.
+    #[arg(long)]
+    pub finish: bool,
+}
+
+/// Why keys could not be rotated.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    /// The grid could not be read.
+    #[error(transparent)]
+    Grid(#[from] GridError),
+    /// `--finish` without a rotation in progress.
+    #[error("no rotation in progress ({} does not exist): run `orbitctl rotate-keys` first", .0.display())]
+    NotStarted(PathBuf),
+    /// A file could not be written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// One star's part of a rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StarKeys {
+    /// The star.
+    pub name: String,
+    /// Where it listens, from the inventory.
+    pub addr: String,
+    /// Its folder in the grid.
+    pub dir: PathBuf,
+    /// The new key's id.
+    pub key_id: u32,
+    /// The previous (still current for orbitctl) key's id.
+    pub previous_key_id: u32,
+}
+
+/// Runs `orbitctl rotate-keys [--finish]` and prints what to do next.
+///
+/// # Errors
+///
+/// [`RotateError`].
+pub fn run(grid_dir: &Path, args: Args) -> Result<(), RotateError> {
+    if args.finish {
+        let ids = finish(grid_dir)?;
+        println!("orbitctl now signs tokens with the new master key.");
+        for (name, id) in ids {
+            println!("  {name:<20} token key id {id:08x}");
+        }
+        println!();
+        println!(
+            "Tokens minted before stay valid under each star's previous key until they expire."
+        );
+        println!("The next `orbitctl rotate-keys` retires the old keys for good.");
+        return Ok(());
+    }
+    let stars = start(grid_dir)?;
+    println!(
+        "Rotation started: the new master key is {} (orbitctl still signs with the current one).",
+        grid_dir.join(NEXT_MASTER_KEY).display()
+    );
+    println!();
+    println!("1. Deploy to every star, into its config folder, then reload it (SIGHUP:");
+    println!("   `systemctl reload orbit-star` or `kill -HUP PID`). Order among stars does not matter:");
+    for star in &stars {
+        println!(
+            "   {} ({}): {}/{{{}, {}, {}}}",
+            star.name,
+            star.addr,
+            star.dir.display(),
+            layout::STAR_TOKEN_KEY,
+            STAR_PREVIOUS_TOKEN_KEY,
+            layout::STAR_TOML
+        );
+        println!(
+            "       its log then says: token key id {:08x}, previous {:08x}",
+            star.key_id, star.previous_key_id
+        );
+    }
+    println!("2. Once every star runs with its new keys:");
+    println!(
+        "   orbitctl --grid {} rotate-keys --finish",
+        grid_dir.display()
+    );
+    Ok(())
+}
+
+/// Step 1: writes the next master key (once) and every star's new and previous token keys.
+///
+/// # Errors
+///
+/// [`RotateError`]; files already written stay, and running it again completes them.
+pub fn start(grid_dir: &Path) -> Result<Vec<StarKeys>, RotateError> {
+    let grid = Grid::open(grid_dir)?;
+    let current = grid.master_key()?;
+    let next_path = grid_dir.join(NEXT_MASTER_KEY);
+    let next = if next_path.exists() {
+        grid.read_master_key(NEXT_MASTER_KEY)?
+    } else {
+        let mut bytes = [0u8; KEY_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let next = MasterKey::from_bytes(bytes);
+        layout::write_new(
+            &next_path,
+            format!("{}\n", next.to_hex()).as_bytes(),
+            Access::Secret,
+        )?;
+        next
+    };
+    let mut stars = Vec::new();
+    for (name, entry) in &grid.inventory().stars {
+        let dir = grid_dir.join(layout::STARS_DIR).join(name);
+        let old = TokenKey::derive(&current, name);
+        let new = TokenKey::derive(&next, name);
+        // The previous key first: a star reloaded between the two writes still holds its
+        // current key as one of the two.
+        replace_file(
+            &dir.join(STAR_PREVIOUS_TOKEN_KEY),
+            format!("{}\n", old.to_hex()).as_bytes(),
+            Access::Secret,
+        )?;
+        replace_file(
+            &dir.join(layout::STAR_TOKEN_KEY),
+            format!("{}\n", new.to_hex()).as_bytes(),
+            Access::Secret,
+        )?;
+        ensure_setting(
+            &dir.join(layout::STAR_TOML),
+            "previous_token_key_file",
+            STAR_PREVIOUS_TOKEN_KEY,
+        )?;
+        stars.push(StarKeys {
+            name: name.clone(),
+            addr: entry.addr.to_string(),
+            dir,
+            key_id: new.key_id(),
+            previous_key_id: old.key_id(),
+        });
+    }
+    Ok(stars)
+}
+
+/// Step 2: the next master key becomes the current one. Returns every star's new key id.
+///
+/// # Errors
+///
+/// [`RotateError::NotStarted`] without a rotation in progress.
+pub fn finish(grid_dir: &Path) -> Result<Vec<(String, u32)>, RotateError> {
+    let grid = Grid::open(grid_dir)?;
+    let next_path = grid_dir.join(NEXT_MASTER_KEY);
+    if !next_path.exists() {
+        return Err(RotateError::NotStarted(next_path));
+    }
+    let next = grid.read_master_key(NEXT_MASTER_KEY)?;
+    let current = grid_dir.join(layout::MASTER_KEY);
+    std::fs::rename(&next_path, &current).map_err(|e| WriteError::new(&current, e))?;
+    sync_dir(grid_dir)?;
+    Ok(grid
+        .inventory()
+        .stars
+        .keys()
+        .map(|name| (name.clone(), TokenKey::derive(&next, name).key_id()))
+        .collect())
+}
+
+/// Replaces `path` whole: a temporary file beside it with the mode for `access` from the first
+/// byte, synced, renamed over it, and the folder synced.
+pub(crate) fn replace_file(path: &Path, contents: &[u8], access: Access) -> Result<(), WriteError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mode = match access {
+        Access::Public => 0o644,
+        Access::Secret => 0o600,
+    };
+    let write = || -> io::Result<()> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".orbit-")
+            .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(mode))
+            .tempfile_in(dir)?;
+        tmp.write_all(contents)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path)?;
+        Ok(())
+    };
+    write().map_err(|e| WriteError::new(path, e))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WriteError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| WriteError::new(dir, e))
+}
+
+/// Makes the star config at `path` set `key = "value"`: appended if the key is absent, left
+/// alone if it is there.
+pub(crate) fn ensure_setting(path: &Path, key: &str, value: &str) -> Result<(), WriteError> {
+    let text = std::fs::read_to_string(path).map_err(|e| WriteError::new(path, e))?;
+    let present = text
+        .parse::<toml::Table>()
+        .map(|t| t.contains_key(key))
+        .unwrap_or(false);
+    if present {
+        return Ok(());
+    }
+    let mut text = text;
+    if !text.ends_with('\n') && !text.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(&format!("{key} = {}\n", layout::toml_string(value)));
+    replace_file(path, text.as_bytes(), Access::Public)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::create_grid;
+    use crate::spec::StarSpec;
+
+    fn key_file(path: &Path) -> TokenKey {
+        TokenKey::from_hex(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_rotation_writes_new_and_previous_keys_then_finishes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("g");
+        create_grid(&dir, &[StarSpec::parse("star-a=127.0.0.1:7401").unwrap()]).unwrap();
+        let grid = Grid::open(&dir).unwrap();
+        let m0 = grid.master_key().unwrap();
+        let star = dir.join("stars/star-a");
+
+        let stars = start(&dir).unwrap();
+        // orbitctl still signs with the current master key.
+        assert_eq!(grid.master_key().unwrap(), m0);
+        let m1 = grid.read_master_key(NEXT_MASTER_KEY).unwrap();
+        assert_ne!(m1, m0);
+        assert_eq!(mode(&dir.join(NEXT_MASTER_KEY)), 0o600);
+        assert_eq!(
+            key_file(&star.join(STAR_PREVIOUS_TOKEN_KEY)),
+            TokenKey::derive(&m0, "star-a")
+        );
+        assert_eq!(
+            key_file(&star.join("token.key")),
+            TokenKey::derive(&m1, "star-a")
+        );
+        assert_eq!(mode(&star.join(STAR_PREVIOUS_TOKEN_KEY)), 0o600);
+        assert_eq!(mode(&star.join("token.key")), 0o600);
+        assert_eq!(stars[0].key_id, TokenKey::derive(&m1, "star-a").key_id());
+        let toml: toml::Table = std::fs::read_to_string(star.join("star.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            toml["previous_token_key_file"].as_str(),
+            Some(STAR_PREVIOUS_TOKEN_KEY)
+        );
+
+        // Running step 1 again changes nothing.
+        assert_eq!(start(&dir).unwrap(), stars);
+        let text = std::fs::read_to_string(star.join("star.toml")).unwrap();
+        assert_eq!(text.matches("previous_token_key_file").count(), 1);
+
+        finish(&dir).unwrap();
+        assert_eq!(grid.master_key().unwrap(), m1);
+        assert!(!dir.join(NEXT_MASTER_KEY).exists());
+        let err = finish(&dir).unwrap_err();
+        assert!(matches!(err, RotateError::NotStarted(_)), "{err}");
+        // No temporary files left.
+        let names: Vec<String> = std::fs::read_dir(&star)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with(".orbit-")), "{names:?}");
+    }
+}
