@@ -1,0 +1,252 @@
+//! The invariants the fuzz targets check, shared so that a frame found inside a stream is held to
+//! the same rules as one fuzzed alone. Every function here panics on a broken invariant (that is
+//! what libFuzzer reports as a crash) and returns normally on input that is merely refused.
+
+use std::fmt::Debug;
+
+use bytes::Bytes;
+use orbit_wire::{
+    chunk_frame_header, decode_body, decode_data_frame, decode_len, encode_frame,
+    token::{self, Claims, Expected, MasterKey, TokenError, TokenKey},
+    ControlEvent, ControlRequest, DataFrame, FrameError, ReadRequest, LEN_PREFIX,
+};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Decodes `body` as a `T`; if that succeeds, checks that the message encodes to a frame whose
+/// length prefix is right, whose body is no longer than `body` (postcard's canonical encoding is
+/// the shortest, so only over-long varints can shrink), and that decoding that frame gives the
+/// same message and the same bytes again. `same` compares two decoded messages.
+pub fn round_trip<T>(body: &[u8], same: impl Fn(&T, &T) -> bool) -> Result<T, FrameError>
+where
+    T: Serialize + DeserializeOwned + Debug,
+{
+    let msg: T = decode_body(body)?;
+    let frame = encode_frame(&msg).expect("a decoded message always encodes");
+    let reencoded = check_prefix(&frame);
+    assert!(
+        reencoded.len() <= body.len(),
+        "re-encoding grew from {} to {} bytes: {msg:?}",
+        body.len(),
+        reencoded.len()
+    );
+    let again: T = decode_body(reencoded).expect("a re-encoded message decodes");
+    assert!(
+        same(&msg, &again),
+        "round trip changed {msg:?} into {again:?}"
+    );
+    assert_eq!(
+        encode_frame(&again).unwrap(),
+        frame,
+        "encoding is not a fixed point"
+    );
+    Ok(msg)
+}
+
+/// Checks a frame's length prefix against its body and returns the body.
+pub fn check_prefix(frame: &[u8]) -> &[u8] {
+    let (prefix, body) = frame.split_at(LEN_PREFIX);
+    assert_eq!(
+        u32::from_be_bytes(prefix.try_into().unwrap()) as usize,
+        body.len(),
+        "length prefix disagrees with the body"
+    );
+    body
+}
+
+/// [`round_trip`] for a control request.
+pub fn check_control_request(body: &[u8]) -> Result<ControlRequest, FrameError> {
+    round_trip::<ControlRequest>(body, |a, b| a == b)
+}
+
+/// [`round_trip`] for a control event. A `Done` carrying a NaN is compared by its bytes, which
+/// `round_trip` already does, since NaN is never equal to itself.
+pub fn check_control_event(body: &[u8]) -> Result<ControlEvent, FrameError> {
+    round_trip::<ControlEvent>(body, |a, b| match (a, b) {
+        (ControlEvent::Done { seconds: x, .. }, ControlEvent::Done { seconds: y, .. })
+            if x.is_nan() =>
+        {
+            y.is_nan()
+        }
+        _ => a == b,
+    })
+}
+
+/// [`round_trip`] for a read request.
+pub fn check_read_request(body: &[u8]) -> Result<ReadRequest, FrameError> {
+    round_trip::<ReadRequest>(body, |a, b| a == b)
+}
+
+/// Decodes a data frame body both ways (zero-copy and owned) and checks that they agree, that a
+/// chunk's payload is a slice of the body and not a copy, that the frame round-trips, and that
+/// [`chunk_frame_header`] plus the payload is exactly the chunk's full encoding.
+pub fn check_data_frame(body: &[u8]) -> Result<DataFrame, FrameError> {
+    let shared = Bytes::copy_from_slice(body);
+    let zero_copy = decode_data_frame(shared.clone());
+    let owned = round_trip::<DataFrame>(body, |a, b| a == b);
+    let frame = match (zero_copy, owned) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a, b, "zero-copy and owned decoding disagree");
+            a
+        }
+        (Err(FrameError::TrailingBytes(x)), Err(FrameError::TrailingBytes(y))) => {
+            assert_eq!(x, y, "the two decoders count trailing bytes differently");
+            return Err(FrameError::TrailingBytes(x));
+        }
+        (Err(e @ FrameError::Malformed(_)), Err(FrameError::Malformed(_))) => return Err(e),
+        (a, b) => panic!("zero-copy decoding gave {a:?}, owned decoding gave {b:?}"),
+    };
+    if let DataFrame::Chunk { offset, data } = &frame {
+        if !data.is_empty() {
+            let inside = shared.as_ptr() as usize..=shared.as_ptr() as usize + shared.len();
+            assert!(
+                inside.contains(&(data.as_ptr() as usize))
+                    && inside.contains(&(data.as_ptr() as usize + data.len())),
+                "a chunk's payload was copied out of the frame"
+            );
+        }
+        let (head, n) = chunk_frame_header(*offset, data.len());
+        let mut split = head[..n].to_vec();
+        split.extend_from_slice(data);
+        assert_eq!(
+            split,
+            encode_frame(&frame).unwrap(),
+            "chunk_frame_header disagrees with encode_frame"
+        );
+    }
+    Ok(frame)
+}
+
+/// How a stream of frames ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// At a frame boundary (possibly with 1 to 3 bytes of a prefix left over).
+    Clean,
+    /// A length prefix over the cap.
+    TooLong,
+    /// A body shorter than its prefix announced.
+    Truncated,
+    /// A body that does not decode.
+    Malformed,
+}
+
+/// Reads frames from `stream` the way a star does: a prefix checked against `cap` before
+/// anything else, then exactly that many bytes, decoded by `decode`. Returns the re-encoded
+/// frames of the messages read and how the stream ended.
+pub fn read_stream<T: Serialize>(
+    mut stream: &[u8],
+    cap: usize,
+    decode: impl Fn(&[u8]) -> Result<T, FrameError>,
+) -> (Vec<u8>, usize, StreamEnd) {
+    let mut reencoded = Vec::new();
+    let mut count = 0;
+    while stream.len() >= LEN_PREFIX {
+        let (prefix, rest) = stream.split_at(LEN_PREFIX);
+        let prefix: [u8; LEN_PREFIX] = prefix.try_into().unwrap();
+        let announced = u32::from_be_bytes(prefix) as usize;
+        let len = match decode_len(prefix, cap) {
+            Ok(len) => {
+                assert!(
+                    len == announced && len <= cap,
+                    "decode_len let {announced} through a cap of {cap}"
+                );
+                len
+            }
+            Err(FrameError::TooLong { len, cap: c }) => {
+                assert!(
+                    len == announced && c == cap && len > cap,
+                    "decode_len refused {announced} under a cap of {cap}"
+                );
+                return (reencoded, count, StreamEnd::TooLong);
+            }
+            Err(e) => panic!("decode_len failed with {e:?}"),
+        };
+        if rest.len() < len {
+            return (reencoded, count, StreamEnd::Truncated);
+        }
+        let (body, rest) = rest.split_at(len);
+        match decode(body) {
+            Ok(msg) => reencoded.extend(encode_frame(&msg).unwrap()),
+            Err(_) => return (reencoded, count, StreamEnd::Malformed),
+        }
+        count += 1;
+        stream = rest;
+    }
+    (reencoded, count, StreamEnd::Clean)
+}
+
+/// Reads a stream, then reads the re-encoded frames of what it read: they must all decode, end
+/// cleanly, and re-encode to the same bytes.
+pub fn check_stream<T: Serialize>(
+    stream: &[u8],
+    cap: usize,
+    decode: impl Fn(&[u8]) -> Result<T, FrameError> + Copy,
+) {
+    let (reencoded, count, _) = read_stream(stream, cap, decode);
+    let (again, count_again, end) = read_stream(&reencoded, cap, decode);
+    assert_eq!(
+        end,
+        StreamEnd::Clean,
+        "re-encoded frames did not read back cleanly"
+    );
+    assert_eq!(
+        count, count_again,
+        "re-encoded frames read back as another number of messages"
+    );
+    assert_eq!(reencoded, again, "re-encoded stream is not a fixed point");
+}
+
+/// The fixed master key the token targets sign and verify with.
+pub fn fixed_key() -> TokenKey {
+    TokenKey::derive(&MasterKey::from_bytes([7; token::KEY_LEN]), "star-a")
+}
+
+/// What a star holding `claims`' audience would expect for exactly the claims' request, at the
+/// last second before expiry.
+pub fn expected_for(claims: &Claims) -> Expected<'_> {
+    Expected {
+        audience: &claims.audience,
+        holder: &claims.holder,
+        path: &claims.path,
+        range: claims.range,
+        now: claims.not_after.saturating_sub(1),
+    }
+}
+
+/// Verifies `token` under `key`, checking that whatever verifies is exactly what [`token::sign`]
+/// makes of its claims (so no other spelling of a valid token is accepted) and that
+/// [`token::decode_unverified`] fails exactly when verification finds the token malformed.
+pub fn check_verify(
+    token_text: &str,
+    key: &TokenKey,
+    expected: &Expected<'_>,
+) -> Result<Claims, TokenError> {
+    let unverified = token::decode_unverified(token_text);
+    let verified = token::verify(token_text, key, expected).map(|v| v.claims().clone());
+    match (&unverified, &verified) {
+        (Err(TokenError::Malformed), Err(TokenError::Malformed)) => {}
+        (Err(e), _) => panic!("decode_unverified failed with {e:?} but verify gave {verified:?}"),
+        (Ok(_), Err(TokenError::Malformed)) => {
+            panic!("verify called a token malformed that decode_unverified read")
+        }
+        (Ok(claims), Ok(v)) => {
+            assert_eq!(
+                claims, v,
+                "verify and decode_unverified read different claims"
+            );
+            assert_eq!(
+                token::sign(v, key),
+                token_text,
+                "a token verified that is not what sign makes of its claims"
+            );
+        }
+        (Ok(_), Err(_)) => {}
+    }
+    if token_text.len() > token::MAX_TOKEN_LEN {
+        assert_eq!(
+            verified,
+            Err(TokenError::Malformed),
+            "an over-long token was read"
+        );
+    }
+    verified
+}
