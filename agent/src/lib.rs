@@ -13,15 +13,18 @@
 //! | `pool` | one outgoing connection per source star |
 //! | `jail` | confined opens under the allowed roots |
 //! | `config` | `star.toml` and how flags override it |
+//! | `limits` | the caps on connections, streams, transfers, token lifetime and timeouts |
 
 pub mod config;
 mod control;
 mod error;
 mod framed;
 mod jail;
+pub mod limits;
 mod pool;
 mod pull;
 mod serve;
 mod star;
 
+pub use limits::Limits;
 pub use star::{SpawnError, Star, StarConfig};

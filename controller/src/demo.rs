@@ -111,6 +111,8 @@ impl DemoGrid {
             token_key: TokenKey::derive(&self.master, name),
             roots: vec![root.to_owned()],
             state_dir: Some(state.to_owned()),
+            read_only_roots: Vec::new(),
+            limits: orbit_agent::Limits::default(),
         })
     }
 

@@ -106,6 +106,8 @@ impl Grid {
             token_key: self.key(name),
             roots: roots.iter().map(|p| p.to_path_buf()).collect(),
             state_dir: None,
+            read_only_roots: Vec::new(),
+            limits: orbit_agent::Limits::default(),
         }
     }
 
