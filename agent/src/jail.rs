@@ -196,8 +196,8 @@ impl Jail {
         Ok(Confined { root, relative })
     }
 
-    /// Opens a confined path for reading. Only regular files are opened: the open does not block
-    /// on a FIFO, and anything that is not a regular file is refused before a byte is read.
+    /// Opens a confined path for reading. Only regular files are opened: a FIFO, socket or device
+    /// is refused before it is opened at all, and so is a file with more than one hard link.
     /// Blocking: call from a blocking thread.
     ///
     /// # Errors
@@ -205,21 +205,25 @@ impl Jail {
     /// [`JailError::Escapes`], [`JailError::NotFound`], [`JailError::NotRegular`] or I/O.
     pub fn open_read(&self, path: &Confined) -> Result<OpenedFile, JailError> {
         let root = &self.roots[path.root];
-        let fd = rustix::fs::openat2(
+        // First a handle that names the inode without opening it (O_PATH): opening a device can
+        // do things (rewind a tape, arm a watchdog), and opening a FIFO can block. Only once the
+        // inode is known to be a regular file is it opened for reading.
+        let handle = rustix::fs::openat2(
             root.dir.as_fd(),
             path.relative.as_str(),
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+            OFlags::PATH | OFlags::CLOEXEC,
             Mode::empty(),
             RESOLVE,
         )?;
-        let stat = rustix::fs::fstat(&fd)?;
+        let stat = rustix::fs::fstat(&handle)?;
         check_regular(&stat)?;
         // Another name of this inode may lie outside every root (a link made by someone who can
         // write inside a root), and nothing can tell where: see docs/SECURITY.md.
         if stat.st_nlink > 1 {
             return Err(JailError::HardLinked(stat.st_nlink as u64));
         }
-        // NONBLOCK only kept the open from hanging on a FIFO; regular files ignore it.
+        let fd = reopen_for_reading(root, path, &handle)?;
+        let stat = rustix::fs::fstat(&fd)?;
         Ok(OpenedFile {
             file: File::from(fd),
             stat,
@@ -321,6 +325,39 @@ impl TargetDir {
     pub fn remove_part(&self, part: &str) {
         let _ = rustix::fs::unlinkat(&self.dir, part, AtFlags::empty());
     }
+}
+
+/// Opens for reading the very inode `handle` (an `O_PATH` handle of a regular file) names,
+/// through `/proc/self/fd`, which cannot be raced. Without `/proc`, opens the path again beneath
+/// the root (non-blocking, so a FIFO swapped in meanwhile cannot hang it) and refuses anything
+/// that is not the same inode.
+fn reopen_for_reading(
+    root: &Root,
+    path: &Confined,
+    handle: &OwnedFd,
+) -> Result<OwnedFd, JailError> {
+    use std::os::fd::AsRawFd;
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let magic = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    let fd = match rustix::fs::open(magic.as_str(), flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => rustix::fs::openat2(
+            root.dir.as_fd(),
+            path.relative.as_str(),
+            flags | OFlags::NONBLOCK,
+            Mode::empty(),
+            RESOLVE,
+        )?,
+        Err(e) => return Err(e.into()),
+    };
+    let (was, now) = (rustix::fs::fstat(handle)?, rustix::fs::fstat(&fd)?);
+    if (was.st_dev, was.st_ino) != (now.st_dev, now.st_ino) {
+        return Err(JailError::Io(io::Error::other(
+            "the file was replaced while it was being opened",
+        )));
+    }
+    check_regular(&now)?;
+    Ok(fd)
 }
 
 fn check_regular(stat: &rustix::fs::Stat) -> Result<(), JailError> {
