@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use orbit_wire::token::TokenKey;
 
+use crate::limits::{LimitError, LimitsFile};
 use crate::StarConfig;
 
 /// The environment variable that may carry the star's token key, as 64 hexadecimal digits.
@@ -54,6 +55,14 @@ pub struct StarFile {
     /// The grid's certificate revocation list (PEM), written by `orbitctl revoke`; reread on
     /// SIGHUP. Default: none, nothing is revoked.
     pub crl_file: Option<PathBuf>,
+    /// Roots to serve from only: a replication that would write under one of these (and under
+    /// no `allow` root) is refused with `PermissionDenied`. Default: none.
+    #[serde(default)]
+    pub allow_read: Vec<PathBuf>,
+    /// The `[limits]` table: caps on connections, streams, transfers, token lifetime and
+    /// timeouts. Every key has a default; see [`crate::limits::LimitsFile`].
+    #[serde(default)]
+    pub limits: LimitsFile,
 }
 
 /// Why the configuration could not be assembled.
@@ -89,6 +98,9 @@ pub enum ConfigError {
         /// Why.
         error: orbit_wire::token::KeyError,
     },
+    /// A limit is out of range.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 impl StarFile {
@@ -121,14 +133,14 @@ impl StarFile {
         {
             *p = base.join(&*p);
         }
-        for p in &mut file.allow {
+        for p in file.allow.iter_mut().chain(file.allow_read.iter_mut()) {
             *p = base.join(&*p);
         }
         Ok(file)
     }
 
-    /// Applies `flags` over `self`: every setting given as a flag wins; `--allow` replaces the
-    /// file's list when given at all.
+    /// Applies `flags` over `self`: every setting given as a flag wins; `--allow` and
+    /// `--allow-read` each replace the file's list when given at all.
     pub fn merge(mut self, flags: StarFile) -> StarFile {
         macro_rules! over {
             ($($field:ident),*) => { $( if flags.$field.is_some() { self.$field = flags.$field; } )* };
@@ -138,6 +150,10 @@ impl StarFile {
         if !flags.allow.is_empty() {
             self.allow = flags.allow;
         }
+        if !flags.allow_read.is_empty() {
+            self.allow_read = flags.allow_read;
+        }
+        self.limits = self.limits.merge(flags.limits);
         self
     }
 
@@ -201,6 +217,7 @@ impl StarFile {
             .crl_file
             .map(|path| read(Some(path), "crl_file"))
             .transpose()?;
+        let limits = self.limits.into_limits()?;
         Ok(StarConfig {
             name,
             listen,
@@ -212,6 +229,8 @@ impl StarFile {
             state_dir: self.state_dir,
             previous_token_key,
             crl_pem,
+            read_only_roots: self.allow_read,
+            limits,
         })
     }
 }
@@ -249,6 +268,28 @@ mod tests {
         assert_eq!(merged.name.as_deref(), Some("b"));
         assert_eq!(merged.allow, vec![PathBuf::from("/srv")]);
         assert_eq!(merged.cert, Some(tmp.path().join("cert.pem")));
+    }
+
+    #[test]
+    fn read_only_roots_and_limits_come_from_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("star.toml");
+        std::fs::write(
+            &path,
+            "allow_read = [\"pub\"]\n[limits]\nmax_transfers = 2\nmax_token_lifetime_secs = 60\n",
+        )
+        .unwrap();
+        let file = StarFile::load(&path).unwrap();
+        assert_eq!(file.allow_read, vec![tmp.path().join("pub")]);
+        let limits = file.limits.clone().into_limits().unwrap();
+        assert_eq!(limits.max_transfers, 2);
+        assert_eq!(
+            limits.max_token_lifetime,
+            std::time::Duration::from_secs(60)
+        );
+        std::fs::write(&path, "[limits]\nmax_streams = 2\n").unwrap();
+        let err = StarFile::load(&path).unwrap_err().to_string();
+        assert!(err.contains("max_streams"), "{err}");
     }
 
     #[test]

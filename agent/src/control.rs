@@ -32,15 +32,29 @@ pub(crate) async fn handle(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let request: ControlRequest = match framed::read_frame(&mut recv, MAX_CONTROL_FRAME).await {
-        Ok(request) => request,
-        Err(e) => {
-            warn!(%peer, "unreadable control request: {e}");
-            let _ = write_frame(&mut send, &ControlEvent::Failed(e.to_wire())).await;
-            let _ = send.finish();
-            return;
-        }
-    };
+    let read = framed::read_frame(&mut recv, MAX_CONTROL_FRAME);
+    let request: ControlRequest =
+        match tokio::time::timeout(shared.limits.request_timeout, read).await {
+            Ok(Ok(request)) => request,
+            Ok(Err(e)) => {
+                warn!(%peer, "unreadable control request: {e}");
+                let _ = write_frame(&mut send, &ControlEvent::Failed(e.to_wire())).await;
+                let _ = send.finish();
+                return;
+            }
+            Err(_) => {
+                let after = shared.limits.request_timeout;
+                warn!(%peer, "no control request within {after:?} (request_timeout_secs)");
+                let error = WireError::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!("no complete request within {after:?}"),
+                );
+                let _ = write_frame(&mut send, &ControlEvent::Failed(error)).await;
+                let _ = send.finish();
+                let _ = recv.stop(crate::error::varint(ErrorCode::DeadlineExceeded));
+                return;
+            }
+        };
     let last = if peer.role != Role::Controller {
         warn!(%peer, "control command refused: the peer is not a controller");
         ControlEvent::Failed(WireError::new(
@@ -78,7 +92,10 @@ fn status(shared: &Shared) -> StarStatus {
         roots: shared
             .jail
             .roots()
-            .map(|p| p.display().to_string())
+            .map(|(p, writable)| match writable {
+                true => p.display().to_string(),
+                false => format!("{} (read-only)", p.display()),
+            })
             .collect(),
         transfers_in_flight: shared.transfers_in_flight.load(Ordering::Relaxed),
         reads_in_flight: shared.reads_in_flight.load(Ordering::Relaxed),
@@ -96,6 +113,35 @@ async fn replicate(
         transfer, source = %cmd.source, source_path = %cmd.source_path, target = %cmd.target_path,
         "replication started"
     );
+    // Checked here rather than in `pull`, before anything else: a target under a read-only root
+    // is refused whatever the source says.
+    if let Err(e) = shared.jail.confine_target(&cmd.target_path) {
+        let e = e.to_wire();
+        warn!(
+            transfer,
+            code = e.code.name(),
+            "replication refused: {}",
+            e.message
+        );
+        return ControlEvent::Failed(WireError::new(
+            e.code,
+            format!("target {}: {}", cmd.target_path, e.message),
+        ));
+    }
+    let Ok(_slot) = shared.transfer_slots.clone().try_acquire_owned() else {
+        let max = shared.limits.max_transfers;
+        warn!(
+            transfer,
+            "replication refused: {max} already in flight (max_transfers)"
+        );
+        return ControlEvent::Failed(WireError::new(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "star {} already runs {max} replications, its limit",
+                shared.name
+            ),
+        ));
+    };
     let _in_flight = InFlight::new(shared);
     let started = Instant::now();
     let (progress_tx, mut progress_rx) = watch::channel((0u64, 0u64));

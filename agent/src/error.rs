@@ -20,10 +20,12 @@ impl ToWire for JailError {
         let code = match self {
             JailError::BadPath(_)
             | JailError::NotRegular(_)
-            | JailError::TargetIsSymlink
             | JailError::ParentNotDirectory
             | JailError::IsRoot => ErrorCode::InvalidArgument,
-            JailError::OutsideRoots | JailError::Escapes => ErrorCode::PermissionDenied,
+            JailError::OutsideRoots
+            | JailError::Escapes
+            | JailError::ReadOnly
+            | JailError::HardLinked(_) => ErrorCode::PermissionDenied,
             JailError::NotFound => ErrorCode::NotFound,
             JailError::Io(e) => return e.to_wire(),
         };

@@ -33,9 +33,6 @@ pub enum JailError {
     /// A directory, FIFO, socket or device where a regular file was needed.
     #[error("not a regular file ({0})")]
     NotRegular(&'static str),
-    /// The target path holds a symbolic link, which is never followed or replaced.
-    #[error("target is a symbolic link; refusing to write through or over it")]
-    TargetIsSymlink,
     /// A component of the target's parent exists and is not a directory.
     #[error("a parent of the target is not a directory")]
     ParentNotDirectory,
@@ -45,6 +42,12 @@ pub enum JailError {
     /// The operating system refused for another reason.
     #[error("{0}")]
     Io(io::Error),
+    /// The target lies only under roots this star serves from but does not store into.
+    #[error("path is under a read-only root of this star")]
+    ReadOnly,
+    /// A regular file with more than one name: its other names may lie outside every root.
+    #[error("file has {0} hard links; a file with other names is not served")]
+    HardLinked(u64),
 }
 
 impl JailError {
@@ -74,6 +77,8 @@ struct Root {
     /// The root with symlinks resolved, as the kernel sees it.
     canonical: PathBuf,
     dir: OwnedFd,
+    /// Whether files may be stored under it (`--allow`), or only served (`--allow-read`).
+    writable: bool,
 }
 
 /// The star's allowed roots. Cheap to share behind an `Arc`.
@@ -107,14 +112,16 @@ pub struct TargetDir {
 }
 
 impl Jail {
-    /// Opens every root. Roots must be existing directories.
+    /// Opens every root: `roots` to serve from and store into, `read_only` to serve from only. A
+    /// directory in both lists is writable. Roots must be existing directories.
     ///
     /// # Errors
     ///
     /// An I/O error naming the root that could not be opened.
-    pub fn open(roots: &[PathBuf]) -> io::Result<Jail> {
-        let mut opened = Vec::with_capacity(roots.len());
-        for given in roots {
+    pub fn open(roots: &[PathBuf], read_only: &[PathBuf]) -> io::Result<Jail> {
+        let mut opened = Vec::with_capacity(roots.len() + read_only.len());
+        let all = roots.iter().map(|r| (r, true));
+        for (given, writable) in all.chain(read_only.iter().map(|r| (r, false))) {
             let with_context = |e: io::Error| {
                 io::Error::new(e.kind(), format!("allowed root {}: {e}", given.display()))
             };
@@ -130,27 +137,49 @@ impl Jail {
                 given: clean(&absolute),
                 canonical,
                 dir,
+                writable,
             });
         }
         Ok(Jail { roots: opened })
     }
 
-    /// The roots, as the operator gave them.
-    pub fn roots(&self) -> impl Iterator<Item = &Path> {
-        self.roots.iter().map(|r| r.given.as_path())
+    /// The roots, as the operator gave them, each with whether it is writable.
+    pub fn roots(&self) -> impl Iterator<Item = (&Path, bool)> {
+        self.roots.iter().map(|r| (r.given.as_path(), r.writable))
     }
 
-    /// Validates a wire path and finds the root it lies under.
+    /// Validates a wire path to read and finds the root it lies under, read-only or not.
     ///
     /// # Errors
     ///
     /// [`JailError::BadPath`], [`JailError::OutsideRoots`] or [`JailError::IsRoot`].
     pub fn confine(&self, path: &str) -> Result<Confined, JailError> {
+        self.confine_in(path, |_| true)
+    }
+
+    /// Validates a wire path to write and finds the writable root it lies under. A path under a
+    /// read-only root and under no writable one is refused.
+    ///
+    /// # Errors
+    ///
+    /// As [`Jail::confine`], and [`JailError::ReadOnly`].
+    pub fn confine_target(&self, path: &str) -> Result<Confined, JailError> {
+        match self.confine_in(path, |root| root.writable) {
+            Err(JailError::OutsideRoots) if self.confine(path).is_ok() => Err(JailError::ReadOnly),
+            other => other,
+        }
+    }
+
+    fn confine_in(
+        &self,
+        path: &str,
+        eligible: impl Fn(&Root) -> bool,
+    ) -> Result<Confined, JailError> {
         wire_path::validate(path)?;
         let wanted = Path::new(path);
         // The longest matching root wins, so nested roots behave as expected.
         let mut best: Option<(usize, &Path)> = None;
-        for (i, root) in self.roots.iter().enumerate() {
+        for (i, root) in self.roots.iter().enumerate().filter(|(_, r)| eligible(r)) {
             for base in [&root.given, &root.canonical] {
                 if let Ok(rest) = wanted.strip_prefix(base) {
                     if best.is_none_or(|(_, b)| rest.as_os_str().len() < b.as_os_str().len()) {
@@ -167,8 +196,8 @@ impl Jail {
         Ok(Confined { root, relative })
     }
 
-    /// Opens a confined path for reading. Only regular files are opened: the open does not block
-    /// on a FIFO, and anything that is not a regular file is refused before a byte is read.
+    /// Opens a confined path for reading. Only regular files are opened: a FIFO, socket or device
+    /// is refused before it is opened at all, and so is a file with more than one hard link.
     /// Blocking: call from a blocking thread.
     ///
     /// # Errors
@@ -176,16 +205,25 @@ impl Jail {
     /// [`JailError::Escapes`], [`JailError::NotFound`], [`JailError::NotRegular`] or I/O.
     pub fn open_read(&self, path: &Confined) -> Result<OpenedFile, JailError> {
         let root = &self.roots[path.root];
-        let fd = rustix::fs::openat2(
+        // First a handle that names the inode without opening it (O_PATH): opening a device can
+        // do things (rewind a tape, arm a watchdog), and opening a FIFO can block. Only once the
+        // inode is known to be a regular file is it opened for reading.
+        let handle = rustix::fs::openat2(
             root.dir.as_fd(),
             path.relative.as_str(),
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+            OFlags::PATH | OFlags::CLOEXEC,
             Mode::empty(),
             RESOLVE,
         )?;
-        let stat = rustix::fs::fstat(&fd)?;
+        let stat = rustix::fs::fstat(&handle)?;
         check_regular(&stat)?;
-        // NONBLOCK only kept the open from hanging on a FIFO; regular files ignore it.
+        // Another name of this inode may lie outside every root (a link made by someone who can
+        // write inside a root), and nothing can tell where: see docs/SECURITY.md.
+        if stat.st_nlink > 1 {
+            return Err(JailError::HardLinked(stat.st_nlink as u64));
+        }
+        let fd = reopen_for_reading(root, path, &handle)?;
+        let stat = rustix::fs::fstat(&fd)?;
         Ok(OpenedFile {
             file: File::from(fd),
             stat,
@@ -199,8 +237,9 @@ impl Jail {
     ///
     /// # Errors
     ///
-    /// [`JailError::Escapes`], [`JailError::ParentNotDirectory`], [`JailError::TargetIsSymlink`],
-    /// [`JailError::NotRegular`] or I/O.
+    /// [`JailError::Escapes`], [`JailError::ParentNotDirectory`], [`JailError::NotRegular`] or
+    /// I/O. A symbolic link at the target is accepted: [`TargetDir::publish`] replaces the link
+    /// itself and never writes through it.
     pub fn prepare_target(&self, path: &Confined) -> Result<TargetDir, JailError> {
         let root = &self.roots[path.root];
         let components: Vec<&str> = wire_path::components(&path.relative).collect();
@@ -236,8 +275,9 @@ impl Jail {
         }
         match rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
-                FileType::RegularFile => {}
-                FileType::Symlink => return Err(JailError::TargetIsSymlink),
+                // A link is replaced, never followed; a regular file (even one with other hard
+                // links) is replaced by a new inode, so its other names keep the old bytes.
+                FileType::RegularFile | FileType::Symlink => {}
                 other => return Err(JailError::NotRegular(describe(other))),
             },
             Err(rustix::io::Errno::NOENT) => {}
@@ -287,6 +327,39 @@ impl TargetDir {
     }
 }
 
+/// Opens for reading the very inode `handle` (an `O_PATH` handle of a regular file) names,
+/// through `/proc/self/fd`, which cannot be raced. Without `/proc`, opens the path again beneath
+/// the root (non-blocking, so a FIFO swapped in meanwhile cannot hang it) and refuses anything
+/// that is not the same inode.
+fn reopen_for_reading(
+    root: &Root,
+    path: &Confined,
+    handle: &OwnedFd,
+) -> Result<OwnedFd, JailError> {
+    use std::os::fd::AsRawFd;
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let magic = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    let fd = match rustix::fs::open(magic.as_str(), flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => rustix::fs::openat2(
+            root.dir.as_fd(),
+            path.relative.as_str(),
+            flags | OFlags::NONBLOCK,
+            Mode::empty(),
+            RESOLVE,
+        )?,
+        Err(e) => return Err(e.into()),
+    };
+    let (was, now) = (rustix::fs::fstat(handle)?, rustix::fs::fstat(&fd)?);
+    if (was.st_dev, was.st_ino) != (now.st_dev, now.st_ino) {
+        return Err(JailError::Io(io::Error::other(
+            "the file was replaced while it was being opened",
+        )));
+    }
+    check_regular(&now)?;
+    Ok(fd)
+}
+
 fn check_regular(stat: &rustix::fs::Stat) -> Result<(), JailError> {
     match FileType::from_raw_mode(stat.st_mode) {
         FileType::RegularFile => Ok(()),
@@ -317,7 +390,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn jail(root: &Path) -> Jail {
-        Jail::open(&[root.to_path_buf()]).unwrap()
+        Jail::open(&[root.to_path_buf()], &[]).unwrap()
     }
 
     #[test]
@@ -380,6 +453,46 @@ mod tests {
     }
 
     #[test]
+    fn read_only_roots_serve_but_do_not_store() {
+        let store = tempfile::tempdir().unwrap();
+        let serve = tempfile::tempdir().unwrap();
+        std::fs::create_dir(serve.path().join("nested")).unwrap();
+        let jail = Jail::open(
+            &[store.path().to_path_buf(), serve.path().join("nested")],
+            &[serve.path().to_path_buf(), store.path().to_path_buf()],
+        )
+        .unwrap();
+        let under = |root: &Path, rel: &str| format!("{}/{rel}", root.display());
+        assert!(jail.confine(&under(serve.path(), "f")).is_ok());
+        assert!(matches!(
+            jail.confine_target(&under(serve.path(), "f")),
+            Err(JailError::ReadOnly)
+        ));
+        // Under a store root too (nested, or the same directory given twice): writable.
+        assert!(jail
+            .confine_target(&under(serve.path(), "nested/f"))
+            .is_ok());
+        assert!(jail.confine_target(&under(store.path(), "f")).is_ok());
+        assert!(matches!(
+            jail.confine_target("/elsewhere/f"),
+            Err(JailError::OutsideRoots)
+        ));
+    }
+
+    #[test]
+    fn hard_linked_files_are_not_served() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        std::fs::hard_link(tmp.path().join("f"), tmp.path().join("g")).unwrap();
+        let jail = jail(tmp.path());
+        let path = format!("{}/f", tmp.path().display());
+        assert!(matches!(
+            jail.open_read(&jail.confine(&path).unwrap()),
+            Err(JailError::HardLinked(2))
+        ));
+    }
+
+    #[test]
     fn special_files_are_never_opened() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("dir")).unwrap();
@@ -400,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn targets_get_their_parents_and_refuse_symlinks() {
+    fn targets_get_their_parents_and_replace_symlinks() {
         let tmp = tempfile::tempdir().unwrap();
         let jail = jail(tmp.path());
         let path = format!("{}/a/b/c/file", tmp.path().display());
@@ -414,12 +527,20 @@ mod tests {
             b"data"
         );
 
-        symlink("/nonexistent/dangling", tmp.path().join("link")).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("kept"), b"outside").unwrap();
+        symlink(outside.path().join("kept"), tmp.path().join("link")).unwrap();
         let path = format!("{}/link", tmp.path().display());
-        assert!(matches!(
-            jail.prepare_target(&jail.confine(&path).unwrap()),
-            Err(JailError::TargetIsSymlink)
-        ));
+        let dir = jail.prepare_target(&jail.confine(&path).unwrap()).unwrap();
+        let (mut file, part) = dir.create_part("t2").unwrap();
+        std::io::Write::write_all(&mut file, b"new").unwrap();
+        dir.publish(&part).unwrap();
+        assert!(!tmp.path().join("link").is_symlink());
+        assert_eq!(std::fs::read(tmp.path().join("link")).unwrap(), b"new");
+        assert_eq!(
+            std::fs::read(outside.path().join("kept")).unwrap(),
+            b"outside"
+        );
         std::fs::write(tmp.path().join("plain"), b"").unwrap();
         let path = format!("{}/plain/under", tmp.path().display());
         assert!(matches!(

@@ -14,17 +14,20 @@
 //! | `jail` | confined opens under the allowed roots |
 //! | `config` | `star.toml` and how flags override it |
 //! | `reload` | new keys, certificates and revocation list on SIGHUP |
+//! | `limits` | the caps on connections, streams, transfers, token lifetime and timeouts |
 
 pub mod config;
 mod control;
 mod error;
 mod framed;
 mod jail;
+pub mod limits;
 mod pool;
 mod pull;
-mod serve;
 mod reload;
+mod serve;
 mod star;
 
+pub use limits::Limits;
 pub use reload::Reloaded;
 pub use star::{SpawnError, Star, StarConfig};

@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use tracing::info;
 
 use orbit_agent::config::{StarFile, AUTH_SECRET_ENV};
+use orbit_agent::limits::LimitsFile;
 use orbit_agent::Star;
 
 /// Runs an Orbit star: serves files under its allowed roots to other stars of the grid, and pulls
@@ -32,6 +33,11 @@ struct Args {
     /// A directory to serve from and store into; repeat for several. Replaces the file's `allow`.
     #[arg(long, value_name = "DIR")]
     allow: Vec<PathBuf>,
+    /// A directory to serve from but never store into; repeat for several. A replication whose
+    /// target lies under it (and under no --allow directory) is refused. Replaces the file's
+    /// `allow_read`.
+    #[arg(long, value_name = "DIR")]
+    allow_read: Vec<PathBuf>,
     /// The star's name; its certificate must carry the same name.
     #[arg(long)]
     name: Option<String>,
@@ -65,6 +71,30 @@ struct Args {
     /// Log format on stderr. The level comes from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    /// Connections one peer (certificate) may hold open to this star at once [default: 8].
+    #[arg(long, value_name = "N")]
+    max_connections_per_peer: Option<u32>,
+    /// Streams a peer may have open at once on one connection, each direction [default: 64].
+    #[arg(long, value_name = "N")]
+    max_streams_per_connection: Option<u32>,
+    /// Replications as destination, and reads as source, running at once; one more is refused
+    /// with ResourceExhausted [default: 64].
+    #[arg(long, value_name = "N")]
+    max_transfers: Option<u32>,
+    /// The longest a presented token may still be valid, in seconds; longer ones are refused
+    /// [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    max_token_lifetime_secs: Option<u64>,
+    /// How long a peer may take to complete its handshake, in seconds [default: 10].
+    #[arg(long, value_name = "SECS")]
+    handshake_timeout_secs: Option<u64>,
+    /// How long a connection may stay silent before it is dropped, in seconds [default: 30].
+    #[arg(long, value_name = "SECS")]
+    idle_timeout_secs: Option<u64>,
+    /// How long a peer may take to send a stream's request once it opened it, in seconds
+    /// [default: 10].
+    #[arg(long, value_name = "SECS")]
+    request_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -115,6 +145,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         allow: args.allow,
         previous_token_key_file: args.previous_token_key_file,
         crl_file: args.crl_file,
+        allow_read: args.allow_read,
+        limits: LimitsFile {
+            max_connections_per_peer: args.max_connections_per_peer,
+            max_streams_per_connection: args.max_streams_per_connection,
+            max_transfers: args.max_transfers,
+            max_token_lifetime_secs: args.max_token_lifetime_secs,
+            handshake_timeout_secs: args.handshake_timeout_secs,
+            idle_timeout_secs: args.idle_timeout_secs,
+            request_timeout_secs: args.request_timeout_secs,
+        },
     };
     // Precedence: --token-key-file, then ORBIT_AUTH_SECRET, then the file's token_key_file.
     let secret = if flags.token_key_file.is_some() {

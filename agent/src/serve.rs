@@ -48,11 +48,19 @@ pub(crate) async fn handle(
     conn: Connection,
     mut recv: RecvStream,
 ) {
-    let request: ReadRequest = match framed::read_frame(&mut recv, MAX_CONTROL_FRAME).await {
-        Ok(request) => request,
-        Err(e) => {
+    let read = framed::read_frame(&mut recv, MAX_CONTROL_FRAME);
+    let request: ReadRequest = match tokio::time::timeout(shared.limits.request_timeout, read).await
+    {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => {
             warn!(%peer, "unreadable read request: {e}");
             let _ = recv.stop(varint(ErrorCode::InvalidArgument));
+            return;
+        }
+        Err(_) => {
+            let after = shared.limits.request_timeout;
+            warn!(%peer, "no read request within {after:?} (request_timeout_secs)");
+            let _ = recv.stop(varint(ErrorCode::DeadlineExceeded));
             return;
         }
     };
@@ -62,6 +70,15 @@ pub(crate) async fn handle(
     let mut send = match conn.open_uni().await {
         Ok(send) => send,
         Err(e) => return warn!(%peer, transfer, "cannot answer the read request: {e}"),
+    };
+    let Ok(_slot) = shared.read_slots.clone().try_acquire_owned() else {
+        let max = shared.limits.max_transfers;
+        warn!(%peer, transfer, path = %request.path, "read refused: {max} already in flight (max_transfers)");
+        let error = WireError::new(
+            ErrorCode::ResourceExhausted,
+            format!("star {} already serves {max} reads, its limit", shared.name),
+        );
+        return refuse(&mut send, id, error).await;
     };
     let verified = match authorize(&shared, &peer, &request) {
         Ok(verified) => {
@@ -125,9 +142,22 @@ fn authorize(
         range: request.range,
         now,
     };
-    let token =
-        token::verify_with(&request.token, &shared.keys.read().expect("keys lock"), &expected)
-            .map_err(|e| e.to_wire())?;
+    let token = token::verify_with(
+        &request.token,
+        &shared.keys.read().expect("keys lock"),
+        &expected,
+    )
+    .map_err(|e| e.to_wire())?;
+    // Claims carry no issue time, so the lifetime that counts is what is left of it now: a
+    // token that will stay valid for longer than the cap was minted for longer than the cap.
+    let lifetime = token.claims().not_after.saturating_sub(now);
+    let cap = shared.limits.max_token_lifetime.as_secs();
+    if lifetime > cap {
+        return Err(WireError::new(
+            ErrorCode::PermissionDenied,
+            format!("token lifetime {lifetime} s is over this star's cap of {cap} s"),
+        ));
+    }
     let path = shared
         .jail
         .confine(&request.path)

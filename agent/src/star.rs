@@ -2,15 +2,16 @@
 //! their streams; [`Star::shutdown`] stops it in order: stop accepting, cancel every task, close
 //! the endpoint with a code, wait for the peers to see it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, TransportConfig};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
@@ -21,13 +22,10 @@ use orbit_wire::ErrorCode;
 
 use crate::error::varint;
 use crate::jail::Jail;
+use crate::limits::{LimitError, Limits};
 use crate::pool::Pool;
 
-/// How long a peer may take to complete its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a connection may be silent before it is dropped. Keep-alives keep live ones open.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Keep-alive interval, well inside the idle timeout.
+/// Keep-alive interval, well inside the idle timeout (a third of it, when that is shorter).
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// How long shutdown waits for tasks to wind down before closing the endpoint regardless.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,6 +65,10 @@ pub struct StarConfig {
     /// The grid's certificate revocation list, PEM: certificates it lists never complete a
     /// handshake with this star.
     pub crl_pem: Option<String>,
+    /// Directories it serves from but never stores into (`--allow-read`).
+    pub read_only_roots: Vec<PathBuf>,
+    /// Caps on what peers may make it hold.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for StarConfig {
@@ -80,6 +82,8 @@ impl std::fmt::Debug for StarConfig {
             .field("roots", &self.roots)
             .field("state_dir", &self.state_dir)
             .field("crl", &self.crl_pem.is_some())
+            .field("read_only_roots", &self.read_only_roots)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -99,7 +103,7 @@ pub enum SpawnError {
         found: String,
     },
     /// No root to serve or store under.
-    #[error("no allowed roots: give at least one directory with --allow DIR")]
+    #[error("no allowed roots: give at least one directory with --allow DIR or --allow-read DIR")]
     NoRoots,
     /// A root could not be opened.
     #[error("{0}")]
@@ -126,6 +130,9 @@ pub enum SpawnError {
         /// Why.
         error: std::io::Error,
     },
+    /// A limit is out of range.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 /// What every task of a star shares.
@@ -147,6 +154,13 @@ pub(crate) struct Shared {
     pub(crate) reads_in_flight: AtomicU32,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    pub(crate) limits: Limits,
+    /// Room for replications as a destination; a permit is taken without waiting.
+    pub(crate) transfer_slots: Arc<Semaphore>,
+    /// Room for reads served as a source.
+    pub(crate) read_slots: Arc<Semaphore>,
+    /// Open incoming connections by peer identity.
+    peer_conns: Mutex<HashMap<String, u32>>,
 }
 
 /// A running star.
@@ -166,10 +180,11 @@ impl Star {
     pub async fn spawn(config: StarConfig) -> Result<Star, SpawnError> {
         orbit_certs::validate_name(&config.name).map_err(SpawnError::Name)?;
         check_certificate_names(&config)?;
-        if config.roots.is_empty() {
+        if config.roots.is_empty() && config.read_only_roots.is_empty() {
             return Err(SpawnError::NoRoots);
         }
-        let jail = Jail::open(&config.roots).map_err(SpawnError::Root)?;
+        config.limits.validate()?;
+        let jail = Jail::open(&config.roots, &config.read_only_roots).map_err(SpawnError::Root)?;
         if let Some(path) = &config.state_dir {
             std::fs::create_dir_all(path).map_err(|error| SpawnError::StateDir {
                 path: path.clone(),
@@ -217,6 +232,10 @@ impl Star {
             reads_in_flight: AtomicU32::new(0),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            limits: config.limits,
+            transfer_slots: Arc::new(Semaphore::new(config.limits.max_transfers as usize)),
+            read_slots: Arc::new(Semaphore::new(config.limits.max_transfers as usize)),
+            peer_conns: Mutex::new(HashMap::new()),
         });
         let span = tracing::info_span!("star", name = %shared.name);
         shared
@@ -288,7 +307,7 @@ pub(crate) fn quic_configs(
     config: &StarConfig,
     crl: Option<&orbit_certs::RevocationList>,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), SpawnError> {
-    let transport = Arc::new(transport_config());
+    let transport = Arc::new(transport_config(&config.limits));
     let tls_server = orbit_certs::server_config_with_crl(
         &config.ca_pem,
         &config.cert_pem,
@@ -326,10 +345,14 @@ pub(crate) fn check_certificate_names(config: &StarConfig) -> Result<(), SpawnEr
     Ok(())
 }
 
-/// Windows sized for a fast link rather than quinn's defaults, keep-alives, and an idle timeout.
-pub(crate) fn transport_config() -> TransportConfig {
+/// Windows sized for a fast link rather than quinn's defaults, keep-alives, an idle timeout, and
+/// the cap on concurrent streams a peer may open.
+pub(crate) fn transport_config(limits: &Limits) -> TransportConfig {
     let mut transport = TransportConfig::default();
+    let streams = quinn::VarInt::from_u32(limits.max_streams_per_connection);
     transport
+        .max_concurrent_bidi_streams(streams)
+        .max_concurrent_uni_streams(streams)
         .stream_receive_window(STREAM_WINDOW.into())
         .receive_window(CONNECTION_WINDOW.into())
         .send_window(u64::from(CONNECTION_WINDOW))
@@ -342,11 +365,12 @@ pub(crate) fn transport_config() -> TransportConfig {
         // socket buffer drops were counted), and black-hole detection then pinned the packet size
         // at 1,200 bytes for the connection's life. Without GSO: no losses, 8,952-byte packets.
         .enable_segmentation_offload(false)
-        .keep_alive_interval(Some(KEEP_ALIVE))
+        .keep_alive_interval(Some(KEEP_ALIVE.min(limits.idle_timeout / 3)))
         .max_idle_timeout(Some(
-            IDLE_TIMEOUT
+            limits
+                .idle_timeout
                 .try_into()
-                .expect("30 s is a valid idle timeout"),
+                .expect("Limits::validate checked the idle timeout"),
         ));
     transport
 }
@@ -395,7 +419,8 @@ pub(crate) fn peer_of(conn: &Connection) -> Result<PeerIdentity, String> {
 }
 
 async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.await }).await {
+    let handshake = shared.limits.handshake_timeout;
+    let conn = match tokio::time::timeout(handshake, async { incoming.await }).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return debug!("handshake failed: {e}"),
         Err(_) => return debug!("handshake timed out"),
@@ -408,6 +433,13 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
+    let Some(_slot) = PeerSlot::take(&shared, &peer) else {
+        let max = shared.limits.max_connections_per_peer;
+        warn!(%peer, "refused a connection: already {max} open from this peer (max_connections_per_peer)");
+        let reason = format!("{peer} already has {max} connections open to this star");
+        conn.close(varint(ErrorCode::ResourceExhausted), reason.as_bytes());
+        return;
+    };
     debug!(%peer, "connected");
     let id = conn.stable_id();
     shared
@@ -415,7 +447,10 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
         .lock()
         .expect("conns lock")
         .insert(id, conn.clone());
-    let _registered = crate::reload::Registered { shared: &shared, id };
+    let _registered = crate::reload::Registered {
+        shared: &shared,
+        id,
+    };
     let cancel = shared.cancel.child_token();
     loop {
         tokio::select! {
@@ -434,6 +469,37 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 }
                 Err(e) => { debug!(%peer, "connection ended: {e}"); break; }
             },
+        }
+    }
+}
+
+/// One incoming connection counted against its peer's `max_connections_per_peer` while it lives.
+struct PeerSlot<'a> {
+    shared: &'a Shared,
+    key: String,
+}
+
+impl<'a> PeerSlot<'a> {
+    fn take(shared: &'a Shared, peer: &PeerIdentity) -> Option<PeerSlot<'a>> {
+        let key = peer.to_string();
+        let mut conns = shared.peer_conns.lock().expect("peer_conns lock");
+        let open = conns.entry(key.clone()).or_insert(0);
+        if *open >= shared.limits.max_connections_per_peer {
+            return None;
+        }
+        *open += 1;
+        Some(PeerSlot { shared, key })
+    }
+}
+
+impl Drop for PeerSlot<'_> {
+    fn drop(&mut self) {
+        let mut conns = self.shared.peer_conns.lock().expect("peer_conns lock");
+        if let Some(open) = conns.get_mut(&self.key) {
+            *open -= 1;
+            if *open == 0 {
+                conns.remove(&self.key);
+            }
         }
     }
 }

@@ -113,6 +113,8 @@ impl DemoGrid {
             state_dir: Some(state.to_owned()),
             previous_token_key: None,
             crl_pem: None,
+            read_only_roots: Vec::new(),
+            limits: orbit_agent::Limits::default(),
         })
     }
 

@@ -108,6 +108,8 @@ impl Grid {
             state_dir: None,
             previous_token_key: None,
             crl_pem: None,
+            read_only_roots: Vec::new(),
+            limits: orbit_agent::Limits::default(),
         }
     }
 

@@ -140,6 +140,11 @@ impl StarProcess {
         child.wait().expect("orbit-star exits")
     }
 
+    /// The process id, e.g. to read `/proc/PID/status`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Every line logged so far that has not been read yet.
     pub fn drain_lines(&self) -> Vec<String> {
         self.lines.try_iter().collect()

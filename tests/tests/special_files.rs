@@ -1,6 +1,10 @@
-//! Only regular files are served. A directory, a FIFO, a socket or a missing file on the source is
-//! refused with its code, through a raw read request and through a full replication, and nothing
-//! appears in the destination. A FIFO must be refused at once, never waited on.
+//! Only regular files are served. A directory, a FIFO, a socket, a device or a missing file on the
+//! source is refused with its code, through a raw read request and through a full replication,
+//! and nothing appears in the destination. A FIFO must be refused at once, never waited on. On
+//! the destination, a FIFO, socket or device at the target is refused and left as it was, never
+//! opened or written through. Hard links: a source file with more than one name is not served; a
+//! target that is a hard link is replaced by a new file, and its other name keeps its bytes
+//! (docs/SECURITY.md says why).
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -99,6 +103,25 @@ impl Grids {
     }
 }
 
+/// Makes a character device with the numbers of /dev/null (1, 3), or returns false where this
+/// process may not (no CAP_MKNOD).
+fn mknod_null(path: &Path) -> bool {
+    let made = std::process::Command::new("mknod")
+        .arg(path)
+        .args(["c", "1", "3"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        eprintln!("skipped: mknod is not permitted here");
+    }
+    made
+}
+
+/// The file type of `path` itself, not following a link.
+fn kind(path: &Path) -> std::fs::FileType {
+    std::fs::symlink_metadata(path).unwrap().file_type()
+}
+
 fn mkfifo(path: &Path) {
     let status = std::process::Command::new("mkfifo")
         .arg(path)
@@ -157,5 +180,88 @@ async fn a_regular_file_is_served() {
         sha256_file(&g.dst.path().join("copy.bin")),
         sha256_file(&g.src.path().join("regular.bin"))
     );
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_is_refused() {
+    let g = Grids::new().await;
+    if !mknod_null(&g.src.path().join("a-device")) {
+        return g.shutdown().await;
+    }
+    g.assert_refused_both_ways("a-device", ErrorCode::InvalidArgument)
+        .await;
+    g.shutdown().await;
+}
+
+/// The destination's side: a FIFO, a socket or a device where the target should go is refused at
+/// once (a FIFO opened for writing would block), stays what it was, and no temporary file
+/// remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_special_file_at_the_target_is_refused_and_left_alone() {
+    use std::os::unix::fs::FileTypeExt;
+    let g = Grids::new().await;
+    let dst = g.dst.path();
+    mkfifo(&dst.join("a-fifo"));
+    let _listener = UnixListener::bind(dst.join("a-socket")).unwrap();
+    let mut targets = vec!["a-fifo", "a-socket"];
+    if mknod_null(&dst.join("a-device")) {
+        targets.push("a-device");
+    }
+    let source = g.source("regular.bin");
+    let client = g.grid.controller_client();
+    for name in targets {
+        let token = g.grid.token("star-a", "star-b", &source);
+        let target = wire(&dst.join(name));
+        let replication = client.replicate(&g.a, &source, &g.b, &target, token, None);
+        let event = tokio::time::timeout(PROMPT, replication)
+            .await
+            .unwrap_or_else(|_| panic!("{name}: not refused within {PROMPT:?}"))
+            .unwrap();
+        let error = expect_failed(event);
+        assert_eq!(error.code, ErrorCode::InvalidArgument, "{name}: {error}");
+        assert!(error.message.contains("not a regular file"), "{error}");
+        assert_eq!(part_files(dst), Vec::<PathBuf>::new(), "{name}");
+    }
+    assert!(kind(&dst.join("a-fifo")).is_fifo());
+    assert!(kind(&dst.join("a-socket")).is_socket());
+    if dst.join("a-device").exists() {
+        assert!(kind(&dst.join("a-device")).is_char_device());
+    }
+    g.shutdown().await;
+}
+
+/// A file inside the root that is a hard link to a file outside it is indistinguishable from
+/// that file, so a file with more than one name is never served (PermissionDenied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_linked_source_file_is_not_served() {
+    let g = Grids::new().await;
+    let outside = tempfile::tempdir_in(g.src.path().parent().unwrap()).unwrap();
+    let secret = outside.path().join("secret.bin");
+    std::fs::write(&secret, b"outside every root").unwrap();
+    std::fs::hard_link(&secret, g.src.path().join("linked.bin")).unwrap();
+    let outcome = g.read("linked.bin").await;
+    let error = assert_refused(&outcome, ErrorCode::PermissionDenied);
+    assert!(error.message.contains("hard links"), "{error}");
+    let error = expect_failed(g.replicate("linked.bin").await);
+    assert_eq!(error.code, ErrorCode::PermissionDenied, "{error}");
+    assert_eq!(list_tree(g.dst.path()), Vec::<PathBuf>::new());
+    g.shutdown().await;
+}
+
+/// A target that is a hard link to a file outside the root is replaced by a new file: the
+/// outside name keeps its bytes, because the star never writes into an existing file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_linked_target_is_replaced_and_its_other_name_kept() {
+    let g = Grids::new().await;
+    let outside = tempfile::tempdir_in(g.dst.path().parent().unwrap()).unwrap();
+    let secret = outside.path().join("secret.bin");
+    std::fs::write(&secret, b"outside every root").unwrap();
+    std::fs::hard_link(&secret, g.dst.path().join("copy.bin")).unwrap();
+    let (bytes, sha256) = expect_done(g.replicate("regular.bin").await);
+    assert_eq!(bytes, 70_000);
+    assert_eq!(sha256, sha256_file(&g.dst.path().join("copy.bin")));
+    assert_eq!(std::fs::read(&secret).unwrap(), b"outside every root");
+    assert_eq!(std::fs::metadata(&secret).unwrap().len(), 18);
     g.shutdown().await;
 }

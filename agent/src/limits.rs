@@ -1,0 +1,230 @@
+//! The caps a star puts on what its peers may make it hold: connections per peer identity, streams
+//! per connection, transfers in flight, the lifetime of a token it accepts, and how long a
+//! handshake, a silent connection or an unsent request may take. Each has a default that suits a
+//! grid of a few dozen stars on a LAN, a `star.toml` key in `[limits]` and a flag of the same name
+//! with dashes (`max_transfers` / `--max-transfers`).
+//!
+//! Going over a cap is refused at once with `ResourceExhausted` (or `PermissionDenied` for a
+//! token's lifetime); nothing here ever queues work that waits for room.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The caps a running star enforces. [`Limits::default`] gives the documented defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections one peer identity (certificate name and role) may hold open to this star at
+    /// once; one more is closed with `ResourceExhausted`. Default 8.
+    pub max_connections_per_peer: u32,
+    /// Bidirectional and unidirectional streams a peer may have open at once on one connection
+    /// (QUIC `max_concurrent_{bidi,uni}_streams`); further opens wait in the peer, costing this
+    /// star nothing. Default 64.
+    pub max_streams_per_connection: u32,
+    /// Replications this star runs as a destination at once, and, separately, reads it serves as
+    /// a source at once; one more is refused with `ResourceExhausted`. Default 64.
+    pub max_transfers: u32,
+    /// The longest a token may still be valid when it is presented (its `not_after` minus now);
+    /// a longer one is refused with `PermissionDenied`. Default 3,600 s.
+    pub max_token_lifetime: Duration,
+    /// How long a peer may take to complete its TLS handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// How long a connection may stay silent before it is dropped; live peers send keep-alives.
+    /// Default 30 s.
+    pub idle_timeout: Duration,
+    /// How long a peer may take to send the one request that opens a stream (a read request or
+    /// a control command) once it has opened the stream. Default 10 s.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections_per_peer: 8,
+            max_streams_per_connection: 64,
+            max_transfers: 64,
+            max_token_lifetime: Duration::from_secs(3600),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The `[limits]` table of `star.toml`, and the matching flags. Every key is optional; what is
+/// missing keeps its default (see [`Limits`]).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Connections per peer identity. Default 8.
+    pub max_connections_per_peer: Option<u32>,
+    /// Concurrent streams per connection, each direction. Default 64.
+    pub max_streams_per_connection: Option<u32>,
+    /// Replications as destination, and reads as source, in flight at once. Default 64.
+    pub max_transfers: Option<u32>,
+    /// Longest remaining token lifetime accepted, in seconds. Default 3600.
+    pub max_token_lifetime_secs: Option<u64>,
+    /// Handshake timeout, in seconds. Default 10.
+    pub handshake_timeout_secs: Option<u64>,
+    /// Idle timeout, in seconds. Default 30.
+    pub idle_timeout_secs: Option<u64>,
+    /// Time allowed to send a stream's request, in seconds. Default 10.
+    pub request_timeout_secs: Option<u64>,
+}
+
+/// Why a limit cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("limit `{key}` must be {rule}")]
+pub struct LimitError {
+    /// The key, as in `star.toml`.
+    pub key: &'static str,
+    /// What it must be.
+    pub rule: &'static str,
+}
+
+impl LimitsFile {
+    /// `flags` over `self`, key by key.
+    pub fn merge(self, flags: LimitsFile) -> LimitsFile {
+        LimitsFile {
+            max_connections_per_peer: flags
+                .max_connections_per_peer
+                .or(self.max_connections_per_peer),
+            max_streams_per_connection: flags
+                .max_streams_per_connection
+                .or(self.max_streams_per_connection),
+            max_transfers: flags.max_transfers.or(self.max_transfers),
+            max_token_lifetime_secs: flags
+                .max_token_lifetime_secs
+                .or(self.max_token_lifetime_secs),
+            handshake_timeout_secs: flags.handshake_timeout_secs.or(self.handshake_timeout_secs),
+            idle_timeout_secs: flags.idle_timeout_secs.or(self.idle_timeout_secs),
+            request_timeout_secs: flags.request_timeout_secs.or(self.request_timeout_secs),
+        }
+    }
+
+    /// The limits, defaults filled in.
+    ///
+    /// # Errors
+    ///
+    /// [`LimitError`] for a zero count or timeout, or an idle timeout QUIC cannot carry.
+    pub fn into_limits(self) -> Result<Limits, LimitError> {
+        let d = Limits::default();
+        let count = |v: Option<u32>, default: u32, key| match v {
+            Some(0) => Err(LimitError {
+                key,
+                rule: "at least 1",
+            }),
+            v => Ok(v.unwrap_or(default)),
+        };
+        let secs = |v: Option<u64>, default: Duration, key| match v {
+            Some(0) => Err(LimitError {
+                key,
+                rule: "at least 1 second",
+            }),
+            Some(s) => Ok(Duration::from_secs(s)),
+            None => Ok(default),
+        };
+        let limits = Limits {
+            max_connections_per_peer: count(
+                self.max_connections_per_peer,
+                d.max_connections_per_peer,
+                "max_connections_per_peer",
+            )?,
+            max_streams_per_connection: count(
+                self.max_streams_per_connection,
+                d.max_streams_per_connection,
+                "max_streams_per_connection",
+            )?,
+            max_transfers: count(self.max_transfers, d.max_transfers, "max_transfers")?,
+            max_token_lifetime: secs(
+                self.max_token_lifetime_secs,
+                d.max_token_lifetime,
+                "max_token_lifetime_secs",
+            )?,
+            handshake_timeout: secs(
+                self.handshake_timeout_secs,
+                d.handshake_timeout,
+                "handshake_timeout_secs",
+            )?,
+            idle_timeout: secs(self.idle_timeout_secs, d.idle_timeout, "idle_timeout_secs")?,
+            request_timeout: secs(
+                self.request_timeout_secs,
+                d.request_timeout,
+                "request_timeout_secs",
+            )?,
+        };
+        limits.validate()?;
+        Ok(limits)
+    }
+}
+
+impl Limits {
+    /// Checks the rules between limits and what QUIC can carry.
+    ///
+    /// # Errors
+    ///
+    /// [`LimitError`] naming the key.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        if quinn::IdleTimeout::try_from(self.idle_timeout).is_err() {
+            return Err(LimitError {
+                key: "idle_timeout_secs",
+                rule: "less than 2^62 milliseconds",
+            });
+        }
+        let nonzero = [
+            (self.max_connections_per_peer, "max_connections_per_peer"),
+            (
+                self.max_streams_per_connection,
+                "max_streams_per_connection",
+            ),
+            (self.max_transfers, "max_transfers"),
+        ];
+        for (value, key) in nonzero {
+            if value == 0 {
+                return Err(LimitError {
+                    key,
+                    rule: "at least 1",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_keys_keep_their_defaults_and_flags_win() {
+        let file = LimitsFile {
+            max_transfers: Some(3),
+            idle_timeout_secs: Some(60),
+            ..LimitsFile::default()
+        };
+        let flags = LimitsFile {
+            max_transfers: Some(5),
+            ..LimitsFile::default()
+        };
+        let limits = file.merge(flags).into_limits().unwrap();
+        assert_eq!(limits.max_transfers, 5);
+        assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(limits.max_token_lifetime, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn zero_and_impossible_values_name_their_key() {
+        let zero = LimitsFile {
+            max_streams_per_connection: Some(0),
+            ..LimitsFile::default()
+        };
+        let err = zero.into_limits().unwrap_err().to_string();
+        assert_eq!(err, "limit `max_streams_per_connection` must be at least 1");
+        let zero = LimitsFile {
+            idle_timeout_secs: Some(0),
+            ..LimitsFile::default()
+        };
+        let err = zero.into_limits().unwrap_err().to_string();
+        assert_eq!(err, "limit `idle_timeout_secs` must be at least 1 second");
+    }
+}
