@@ -244,11 +244,24 @@ const PARTITION_FILE: usize = 32 * MIB;
 /// How much of it has crossed the relay when the partition starts.
 const PARTITION_AFTER: u64 = 4 * MIB as u64;
 
-/// Waits until the relay has carried `bytes` of the file towards the destination.
-fn wait_for_bytes(net: &Net, bytes: u64) {
-    net.relay
-        .wait_for(REPLICATION_TIMEOUT, |s| s.to_client.bytes >= bytes)
-        .unwrap_or_else(|| panic!("the transfer never reached {bytes} bytes\n{}", net.logs()));
+/// Waits until the relay has carried `bytes` of the file towards the destination, failing at
+/// once if `orbitctl` finishes first.
+fn wait_for_bytes(net: &Net, rx: &mpsc::Receiver<Output>, bytes: u64) {
+    let deadline = Instant::now() + REPLICATION_TIMEOUT;
+    while Instant::now() < deadline {
+        let slice = Duration::from_millis(250);
+        if net
+            .relay
+            .wait_for(slice, |s| s.to_client.bytes >= bytes)
+            .is_some()
+        {
+            return;
+        }
+        if let Ok(out) = rx.try_recv() {
+            panic!("orbitctl finished before {bytes} bytes crossed: {out:?}");
+        }
+    }
+    panic!("the transfer never reached {bytes} bytes\n{}", net.logs());
 }
 
 #[test]
@@ -263,7 +276,7 @@ fn a_three_second_partition_mid_transfer_heals_and_the_copy_completes() {
 
     let started = Instant::now();
     let rx = net.replicate(&src, &dst, &[]);
-    wait_for_bytes(&net, PARTITION_AFTER);
+    wait_for_bytes(&net, &rx, PARTITION_AFTER);
     let partition = net.a_link.partition();
     let cut = net.relay.stats();
     assert!(
@@ -309,7 +322,7 @@ fn a_partition_longer_than_the_deadline_fails_with_deadline_exceeded_and_leaves_
 
     let started = Instant::now();
     let rx = net.replicate(&src, &dst, &["--timeout", "3"]);
-    wait_for_bytes(&net, PARTITION_AFTER);
+    wait_for_bytes(&net, &rx, PARTITION_AFTER);
     // Held until orbitctl has given up, so it outlasts the deadline whatever the deadline is.
     let partition = net.a_link.partition();
     let (out, json) = finish(&net, &rx);
