@@ -691,6 +691,8 @@ fn spawn_receiver(
             flow.received += 1;
             if imp.loss_percent > 0.0 && rng.gen_bool(imp.loss_percent / 100.0) {
                 flow.dropped += 1;
+                drop(state);
+                shared.changed.notify_all();
                 continue;
             }
             let mut due = now + imp.delay;
@@ -806,5 +808,63 @@ mod tests {
             .unwrap();
         assert_eq!(stats.to_target.bytes, 4);
         assert_eq!(stats.to_client.bytes, 4);
+    }
+
+    #[test]
+    fn the_relay_drops_and_reorders_as_told() {
+        let target = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let relay = Relay::start(
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            target.local_addr().unwrap(),
+            Impairment {
+                loss_percent: 100.0,
+                ..Impairment::default()
+            },
+        )
+        .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..10 {
+            client.send_to(b"lost", relay.addr()).unwrap();
+        }
+        let stats = relay
+            .wait_for(Duration::from_secs(10), |s| s.to_target.received == 10)
+            .unwrap();
+        assert_eq!(
+            (stats.to_target.dropped, stats.to_target.forwarded),
+            (10, 0)
+        );
+
+        // Half the datagrams held back 20 ms: all arrive, not in the order sent.
+        let relay = Relay::start(
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            target.local_addr().unwrap(),
+            Impairment {
+                reorder_percent: 50.0,
+                reorder_gap: Duration::from_millis(20),
+                ..Impairment::default()
+            },
+        )
+        .unwrap();
+        for i in 0..200u8 {
+            client.send_to(&[i], relay.addr()).unwrap();
+        }
+        target
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut order = Vec::new();
+        let mut buf = [0u8; 16];
+        while order.len() < 200 {
+            let (n, _) = target.recv_from(&mut buf).unwrap();
+            assert_eq!(n, 1);
+            order.push(buf[0]);
+        }
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..200u8).collect::<Vec<_>>(), "lost or duplicated");
+        assert_ne!(order, sorted, "nothing was reordered");
+        let reordered = relay.stats().to_target.reordered;
+        assert!((50..=150).contains(&reordered), "{reordered} of 200 held");
     }
 }
