@@ -298,39 +298,65 @@ pub struct Iface {
     pub addr: Ipv4Addr,
 }
 
-impl Iface {
-    /// Drops `percent` % of the packets in and out of this interface, at random (nftables
-    /// `numgen random mod 100 < N drop`). Removed when the returned rule is dropped.
+impl Link {
+    /// Drops `percent` % of the packets at random in each direction (nftables
+    /// `numgen random mod 100 < N drop` on arrival at either end), until the returned rules are
+    /// dropped or healed.
     ///
     /// # Panics
     ///
     /// When `nft` fails.
-    pub fn loss(&self, percent: u8) -> NftRule {
-        self.loss_in_out(percent, percent)
+    pub fn loss(&self, percent: u8) -> LinkRules {
+        LinkRules([self.a.drop_incoming(percent), self.b.drop_incoming(percent)])
     }
 
-    /// As [`Iface::loss`], with separate rates for packets coming in and going out.
-    pub fn loss_in_out(&self, percent_in: u8, percent_out: u8) -> NftRule {
+    /// Drops every packet in both directions: a partition, until the returned rules are dropped
+    /// or [`LinkRules::heal`]ed. Packets vanish on arrival, as on a cut cable: senders see no
+    /// error. Traffic on either host's loopback is unaffected.
+    ///
+    /// # Panics
+    ///
+    /// When `nft` fails.
+    pub fn partition(&self) -> LinkRules {
+        self.loss(100)
+    }
+}
+
+/// The rules that impair both ends of a link; removed on drop.
+#[derive(Debug)]
+pub struct LinkRules([NftRule; 2]);
+
+impl LinkRules {
+    /// Removes the rules now: the link carries everything again.
+    ///
+    /// # Panics
+    ///
+    /// When `nft` fails.
+    pub fn heal(self) {
+        let [a, b] = self.0;
+        a.heal();
+        b.heal();
+    }
+}
+
+impl Iface {
+    /// Drops `percent` % of the packets arriving on this interface, at random; all of them at
+    /// 100. Dropping on arrival rather than on departure keeps the sender's `sendmsg` from
+    /// failing, which a real lossy network never does.
+    ///
+    /// # Panics
+    ///
+    /// When `nft` fails.
+    pub fn drop_incoming(&self, percent: u8) -> NftRule {
         let dev = &self.name;
+        let test = if percent >= 100 {
+            String::new()
+        } else {
+            format!("numgen random mod 100 < {percent} ")
+        };
         self.host.nft(&format!(
             "chain i {{ type filter hook input priority 0; policy accept; \
-               iifname \"{dev}\" numgen random mod 100 < {percent_in} drop; }}
-             chain o {{ type filter hook output priority 0; policy accept; \
-               oifname \"{dev}\" numgen random mod 100 < {percent_out} drop; }}"
-        ))
-    }
-
-    /// Drops every packet in and out of this interface, a network partition, until the returned
-    /// rule is dropped or [`NftRule::heal`]ed. Traffic on the host's loopback is unaffected.
-    ///
-    /// # Panics
-    ///
-    /// When `nft` fails.
-    pub fn partition(&self) -> NftRule {
-        let dev = &self.name;
-        self.host.nft(&format!(
-            "chain i {{ type filter hook input priority 0; policy accept; iifname \"{dev}\" drop; }}
-             chain o {{ type filter hook output priority 0; policy accept; oifname \"{dev}\" drop; }}"
+               iifname \"{dev}\" {test}drop; }}"
         ))
     }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use orbit_tests::netlab::{Iface, Impairment, Lab, LinkOptions, Rate, Relay};
+use orbit_tests::netlab::{Impairment, Lab, Link, LinkOptions, Rate, Relay};
 use orbit_tests::process::{orbitctl, orbitctl_prefixed, Output, StarProcess};
 use orbit_tests::{part_files, random_file, wire};
 
@@ -36,8 +36,8 @@ struct Net {
     a: StarProcess,
     b: StarProcess,
     relay: Relay,
-    /// The source host's end of its link to the relay: loss and partitions go here.
-    a_link: Iface,
+    /// The source host's link to the relay: loss and partitions go here.
+    a_link: Link,
     b_prefix: Vec<String>,
     _lab: Lab,
     grid: PathBuf,
@@ -57,9 +57,10 @@ impl Net {
         let mb = lab.link(&host_m, &host_b, options);
 
         let star_a_addr = am.a.socket_addr(STAR_PORT);
+        let relay_upstream = am.b.socket_addr(0);
         let relay = Relay::start(
             host_m.bind_udp(mb.a.socket_addr(0)).unwrap(),
-            host_m.bind_udp(am.b.socket_addr(0)).unwrap(),
+            host_m.bind_udp(relay_upstream).unwrap(),
             star_a_addr,
             impairment,
         )
@@ -104,7 +105,7 @@ impl Net {
             a,
             b,
             relay,
-            a_link: am.a,
+            a_link: am,
             b_prefix: host_b.prefix(),
             _lab: lab,
             grid,
@@ -180,7 +181,7 @@ fn assert_replicated(
 #[test]
 fn a_long_lossy_reordering_link_still_delivers_64_mib_intact() {
     // 20 ms each way through the relay (a 40 ms round trip), 2% of datagrams held 5 ms so that
-    // later ones overtake them, and 2% random loss each way on the source's link (nftables).
+    // later ones overtake them, and 2% random loss each way on the link between the source and the relay (nftables).
     // Jumbo frames: with 1,500-byte packets quinn's default congestion control (Cubic) reaches
     // only 0.21 MiB/s at 2% loss and 64 MiB would take five minutes (measured); 9,000-byte
     // packets, which the stars' path MTU discovery finds, make it about 1.5 MiB/s.
