@@ -80,7 +80,17 @@ impl StarProcess {
     /// As [`StarProcess::start`], with extra environment variables (and no inherited
     /// `ORBIT_AUTH_SECRET`).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> StarProcess {
-        let mut child = Command::new(bin("orbit-star"))
+        StarProcess::start_prefixed::<&str>(&[], args, env)
+    }
+
+    /// As [`StarProcess::start_with_env`], run through `prefix` (e.g. `ip netns exec NS`, which
+    /// execs the star in place, so signals still reach it).
+    pub fn start_prefixed<S: AsRef<std::ffi::OsStr>>(
+        prefix: &[S],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> StarProcess {
+        let mut child = prefixed(prefix, "orbit-star")
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("ORBIT_AUTH_SECRET")
@@ -211,7 +221,12 @@ pub struct Output {
 
 /// Runs `orbitctl` with `args` to completion.
 pub fn orbitctl(args: &[&str]) -> Output {
-    let out = Command::new(bin("orbitctl"))
+    orbitctl_prefixed::<&str>(&[], args)
+}
+
+/// As [`orbitctl`], run through `prefix` (e.g. `ip netns exec NS`).
+pub fn orbitctl_prefixed<S: AsRef<std::ffi::OsStr>>(prefix: &[S], args: &[&str]) -> Output {
+    let out = prefixed(prefix, "orbitctl")
         .args(args)
         .env_remove("ORBIT_GRID")
         .stdin(Stdio::null())
@@ -221,6 +236,18 @@ pub fn orbitctl(args: &[&str]) -> Output {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The workspace binary `name` as a command, run through `prefix` when it is not empty.
+fn prefixed<S: AsRef<std::ffi::OsStr>>(prefix: &[S], name: &str) -> Command {
+    match prefix.split_first() {
+        None => Command::new(bin(name)),
+        Some((program, rest)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(bin(name));
+            cmd
+        }
     }
 }
 
