@@ -1,15 +1,25 @@
-//! The star's configuration: `star.toml` (as `orbitctl init` writes it), overridden by flags.
-//! Relative paths in the file resolve against the file's directory. The file is strict: an
-//! unknown key is an error that names it.
+//! The star's configuration: `star.toml` (as `orbitctl init` writes it), `ORBIT_*` environment
+//! variables and flags, in one precedence order: **flag, then environment, then file, then
+//! default**. Relative paths in the file resolve against the file's directory. The file is
+//! strict: an unknown key is an error that names it and its line.
 //!
-//! The token key comes from, in order: `--token-key-file`, the `ORBIT_AUTH_SECRET` environment
-//! variable (64 hexadecimal digits), the file's `token_key_file`, or `token.key` in systemd's
-//! `$CREDENTIALS_DIRECTORY`.
+//! Every setting is declared once, in the [`settings!`] list below: its doc comment is the
+//! `--help` text, its `#[arg]` gives the flag and the `ORBIT_*` variable, and its field name is
+//! the key in `star.toml`. Adding a setting there gives it all three; [`StarFile::into_config`]
+//! then decides what it means.
+//!
+//! The token key comes from, in order: `--token-key-file` on the command line, the
+//! `ORBIT_AUTH_SECRET` environment variable (64 hexadecimal digits), `ORBIT_TOKEN_KEY_FILE`, the
+//! file's `token_key_file`, or `token.key` in systemd's `$CREDENTIALS_DIRECTORY`. The certificate,
+//! key and CA likewise default to `cert.pem`, `key.pem` and `ca.pem` in `$CREDENTIALS_DIRECTORY`.
+//!
+//! Key bytes never reach a log or `--check-config`'s output: only the paths they came from.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use orbit_wire::token::TokenKey;
 
@@ -17,28 +27,162 @@ use crate::StarConfig;
 
 /// The environment variable that may carry the star's token key, as 64 hexadecimal digits.
 pub const AUTH_SECRET_ENV: &str = "ORBIT_AUTH_SECRET";
+/// The directory systemd passes `LoadCredential=` files in.
+pub const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
+/// What `--check-config` and the docs say about precedence.
+pub const PRECEDENCE: &str =
+    "flag, then ORBIT_* environment variable, then star.toml, then default";
 
-/// `star.toml`. Every key is optional here; what is missing must come from flags.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StarFile {
-    /// The star's name; its certificate must carry it.
-    pub name: Option<String>,
-    /// UDP address to listen on, e.g. `0.0.0.0:7401`.
-    pub listen: Option<SocketAddr>,
-    /// This star's certificate (PEM).
-    pub cert: Option<PathBuf>,
-    /// This star's private key (PEM).
-    pub key: Option<PathBuf>,
-    /// The grid CA certificate (PEM).
-    pub ca: Option<PathBuf>,
-    /// File holding this star's token key (64 hexadecimal digits).
-    pub token_key_file: Option<PathBuf>,
+/// How the star writes its log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Declares the star's settings once: the struct that is both the clap flags (with their
+/// `ORBIT_*` variables) and the `star.toml` schema, the list of its keys, and the merge.
+macro_rules! settings {
+    ($( $(#[$meta:meta])* $field:ident : $ty:ty, )*) => {
+        /// The star's settings, as flags, environment variables or `star.toml` keys. Every one is
+        /// optional here; [`StarFile::into_config`] says which are required.
+        #[derive(Debug, Default, Clone, clap::Args, Deserialize, Serialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct StarFile {
+            $( $(#[$meta])* pub $field: $ty, )*
+        }
+
+        impl StarFile {
+            /// Every key of `star.toml`, which is also every flag's name with `_` for `-`.
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// Applies `over` on top of `self`: every setting `over` has wins (a list wins when
+            /// it is not empty).
+            pub fn merge(mut self, over: StarFile) -> StarFile {
+                $( Setting::overlay(&mut self.$field, over.$field); )*
+                self
+            }
+
+            fn resolve_paths(&mut self, base: &Path) {
+                $( Setting::resolve(&mut self.$field, base); )*
+            }
+
+            /// Each key with its value as TOML, `None` when unset.
+            pub fn entries(&self) -> Vec<(&'static str, Option<String>)> {
+                vec![$( (stringify!($field), Setting::show(&self.$field)) ),*]
+            }
+        }
+    };
+}
+
+settings! {
+    /// The star's name; its certificate must carry the same name.
+    #[arg(long, env = "ORBIT_NAME")]
+    name: Option<String>,
+    /// The UDP address to listen on, e.g. 0.0.0.0:7401; port 0 picks a free port.
+    #[arg(long, env = "ORBIT_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// This star's certificate (PEM). Default: cert.pem in $CREDENTIALS_DIRECTORY.
+    #[arg(long, env = "ORBIT_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// This star's private key (PEM). Default: key.pem in $CREDENTIALS_DIRECTORY.
+    #[arg(long, env = "ORBIT_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// The grid CA certificate (PEM). Default: ca.pem in $CREDENTIALS_DIRECTORY.
+    #[arg(long, env = "ORBIT_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// File holding this star's token key (64 hexadecimal digits). Given as a flag it wins over
+    /// ORBIT_AUTH_SECRET, which wins over the variable and the file. Default: token.key in
+    /// $CREDENTIALS_DIRECTORY.
+    #[arg(long, env = "ORBIT_TOKEN_KEY_FILE", value_name = "FILE")]
+    token_key_file: Option<PathBuf>,
     /// Directory for the star's state.
-    pub state_dir: Option<PathBuf>,
-    /// Roots to serve from and store into.
-    #[serde(default)]
-    pub allow: Vec<PathBuf>,
+    #[arg(long, env = "ORBIT_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// A directory to serve from and store into; repeat for several (ORBIT_ALLOW separates them
+    /// with ':'). Replaces the file's `allow`.
+    #[arg(long, env = "ORBIT_ALLOW", value_name = "DIR", value_delimiter = ':')]
+    allow: Vec<PathBuf>,
+    /// Serve Prometheus metrics over HTTP at ADDR/metrics, e.g. 127.0.0.1:9407. Default: off.
+    #[arg(long, env = "ORBIT_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log format on stderr. The level comes from RUST_LOG (default: info). Default: human.
+    #[arg(long, env = "ORBIT_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+/// What every type of setting knows: how it overrides, resolves relative paths and prints.
+trait Setting {
+    fn overlay(&mut self, over: Self);
+    fn resolve(&mut self, _base: &Path) {}
+    fn show(&self) -> Option<String>;
+}
+
+impl<T: Serialize + Resolve> Setting for Option<T> {
+    fn overlay(&mut self, over: Self) {
+        if over.is_some() {
+            *self = over;
+        }
+    }
+    fn resolve(&mut self, base: &Path) {
+        if let Some(value) = self {
+            value.resolve(base);
+        }
+    }
+    fn show(&self) -> Option<String> {
+        self.as_ref().map(toml_value)
+    }
+}
+
+impl<T: Serialize + Resolve> Setting for Vec<T> {
+    fn overlay(&mut self, over: Self) {
+        if !over.is_empty() {
+            *self = over;
+        }
+    }
+    fn resolve(&mut self, base: &Path) {
+        self.iter_mut().for_each(|v| v.resolve(base));
+    }
+    fn show(&self) -> Option<String> {
+        (!self.is_empty()).then(|| toml_value(self))
+    }
+}
+
+/// Paths in `star.toml` are relative to its folder; other values stay as they are.
+trait Resolve {
+    fn resolve(&mut self, _base: &Path) {}
+}
+impl Resolve for PathBuf {
+    fn resolve(&mut self, base: &Path) {
+        *self = base.join(&*self);
+    }
+}
+impl Resolve for String {}
+impl Resolve for SocketAddr {}
+impl Resolve for LogFormat {}
+impl Resolve for bool {}
+impl Resolve for u32 {}
+impl Resolve for u64 {}
+
+fn toml_value<T: Serialize + ?Sized>(value: &T) -> String {
+    toml::Value::try_from(value).map_or_else(|e| format!("<{e}>"), |v| v.to_string())
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag.
+    Flag,
+    /// An `ORBIT_*` environment variable.
+    Env,
+    /// `star.toml`.
+    File,
+    /// Not set anywhere.
+    Default,
 }
 
 /// Why the configuration could not be assembled.
@@ -60,8 +204,8 @@ pub enum ConfigError {
         /// Why, with the line.
         error: Box<toml::de::Error>,
     },
-    /// A required setting is missing from both file and flags.
-    #[error("missing setting `{0}`: set it in star.toml or pass --{flag}", flag = .0.replace('_', "-"))]
+    /// A required setting is missing from flags, environment and file.
+    #[error("missing setting `{0}`: set it in star.toml, pass --{flag} or set ORBIT_{var}", flag = .0.replace('_', "-"), var = .0.to_uppercase())]
     Missing(&'static str),
     /// The token key is not usable.
     #[error("token key from {source_name}: {error}")]
@@ -78,7 +222,7 @@ impl StarFile {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Read`] or [`ConfigError::Parse`].
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`] (which names an unknown key and its line).
     pub fn load(path: &Path) -> Result<StarFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
@@ -88,39 +232,17 @@ impl StarFile {
             path: path.to_owned(),
             error: Box::new(error),
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut file.cert,
-            &mut file.key,
-            &mut file.ca,
-            &mut file.token_key_file,
-            &mut file.state_dir,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            *p = base.join(&*p);
-        }
-        for p in &mut file.allow {
-            *p = base.join(&*p);
-        }
+        file.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         Ok(file)
     }
 
-    /// Applies `flags` over `self`: every setting given as a flag wins; `--allow` replaces the
-    /// file's list when given at all.
-    pub fn merge(mut self, flags: StarFile) -> StarFile {
-        macro_rules! over {
-            ($($field:ident),*) => { $( if flags.$field.is_some() { self.$field = flags.$field; } )* };
-        }
-        over!(name, listen, cert, key, ca, token_key_file, state_dir);
-        if !flags.allow.is_empty() {
-            self.allow = flags.allow;
-        }
-        self
+    /// The log format, human unless set.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or_default()
     }
 
-    /// Reads the files the settings name and builds the star's configuration.
+    /// Reads the files the settings name and builds the star's configuration. `auth_secret` is
+    /// the token key from `ORBIT_AUTH_SECRET` when it applies (see the module docs).
     ///
     /// # Errors
     ///
@@ -128,36 +250,57 @@ impl StarFile {
     pub fn into_config(self, auth_secret: Option<String>) -> Result<StarConfig, ConfigError> {
         let name = self.name.ok_or(ConfigError::Missing("name"))?;
         let listen = self.listen.ok_or(ConfigError::Missing("listen"))?;
+        let credentials = std::env::var_os(CREDENTIALS_ENV).map(PathBuf::from);
+        let from_credentials = |path: Option<PathBuf>, file: &str| {
+            path.or_else(|| credentials.as_ref().map(|dir| dir.join(file)))
+        };
         let read = |path: Option<PathBuf>, setting: &'static str| {
             let path = path.ok_or(ConfigError::Missing(setting))?;
             std::fs::read_to_string(&path).map_err(|error| ConfigError::Read { path, error })
         };
-        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-        let (source_name, text) = match (auth_secret, self.token_key_file, credentials) {
-            (Some(secret), _, _) => (AUTH_SECRET_ENV.to_owned(), secret),
-            (None, Some(path), _) | (None, None, Some(path)) => {
-                let path = if path.is_dir() {
-                    path.join("token.key")
-                } else {
-                    path
-                };
+        let (source_name, text) = match auth_secret {
+            Some(secret) => (AUTH_SECRET_ENV.to_owned(), secret),
+            None => {
+                let path = from_credentials(self.token_key_file, "token.key")
+                    .ok_or(ConfigError::Missing("token_key_file"))?;
                 let text = read(Some(path.clone()), "token_key_file")?;
                 (path.display().to_string(), text)
             }
-            (None, None, None) => return Err(ConfigError::Missing("token_key_file")),
         };
         let token_key = TokenKey::from_hex(&text)
             .map_err(|error| ConfigError::TokenKey { source_name, error })?;
         Ok(StarConfig {
             name,
             listen,
-            ca_pem: read(self.ca, "ca")?,
-            cert_pem: read(self.cert, "cert")?,
-            key_pem: read(self.key, "key")?,
+            ca_pem: read(from_credentials(self.ca, "ca.pem"), "ca")?,
+            cert_pem: read(from_credentials(self.cert, "cert.pem"), "cert")?,
+            key_pem: read(from_credentials(self.key, "key.pem"), "key")?,
             token_key,
             roots: self.allow,
             state_dir: self.state_dir,
         })
+    }
+
+    /// The effective configuration as `star.toml` lines, each with where it came from; secrets
+    /// are never shown, only where they came from.
+    pub fn describe(&self, origin: impl Fn(&str) -> Origin, token_key_from: &str) -> String {
+        let mut out = format!("# effective configuration ({PRECEDENCE})\n");
+        for (key, value) in self.entries() {
+            let origin = origin(key);
+            let line = match (value, origin) {
+                (Some(value), _) => format!("{key} = {value}"),
+                (None, _) => format!("# {key} (unset)"),
+            };
+            let from = match origin {
+                Origin::Flag => format!("--{}", key.replace('_', "-")),
+                Origin::Env => format!("ORBIT_{}", key.to_uppercase()),
+                Origin::File => "star.toml".to_owned(),
+                Origin::Default => "default".to_owned(),
+            };
+            let _ = writeln!(out, "{line:<60} # from {from}");
+        }
+        let _ = writeln!(out, "# token key: *** (from {token_key_from})");
+        out
     }
 }
 
@@ -197,14 +340,29 @@ mod tests {
     }
 
     #[test]
-    fn missing_settings_say_which_flag_to_pass() {
+    fn missing_settings_say_which_flag_and_variable_to_set() {
         let err = StarFile::default()
             .into_config(None)
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
-            "missing setting `name`: set it in star.toml or pass --name"
+            "missing setting `name`: set it in star.toml, pass --name or set ORBIT_NAME"
         );
+    }
+
+    #[test]
+    fn every_key_round_trips_through_the_file() {
+        let file = StarFile {
+            name: Some("a".into()),
+            log_format: Some(LogFormat::Json),
+            allow: vec!["/srv".into()],
+            ..StarFile::default()
+        };
+        let text = toml::to_string(&file).unwrap();
+        let back: StarFile = toml::from_str(&text).unwrap();
+        assert_eq!(back.log_format, Some(LogFormat::Json));
+        assert_eq!(back.allow, vec![PathBuf::from("/srv")]);
+        assert_eq!(StarFile::KEYS.len(), file.entries().len());
     }
 }

@@ -1,16 +1,17 @@
-//! `orbit-star`: runs one Orbit star until SIGTERM or SIGINT. Reads `star.toml`, applies flags
-//! over it, starts the star and waits for a signal; everything else lives in the library.
+//! `orbit-star`: runs one Orbit star until SIGTERM or SIGINT. Reads `star.toml`, applies the
+//! `ORBIT_*` environment and the flags over it, starts the star, tells systemd when it is ready
+//! and waits for a signal; everything else lives in the library.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
-use tracing::info;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser};
+use tracing::{info, warn};
 
-use orbit_agent::config::{StarFile, AUTH_SECRET_ENV};
-use orbit_agent::Star;
+use orbit_agent::config::{LogFormat, Origin, StarFile, AUTH_SECRET_ENV, CREDENTIALS_ENV};
+use orbit_agent::{notify, Star};
 
 /// Runs an Orbit star: serves files under its allowed roots to other stars of the grid, and pulls
 /// files from them into its roots when the grid's controller says so.
@@ -19,56 +20,31 @@ use orbit_agent::Star;
 ///
 ///     orbit-star --config GRID/stars/star-a/star.toml --allow /srv/data
 ///
-/// Flags override the settings of the config file. The star logs "listening on ADDR" once it is
-/// ready, and stops cleanly on SIGTERM or SIGINT.
+/// Every setting is a flag, an ORBIT_* environment variable (shown below) and a key of
+/// star.toml (the flag's name with `_` for `-`). Precedence: flag, then environment, then file,
+/// then default. The star logs "listening on ADDR" once it is ready, notifies systemd
+/// (Type=notify) and stops cleanly on SIGTERM or SIGINT.
 #[derive(Debug, Parser)]
-#[command(version = concat!(env!("CARGO_PKG_VERSION"), " (wire protocol orbit/1)"), verbatim_doc_comment)]
+#[command(version = orbit_agent::VERSION, verbatim_doc_comment)]
 struct Args {
     /// The star's config file, star.toml, as written by `orbitctl init` or `orbitctl add-star`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "ORBIT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// A directory to serve from and store into; repeat for several. Replaces the file's `allow`.
-    #[arg(long, value_name = "DIR")]
-    allow: Vec<PathBuf>,
-    /// The star's name; its certificate must carry the same name.
+    /// Check the configuration (files, keys, certificate, roots), print the effective settings
+    /// with secrets masked, and exit: 0 if it is usable.
     #[arg(long)]
-    name: Option<String>,
-    /// The UDP address to listen on, e.g. 0.0.0.0:7401; port 0 picks a free port.
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
-    /// This star's certificate (PEM).
-    #[arg(long, value_name = "FILE")]
-    cert: Option<PathBuf>,
-    /// This star's private key (PEM).
-    #[arg(long, value_name = "FILE")]
-    key: Option<PathBuf>,
-    /// The grid CA certificate (PEM).
-    #[arg(long, value_name = "FILE")]
-    ca: Option<PathBuf>,
-    /// File holding this star's token key. Without it, ORBIT_AUTH_SECRET or the config file's
-    /// token_key_file is used.
-    #[arg(long, value_name = "FILE")]
-    token_key_file: Option<PathBuf>,
-    /// Directory for the star's state.
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// Log format on stderr. The level comes from RUST_LOG (default: info).
-    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
-    log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Lines for people.
-    Human,
-    /// One JSON object per line, for log collectors.
-    Json,
+    check_config: bool,
+    #[command(flatten)]
+    settings: StarFile,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    init_logging(args.log_format);
-    match run(args) {
+    let matches = Args::command().get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    match run(args, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("orbit-star: {e:#}");
@@ -89,31 +65,61 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => StarFile::load(path)?,
         None => StarFile::default(),
     };
-    let flags = StarFile {
-        name: args.name,
-        listen: args.listen,
-        cert: args.cert,
-        key: args.key,
-        ca: args.ca,
-        token_key_file: args.token_key_file,
-        state_dir: args.state_dir,
-        allow: args.allow,
+    let from_flag = |key: &str| matches.value_source(key) == Some(ValueSource::CommandLine);
+    let from_env = |key: &str| matches.value_source(key) == Some(ValueSource::EnvVariable);
+    let origin = |key: &str| {
+        if from_flag(key) {
+            Origin::Flag
+        } else if from_env(key) {
+            Origin::Env
+        } else if file.entries().iter().any(|(k, v)| *k == key && v.is_some()) {
+            Origin::File
+        } else {
+            Origin::Default
+        }
     };
-    // Precedence: --token-key-file, then ORBIT_AUTH_SECRET, then the file's token_key_file.
-    let secret = if flags.token_key_file.is_some() {
+    let origins: Vec<(&str, Origin)> = StarFile::KEYS.iter().map(|k| (*k, origin(k))).collect();
+    let merged = file.clone().merge(args.settings);
+    // The token key: --token-key-file, then ORBIT_AUTH_SECRET, then ORBIT_TOKEN_KEY_FILE, the
+    // file's token_key_file, or the credentials directory.
+    let secret = if from_flag("token_key_file") {
         None
     } else {
         std::env::var(AUTH_SECRET_ENV).ok()
     };
-    let merged = file.merge(flags);
+    let token_key_from = match (&secret, &merged.token_key_file) {
+        (Some(_), _) => AUTH_SECRET_ENV.to_owned(),
+        (None, Some(path)) => path.display().to_string(),
+        (None, None) => format!("${CREDENTIALS_ENV}/token.key"),
+    };
+    let log_format = merged.log_format();
+    let metrics_listen = merged.metrics_listen;
+    let described = merged.describe(
+        |key| {
+            origins
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(Origin::Default, |(_, o)| *o)
+        },
+        &token_key_from,
+    );
+    if args.check_config {
+        print!("{described}");
+    }
     let config = merged.into_config(secret)?;
-    let name = config.name.clone();
+    if args.check_config {
+        orbit_agent::check_config(&config)?;
+        println!("# configuration OK");
+        return Ok(());
+    }
 
+    init_logging(log_format);
+    let name = config.name.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -122,7 +128,21 @@ fn run(args: Args) -> anyhow::Result<()> {
         let star = Star::spawn(config)
             .await
             .with_context(|| format!("star {name} cannot start"))?;
-        wait_for_signal().await?;
+        if let Some(addr) = metrics_listen {
+            star.serve_metrics(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        }
+        // Bound, keys loaded, metrics up: tell systemd (when it is watching).
+        let notifier = notify::Notifier::from_env();
+        if let Err(e) = notifier.notify("READY=1") {
+            warn!("cannot notify systemd: {e}");
+        }
+        tokio::select! {
+            signal = wait_for_signal() => signal?,
+            () = notify::watchdog(&star, &notifier) => {}
+        }
+        let _ = notifier.notify("STOPPING=1");
         star.shutdown().await;
         info!("bye");
         Ok(())

@@ -57,6 +57,7 @@ pub(crate) async fn handle(
         }
     };
     let transfer = format!("{:016x}", request.transfer_id);
+    tracing::Span::current().record("transfer_id", transfer.as_str());
     info!(%peer, transfer, path = %request.path, "read request received");
     let id = request.request_id;
     let mut send = match conn.open_uni().await {
@@ -70,6 +71,7 @@ pub(crate) async fn handle(
         }
         Err(error) => {
             warn!(%peer, transfer, path = %request.path, "read refused: {}", error.message);
+            shared.metrics.reads_failed.inc();
             return refuse(&mut send, id, error).await;
         }
     };
@@ -90,12 +92,17 @@ pub(crate) async fn handle(
         "path to {peer} after the read"
     );
     match result {
-        Ok(bytes) => info!(
-            %peer, transfer, path = %request.path, bytes,
-            seconds = started.elapsed().as_secs_f64(),
-            "read completed"
-        ),
+        Ok(bytes) => {
+            shared.metrics.reads_ok.inc();
+            shared.metrics.bytes_sent.add(bytes);
+            info!(
+                %peer, transfer, path = %request.path, bytes,
+                seconds = started.elapsed().as_secs_f64(),
+                "read completed"
+            )
+        }
         Err(error) => {
+            shared.metrics.reads_failed.inc();
             warn!(%peer, transfer, path = %request.path, "read failed: {error}");
             refuse(&mut send, id, error).await;
         }
@@ -125,8 +132,9 @@ fn authorize(
         range: request.range,
         now,
     };
-    let token =
-        token::verify(&request.token, &shared.token_key, &expected).map_err(|e| e.to_wire())?;
+    let token = token::verify(&request.token, &shared.token_key, &expected)
+        .inspect_err(|_| shared.metrics.token_errors.inc())
+        .map_err(|e| e.to_wire())?;
     let path = shared
         .jail
         .confine(&request.path)

@@ -1,0 +1,36 @@
+//! `orbit-star --check-config`: every check [`Star::spawn`](crate::Star::spawn) makes before it
+//! binds (name, certificate, key, CA, roots, state directory), without binding anything or
+//! writing anywhere.
+
+use crate::jail::Jail;
+use crate::star::check_certificate_names;
+use crate::{SpawnError, StarConfig};
+
+/// Checks that a star could start with `config`.
+///
+/// # Errors
+///
+/// The [`SpawnError`] that [`Star::spawn`](crate::Star::spawn) would return.
+pub fn check_config(config: &StarConfig) -> Result<(), SpawnError> {
+    orbit_certs::validate_name(&config.name).map_err(SpawnError::Name)?;
+    check_certificate_names(config)?;
+    if config.roots.is_empty() {
+        return Err(SpawnError::NoRoots);
+    }
+    Jail::open(&config.roots).map_err(SpawnError::Root)?;
+    orbit_certs::server_config(
+        &config.ca_pem,
+        &config.cert_pem,
+        &config.key_pem,
+        orbit_wire::ALPN,
+    )?;
+    if let Some(path) = &config.state_dir {
+        if path.exists() && !path.is_dir() {
+            return Err(SpawnError::StateDir {
+                path: path.clone(),
+                error: std::io::Error::other("not a directory"),
+            });
+        }
+    }
+    Ok(())
+}
