@@ -25,7 +25,7 @@ use orbit_agent::{notify, Star};
 /// then default. The star logs "listening on ADDR" once it is ready, notifies systemd
 /// (Type=notify) and stops cleanly on SIGTERM or SIGINT.
 #[derive(Debug, Parser)]
-#[command(version = orbit_agent::VERSION, verbatim_doc_comment)]
+#[command(name = "orbit-star", version = orbit_agent::VERSION, verbatim_doc_comment)]
 struct Args {
     /// The star's config file, star.toml, as written by `orbitctl init` or `orbitctl add-star`.
     #[arg(long, env = "ORBIT_CONFIG", value_name = "FILE")]
@@ -95,7 +95,10 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
     let token_key_from = match (&secret, &merged.token_key_file) {
         (Some(_), _) => AUTH_SECRET_ENV.to_owned(),
         (None, Some(path)) => path.display().to_string(),
-        (None, None) => format!("${CREDENTIALS_ENV}/token.key"),
+        (None, None) => match std::env::var_os(CREDENTIALS_ENV) {
+            Some(dir) => PathBuf::from(dir).join("token.key").display().to_string(),
+            None => format!("${CREDENTIALS_ENV}/token.key (unset)"),
+        },
     };
     let log_format = merged.log_format();
     let metrics_listen = merged.metrics_listen;

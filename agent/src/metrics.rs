@@ -288,7 +288,7 @@ impl Star {
         let listener = TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let shared = self.shared.clone();
-        let span = tracing::info_span!("metrics", name = %shared.name);
+        let span = tracing::info_span!("metrics", star = %shared.name);
         span.in_scope(|| info!("metrics on http://{bound}/metrics"));
         let tracker = shared.tracker.clone();
         tracker.spawn(serve(shared, listener).instrument(span));

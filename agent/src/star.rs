@@ -210,7 +210,7 @@ impl Star {
             tracker: TaskTracker::new(),
             metrics: Arc::default(),
         });
-        let span = tracing::info_span!("star", name = %shared.name);
+        let span = tracing::info_span!("star", star = %shared.name);
         shared
             .tracker
             .spawn(accept_loop(shared.clone()).instrument(span.clone()));
