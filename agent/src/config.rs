@@ -286,12 +286,11 @@ impl StarFile {
     pub fn describe(&self, origin: impl Fn(&str) -> Origin, token_key_from: &str) -> String {
         let mut out = format!("# effective configuration ({PRECEDENCE})\n");
         for (key, value) in self.entries() {
-            let origin = origin(key);
-            let line = match (value, origin) {
-                (Some(value), _) => format!("{key} = {value}"),
-                (None, _) => format!("# {key} (unset)"),
+            let line = match value {
+                Some(value) => format!("{key} = {value}"),
+                None => format!("# {key} (unset)"),
             };
-            let from = match origin {
+            let from = match origin(key) {
                 Origin::Flag => format!("--{}", key.replace('_', "-")),
                 Origin::Env => format!("ORBIT_{}", key.to_uppercase()),
                 Origin::File => "star.toml".to_owned(),
