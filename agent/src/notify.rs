@@ -123,6 +123,23 @@ impl Star {
     }
 }
 
+/// Whether an accepted connection is this star's own self-check: its own certificate, from its
+/// own UDP socket. A client elsewhere with this star's certificate (a test, say) is not.
+pub(crate) fn is_self_check(
+    shared: &crate::star::Shared,
+    peer: &orbit_certs::PeerIdentity,
+    conn: &quinn::Connection,
+) -> bool {
+    let remote = conn.remote_address();
+    peer.role == orbit_certs::Role::Star
+        && peer.name == shared.name
+        && shared.endpoint.local_addr().is_ok_and(|own| {
+            own.port() == remote.port()
+                && (own.ip() == remote.ip()
+                    || own.ip().is_unspecified() && remote.ip().is_loopback())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
 
-use orbit_tests::ops::{init_grid, listen_of, orbit_star};
+use orbit_tests::ops::{init_grid, listen_of, metrics_addr, orbit_star, sample, scrape};
 use orbit_tests::process::{bin, orbitctl, StarProcess};
 use orbit_tests::{random_file, sha256_file, wire, STEP_TIMEOUT};
 
@@ -95,6 +95,8 @@ fn ready_once_serving_then_watchdog_pings_then_stopping() {
             &wire(&grid.join("stars/star-a/star.toml")),
             "--allow",
             &wire(&src_root),
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
         &[
             ("NOTIFY_SOCKET", &wire(&socket_path)),
@@ -102,6 +104,11 @@ fn ready_once_serving_then_watchdog_pings_then_stopping() {
         ],
     );
     assert_eq!(next(&socket), "READY=1");
+    let metrics_line = a
+        .lines
+        .recv_timeout(STEP_TIMEOUT)
+        .expect("the metrics line");
+    let metrics = metrics_addr(&metrics_line).expect(&metrics_line);
     // Ready means reachable: a real replication from it succeeds right away.
     let b = StarProcess::start(&[
         "--config",
@@ -119,6 +126,11 @@ fn ready_once_serving_then_watchdog_pings_then_stopping() {
     for _ in 0..3 {
         assert_eq!(next(&socket), "WATCHDOG=1");
     }
+    // Each ping followed a handshake with itself, which the metrics leave out: the one inbound
+    // handshake is star-b's.
+    let text = scrape(metrics);
+    let inbound = "orbit_p2p_handshakes_total{direction=\"inbound\",status=\"ok\"}";
+    assert_eq!(sample(&text, inbound), 1.0, "{text}");
     let status = a.terminate();
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = std::iter::from_fn(|| {
