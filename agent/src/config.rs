@@ -1,21 +1,25 @@
-//! The star's configuration: `star.toml` (as `orbitctl init` writes it), overridden by flags.
-//! Relative paths in the file resolve against the file's directory. The file is strict: an
-//! unknown key is an error that names it.
+//! The star's configuration: `star.toml` (as `orbitctl init` writes it), `ORBIT_*` environment
+//! variables and flags, in one precedence order: **flag, then environment, then file, then
+//! default**. Relative paths in the file resolve against the file's directory. The file is
+//! strict: an unknown key is an error that names it and its line.
 //!
-//! The token key comes from, in order: `--token-key-file`, the `ORBIT_AUTH_SECRET` environment
-//! variable (64 hexadecimal digits), the file's `token_key_file`, or `token.key` in systemd's
-//! `$CREDENTIALS_DIRECTORY`. The previous token key (accepted until the next rotation) comes from
-//! `--previous-token-key-file`, the file's `previous_token_key_file`, or `token.previous.key` in
-//! `$CREDENTIALS_DIRECTORY` when it exists.
+//! Every setting is declared once, in the [`settings!`] list below: its doc comment is the
+//! `--help` text, its `#[arg]` gives the flag and the `ORBIT_*` variable, and its field name is
+//! the key in `star.toml`. Adding a setting there gives it all three; [`StarFile::into_config`]
+//! then decides what it means.
 //!
-//! Key files (the TLS private key, the token keys) must be readable by their owner only; a key
-//! file that its group or others may read is refused with the `chmod` that fixes it, as ssh
-//! does. Key material is only ever read from files or the environment, never from a flag.
+//! The token key comes from, in order: `--token-key-file` on the command line, the
+//! `ORBIT_AUTH_SECRET` environment variable (64 hexadecimal digits), `ORBIT_TOKEN_KEY_FILE`, the
+//! file's `token_key_file`, or `token.key` in systemd's `$CREDENTIALS_DIRECTORY`. The certificate,
+//! key and CA likewise default to `cert.pem`, `key.pem` and `ca.pem` in `$CREDENTIALS_DIRECTORY`.
+//!
+//! Key bytes never reach a log or `--check-config`'s output: only the paths they came from.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use orbit_wire::token::TokenKey;
 
@@ -24,45 +28,202 @@ use crate::StarConfig;
 
 /// The environment variable that may carry the star's token key, as 64 hexadecimal digits.
 pub const AUTH_SECRET_ENV: &str = "ORBIT_AUTH_SECRET";
-
 /// The file in `$CREDENTIALS_DIRECTORY` that holds the previous token key.
 pub const CREDENTIAL_PREVIOUS_TOKEN_KEY: &str = "token.previous.key";
+/// The directory systemd passes `LoadCredential=` files in.
+pub const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
+/// What `--check-config` and the docs say about precedence.
+pub const PRECEDENCE: &str =
+    "flag, then ORBIT_* environment variable, then star.toml, then default";
 
-/// `star.toml`. Every key is optional here; what is missing must come from flags.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StarFile {
-    /// The star's name; its certificate must carry it.
-    pub name: Option<String>,
-    /// UDP address to listen on, e.g. `0.0.0.0:7401`.
-    pub listen: Option<SocketAddr>,
-    /// This star's certificate (PEM).
-    pub cert: Option<PathBuf>,
-    /// This star's private key (PEM).
-    pub key: Option<PathBuf>,
-    /// The grid CA certificate (PEM).
-    pub ca: Option<PathBuf>,
-    /// File holding this star's token key (64 hexadecimal digits).
-    pub token_key_file: Option<PathBuf>,
+/// How the star writes its log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Declares the star's settings once: the struct that is both the clap flags (with their
+/// `ORBIT_*` variables) and the `star.toml` schema, the list of its keys, and the merge.
+macro_rules! settings {
+    ($( $(#[$meta:meta])* $field:ident : $ty:ty, )*) => {
+        /// The star's settings, as flags, environment variables or `star.toml` keys. Every one is
+        /// optional here; [`StarFile::into_config`] says which are required.
+        #[derive(Debug, Default, Clone, clap::Args, Deserialize, Serialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct StarFile {
+            $( $(#[$meta])* pub $field: $ty, )*
+        }
+
+        impl StarFile {
+            /// Every key of `star.toml`, which is also every flag's name with `_` for `-`.
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// Applies `over` on top of `self`: every setting `over` has wins (a list wins when
+            /// it is not empty).
+            pub fn merge(mut self, over: StarFile) -> StarFile {
+                $( Setting::overlay(&mut self.$field, over.$field); )*
+                self
+            }
+
+            fn resolve_paths(&mut self, base: &Path) {
+                $( Setting::resolve(&mut self.$field, base); )*
+            }
+
+            /// Each key with its value as TOML, `None` when unset.
+            pub fn entries(&self) -> Vec<(&'static str, Option<String>)> {
+                vec![$( (stringify!($field), Setting::show(&self.$field)) ),*]
+            }
+        }
+    };
+}
+
+settings! {
+    /// The star's name; its certificate must carry the same name.
+    #[arg(long, env = "ORBIT_NAME")]
+    name: Option<String>,
+    /// The UDP address to listen on, e.g. 0.0.0.0:7401; port 0 picks a free port.
+    #[arg(long, env = "ORBIT_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// This star's certificate (PEM). Default: cert.pem in $CREDENTIALS_DIRECTORY.
+    #[arg(long, env = "ORBIT_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// This star's private key (PEM). Default: key.pem in $CREDENTIALS_DIRECTORY.
+    #[arg(long, env = "ORBIT_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// The grid CA certificate (PEM). Default: ca.pem in $CREDENTIALS_DIRECTORY.
+    #[arg(long, env = "ORBIT_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// File holding this star's token key (64 hexadecimal digits). Given as a flag it wins over
+    /// ORBIT_AUTH_SECRET, which wins over the variable and the file. Default: token.key in
+    /// $CREDENTIALS_DIRECTORY.
+    #[arg(long, env = "ORBIT_TOKEN_KEY_FILE", value_name = "FILE")]
+    token_key_file: Option<PathBuf>,
     /// Directory for the star's state.
-    pub state_dir: Option<PathBuf>,
-    /// Roots to serve from and store into.
-    #[serde(default)]
-    pub allow: Vec<PathBuf>,
-    /// File holding the token key before the last rotation (64 hexadecimal digits), accepted
-    /// beside the current one. Default: none.
-    pub previous_token_key_file: Option<PathBuf>,
+    #[arg(long, env = "ORBIT_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// A directory to serve from and store into; repeat for several (ORBIT_ALLOW separates them
+    /// with ':'). Replaces the file's `allow`.
+    #[arg(long, env = "ORBIT_ALLOW", value_name = "DIR", value_delimiter = ':')]
+    allow: Vec<PathBuf>,
+    /// Serve Prometheus metrics over HTTP at ADDR/metrics, e.g. 127.0.0.1:9407. Default: off.
+    #[arg(long, env = "ORBIT_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log format on stderr. The level comes from RUST_LOG (default: info). Default: human.
+    #[arg(long, env = "ORBIT_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// A directory to serve from but never store into; repeat for several (ORBIT_ALLOW_READ
+    /// separates them with ':'). A replication whose target lies under it (and under no --allow
+    /// directory) is refused. Replaces the file's `allow_read`.
+    #[arg(long, env = "ORBIT_ALLOW_READ", value_name = "DIR", value_delimiter = ':')]
+    allow_read: Vec<PathBuf>,
+    /// File holding this star's token key before the last rotation, still accepted until the
+    /// next one (see docs/KEYS.md). Default: token.previous.key in $CREDENTIALS_DIRECTORY when
+    /// it exists.
+    #[arg(long, env = "ORBIT_PREVIOUS_TOKEN_KEY_FILE", value_name = "FILE")]
+    previous_token_key_file: Option<PathBuf>,
     /// The grid's certificate revocation list (PEM), written by `orbitctl revoke`; reread on
     /// SIGHUP. Default: none, nothing is revoked.
-    pub crl_file: Option<PathBuf>,
-    /// Roots to serve from only: a replication that would write under one of these (and under
-    /// no `allow` root) is refused with `PermissionDenied`. Default: none.
-    #[serde(default)]
-    pub allow_read: Vec<PathBuf>,
-    /// The `[limits]` table: caps on connections, streams, transfers, token lifetime and
-    /// timeouts. Every key has a default; see [`crate::limits::LimitsFile`].
-    #[serde(default)]
-    pub limits: LimitsFile,
+    #[arg(long, env = "ORBIT_CRL_FILE", value_name = "FILE")]
+    crl_file: Option<PathBuf>,
+    /// Connections one peer (certificate) may hold open to this star at once. Default: 8.
+    #[arg(long, env = "ORBIT_MAX_CONNECTIONS_PER_PEER", value_name = "N")]
+    max_connections_per_peer: Option<u32>,
+    /// Streams a peer may have open at once on one connection, each direction. Default: 64.
+    #[arg(long, env = "ORBIT_MAX_STREAMS_PER_CONNECTION", value_name = "N")]
+    max_streams_per_connection: Option<u32>,
+    /// Replications as destination, and reads as source, running at once; one more is refused
+    /// with ResourceExhausted. Default: 64.
+    #[arg(long, env = "ORBIT_MAX_TRANSFERS", value_name = "N")]
+    max_transfers: Option<u32>,
+    /// The longest a presented token may still be valid, in seconds; longer ones are refused.
+    /// Default: 3600.
+    #[arg(long, env = "ORBIT_MAX_TOKEN_LIFETIME_SECS", value_name = "SECS")]
+    max_token_lifetime_secs: Option<u64>,
+    /// How long a peer may take to complete its handshake, in seconds. Default: 10.
+    #[arg(long, env = "ORBIT_HANDSHAKE_TIMEOUT_SECS", value_name = "SECS")]
+    handshake_timeout_secs: Option<u64>,
+    /// How long a connection may stay silent before it is dropped, in seconds. Default: 30.
+    #[arg(long, env = "ORBIT_IDLE_TIMEOUT_SECS", value_name = "SECS")]
+    idle_timeout_secs: Option<u64>,
+    /// How long a peer may take to send a stream's request once it opened it, in seconds.
+    /// Default: 10.
+    #[arg(long, env = "ORBIT_REQUEST_TIMEOUT_SECS", value_name = "SECS")]
+    request_timeout_secs: Option<u64>,
+}
+
+/// What every type of setting knows: how it overrides, resolves relative paths and prints.
+trait Setting {
+    fn overlay(&mut self, over: Self);
+    fn resolve(&mut self, _base: &Path) {}
+    fn show(&self) -> Option<String>;
+}
+
+impl<T: Serialize + Resolve> Setting for Option<T> {
+    fn overlay(&mut self, over: Self) {
+        if over.is_some() {
+            *self = over;
+        }
+    }
+    fn resolve(&mut self, base: &Path) {
+        if let Some(value) = self {
+            value.resolve(base);
+        }
+    }
+    fn show(&self) -> Option<String> {
+        self.as_ref().map(toml_value)
+    }
+}
+
+impl<T: Serialize + Resolve> Setting for Vec<T> {
+    fn overlay(&mut self, over: Self) {
+        if !over.is_empty() {
+            *self = over;
+        }
+    }
+    fn resolve(&mut self, base: &Path) {
+        self.iter_mut().for_each(|v| v.resolve(base));
+    }
+    fn show(&self) -> Option<String> {
+        (!self.is_empty()).then(|| toml_value(self))
+    }
+}
+
+/// Paths in `star.toml` are relative to its folder; other values stay as they are.
+trait Resolve {
+    fn resolve(&mut self, _base: &Path) {}
+}
+impl Resolve for PathBuf {
+    fn resolve(&mut self, base: &Path) {
+        *self = base.join(&*self);
+    }
+}
+impl Resolve for String {}
+impl Resolve for SocketAddr {}
+impl Resolve for LogFormat {}
+impl Resolve for bool {}
+impl Resolve for u32 {}
+impl Resolve for u64 {}
+
+fn toml_value<T: Serialize + ?Sized>(value: &T) -> String {
+    toml::Value::try_from(value).map_or_else(|e| format!("<{e}>"), |v| v.to_string())
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag.
+    Flag,
+    /// An `ORBIT_*` environment variable.
+    Env,
+    /// `star.toml`.
+    File,
+    /// Not set anywhere.
+    Default,
 }
 
 /// Why the configuration could not be assembled.
@@ -84,8 +245,8 @@ pub enum ConfigError {
         /// Why, with the line.
         error: Box<toml::de::Error>,
     },
-    /// A required setting is missing from both file and flags.
-    #[error("missing setting `{0}`: set it in star.toml or pass --{flag}", flag = .0.replace('_', "-"))]
+    /// A required setting is missing from flags, environment and file.
+    #[error("missing setting `{0}`: set it in star.toml, pass --{flag} or set ORBIT_{var}", flag = .0.replace('_', "-"), var = .0.to_uppercase())]
     Missing(&'static str),
     /// A key file is readable by others, or cannot be read.
     #[error(transparent)]
@@ -108,7 +269,7 @@ impl StarFile {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Read`] or [`ConfigError::Parse`].
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`] (which names an unknown key and its line).
     pub fn load(path: &Path) -> Result<StarFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
@@ -118,46 +279,17 @@ impl StarFile {
             path: path.to_owned(),
             error: Box::new(error),
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut file.cert,
-            &mut file.key,
-            &mut file.ca,
-            &mut file.token_key_file,
-            &mut file.state_dir,
-            &mut file.previous_token_key_file,
-            &mut file.crl_file,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            *p = base.join(&*p);
-        }
-        for p in file.allow.iter_mut().chain(file.allow_read.iter_mut()) {
-            *p = base.join(&*p);
-        }
+        file.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         Ok(file)
     }
 
-    /// Applies `flags` over `self`: every setting given as a flag wins; `--allow` and
-    /// `--allow-read` each replace the file's list when given at all.
-    pub fn merge(mut self, flags: StarFile) -> StarFile {
-        macro_rules! over {
-            ($($field:ident),*) => { $( if flags.$field.is_some() { self.$field = flags.$field; } )* };
-        }
-        over!(name, listen, cert, key, ca, token_key_file, state_dir);
-        over!(previous_token_key_file, crl_file);
-        if !flags.allow.is_empty() {
-            self.allow = flags.allow;
-        }
-        if !flags.allow_read.is_empty() {
-            self.allow_read = flags.allow_read;
-        }
-        self.limits = self.limits.merge(flags.limits);
-        self
+    /// The log format, human unless set.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or_default()
     }
 
-    /// Reads the files the settings name and builds the star's configuration.
+    /// Reads the files the settings name and builds the star's configuration. `auth_secret` is
+    /// the token key from `ORBIT_AUTH_SECRET` when it applies (see the module docs).
     ///
     /// # Errors
     ///
@@ -165,64 +297,80 @@ impl StarFile {
     pub fn into_config(self, auth_secret: Option<String>) -> Result<StarConfig, ConfigError> {
         let name = self.name.ok_or(ConfigError::Missing("name"))?;
         let listen = self.listen.ok_or(ConfigError::Missing("listen"))?;
+        let credentials = std::env::var_os(CREDENTIALS_ENV).map(PathBuf::from);
         let read = |path: Option<PathBuf>, setting: &'static str| {
             let path = path.ok_or(ConfigError::Missing(setting))?;
             std::fs::read_to_string(&path).map_err(|error| ConfigError::Read { path, error })
         };
-        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-        let (source_name, text) = match (auth_secret, self.token_key_file, credentials.clone()) {
-            (Some(secret), _, _) => (AUTH_SECRET_ENV.to_owned(), secret),
-            (None, Some(path), _) => {
-                let path = if path.is_dir() {
-                    path.join("token.key")
-                } else {
-                    path
-                };
-                let text = orbit_certs::read_secret_file(&path, "token key file")?;
-                (path.display().to_string(), text)
+        // A key file named in the settings must be private to its owner; systemd makes the
+        // credentials directory and its files private to the service itself.
+        let secret = |path: Option<PathBuf>, file: &str, setting: &'static str, what: &str| match (
+            path,
+            &credentials,
+        ) {
+            (Some(path), _) => Ok((
+                path.display().to_string(),
+                orbit_certs::read_secret_file(&path, what)?,
+            )),
+            (None, Some(dir)) => {
+                let path = dir.join(file);
+                Ok((path.display().to_string(), read(Some(path), setting)?))
             }
-            // systemd makes this folder and its files private to the service itself.
-            (None, None, Some(dir)) => {
-                let path = dir.join("token.key");
-                let text = read(Some(path.clone()), "token_key_file")?;
-                (path.display().to_string(), text)
+            (None, None) => Err(ConfigError::Missing(setting)),
+        };
+        let (source_name, text) = match auth_secret {
+            Some(secret) => (AUTH_SECRET_ENV.to_owned(), secret),
+            None => {
+                let path = self.token_key_file.map(|path| match path.is_dir() {
+                    true => path.join("token.key"),
+                    false => path,
+                });
+                secret(path, "token.key", "token_key_file", "token key file")?
             }
-            (None, None, None) => return Err(ConfigError::Missing("token_key_file")),
         };
         let token_key = TokenKey::from_hex(&text)
             .map_err(|error| ConfigError::TokenKey { source_name, error })?;
-        let previous = match (self.previous_token_key_file, credentials) {
-            (Some(path), _) => Some((
-                path.display().to_string(),
-                orbit_certs::read_secret_file(&path, "previous token key file")?,
-            )),
-            (None, Some(dir)) if dir.join(CREDENTIAL_PREVIOUS_TOKEN_KEY).is_file() => {
-                let path = dir.join(CREDENTIAL_PREVIOUS_TOKEN_KEY);
-                let text = read(Some(path.clone()), "previous_token_key_file")?;
-                Some((path.display().to_string(), text))
-            }
-            (None, _) => None,
+        let previous_in_credentials = credentials
+            .as_ref()
+            .is_some_and(|dir| dir.join(CREDENTIAL_PREVIOUS_TOKEN_KEY).is_file());
+        let previous_token_key =
+            if self.previous_token_key_file.is_some() || previous_in_credentials {
+                let (source_name, text) = secret(
+                    self.previous_token_key_file,
+                    CREDENTIAL_PREVIOUS_TOKEN_KEY,
+                    "previous_token_key_file",
+                    "previous token key file",
+                )?;
+                Some(
+                    TokenKey::from_hex(&text)
+                        .map_err(|error| ConfigError::TokenKey { source_name, error })?,
+                )
+            } else {
+                None
+            };
+        let from_credentials = |path: Option<PathBuf>, file: &str| {
+            path.or_else(|| credentials.as_ref().map(|dir| dir.join(file)))
         };
-        let previous_token_key = previous
-            .map(|(source_name, text)| {
-                TokenKey::from_hex(&text)
-                    .map_err(|error| ConfigError::TokenKey { source_name, error })
-            })
-            .transpose()?;
-        let ca_pem = read(self.ca, "ca")?;
-        let cert_pem = read(self.cert, "cert")?;
-        let key_path = self.key.ok_or(ConfigError::Missing("key"))?;
-        let key_pem = orbit_certs::read_secret_file(&key_path, "private key file")?;
+        let (_, key_pem) = secret(self.key, "key.pem", "key", "private key file")?;
         let crl_pem = self
             .crl_file
             .map(|path| read(Some(path), "crl_file"))
             .transpose()?;
-        let limits = self.limits.into_limits()?;
+        let limits = LimitsFile {
+            max_connections_per_peer: self.max_connections_per_peer,
+            max_streams_per_connection: self.max_streams_per_connection,
+            max_transfers: self.max_transfers,
+            max_token_lifetime_secs: self.max_token_lifetime_secs,
+            handshake_timeout_secs: self.handshake_timeout_secs,
+            idle_timeout_secs: self.idle_timeout_secs,
+            request_timeout_secs: self.request_timeout_secs,
+        }
+        .into_limits()?;
         Ok(StarConfig {
             name,
             listen,
-            ca_pem,
-            cert_pem,
+            ca_pem: read(from_credentials(self.ca, "ca.pem"), "ca")?,
+            cert_pem: read(from_credentials(self.cert, "cert.pem"), "cert")?,
             key_pem,
             token_key,
             roots: self.allow,
@@ -232,6 +380,27 @@ impl StarFile {
             read_only_roots: self.allow_read,
             limits,
         })
+    }
+
+    /// The effective configuration as `star.toml` lines, each with where it came from; secrets
+    /// are never shown, only where they came from.
+    pub fn describe(&self, origin: impl Fn(&str) -> Origin, token_key_from: &str) -> String {
+        let mut out = format!("# effective configuration ({PRECEDENCE})\n");
+        for (key, value) in self.entries() {
+            let line = match value {
+                Some(value) => format!("{key} = {value}"),
+                None => format!("# {key} (unset)"),
+            };
+            let from = match origin(key) {
+                Origin::Flag => format!("--{}", key.replace('_', "-")),
+                Origin::Env => format!("ORBIT_{}", key.to_uppercase()),
+                Origin::File => "star.toml".to_owned(),
+                Origin::Default => "default".to_owned(),
+            };
+            let _ = writeln!(out, "{line:<60} # from {from}");
+        }
+        let _ = writeln!(out, "# token key: *** (from {token_key_from})");
+        out
     }
 }
 
@@ -271,36 +440,29 @@ mod tests {
     }
 
     #[test]
-    fn read_only_roots_and_limits_come_from_the_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("star.toml");
-        std::fs::write(
-            &path,
-            "allow_read = [\"pub\"]\n[limits]\nmax_transfers = 2\nmax_token_lifetime_secs = 60\n",
-        )
-        .unwrap();
-        let file = StarFile::load(&path).unwrap();
-        assert_eq!(file.allow_read, vec![tmp.path().join("pub")]);
-        let limits = file.limits.clone().into_limits().unwrap();
-        assert_eq!(limits.max_transfers, 2);
-        assert_eq!(
-            limits.max_token_lifetime,
-            std::time::Duration::from_secs(60)
-        );
-        std::fs::write(&path, "[limits]\nmax_streams = 2\n").unwrap();
-        let err = StarFile::load(&path).unwrap_err().to_string();
-        assert!(err.contains("max_streams"), "{err}");
-    }
-
-    #[test]
-    fn missing_settings_say_which_flag_to_pass() {
+    fn missing_settings_say_which_flag_and_variable_to_set() {
         let err = StarFile::default()
             .into_config(None)
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
-            "missing setting `name`: set it in star.toml or pass --name"
+            "missing setting `name`: set it in star.toml, pass --name or set ORBIT_NAME"
         );
+    }
+
+    #[test]
+    fn every_key_round_trips_through_the_file() {
+        let file = StarFile {
+            name: Some("a".into()),
+            log_format: Some(LogFormat::Json),
+            allow: vec!["/srv".into()],
+            ..StarFile::default()
+        };
+        let text = toml::to_string(&file).unwrap();
+        let back: StarFile = toml::from_str(&text).unwrap();
+        assert_eq!(back.log_format, Some(LogFormat::Json));
+        assert_eq!(back.allow, vec![PathBuf::from("/srv")]);
+        assert_eq!(StarFile::KEYS.len(), file.entries().len());
     }
 }

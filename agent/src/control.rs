@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _};
 
 use orbit_certs::{PeerIdentity, Role};
 use orbit_wire::{
@@ -67,7 +67,10 @@ pub(crate) async fn handle(
     } else {
         match request {
             ControlRequest::Status => ControlEvent::Status(status(&shared)),
-            ControlRequest::Replicate(cmd) => replicate(&shared, &cmd, &mut send).await,
+            ControlRequest::Replicate(cmd) => {
+                let span = tracing::info_span!("transfer", transfer_id = %format!("{:016x}", cmd.transfer_id));
+                replicate(&shared, &cmd, &mut send).instrument(span).await
+            }
         }
     };
     // The controller may have gone; the outcome is logged either way. Wait (boundedly) for it to
@@ -162,6 +165,10 @@ async fn replicate(
         }
     };
     let seconds = started.elapsed().as_secs_f64();
+    let bytes = result.as_ref().map_or(0, |done| done.bytes);
+    shared
+        .metrics
+        .transfer_done(result.is_ok(), bytes, started.elapsed());
     match result {
         Ok(done) => {
             info!(

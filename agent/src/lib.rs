@@ -12,22 +12,41 @@
 //! | `serve` | the source side: authorise, read, send |
 //! | `pool` | one outgoing connection per source star |
 //! | `jail` | confined opens under the allowed roots |
-//! | `config` | `star.toml` and how flags override it |
 //! | `reload` | new keys, certificates and revocation list on SIGHUP |
 //! | `limits` | the caps on connections, streams, transfers, token lifetime and timeouts |
+//! | `config` | `star.toml`, `ORBIT_*` variables and flags, one precedence |
+//! | `metrics` | counters and the Prometheus `/metrics` server |
+//! | `notify` | systemd readiness and watchdog |
+//! | `check` | `--check-config`: everything spawning would check, without binding |
 
+mod check;
 pub mod config;
 mod control;
 mod error;
 mod framed;
 mod jail;
 pub mod limits;
+pub mod metrics;
+pub mod notify;
 mod pool;
 mod pull;
 mod reload;
 mod serve;
 mod star;
 
+pub use check::check_config;
 pub use limits::Limits;
 pub use reload::Reloaded;
 pub use star::{SpawnError, Star, StarConfig};
+
+/// The version `--version` reports: the crate's, and the wire protocol's ALPN.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (wire protocol orbit/1)");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_version_names_the_wire_protocol_in_use() {
+        let alpn = std::str::from_utf8(orbit_wire::ALPN).unwrap();
+        assert!(super::VERSION.ends_with(&format!("(wire protocol {alpn})")));
+    }
+}

@@ -1,7 +1,7 @@
 //! The caps a star puts on what its peers may make it hold: connections per peer identity, streams
 //! per connection, transfers in flight, the lifetime of a token it accepts, and how long a
 //! handshake, a silent connection or an unsent request may take. Each has a default that suits a
-//! grid of a few dozen stars on a LAN, a `star.toml` key in `[limits]` and a flag of the same name
+//! grid of a few dozen stars on a LAN, a top-level `star.toml` key and a flag of the same name
 //! with dashes (`max_transfers` / `--max-transfers`).
 //!
 //! Going over a cap is refused at once with `ResourceExhausted` (or `PermissionDenied` for a
@@ -51,7 +51,7 @@ impl Default for Limits {
     }
 }
 
-/// The `[limits]` table of `star.toml`, and the matching flags. Every key is optional; what is
+/// The limit settings of `star.toml` and the matching flags, as `config` collects them. Every key is optional; what is
 /// missing keeps its default (see [`Limits`]).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

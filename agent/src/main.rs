@@ -1,17 +1,17 @@
-//! `orbit-star`: runs one Orbit star until SIGTERM or SIGINT. Reads `star.toml`, applies flags
-//! over it, starts the star and waits for a signal; everything else lives in the library.
+//! `orbit-star`: runs one Orbit star until SIGTERM or SIGINT. Reads `star.toml`, applies the
+//! `ORBIT_*` environment and the flags over it, starts the star, tells systemd when it is ready
+//! and waits for a signal; everything else lives in the library.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
-use tracing::info;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser};
+use tracing::{info, warn};
 
-use orbit_agent::config::{StarFile, AUTH_SECRET_ENV};
-use orbit_agent::limits::LimitsFile;
-use orbit_agent::Star;
+use orbit_agent::config::{LogFormat, Origin, StarFile, AUTH_SECRET_ENV, CREDENTIALS_ENV};
+use orbit_agent::{notify, Star};
 
 /// Runs an Orbit star: serves files under its allowed roots to other stars of the grid, and pulls
 /// files from them into its roots when the grid's controller says so.
@@ -20,95 +20,33 @@ use orbit_agent::Star;
 ///
 ///     orbit-star --config GRID/stars/star-a/star.toml --allow /srv/data
 ///
-/// Flags override the settings of the config file. The star logs "listening on ADDR" once it is
-/// ready, and stops cleanly on SIGTERM or SIGINT. On SIGHUP it rereads its config and key files
-/// and applies new token keys, certificates and revocation list without a restart, closing
-/// connections whose certificate is now revoked.
+/// Every setting is a flag, an ORBIT_* environment variable (shown below) and a key of
+/// star.toml (the flag's name with `_` for `-`). Precedence: flag, then environment, then file,
+/// then default. The star logs "listening on ADDR" once it is ready, notifies systemd
+/// (Type=notify) and stops cleanly on SIGTERM or SIGINT. On SIGHUP it rereads its config and key
+/// files and applies new token keys, certificates and revocation list without a restart,
+/// closing connections whose certificate is now revoked.
 #[derive(Debug, Parser)]
-#[command(version = concat!(env!("CARGO_PKG_VERSION"), " (wire protocol orbit/1)"), verbatim_doc_comment)]
+#[command(name = "orbit-star", version = orbit_agent::VERSION, verbatim_doc_comment)]
 struct Args {
     /// The star's config file, star.toml, as written by `orbitctl init` or `orbitctl add-star`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "ORBIT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// A directory to serve from and store into; repeat for several. Replaces the file's `allow`.
-    #[arg(long, value_name = "DIR")]
-    allow: Vec<PathBuf>,
-    /// A directory to serve from but never store into; repeat for several. A replication whose
-    /// target lies under it (and under no --allow directory) is refused. Replaces the file's
-    /// `allow_read`.
-    #[arg(long, value_name = "DIR")]
-    allow_read: Vec<PathBuf>,
-    /// The star's name; its certificate must carry the same name.
+    /// Check the configuration (files, keys, certificate, roots), print the effective settings
+    /// with secrets masked, and exit: 0 if it is usable.
     #[arg(long)]
-    name: Option<String>,
-    /// The UDP address to listen on, e.g. 0.0.0.0:7401; port 0 picks a free port.
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
-    /// This star's certificate (PEM).
-    #[arg(long, value_name = "FILE")]
-    cert: Option<PathBuf>,
-    /// This star's private key (PEM).
-    #[arg(long, value_name = "FILE")]
-    key: Option<PathBuf>,
-    /// The grid CA certificate (PEM).
-    #[arg(long, value_name = "FILE")]
-    ca: Option<PathBuf>,
-    /// File holding this star's token key. Without it, ORBIT_AUTH_SECRET or the config file's
-    /// token_key_file is used.
-    #[arg(long, value_name = "FILE")]
-    token_key_file: Option<PathBuf>,
-    /// Directory for the star's state.
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// File holding this star's token key before the last rotation, still accepted until the
-    /// next one (see docs/KEYS.md).
-    #[arg(long, value_name = "FILE")]
-    previous_token_key_file: Option<PathBuf>,
-    /// The grid's certificate revocation list (PEM), written by `orbitctl revoke`; reread on
-    /// SIGHUP.
-    #[arg(long, value_name = "FILE")]
-    crl_file: Option<PathBuf>,
-    /// Log format on stderr. The level comes from RUST_LOG (default: info).
-    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
-    log_format: LogFormat,
-    /// Connections one peer (certificate) may hold open to this star at once [default: 8].
-    #[arg(long, value_name = "N")]
-    max_connections_per_peer: Option<u32>,
-    /// Streams a peer may have open at once on one connection, each direction [default: 64].
-    #[arg(long, value_name = "N")]
-    max_streams_per_connection: Option<u32>,
-    /// Replications as destination, and reads as source, running at once; one more is refused
-    /// with ResourceExhausted [default: 64].
-    #[arg(long, value_name = "N")]
-    max_transfers: Option<u32>,
-    /// The longest a presented token may still be valid, in seconds; longer ones are refused
-    /// [default: 3600].
-    #[arg(long, value_name = "SECS")]
-    max_token_lifetime_secs: Option<u64>,
-    /// How long a peer may take to complete its handshake, in seconds [default: 10].
-    #[arg(long, value_name = "SECS")]
-    handshake_timeout_secs: Option<u64>,
-    /// How long a connection may stay silent before it is dropped, in seconds [default: 30].
-    #[arg(long, value_name = "SECS")]
-    idle_timeout_secs: Option<u64>,
-    /// How long a peer may take to send a stream's request once it opened it, in seconds
-    /// [default: 10].
-    #[arg(long, value_name = "SECS")]
-    request_timeout_secs: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Lines for people.
-    Human,
-    /// One JSON object per line, for log collectors.
-    Json,
+    check_config: bool,
+    #[command(flatten)]
+    settings: StarFile,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    init_logging(args.log_format);
-    match run(args) {
+    let matches = Args::command().get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    match run(args, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("orbit-star: {e:#}");
@@ -129,80 +67,123 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => StarFile::load(path)?,
         None => StarFile::default(),
     };
-    let flags = StarFile {
-        name: args.name,
-        listen: args.listen,
-        cert: args.cert,
-        key: args.key,
-        ca: args.ca,
-        token_key_file: args.token_key_file,
-        state_dir: args.state_dir,
-        allow: args.allow,
-        previous_token_key_file: args.previous_token_key_file,
-        crl_file: args.crl_file,
-        allow_read: args.allow_read,
-        limits: LimitsFile {
-            max_connections_per_peer: args.max_connections_per_peer,
-            max_streams_per_connection: args.max_streams_per_connection,
-            max_transfers: args.max_transfers,
-            max_token_lifetime_secs: args.max_token_lifetime_secs,
-            handshake_timeout_secs: args.handshake_timeout_secs,
-            idle_timeout_secs: args.idle_timeout_secs,
-            request_timeout_secs: args.request_timeout_secs,
-        },
+    let from_flag = |key: &str| matches.value_source(key) == Some(ValueSource::CommandLine);
+    let from_env = |key: &str| matches.value_source(key) == Some(ValueSource::EnvVariable);
+    let origin = |key: &str| {
+        if from_flag(key) {
+            Origin::Flag
+        } else if from_env(key) {
+            Origin::Env
+        } else if file.entries().iter().any(|(k, v)| *k == key && v.is_some()) {
+            Origin::File
+        } else {
+            Origin::Default
+        }
     };
-    // Precedence: --token-key-file, then ORBIT_AUTH_SECRET, then the file's token_key_file.
-    let secret = if flags.token_key_file.is_some() {
+    let origins: Vec<(&str, Origin)> = StarFile::KEYS.iter().map(|k| (*k, origin(k))).collect();
+    let overrides = args.settings.clone();
+    let merged = file.clone().merge(args.settings);
+    // The token key: --token-key-file, then ORBIT_AUTH_SECRET, then ORBIT_TOKEN_KEY_FILE, the
+    // file's token_key_file, or the credentials directory.
+    let secret = if from_flag("token_key_file") {
         None
     } else {
         std::env::var(AUTH_SECRET_ENV).ok()
     };
-    let args_config = args.config.clone();
-    let config = file.merge(flags.clone()).into_config(secret.clone())?;
-    let name = config.name.clone();
+    let token_key_from = match (&secret, &merged.token_key_file) {
+        (Some(_), _) => AUTH_SECRET_ENV.to_owned(),
+        (None, Some(path)) => path.display().to_string(),
+        (None, None) => match std::env::var_os(CREDENTIALS_ENV) {
+            Some(dir) => PathBuf::from(dir).join("token.key").display().to_string(),
+            None => format!("${CREDENTIALS_ENV}/token.key (unset)"),
+        },
+    };
+    let log_format = merged.log_format();
+    let metrics_listen = merged.metrics_listen;
+    let described = merged.describe(
+        |key| {
+            origins
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(Origin::Default, |(_, o)| *o)
+        },
+        &token_key_from,
+    );
+    if args.check_config {
+        print!("{described}");
+    }
+    let config = merged.into_config(secret.clone())?;
+    if args.check_config {
+        orbit_agent::check_config(&config)?;
+        println!("# configuration OK");
+        return Ok(());
+    }
 
+    init_logging(log_format);
+    let name = config.name.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        // Watched before the star starts, so that no signal finds the default action.
-        let mut signals = Signals::new()?;
         let star = Star::spawn(config)
             .await
             .with_context(|| format!("star {name} cannot start"))?;
-        while signals.next().await == Signal::Reload {
+        if let Some(addr) = metrics_listen {
+            star.serve_metrics(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        }
+        // Bound, keys loaded, metrics up: tell systemd (when it is watching).
+        let notifier = notify::Notifier::from_env();
+        if let Err(e) = notifier.notify("READY=1") {
+            warn!("cannot notify systemd: {e}");
+        }
+        // Watched before waiting, so that no signal finds the default action.
+        let mut signals = Signals::new()?;
+        loop {
+            let signal = tokio::select! {
+                signal = signals.next() => signal,
+                () = notify::watchdog(&star, &notifier) => Signal::Stop,
+            };
+            if signal == Signal::Stop {
+                break;
+            }
+            let _ = notifier.notify("RELOADING=1");
             // A reload that fails keeps the star running as it was.
-            let result = match reread(args_config.as_deref(), &flags, secret.clone()) {
+            let result = match reread(args.config.as_deref(), &overrides, secret.clone()) {
                 Ok(config) => star.reload(&config).await.map_err(anyhow::Error::from),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(e),
             };
             if let Err(e) = result {
                 tracing::error!("reload failed, nothing changed: {e:#}");
             }
+            let _ = notifier.notify("READY=1");
         }
+        let _ = notifier.notify("STOPPING=1");
         star.shutdown().await;
         info!("bye");
         Ok(())
     })
 }
 
-/// The configuration as on SIGHUP: the config file read again, the same flags over it.
+/// The configuration as on SIGHUP: the config file read again, the same flags and environment
+/// over it.
 fn reread(
     config_file: Option<&std::path::Path>,
-    flags: &StarFile,
+    overrides: &StarFile,
     secret: Option<String>,
 ) -> anyhow::Result<orbit_agent::StarConfig> {
     let file = match config_file {
         Some(path) => StarFile::load(path)?,
         None => StarFile::default(),
     };
-    Ok(file.merge(flags.clone()).into_config(secret)?)
+    Ok(file.merge(overrides.clone()).into_config(secret)?)
 }
 
 #[derive(Debug, PartialEq, Eq)]

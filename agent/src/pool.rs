@@ -76,12 +76,21 @@ impl Pool {
                 return Ok(peer.clone());
             }
         }
-        let peer = Arc::new(dial(shared, name, addr).await?);
+        let dialled = dial(shared, name, addr).await;
+        let metrics = &shared.metrics;
+        let peer = Arc::new(dialled.inspect_err(|_| metrics.outbound_handshakes_failed.inc())?);
+        metrics.outbound_handshakes_ok.inc();
+        let open = metrics.outbound_connections.track();
         let dispatcher = dispatch(
             peer.conn.clone(),
             peer.waiters.clone(),
             shared.cancel.child_token(),
         );
+        // The dispatcher lives as long as the connection; so does its count.
+        let dispatcher = async move {
+            dispatcher.await;
+            drop(open);
+        };
         shared
             .tracker
             .spawn(dispatcher.instrument(tracing::debug_span!("dispatch", peer = name)));

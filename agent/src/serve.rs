@@ -65,6 +65,7 @@ pub(crate) async fn handle(
         }
     };
     let transfer = format!("{:016x}", request.transfer_id);
+    tracing::Span::current().record("transfer_id", transfer.as_str());
     info!(%peer, transfer, path = %request.path, "read request received");
     let id = request.request_id;
     let mut send = match conn.open_uni().await {
@@ -87,6 +88,7 @@ pub(crate) async fn handle(
         }
         Err(error) => {
             warn!(%peer, transfer, path = %request.path, "read refused: {}", error.message);
+            shared.metrics.reads_failed.inc();
             return refuse(&mut send, id, error).await;
         }
     };
@@ -107,12 +109,17 @@ pub(crate) async fn handle(
         "path to {peer} after the read"
     );
     match result {
-        Ok(bytes) => info!(
-            %peer, transfer, path = %request.path, bytes,
-            seconds = started.elapsed().as_secs_f64(),
-            "read completed"
-        ),
+        Ok(bytes) => {
+            shared.metrics.reads_ok.inc();
+            shared.metrics.bytes_sent.add(bytes);
+            info!(
+                %peer, transfer, path = %request.path, bytes,
+                seconds = started.elapsed().as_secs_f64(),
+                "read completed"
+            )
+        }
         Err(error) => {
+            shared.metrics.reads_failed.inc();
             warn!(%peer, transfer, path = %request.path, "read failed: {error}");
             refuse(&mut send, id, error).await;
         }
@@ -147,12 +154,14 @@ fn authorize(
         &shared.keys.read().expect("keys lock"),
         &expected,
     )
+    .inspect_err(|_| shared.metrics.token_errors.inc())
     .map_err(|e| e.to_wire())?;
     // Claims carry no issue time, so the lifetime that counts is what is left of it now: a
     // token that will stay valid for longer than the cap was minted for longer than the cap.
     let lifetime = token.claims().not_after.saturating_sub(now);
     let cap = shared.limits.max_token_lifetime.as_secs();
     if lifetime > cap {
+        shared.metrics.token_errors.inc();
         return Err(WireError::new(
             ErrorCode::PermissionDenied,
             format!("token lifetime {lifetime} s is over this star's cap of {cap} s"),

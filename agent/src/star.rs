@@ -23,6 +23,7 @@ use orbit_wire::ErrorCode;
 use crate::error::varint;
 use crate::jail::Jail;
 use crate::limits::{LimitError, Limits};
+use crate::metrics::Metrics;
 use crate::pool::Pool;
 
 /// Keep-alive interval, well inside the idle timeout (a third of it, when that is shorter).
@@ -161,13 +162,14 @@ pub(crate) struct Shared {
     pub(crate) read_slots: Arc<Semaphore>,
     /// Open incoming connections by peer identity.
     peer_conns: Mutex<HashMap<String, u32>>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// A running star.
 #[derive(Debug)]
 pub struct Star {
-    shared: Arc<Shared>,
-    addr: SocketAddr,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Star {
@@ -236,8 +238,9 @@ impl Star {
             transfer_slots: Arc::new(Semaphore::new(config.limits.max_transfers as usize)),
             read_slots: Arc::new(Semaphore::new(config.limits.max_transfers as usize)),
             peer_conns: Mutex::new(HashMap::new()),
+            metrics: Arc::default(),
         });
-        let span = tracing::info_span!("star", name = %shared.name);
+        let span = tracing::info_span!("star", star = %shared.name);
         shared
             .tracker
             .spawn(accept_loop(shared.clone()).instrument(span.clone()));
@@ -422,12 +425,24 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let handshake = shared.limits.handshake_timeout;
     let conn = match tokio::time::timeout(handshake, async { incoming.await }).await {
         Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return debug!("handshake failed: {e}"),
-        Err(_) => return debug!("handshake timed out"),
+        Ok(Err(e)) => {
+            shared.metrics.inbound_handshakes_failed.inc();
+            return debug!("handshake failed: {e}");
+        }
+        Err(_) => {
+            shared.metrics.inbound_handshakes_failed.inc();
+            return debug!("handshake timed out");
+        }
     };
     let peer = match peer_of(&conn) {
+        Ok(peer) if crate::notify::is_self_check(&shared, &peer, &conn) => {
+            // The watchdog's self-check (see notify.rs): the handshake was the whole test.
+            conn.close(0u32.into(), b"self-check done");
+            return;
+        }
         Ok(peer) => peer,
         Err(reason) => {
+            shared.metrics.inbound_handshakes_failed.inc();
             warn!("refused a connection: {reason}");
             conn.close(varint(ErrorCode::Unauthenticated), reason.as_bytes());
             return;
@@ -451,6 +466,8 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
         shared: &shared,
         id,
     };
+    shared.metrics.inbound_handshakes_ok.inc();
+    let _open = shared.metrics.inbound_connections.track();
     let cancel = shared.cancel.child_token();
     loop {
         tokio::select! {
@@ -465,7 +482,8 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
                     let task = crate::serve::handle(shared.clone(), peer.clone(), conn.clone(), recv);
-                    shared.tracker.spawn(task.in_current_span());
+                    let span = tracing::info_span!("read", transfer_id = tracing::field::Empty);
+                    shared.tracker.spawn(task.instrument(span));
                 }
                 Err(e) => { debug!(%peer, "connection ended: {e}"); break; }
             },

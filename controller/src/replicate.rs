@@ -270,10 +270,11 @@ pub async fn replicate_file(
 }
 
 /// The one-line summary of a successful replication:
-/// `star-b: star-a:/srv/data/f.bin -> /srv/backup/f.bin: 268435456 bytes in 1.23 s (208.1 MiB/s), sha256 <hex>`.
+/// `star-b: star-a:/srv/data/f.bin -> /srv/backup/f.bin: 268435456 bytes in 1.23 s (208.1 MiB/s), sha256 <hex>, transfer <id>`.
+/// The transfer id is the one both stars' log lines for this replication carry.
 pub fn summary_line(job: &ReplicateJob, done: &Replicated) -> String {
     format!(
-        "{}: {}:{} -> {}: {} bytes in {:.2} s ({}), sha256 {}",
+        "{}: {}:{} -> {}: {} bytes in {:.2} s ({}), sha256 {}, transfer {:016x}",
         job.destination,
         job.command.source,
         job.command.source_path,
@@ -281,7 +282,8 @@ pub fn summary_line(job: &ReplicateJob, done: &Replicated) -> String {
         done.bytes,
         done.seconds,
         human::rate(done.bytes, done.seconds),
-        hex::encode(done.sha256)
+        hex::encode(done.sha256),
+        job.command.transfer_id
     )
 }
 
@@ -405,7 +407,7 @@ mod tests {
             summary_line(&job, &done),
             format!(
                 "star-b: star-a:/srv/data/f.bin -> /srv/backup/f.bin: 268435456 bytes in 2.00 s \
-                 (128.0 MiB/s), sha256 {}",
+                 (128.0 MiB/s), sha256 {}, transfer 0000000000000abc",
                 "5a".repeat(32)
             )
         );

@@ -205,7 +205,11 @@ fn signal(child: &Child, name: &str) {
 /// The address in a `listening on ADDR` log line.
 pub fn listening_addr(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    rest.split_whitespace().next()?.parse().ok()
+    // Human lines end with the address; JSON lines close the message's quote after it.
+    rest.split(|c: char| c.is_whitespace() || c == '"')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The result of running `orbitctl`.
@@ -263,5 +267,11 @@ mod tests {
             Some("127.0.0.1:4567".parse().unwrap())
         );
         assert_eq!(listening_addr("nothing here"), None);
+        let json =
+            r#"{"fields":{"message":"listening on 127.0.0.1:4567"},"target":"orbit_agent::star"}"#;
+        assert_eq!(
+            listening_addr(json),
+            Some("127.0.0.1:4567".parse().unwrap())
+        );
     }
 }

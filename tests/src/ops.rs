@@ -1,0 +1,108 @@
+//! Helpers for the operations tests (service, config, metrics, logs): a grid folder made by the
+//! real `orbitctl init`, scraping `/metrics` over plain HTTP, and reading one sample from the
+//! Prometheus text.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+
+use crate::process::orbitctl;
+use crate::{wire, STEP_TIMEOUT};
+
+/// `orbitctl init ROOT/grid` for stars `names` on loopback ports that are free right now.
+pub fn init_grid(root: &Path, names: &[&str]) -> PathBuf {
+    let grid = root.join("grid");
+    let mut args = vec!["init".to_owned(), wire(&grid)];
+    for name in names {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        args.push("--star".into());
+        args.push(format!("{name}=127.0.0.1:{port}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = orbitctl(&args);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "init failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    grid
+}
+
+/// `GET /metrics` from `addr`: the body of a 200 answer.
+///
+/// # Panics
+///
+/// On any other answer.
+pub fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect_timeout(&addr, STEP_TIMEOUT).expect("metrics connect");
+    stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("metrics answer");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the sample `series` (name and labels, exactly as printed) in Prometheus text.
+///
+/// # Panics
+///
+/// When the series is absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+        .parse()
+        .expect("a number")
+}
+
+/// The address in a `metrics on http://ADDR/metrics` log line.
+pub fn metrics_addr(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("metrics on http://")? + "metrics on http://".len()..];
+    rest.split('/').next()?.parse().ok()
+}
+
+/// Runs `orbit-star` with `args` and extra environment (no inherited `ORBIT_*` or systemd
+/// variables) to completion, for `--check-config`, `--version` and start-up failures.
+pub fn orbit_star(args: &[&str], env: &[(&str, &str)]) -> crate::process::Output {
+    let mut cmd = std::process::Command::new(crate::process::bin("orbit-star"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("ORBIT_") || key == "CREDENTIALS_DIRECTORY" || key == "NOTIFY_SOCKET" {
+            cmd.env_remove(&*key);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("orbit-star runs");
+    crate::process::Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The `listen = "ADDR"` value of a star.toml written by `orbitctl init`.
+pub fn listen_of(star_toml: &Path) -> String {
+    let text = std::fs::read_to_string(star_toml).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("listen = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("a listen line")
+        .to_owned()
+}

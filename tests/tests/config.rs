@@ -1,0 +1,238 @@
+//! The star's configuration through the real binary: star.toml is strict, every flag has an
+//! `ORBIT_*` variable and a star.toml key, flag beats environment beats file beats default, and
+//! `--check-config` prints the effective settings without a byte of any key.
+
+use std::collections::BTreeSet;
+
+use orbit_tests::ops::{init_grid, orbit_star};
+use orbit_tests::wire;
+
+/// The `key = value  # from ORIGIN` line of `key` in `--check-config`'s output.
+fn setting<'a>(stdout: &'a str, key: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{key} = ")) || l.starts_with(&format!("# {key} ")))
+        .unwrap_or_else(|| panic!("no {key} in:\n{stdout}"))
+}
+
+#[test]
+fn an_unknown_key_is_an_error_naming_it_and_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("star.toml");
+    std::fs::write(
+        &config,
+        "name = \"star-a\"\nlisten = \"127.0.0.1:7401\"\nalow = [\"/srv\"]\n",
+    )
+    .unwrap();
+    for extra in [&[][..], &["--check-config"][..]] {
+        let mut args = vec!["--config", config.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = orbit_star(&args, &[]);
+        assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("alow"), "{}", out.stderr);
+        assert!(out.stderr.contains("line 3"), "{}", out.stderr);
+        assert!(!out.stderr.contains("listening on"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = init_grid(tmp.path(), &["star-a"]);
+    let config = wire(&grid.join("stars/star-a/star.toml"));
+    let file_listen = orbit_tests::ops::listen_of(&grid.join("stars/star-a/star.toml"));
+    let root = wire(tmp.path());
+    let base = [
+        "--config",
+        config.as_str(),
+        "--allow",
+        root.as_str(),
+        "--check-config",
+    ];
+
+    let env = [
+        ("ORBIT_LISTEN", "127.0.0.1:2002"),
+        ("ORBIT_LOG_FORMAT", "json"),
+    ];
+    let mut with_flag = base.to_vec();
+    with_flag.extend(["--listen", "127.0.0.1:1001"]);
+    let out = orbit_star(&with_flag, &env);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let line = setting(&out.stdout, "listen");
+    assert!(
+        line.starts_with("listen = \"127.0.0.1:1001\"") && line.ends_with("# from --listen"),
+        "{line}"
+    );
+
+    let out = orbit_star(&base, &env);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let line = setting(&out.stdout, "listen");
+    assert!(
+        line.starts_with("listen = \"127.0.0.1:2002\"") && line.ends_with("# from ORBIT_LISTEN"),
+        "{line}"
+    );
+    let line = setting(&out.stdout, "log_format");
+    assert!(
+        line.starts_with("log_format = \"json\"") && line.ends_with("# from ORBIT_LOG_FORMAT"),
+        "{line}"
+    );
+
+    let out = orbit_star(&base, &[]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let line = setting(&out.stdout, "listen");
+    assert!(
+        line.starts_with(&format!("listen = \"{file_listen}\""))
+            && line.ends_with("# from star.toml"),
+        "{line}"
+    );
+    let line = setting(&out.stdout, "metrics_listen");
+    assert!(line.ends_with("# from default"), "{line}");
+    assert!(
+        out.stdout.ends_with("# configuration OK\n"),
+        "{}",
+        out.stdout
+    );
+
+    // A list in the environment: ORBIT_ALLOW separates directories with ':'.
+    let (a, b) = (tmp.path().join("x"), tmp.path().join("y"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let both = format!("{}:{}", wire(&a), wire(&b));
+    let out = orbit_star(
+        &["--config", &config, "--check-config"],
+        &[("ORBIT_ALLOW", &both)],
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let line = setting(&out.stdout, "allow");
+    assert!(
+        line.starts_with(&format!("allow = [\"{}\", \"{}\"]", wire(&a), wire(&b))),
+        "{line}"
+    );
+}
+
+#[test]
+fn check_config_masks_every_secret_and_fails_on_a_bad_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = init_grid(tmp.path(), &["star-a", "star-b"]);
+    let star = grid.join("stars/star-a");
+    let config = wire(&star.join("star.toml"));
+    let root = wire(tmp.path());
+    let secret = std::fs::read_to_string(grid.join("stars/star-a/token.key")).unwrap();
+    let private_key = std::fs::read_to_string(star.join("key.pem")).unwrap();
+    let out = orbit_star(
+        &["--config", &config, "--allow", &root, "--check-config"],
+        &[("ORBIT_AUTH_SECRET", secret.trim())],
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("# token key: *** (from ORBIT_AUTH_SECRET)"),
+        "{}",
+        out.stdout
+    );
+    let everything = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        !everything.contains(secret.trim()),
+        "the token key was printed"
+    );
+    let key_body = private_key.lines().nth(1).unwrap();
+    assert!(
+        !everything.contains(key_body),
+        "the private key was printed"
+    );
+    // Key files are shown by path, never by content.
+    assert!(
+        setting(&out.stdout, "key").contains("key.pem"),
+        "{}",
+        out.stdout
+    );
+
+    // A missing file, and a certificate for another star: non-zero, and the reason.
+    let missing = wire(&tmp.path().join("nope.pem"));
+    let out = orbit_star(
+        &[
+            "--config",
+            &config,
+            "--allow",
+            &root,
+            "--cert",
+            &missing,
+            "--check-config",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains(&missing), "{}", out.stderr);
+    assert!(!out.stdout.contains("configuration OK"), "{}", out.stdout);
+    let other = wire(&grid.join("stars/star-b/cert.pem"));
+    let out = orbit_star(
+        &[
+            "--config",
+            &config,
+            "--allow",
+            &root,
+            "--cert",
+            &other,
+            "--check-config",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("star-b"), "{}", out.stderr);
+    // No roots at all.
+    let out = orbit_star(&["--config", &config, "--check-config"], &[]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("--allow"), "{}", out.stderr);
+}
+
+#[test]
+fn every_flag_has_an_environment_variable_and_a_config_key() {
+    let help = orbit_star(&["--help"], &[]);
+    assert_eq!(help.code, Some(0));
+    // Flags and the variable named in their help block.
+    let mut flags = BTreeSet::new();
+    let mut current: Option<String> = None;
+    for line in help.stdout.lines() {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix("--") {
+            let flag = rest.split([' ', '<']).next().unwrap().to_owned();
+            if ["help", "version", "check-config"].contains(&flag.as_str()) {
+                current = None;
+            } else {
+                assert!(
+                    current.is_none(),
+                    "--{} has no [env: ...]",
+                    current.unwrap()
+                );
+                current = Some(flag);
+            }
+        } else if let Some(flag) = current.take_if(|_| trimmed.starts_with("[env: ")) {
+            let var = format!("[env: ORBIT_{}=", flag.replace('-', "_").to_uppercase());
+            assert!(trimmed.starts_with(&var), "--{flag}: {trimmed}");
+            flags.insert(flag.replace('-', "_"));
+        }
+    }
+    assert!(
+        current.is_none(),
+        "--{} has no [env: ...]",
+        current.unwrap()
+    );
+    flags.remove("config");
+    assert!(flags.len() >= 10, "{flags:?}");
+
+    // The keys star.toml accepts, from the error an unknown key gets.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("star.toml");
+    std::fs::write(&config, "no_such_key = 1\n").unwrap();
+    let out = orbit_star(&["--config", &wire(&config)], &[]);
+    let expected = out
+        .stderr
+        .split("expected one of ")
+        .nth(1)
+        .expect(&out.stderr);
+    let keys: BTreeSet<String> = expected
+        .split(", ")
+        .map(|k| k.trim().trim_matches('`').to_owned())
+        .collect();
+    assert_eq!(flags, keys, "flags and star.toml keys differ");
+}
