@@ -405,12 +405,16 @@ async fn non_utf8_paths_are_refused_on_both_sides() {
     let mut send = conn.open_uni().await.unwrap();
     send.write_all(&with_invalid_utf8(&request)).await.unwrap();
     send.finish().unwrap();
-    let stopped = within("the star to stop the stream", send.stopped()).await;
-    assert_eq!(
-        stopped.unwrap(),
-        Some(quinn::VarInt::from_u32(ErrorCode::InvalidArgument.as_u32())),
+    // Stopped with InvalidArgument, or (when the whole stream had already arrived) simply
+    // acknowledged: the proof that nothing was answered is the next data stream, below.
+    let stopped = within("the star to end the stream", send.stopped()).await;
+    let invalid = quinn::VarInt::from_u32(ErrorCode::InvalidArgument.as_u32());
+    assert!(
+        matches!(stopped, Ok(None)) || matches!(stopped, Ok(Some(code)) if code == invalid),
+        "{stopped:?}"
     );
-    // The connection is still good for a proper request, which is answered first.
+    // The connection is still good for a proper request, and the first data stream the star
+    // opens is that request's answer: the bad one got none.
     let good = w.wire("src/payload.bin");
     let outcome = client
         .read(
