@@ -22,8 +22,8 @@ mod framed;
 mod jail;
 mod pool;
 mod pull;
-mod serve;
 mod reload;
+mod serve;
 mod star;
 
 pub use reload::Reloaded;

@@ -138,10 +138,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("star {name} cannot start"))?;
         while signals.next().await == Signal::Reload {
             // A reload that fails keeps the star running as it was.
-            let result = match reread(args_config.as_deref(), &flags, secret.clone()) {
-                Ok(config) => star.reload(&config).await.map_err(anyhow::Error::from),
-                Err(e) => Err(e.into()),
-            };
+            let result = async {
+                let config = reread(args_config.as_deref(), &flags, secret.clone())?;
+                star.reload(&config).await?;
+                anyhow::Ok(())
+            }
+            .await;
             if let Err(e) = result {
                 tracing::error!("reload failed, nothing changed: {e:#}");
             }

@@ -164,10 +164,8 @@ impl Pool {
         let before = conns.len();
         conns.retain(|_, peer| {
             if revoked(&peer.conn) {
-                peer.conn.close(
-                    varint(ErrorCode::PermissionDenied),
-                    b"certificate revoked",
-                );
+                peer.conn
+                    .close(varint(ErrorCode::PermissionDenied), b"certificate revoked");
                 false
             } else {
                 true

@@ -80,10 +80,8 @@ pub(crate) async fn reload(
     // Everything is built: swap it in. New handshakes see the new list from here on.
     shared.endpoint.set_server_config(Some(server));
     *shared.client_config.write().expect("client config lock") = client;
-    *shared.keys.write().expect("keys lock") = KeyRing::new(
-        config.token_key.clone(),
-        config.previous_token_key.clone(),
-    );
+    *shared.keys.write().expect("keys lock") =
+        KeyRing::new(config.token_key.clone(), config.previous_token_key.clone());
 
     let mut closed = 0;
     if let Some(crl) = &crl {

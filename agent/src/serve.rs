@@ -125,9 +125,12 @@ fn authorize(
         range: request.range,
         now,
     };
-    let token =
-        token::verify_with(&request.token, &shared.keys.read().expect("keys lock"), &expected)
-            .map_err(|e| e.to_wire())?;
+    let token = token::verify_with(
+        &request.token,
+        &shared.keys.read().expect("keys lock"),
+        &expected,
+    )
+    .map_err(|e| e.to_wire())?;
     let path = shared
         .jail
         .confine(&request.path)

@@ -2,9 +2,9 @@
 //! their streams; [`Star::shutdown`] stops it in order: stop accepting, cancel every task, close
 //! the endpoint with a code, wait for the peers to see it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -415,7 +415,10 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
         .lock()
         .expect("conns lock")
         .insert(id, conn.clone());
-    let _registered = crate::reload::Registered { shared: &shared, id };
+    let _registered = crate::reload::Registered {
+        shared: &shared,
+        id,
+    };
     let cancel = shared.cancel.child_token();
     loop {
         tokio::select! {

@@ -44,9 +44,9 @@ mod tls;
 
 pub use ca::{GridCa, IssueOptions, IssuedCert};
 pub use crl::{serial_of, RevocationList};
-pub use secret::{read_secret_file, SecretFileError};
 pub use error::CertError;
 pub use identity::{peer_identity, validate_name, PeerIdentity, Role};
+pub use secret::{read_secret_file, SecretFileError};
 pub use tls::{
     client_config, client_config_with_crl, load_certs, load_key, server_config,
     server_config_with_crl,

@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::client::WebPkiServerVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -116,10 +116,11 @@ pub fn client_config_with_crl(
     crl: Option<&RevocationList>,
 ) -> Result<ClientConfig, CertError> {
     let provider = provider();
-    let verifier = WebPkiServerVerifier::builder_with_provider(grid_roots(ca_pem)?, provider.clone())
-        .with_crls(crl.map(|c| c.der().clone()))
-        .build()
-        .map_err(|e| CertError::Crl(e.to_string()))?;
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(grid_roots(ca_pem)?, provider.clone())
+            .with_crls(crl.map(|c| c.der().clone()))
+            .build()
+            .map_err(|e| CertError::Crl(e.to_string()))?;
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(TLS13_ONLY)?
         .with_webpki_verifier(verifier)
@@ -392,7 +393,9 @@ mod tests {
         ));
     }
 
-    fn refused_as(result: Result<(ClientConnection, ServerConnection), (Side, Error)>) -> (Side, Error) {
+    fn refused_as(
+        result: Result<(ClientConnection, ServerConnection), (Side, Error)>,
+    ) -> (Side, Error) {
         result.map(|_| ()).unwrap_err()
     }
 
@@ -409,8 +412,8 @@ mod tests {
         assert!(!reread.is_revoked(&load_certs(&a.cert_pem).unwrap()[0]));
 
         // star-a's server, with the list, refuses star-b as a client.
-        let server = server_config_with_crl(&ca_pem, &a.cert_pem, &a.key_pem, ALPN, Some(&crl))
-            .unwrap();
+        let server =
+            server_config_with_crl(&ca_pem, &a.cert_pem, &a.key_pem, ALPN, Some(&crl)).unwrap();
         let client = client_config(&ca_pem, &b.cert_pem, &b.key_pem, ALPN).unwrap();
         let (side, err) = refused_as(handshake(client, server, "star-a"));
         assert_eq!(side, Side::Server);
@@ -419,8 +422,8 @@ mod tests {
             "{err}"
         );
         // star-a's client, with the list, refuses star-b as a server.
-        let client = client_config_with_crl(&ca_pem, &a.cert_pem, &a.key_pem, ALPN, Some(&crl))
-            .unwrap();
+        let client =
+            client_config_with_crl(&ca_pem, &a.cert_pem, &a.key_pem, ALPN, Some(&crl)).unwrap();
         let server = server_config(&ca_pem, &b.cert_pem, &b.key_pem, ALPN).unwrap();
         let (side, err) = refused_as(handshake(client, server, "star-b"));
         assert_eq!(side, Side::Client);
@@ -430,8 +433,8 @@ mod tests {
         );
         // The control: a certificate the list does not name still passes, under the same list.
         let c = ca.issue(Role::Star, "star-c").unwrap();
-        let server = server_config_with_crl(&ca_pem, &a.cert_pem, &a.key_pem, ALPN, Some(&crl))
-            .unwrap();
+        let server =
+            server_config_with_crl(&ca_pem, &a.cert_pem, &a.key_pem, ALPN, Some(&crl)).unwrap();
         let client = client_config(&ca_pem, &c.cert_pem, &c.key_pem, ALPN).unwrap();
         handshake(client, server, "star-a").unwrap();
 
@@ -489,14 +492,21 @@ mod tests {
         ];
         for (what, options) in cases {
             let client = issued_with(&ca, "star-b", options);
-            let (side, err) =
-                refused_as(handshake(client, server(&ca, Role::Star, "star-a"), "star-a"));
+            let (side, err) = refused_as(handshake(
+                client,
+                server(&ca, Role::Star, "star-a"),
+                "star-a",
+            ));
             assert_eq!(side, Side::Server, "{what}");
             assert!(matches!(err, Error::InvalidCertificate(_)), "{what}: {err}");
         }
         // The grid CA's own certificate and key, presented as a client certificate.
         let client = client_config(&ca.cert_pem(), &ca.cert_pem(), &ca.key_pem(), ALPN).unwrap();
-        let (side, err) = refused_as(handshake(client, server(&ca, Role::Star, "star-a"), "star-a"));
+        let (side, err) = refused_as(handshake(
+            client,
+            server(&ca, Role::Star, "star-a"),
+            "star-a",
+        ));
         assert_eq!(side, Side::Server);
         assert!(matches!(err, Error::InvalidCertificate(_)), "{err}");
         // The control: default options pass.

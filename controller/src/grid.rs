@@ -304,27 +304,27 @@ impl Grid {
         // With the grid's revocation list, orbitctl refuses a revoked star as stars do.
         let crl_path = self.dir.join(crate::revoke::CRL_FILE);
         let crl = match std::fs::read_to_string(&crl_path) {
-            Ok(pem) => Some(orbit_certs::RevocationList::from_pem(&pem, &ca).map_err(|e| {
-                GridError::Invalid {
-                    path: crl_path.clone(),
-                    message: e.to_string(),
-                }
-            })?),
+            Ok(pem) => Some(
+                orbit_certs::RevocationList::from_pem(&pem, &ca).map_err(|e| {
+                    GridError::Invalid {
+                        path: crl_path.clone(),
+                        message: e.to_string(),
+                    }
+                })?,
+            ),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(error) => return Err(GridError::Read { path: crl_path, error }),
+            Err(error) => {
+                return Err(GridError::Read {
+                    path: crl_path,
+                    error,
+                })
+            }
         };
-        let config = orbit_certs::client_config_with_crl(
-            &ca,
-            &cert,
-            &key,
-            orbit_wire::ALPN,
-            crl.as_ref(),
-        )
-        .map_err(|e| {
-                GridError::Invalid {
-                    path: cert_path,
-                    message: format!("cannot use the controller's certificate: {e}"),
-                }
+        let config =
+            orbit_certs::client_config_with_crl(&ca, &cert, &key, orbit_wire::ALPN, crl.as_ref())
+                .map_err(|e| GridError::Invalid {
+                path: cert_path,
+                message: format!("cannot use the controller's certificate: {e}"),
             })?;
         Ok(Arc::new(config))
     }

@@ -206,8 +206,8 @@ mod tests {
     fn revoking_writes_a_growing_list_everywhere() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("g");
-        let specs = ["star-a=127.0.0.1:7401", "star-b=127.0.0.1:7402"]
-            .map(|s| StarSpec::parse(s).unwrap());
+        let specs =
+            ["star-a=127.0.0.1:7401", "star-b=127.0.0.1:7402"].map(|s| StarSpec::parse(s).unwrap());
         create_grid(&dir, &specs).unwrap();
         let b_cert = first_cert(&dir.join("stars/star-b/cert.pem"));
 

@@ -97,7 +97,9 @@ pub fn run(grid_dir: &Path, args: Args) -> Result<(), RotateError> {
     );
     println!();
     println!("1. Deploy to every star, into its config folder, then reload it (SIGHUP:");
-    println!("   `systemctl reload orbit-star` or `kill -HUP PID`). Order among stars does not matter:");
+    println!(
+        "   `systemctl reload orbit-star` or `kill -HUP PID`). Order among stars does not matter:"
+    );
     for star in &stars {
         println!(
             "   {} ({}): {}/{{{}, {}, {}}}",

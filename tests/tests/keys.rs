@@ -25,10 +25,18 @@ fn token_under(grid: &Grid, key: &TokenKey, path: &str) -> String {
 }
 
 /// Reads `path` from `star` as star-b with `token`.
-async fn read_as_b(grid: &Grid, star: &orbit_agent::Star, path: &str, token: String) -> ReadOutcome {
+async fn read_as_b(
+    grid: &Grid,
+    star: &orbit_agent::Star,
+    path: &str,
+    token: String,
+) -> ReadOutcome {
     let client = grid.star_client("star-b");
     let conn = client.connect(star.local_addr(), "star-a").await.unwrap();
-    let outcome = client.read(&conn, &read_request(path, token)).await.unwrap();
+    let outcome = client
+        .read(&conn, &read_request(path, token))
+        .await
+        .unwrap();
     conn.close(0u32.into(), b"done");
     outcome
 }
@@ -219,7 +227,11 @@ async fn rotate_keys_rotates_a_running_grid_without_a_failed_replication() {
     replicate_ok("before the rotation");
 
     let out = ok(orbitctl(&["--grid", &g, "rotate-keys"]));
-    assert!(out.stdout.contains("rotate-keys --finish"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("rotate-keys --finish"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("token.previous.key"), "{}", out.stdout);
     replicate_ok("rotation started, stars not reloaded yet");
     reload(&[&a, &b]);
@@ -244,7 +256,11 @@ async fn rotate_keys_rotates_a_running_grid_without_a_failed_replication() {
 
     let finish = orbitctl(&["--grid", &g, "rotate-keys", "--finish"]);
     assert_eq!(finish.code, Some(1));
-    assert!(finish.stderr.contains("no rotation in progress"), "{}", finish.stderr);
+    assert!(
+        finish.stderr.contains("no rotation in progress"),
+        "{}",
+        finish.stderr
+    );
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }
@@ -274,7 +290,10 @@ fn star_exits(args: &[&str]) -> (Option<i32>, String) {
             )
         }
         Err(_) => {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
             panic!("orbit-star kept running with a key file readable by others");
         }
     }
@@ -293,7 +312,12 @@ fn key_files_readable_by_others_stop_the_star_and_orbitctl() {
     let args = ["--config", config.as_str(), "--allow", "/tmp"];
     for (file, mode, what, who) in [
         ("token.key", 0o644, "token key file", "readable by others"),
-        ("key.pem", 0o640, "private key file", "readable by its group"),
+        (
+            "key.pem",
+            0o640,
+            "private key file",
+            "readable by its group",
+        ),
     ] {
         let path = star.join(file);
         chmod(&path, mode);
@@ -317,7 +341,10 @@ fn key_files_readable_by_others_stop_the_star_and_orbitctl() {
     let (code, stderr) = star_exits(&[&args[..], &["--previous-token-key-file", &prev]].concat());
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("previous token key file"), "{stderr}");
-    assert!(stderr.contains(&format!("run: chmod 600 {prev}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("run: chmod 600 {prev}")),
+        "{stderr}"
+    );
 
     // orbitctl refuses the grid's CA key and master key the same way.
     let g = wire(&grid);
@@ -330,7 +357,11 @@ fn key_files_readable_by_others_stop_the_star_and_orbitctl() {
     chmod(&grid.join("token-master.key"), 0o640);
     let out = orbitctl(&["--grid", &g, "token", "star-a:/tmp/x", "--holder", "star-b"]);
     assert_eq!(out.code, Some(1));
-    assert!(out.stderr.contains("readable by its group"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("readable by its group"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stdout.is_empty(), "{}", out.stdout);
 }
 
@@ -338,12 +369,24 @@ fn key_files_readable_by_others_stop_the_star_and_orbitctl() {
 /// PEM private key.
 fn secret_forms(grid: &Path) -> Vec<String> {
     let mut forms = Vec::new();
-    for file in ["token-master.key", "stars/star-a/token.key", "stars/star-b/token.key"] {
-        let hex = std::fs::read_to_string(grid.join(file)).unwrap().trim().to_owned();
+    for file in [
+        "token-master.key",
+        "stars/star-a/token.key",
+        "stars/star-b/token.key",
+    ] {
+        let hex = std::fs::read_to_string(grid.join(file))
+            .unwrap()
+            .trim()
+            .to_owned();
         forms.push(hex.to_uppercase());
         forms.push(hex);
     }
-    for file in ["stars/star-a/key.pem", "stars/star-b/key.pem", "ca.key", "controller.key"] {
+    for file in [
+        "stars/star-a/key.pem",
+        "stars/star-b/key.pem",
+        "ca.key",
+        "controller.key",
+    ] {
         let pem = std::fs::read_to_string(grid.join(file)).unwrap();
         forms.extend(
             pem.lines()
@@ -395,6 +438,9 @@ fn debug_logs_never_show_key_material() {
     assert!(logs.contains("DEBUG"), "no debug lines: {logs}");
     assert!(logs.contains("token key id"), "{logs}");
     for secret in secret_forms(&grid) {
-        assert!(!logs.contains(&secret), "key material in the logs: {secret}");
+        assert!(
+            !logs.contains(&secret),
+            "key material in the logs: {secret}"
+        );
     }
 }

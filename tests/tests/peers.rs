@@ -254,7 +254,11 @@ async fn expired_not_yet_valid_and_ca_certificates_are_refused() {
     ];
     for (what, options) in cases {
         for role in [Role::Star, Role::Controller] {
-            let name = if role == Role::Star { "star-b" } else { "orbitctl" };
+            let name = if role == Role::Star {
+                "star-b"
+            } else {
+                "orbitctl"
+            };
             let cert = p.grid.ca.issue_with(role, name, &options).unwrap();
             assert_never_served(&p, &Client::new(&ca_pem, &cert), what).await;
         }

@@ -33,7 +33,14 @@ impl Setup {
         let grid = tmp.path().join("grid");
         let a = format!("star-a=127.0.0.1:{}", free_port());
         let b = format!("star-b=127.0.0.1:{}", free_port());
-        ok(orbitctl(&["init", &wire(&grid), "--star", &a, "--star", &b]));
+        ok(orbitctl(&[
+            "init",
+            &wire(&grid),
+            "--star",
+            &a,
+            "--star",
+            &b,
+        ]));
         let file = tmp.path().join("src/f.bin");
         random_file(&file, 150_000);
         let dst = tmp.path().join("dst");
@@ -102,7 +109,12 @@ fn reload(star: &StarProcess) -> String {
 
 /// A connection attempt with a revoked certificate fails, or is closed before any stream is
 /// answered (TLS 1.3 lets the client finish before the server has judged its certificate).
-async fn assert_never_served(client: &Client, addr: std::net::SocketAddr, path: &str, token: String) {
+async fn assert_never_served(
+    client: &Client,
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: String,
+) {
     match client.connect(addr, "star-a").await {
         Err(_) => {}
         Ok(conn) => {
@@ -130,7 +142,11 @@ async fn a_revoked_star_is_cut_off_on_reload_and_never_handshakes_again() {
     assert_eq!(outcome.bytes.len(), 150_000);
 
     let out = ok(s.orbitctl(&["revoke", "star-b"]));
-    assert!(out.stdout.contains("Revoked star star-b's certificate"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Revoked star star-b's certificate"),
+        "{}",
+        out.stdout
+    );
     let line = reload(&a);
     assert!(line.contains("reloaded: 1 connections"), "{line}");
     // The connection open with the revoked certificate is closed by star-a.

@@ -251,7 +251,9 @@ pub enum TokenError {
     #[error("token version {0} is not supported")]
     UnsupportedVersion(u8),
     /// Signed by a key this star does not hold: neither its current nor its previous key.
-    #[error("token key id {0:08x} is not this star's current or previous key (retired or unknown)")]
+    #[error(
+        "token key id {0:08x} is not this star's current or previous key (retired or unknown)"
+    )]
     UnknownKey(u32),
     /// The tag does not match the claims.
     #[error("token signature is invalid")]
