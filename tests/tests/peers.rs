@@ -206,3 +206,116 @@ async fn a_source_address_where_another_star_answers_is_refused() {
     c.shutdown().await;
     p.shutdown().await;
 }
+
+// ---- certificates that are the grid's but must still be refused --------------------------------
+
+fn options(not_before_days: i64, not_after_days: i64, ca: bool) -> orbit_certs::IssueOptions {
+    use std::time::{Duration, SystemTime};
+    let at = |days: i64| {
+        let delta = Duration::from_secs(days.unsigned_abs() * 86_400);
+        if days < 0 {
+            SystemTime::now() - delta
+        } else {
+            SystemTime::now() + delta
+        }
+    };
+    orbit_certs::IssueOptions {
+        not_before: at(not_before_days),
+        not_after: at(not_after_days),
+        ca,
+    }
+}
+
+/// `client` never gets star-a's file: the handshake fails, or the connection is closed by the
+/// star's verdict before any stream is answered.
+async fn assert_never_served(p: &Pair, client: &Client, what: &str) {
+    let token = p.grid.token("star-a", "star-b", &p.file);
+    if let Ok(conn) = client.connect(p.a.local_addr(), "star-a").await {
+        let read = client.read(&conn, &read_request(&p.file, token)).await;
+        assert!(read.is_err(), "{what}: the star served it: {read:?}");
+    }
+    // Nor may it command a replication.
+    let result = p.replicate_with(client).await;
+    assert!(
+        result.is_err(),
+        "{what}: star-b answered a command: {result:?}"
+    );
+    p.assert_nothing_written();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_not_yet_valid_and_ca_certificates_are_refused() {
+    let p = Pair::new().await;
+    let ca_pem = p.grid.ca.cert_pem();
+    let cases = [
+        ("expired", options(-10, -1, false)),
+        ("not yet valid", options(1, 10, false)),
+        ("a CA certificate as a leaf", options(-1, 10, true)),
+    ];
+    for (what, options) in cases {
+        for role in [Role::Star, Role::Controller] {
+            let name = if role == Role::Star {
+                "star-b"
+            } else {
+                "orbitctl"
+            };
+            let cert = p.grid.ca.issue_with(role, name, &options).unwrap();
+            assert_never_served(&p, &Client::new(&ca_pem, &cert), what).await;
+        }
+    }
+    // The grid CA's own certificate and key, presented as a leaf.
+    let ca_as_leaf = orbit_certs::IssuedCert {
+        cert_pem: p.grid.ca.cert_pem(),
+        key_pem: p.grid.ca.key_pem(),
+    };
+    assert_never_served(&p, &Client::new(&ca_pem, &ca_as_leaf), "the grid CA itself").await;
+
+    // The control: a standard certificate of the same grid is served.
+    let client = p.grid.star_client("star-b");
+    let conn = client.connect(p.a.local_addr(), "star-a").await.unwrap();
+    let token = p.grid.token("star-a", "star-b", &p.file);
+    let outcome = client
+        .read(&conn, &read_request(&p.file, token))
+        .await
+        .unwrap();
+    assert!(outcome.bytes == p.payload());
+    conn.close(0u32.into(), b"done");
+    p.shutdown().await;
+}
+
+/// The destination side: a source star whose own certificate has expired is not trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_star_with_an_expired_certificate_is_refused() {
+    let p = Pair::new().await;
+    let c_root = tempfile::tempdir().unwrap();
+    let c_file = c_root.path().join("payload.bin");
+    random_file(&c_file, 1000);
+    let mut config = p.grid.star_config("star-c", &[c_root.path()]);
+    let expired = p
+        .grid
+        .ca
+        .issue_with(Role::Star, "star-c", &options(-10, -1, false))
+        .unwrap();
+    config.cert_pem = expired.cert_pem;
+    config.key_pem = expired.key_pem;
+    let c = Star::spawn(config).await.unwrap();
+    let request = ControlRequest::Replicate(ReplicateFile {
+        transfer_id: rand::random(),
+        source: "star-c".into(),
+        source_addr: c.local_addr().to_string(),
+        source_path: wire(&c_file),
+        target_path: p.target(),
+        token: p.grid.token("star-c", "star-b", &wire(&c_file)),
+        expect_sha256: None,
+    });
+    let client = p.grid.controller_client();
+    let mut events = within("replication", client.control(&p.b, &request))
+        .await
+        .unwrap();
+    let error = expect_failed(events.pop().unwrap());
+    assert_eq!(error.code, ErrorCode::PermissionDenied, "{error}");
+    assert!(error.message.contains("star-c"), "{error}");
+    p.assert_nothing_written();
+    c.shutdown().await;
+    p.shutdown().await;
+}
