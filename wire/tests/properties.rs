@@ -273,7 +273,7 @@ fn every_decoder(body: &[u8]) {
 // ---- properties ---------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(config(512))]
+    #![proptest_config(config(1024))]
 
     #[test]
     fn arbitrary_bytes_never_panic_any_decoder(body in prop::collection::vec(any::<u8>(), 0..512)) {
@@ -361,7 +361,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(512))]
 
     #[test]
     fn control_requests_round_trip(msg in control_request()) {
