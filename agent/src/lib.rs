@@ -12,6 +12,7 @@
 //! | `serve` | the source side: authorise, read, send |
 //! | `pool` | one outgoing connection per source star |
 //! | `jail` | confined opens under the allowed roots |
+//! | `journal` | replications in flight, kept in the state directory to resume them |
 //! | `config` | `star.toml` and how flags override it |
 
 pub mod config;
@@ -19,9 +20,10 @@ mod control;
 mod error;
 mod framed;
 mod jail;
+mod journal;
 mod pool;
 mod pull;
 mod serve;
 mod star;
 
-pub use star::{SpawnError, Star, StarConfig};
+pub use star::{SpawnError, Star, StarConfig, TRANSFER_DRAIN};
