@@ -473,6 +473,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn retries_and_resumes_are_followed_and_resumed_bytes_summed() {
+        let star = FakeStar::spawn("star-b", |_| {
+            vec![
+                ControlEvent::Retrying {
+                    attempt: 1,
+                    after_ms: 200,
+                    reason: "star-a: lost the connection".into(),
+                },
+                ControlEvent::Resumed {
+                    offset: 100,
+                    total: 1000,
+                },
+                ControlEvent::Resumed {
+                    offset: 600,
+                    total: 1000,
+                },
+                ControlEvent::Done {
+                    bytes: 1000,
+                    sha256: [3; 32],
+                    seconds: 1.0,
+                },
+            ]
+        })
+        .await;
+        let job = job(star.addr);
+        let done = replicate_file(star.controller_tls(), &job).await.unwrap();
+        assert_eq!(done.bytes, 1000);
+        assert_eq!(done.resumed_bytes, 700);
+        let json: serde_json::Value = serde_json::from_str(&success_json(&job, &done)).unwrap();
+        assert_eq!(json["resumed_bytes"], 700);
+    }
+
+    #[tokio::test]
     async fn an_unexpected_digest_is_data_loss() {
         let star = FakeStar::spawn("star-b", |_| {
             vec![ControlEvent::Done {
