@@ -175,7 +175,13 @@ async fn run(
         total: 0,
     };
     if let Some(entry) = resume {
-        let (writer, offset) = Writer::resume(shared, &target, entry.clone()).await?;
+        let (writer, offset) = match Writer::resume(shared, &target, entry.clone()).await {
+            Ok(resumed) => resumed,
+            Err(e) => {
+                discard(shared, entry).await;
+                return Err(e);
+            }
+        };
         transfer.version = entry.version.filter(|_| offset > 0);
         transfer.total = transfer.version.map_or(0, |v| v.size);
         transfer.offset = offset;
@@ -325,9 +331,8 @@ async fn attempt_once(
             )))
         }
     };
-    if let Some(known) = transfer.version.filter(|v| *v != version) {
+    if transfer.version.is_some_and(|known| known != version) {
         let _ = recv.stop(varint(ErrorCode::Cancelled));
-        let _ = known;
         return Err(Attempt::Restart(format!(
             "the source file {}:{} changed since the transfer began; starting again from zero",
             source, cmd.source_path
