@@ -67,6 +67,12 @@ pub(crate) async fn handle(
     } else {
         match request {
             ControlRequest::Status => ControlEvent::Status(status(&shared)),
+            ControlRequest::Replicate(_) if shared.draining.is_cancelled() => {
+                ControlEvent::Failed(WireError::new(
+                    ErrorCode::Unavailable,
+                    format!("star {} is shutting down", shared.name),
+                ))
+            }
             ControlRequest::Replicate(cmd) => {
                 let span = tracing::info_span!("transfer", transfer_id = %format!("{:016x}", cmd.transfer_id));
                 replicate(&shared, &cmd, &mut send).instrument(span).await
@@ -147,8 +153,11 @@ async fn replicate(
     };
     let _in_flight = InFlight::new(shared);
     let started = Instant::now();
-    let (progress_tx, mut progress_rx) = watch::channel((0u64, 0u64));
-    let work = pull::replicate(shared, cmd, &progress_tx);
+    let (progress, mut progress_rx) = watch::channel((0u64, 0u64));
+    let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let report = pull::Report { progress, events };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let work = pull::replicate(shared, cmd, &report, &cancel);
     tokio::pin!(work);
     let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
     let mut controller_gone = false;
@@ -160,6 +169,11 @@ async fn replicate(
                     let (bytes, total) = *progress_rx.borrow_and_update();
                     // A controller that went away does not stop the transfer.
                     controller_gone = write_frame(send, &ControlEvent::Progress { bytes, total }).await.is_err();
+                }
+            }
+            Some(event) = events_rx.recv() => {
+                if !controller_gone {
+                    controller_gone = write_frame(send, &event).await.is_err();
                 }
             }
         }

@@ -325,6 +325,75 @@ impl TargetDir {
     pub fn remove_part(&self, part: &str) {
         let _ = rustix::fs::unlinkat(&self.dir, part, AtFlags::empty());
     }
+
+    /// Opens an existing temporary file `part` for reading and writing, to resume into it. Only a
+    /// regular file is opened, never through a symlink.
+    ///
+    /// # Errors
+    ///
+    /// I/O, `NotFound` when it is gone, `InvalidInput` when it is not a regular file.
+    pub fn open_part(&self, part: &str) -> io::Result<File> {
+        if !(part.starts_with(".orbit-") && part.ends_with(".part") && !part.contains('/')) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a temporary file name",
+            ));
+        }
+        let fd = rustix::fs::openat(
+            &self.dir,
+            part,
+            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )?;
+        let stat = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the temporary file is not a regular file",
+            ));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Makes sure `len` more bytes fit in `file` from `offset`: refuses at once when the file
+    /// system has less space free, then reserves the blocks (`fallocate`, keeping the file's size)
+    /// where the file system supports it, so that a full disk shows now rather than half-way.
+    ///
+    /// # Errors
+    ///
+    /// `StorageFull` naming the bytes needed and free; other I/O.
+    pub fn reserve(&self, file: &File, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let vfs = rustix::fs::fstatvfs(file)?;
+        let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+        if free < len {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "No space left on device: the file needs {len} more bytes, {free} are free"
+                ),
+            ));
+        }
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, offset, len) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => Ok(()),
+            Err(rustix::io::Errno::NOSPC) => Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("No space left on device: cannot reserve {len} bytes for the file"),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Confined {
+    /// A key naming the file this path designates, the same for every spelling of it (the root
+    /// as given or canonical), to tell two transfers to one target apart.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.root, self.relative)
+    }
 }
 
 /// Opens for reading the very inode `handle` (an `O_PATH` handle of a regular file) names,

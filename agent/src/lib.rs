@@ -18,6 +18,7 @@
 //! | `metrics` | counters and the Prometheus `/metrics` server |
 //! | `notify` | systemd readiness and watchdog |
 //! | `check` | `--check-config`: everything spawning would check, without binding |
+//! | `journal` | replications in flight, kept in the state directory to resume them |
 
 mod check;
 pub mod config;
@@ -25,6 +26,7 @@ mod control;
 mod error;
 mod framed;
 mod jail;
+mod journal;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
@@ -37,7 +39,7 @@ mod star;
 pub use check::check_config;
 pub use limits::Limits;
 pub use reload::Reloaded;
-pub use star::{SpawnError, Star, StarConfig};
+pub use star::{SpawnError, Star, StarConfig, TRANSFER_DRAIN};
 
 /// The version `--version` reports: the crate's, and the wire protocol's ALPN.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (wire protocol orbit/1)");

@@ -81,7 +81,15 @@ pub(crate) async fn handle(
         );
         return refuse(&mut send, id, error).await;
     };
-    let verified = match authorize(&shared, &peer, &request) {
+    let authorized = if shared.draining.is_cancelled() {
+        Err(WireError::new(
+            ErrorCode::Unavailable,
+            format!("star {} is shutting down", shared.name),
+        ))
+    } else {
+        authorize(&shared, &peer, &request)
+    };
+    let verified = match authorized {
         Ok(verified) => {
             info!(%peer, transfer, path = %request.path, "read authorised");
             verified
@@ -246,6 +254,18 @@ async fn send_file(
     let sha256 = reader
         .await
         .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))??;
+    // A file replaced (renamed over) while it was read leaves the open one intact; the path now
+    // names another file, so what was sent is not what the path holds.
+    let opener = shared.clone();
+    let now = tokio::task::spawn_blocking(move || opener.jail.open_read(&read.path))
+        .await
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+    if !now.is_ok_and(|opened| version_of(&opened) == version) {
+        return Err(WireError::new(
+            ErrorCode::FailedPrecondition,
+            "the source file changed during the transfer (it was replaced or removed)",
+        ));
+    }
     write_frame(send, &DataFrame::Trailer { sha256 })
         .await
         .map_err(|e| e.to_wire())?;
@@ -282,6 +302,7 @@ fn read_file(
         )
     };
     let mut file = opened.file;
+    let opened_size = opened.stat.st_size;
     if start > 0 {
         file.seek(SeekFrom::Start(start)).map_err(|e| e.to_wire())?;
     }
@@ -298,6 +319,14 @@ fn read_file(
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.to_wire()),
             }
+        }
+        // Checked at every chunk, so a file modified in place fails the transfer at once.
+        let now = rustix::fs::fstat(&file).map_err(|e| std::io::Error::from(e).to_wire())?;
+        if now.st_size != opened_size
+            || now.st_mtime != version.mtime_sec
+            || u32::try_from(now.st_mtime_nsec).unwrap_or(0) != version.mtime_nsec
+        {
+            return Err(changed("it was modified"));
         }
         hasher.update(&buf);
         left -= want as u64;

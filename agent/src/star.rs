@@ -30,6 +30,9 @@ use crate::pool::Pool;
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// How long shutdown waits for tasks to wind down before closing the endpoint regardless.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`Star::shutdown`] lets transfers in flight finish before it stops them (in a
+/// resumable state when the star keeps a journal).
+pub const TRANSFER_DRAIN: Duration = Duration::from_secs(10);
 /// Per-stream receive window: enough for a fast LAN, and the bound on what one stream buffers.
 const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 /// Per-connection receive and send windows.
@@ -163,6 +166,13 @@ pub(crate) struct Shared {
     /// Open incoming connections by peer identity.
     peer_conns: Mutex<HashMap<String, u32>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The journal of replications in flight, when the star has a state directory.
+    pub(crate) journal: Option<crate::journal::Journal>,
+    /// Targets being written now (see `pull::Claim`).
+    pub(crate) targets: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Cancelled when shutdown begins: new commands and reads are refused with `Unavailable`,
+    /// those in flight may finish.
+    pub(crate) draining: CancellationToken,
 }
 
 /// A running star.
@@ -187,12 +197,17 @@ impl Star {
         }
         config.limits.validate()?;
         let jail = Jail::open(&config.roots, &config.read_only_roots).map_err(SpawnError::Root)?;
-        if let Some(path) = &config.state_dir {
-            std::fs::create_dir_all(path).map_err(|error| SpawnError::StateDir {
-                path: path.clone(),
-                error,
-            })?;
-        }
+        let journal = match &config.state_dir {
+            Some(path) => {
+                let state_dir = |error| SpawnError::StateDir {
+                    path: path.clone(),
+                    error,
+                };
+                std::fs::create_dir_all(path).map_err(state_dir)?;
+                Some(crate::journal::Journal::open(path).map_err(state_dir)?)
+            }
+            None => None,
+        };
 
         let crl = revocation_list(&config)?;
         let (server, client) = quic_configs(&config, crl.as_ref())?;
@@ -239,6 +254,9 @@ impl Star {
             read_slots: Arc::new(Semaphore::new(config.limits.max_transfers as usize)),
             peer_conns: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
+            journal,
+            targets: Default::default(),
+            draining: CancellationToken::new(),
         });
         let span = tracing::info_span!("star", star = %shared.name);
         shared
@@ -247,6 +265,7 @@ impl Star {
         span.in_scope(|| {
             crate::reload::log_keys(&shared, crl.as_ref());
             info!("listening on {addr}");
+            crate::pull::resume_journaled(&shared);
         });
         Ok(Star { shared, addr })
     }
@@ -272,11 +291,36 @@ impl Star {
         crate::reload::reload(&self.shared, config).await
     }
 
-    /// Stops accepting, cancels every transfer (temporary files are removed, controllers are told
-    /// `Unavailable`), closes the endpoint and waits until peers have been told.
+    /// Stops gracefully: new commands and reads are refused with `Unavailable`, transfers in
+    /// flight get [`TRANSFER_DRAIN`] to finish; then as [`Star::shutdown_with_drain`].
     pub async fn shutdown(self) {
+        self.shutdown_with_drain(TRANSFER_DRAIN).await;
+    }
+
+    /// Refuses new commands and reads with `Unavailable`, waits at most `drain` for transfers in
+    /// flight to finish, then cancels the rest (a replication with a journal keeps its temporary
+    /// file to resume on the next start; without one the file is removed, and controllers are
+    /// told `Unavailable`), closes the endpoint and waits until peers have been told.
+    pub async fn shutdown_with_drain(self, drain: Duration) {
+        use std::sync::atomic::Ordering;
         let shared = self.shared;
         info!(name = %shared.name, "shutting down");
+        shared.draining.cancel();
+        let busy = || {
+            shared.transfers_in_flight.load(Ordering::Relaxed) > 0
+                || shared.reads_in_flight.load(Ordering::Relaxed) > 0
+        };
+        let deadline = Instant::now() + drain;
+        if busy() && !drain.is_zero() {
+            info!(name = %shared.name, "letting transfers in flight finish, for at most {drain:?}");
+        }
+        // A short poll: the counters are plain atomics shared with the hot paths.
+        while busy() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20).min(deadline - Instant::now())).await;
+        }
+        if busy() {
+            warn!(name = %shared.name, "stopping the transfers still in flight");
+        }
         shared.cancel.cancel();
         shared.tracker.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, shared.tracker.wait())

@@ -181,6 +181,31 @@ impl StarConnection {
             match read_frame::<ControlEvent>(&mut recv).await? {
                 None => return Err(StreamError::NoResult),
                 Some(ControlEvent::Progress { bytes, total }) => on_progress(bytes, total),
+                Some(event) if !event.is_final() => {}
+                Some(event) => return Ok(event),
+            }
+        }
+    }
+
+    /// As [`StarConnection::control`], handing every event that is not final (progress,
+    /// retries, resumes) to `on_event`.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamError`] when the stream or connection fails before a final event.
+    pub async fn control_events(
+        &self,
+        request: &ControlRequest,
+        mut on_event: impl FnMut(&ControlEvent),
+    ) -> Result<ControlEvent, StreamError> {
+        let (mut send, mut recv) = self.connection.open_bi().await.map_err(|e| lost(&e))?;
+        write_frame(&mut send, request).await?;
+        // Only fails if the stream is already finished or reset, which the write above rules out.
+        let _ = send.finish();
+        loop {
+            match read_frame::<ControlEvent>(&mut recv).await? {
+                None => return Err(StreamError::NoResult),
+                Some(event) if !event.is_final() => on_event(&event),
                 Some(event) => return Ok(event),
             }
         }

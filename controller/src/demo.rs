@@ -220,6 +220,7 @@ async fn replicate_between(
                 TOKEN_TTL_SECS,
             ),
             expect_sha256: Some(written),
+            timeout_secs: 0,
         },
     };
     println!("  replicate asking star-b to pull the file from star-a...");

@@ -61,6 +61,12 @@ pub struct Args {
     /// Print one JSON object on stdout instead of the summary line, also on failure.
     #[arg(long)]
     pub json: bool,
+
+    /// How long the destination keeps retrying (a lost connection, a source restarting)
+    /// without making progress before it gives up with DeadlineExceeded, in seconds. Each retry
+    /// is shown on stderr; a retry resumes from the bytes already received.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+    pub timeout: u32,
 }
 
 /// One replication, fully specified: the destination to dial and the command it receives.
@@ -85,6 +91,8 @@ pub struct Replicated {
     pub seconds: f64,
     /// The controller's own traffic for the whole exchange.
     pub wire: WireBytes,
+    /// Bytes the destination already held when it resumed, summed over resumes: not sent again.
+    pub resumed_bytes: u64,
 }
 
 /// Why a replication failed. Every message names the star concerned.
@@ -200,6 +208,7 @@ async fn execute(
             target_path: target.path.clone(),
             token,
             expect_sha256: args.expect_sha256,
+            timeout_secs: args.timeout,
         },
     };
     let done = replicate_file(tls, &job).await?;
@@ -230,9 +239,26 @@ pub async fn replicate_file(
         "replication started"
     );
     let request = ControlRequest::Replicate(job.command.clone());
+    let mut resumed_bytes = 0u64;
     let result = conn
-        .control(&request, |bytes, total| {
-            tracing::debug!(%transfer, bytes, total, "progress");
+        .control_events(&request, |event| match event {
+            ControlEvent::Progress { bytes, total } => {
+                tracing::debug!(%transfer, bytes, total, "progress");
+            }
+            ControlEvent::Retrying {
+                attempt,
+                after_ms,
+                reason,
+            } => eprintln!(
+                "{}: retrying (attempt {attempt}) in {:.1} s: {reason}",
+                job.destination,
+                *after_ms as f64 / 1000.0
+            ),
+            ControlEvent::Resumed { offset, total } => {
+                resumed_bytes += offset;
+                eprintln!("{}: resuming at byte {offset} of {total}", job.destination);
+            }
+            _ => {}
         })
         .await;
     let wire = conn.wire_bytes();
@@ -258,6 +284,7 @@ pub async fn replicate_file(
                 sha256,
                 seconds,
                 wire,
+                resumed_bytes,
             })
         }
         Ok(ControlEvent::Failed(error)) => Err(ReplicateError::Failed { star, error }),
@@ -301,6 +328,7 @@ struct SuccessJson<'a> {
     rate_bytes_per_sec: f64,
     controller_bytes_sent: u64,
     controller_bytes_received: u64,
+    resumed_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -330,6 +358,7 @@ pub fn success_json(job: &ReplicateJob, done: &Replicated) -> String {
         rate_bytes_per_sec: rate,
         controller_bytes_sent: done.wire.sent,
         controller_bytes_received: done.wire.received,
+        resumed_bytes: done.resumed_bytes,
     };
     serde_json::to_string(&json).unwrap_or_default()
 }
@@ -361,6 +390,7 @@ mod tests {
                 target_path: "/srv/backup/f.bin".into(),
                 token: "T".into(),
                 expect_sha256: None,
+                timeout_secs: 0,
             },
         }
     }
@@ -442,6 +472,39 @@ mod tests {
             serde_json::from_str(&failure_json(err.code(), &err.to_string())).unwrap();
         assert_eq!(json["ok"], false);
         assert_eq!(json["code"], "PermissionDenied");
+    }
+
+    #[tokio::test]
+    async fn retries_and_resumes_are_followed_and_resumed_bytes_summed() {
+        let star = FakeStar::spawn("star-b", |_| {
+            vec![
+                ControlEvent::Retrying {
+                    attempt: 1,
+                    after_ms: 200,
+                    reason: "star-a: lost the connection".into(),
+                },
+                ControlEvent::Resumed {
+                    offset: 100,
+                    total: 1000,
+                },
+                ControlEvent::Resumed {
+                    offset: 600,
+                    total: 1000,
+                },
+                ControlEvent::Done {
+                    bytes: 1000,
+                    sha256: [3; 32],
+                    seconds: 1.0,
+                },
+            ]
+        })
+        .await;
+        let job = job(star.addr);
+        let done = replicate_file(star.controller_tls(), &job).await.unwrap();
+        assert_eq!(done.bytes, 1000);
+        assert_eq!(done.resumed_bytes, 700);
+        let json: serde_json::Value = serde_json::from_str(&success_json(&job, &done)).unwrap();
+        assert_eq!(json["resumed_bytes"], 700);
     }
 
     #[tokio::test]

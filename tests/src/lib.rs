@@ -229,6 +229,7 @@ impl Client {
             target_path: dst_path.to_owned(),
             token,
             expect_sha256: expect,
+            timeout_secs: 0,
         });
         let mut events = within("replication", self.control(dst, &request)).await?;
         Ok(events.pop().expect("at least one event"))

@@ -1,6 +1,8 @@
 //! A destination that runs out of space: the replication fails with `ResourceExhausted`, the
-//! file already at the target is intact and no temporary file remains. Needs root to mount a
-//! small tmpfs (CI runs as root); elsewhere it says so and passes without checking.
+//! file already at the target is intact and no temporary file remains. A file that cannot fit is
+//! refused before a byte is written (free space is checked and the blocks reserved first); one
+//! that fits is still written. Needs root to mount a small tmpfs (CI runs as root); elsewhere it
+//! says so and passes without checking.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,7 +67,22 @@ async fn a_full_disk_fails_cleanly_and_keeps_the_old_file() {
     let error = expect_failed(event);
     assert_eq!(error.code, ErrorCode::ResourceExhausted, "{error}");
     assert!(error.message.contains("No space left"), "{error}");
+    // Refused up front, from the free space, rather than by a write half-way.
+    assert!(error.message.contains("more bytes"), "{error}");
     assert_eq!(std::fs::read(&dst).unwrap(), b"the old contents");
+    assert_eq!(list_tree(disk.path()), vec![PathBuf::from("f.bin")]);
+
+    // A file that fits is written, and replaces the old one.
+    let small = src_root.path().join("small.bin");
+    let digest = random_file(&small, 5 * 1024 * 1024);
+    let token = grid.token("star-a", "star-b", &wire(&small));
+    let event = grid
+        .controller_client()
+        .replicate(&a, &wire(&small), &b, &wire(&dst), token, None)
+        .await
+        .unwrap();
+    expect_done(event);
+    assert_eq!(sha256_file(&dst), digest);
     assert_eq!(list_tree(disk.path()), vec![PathBuf::from("f.bin")]);
     a.shutdown().await;
     b.shutdown().await;

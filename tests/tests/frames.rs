@@ -259,6 +259,7 @@ async fn a_hostile_source_writes_nothing_at_the_destination() {
             target_path: wire(&target),
             token: grid.token("star-a", "star-b", source),
             expect_sha256: None,
+            timeout_secs: 0,
         });
         let mut events = within(what, client.control(&b, &request)).await.unwrap();
         let event = events.pop().unwrap();

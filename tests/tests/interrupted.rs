@@ -1,7 +1,8 @@
-//! Replications cut short. When the source or the destination star shuts down in the middle of a
-//! large file, the controller is told which star went away, and the destination holds neither a
-//! partial file at the target nor a temporary `.orbit-*.part` file. And a star's shutdown is
-//! prompt even when it holds a pooled connection to another star.
+//! Replications cut short. When the source star shuts down in the middle of a large file and does
+//! not come back within the command's timeout, or the destination star stops without draining,
+//! the controller is told which star went away, and the destination holds neither a partial file
+//! at the target nor a temporary `.orbit-*.part` file. And a star's shutdown is prompt even when
+//! it holds a pooled connection to another star.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -54,13 +55,15 @@ fn replicate_request(
         target_path: wire(dst),
         token: grid.token(source.name(), "star-b", &wire(src)),
         expect_sha256: None,
+        // The destination retries a source that went away for this long.
+        timeout_secs: 1,
     })
 }
 
-/// How soon after the source has shut down the controller must hear of it. Normally well under a
-/// second; a star that goes away without telling its peers would be noticed only at their 30 s
-/// idle timeout.
-const NOTICE: Duration = Duration::from_secs(3);
+/// How soon after the source has shut down the controller must hear of it: the 1 s retry
+/// timeout and a margin; a star that goes away without telling its peers would be noticed only
+/// at the destination's stall timeout (10 s).
+const NOTICE: Duration = Duration::from_secs(4);
 
 /// Whether the source's goodbye reaches the destination can depend on where in the transfer the
 /// shutdown lands, so the interruption is repeated with fresh stars.
@@ -102,7 +105,7 @@ async fn source_shut_down_mid_transfer_leaves_nothing_at_the_destination() {
                  use a larger file"
             ),
         }
-        a.shutdown().await;
+        a.shutdown_with_drain(Duration::ZERO).await;
         let mut events = tokio::time::timeout(NOTICE, &mut replication)
             .await
             .unwrap_or_else(|_| {
@@ -115,15 +118,20 @@ async fn source_shut_down_mid_transfer_leaves_nothing_at_the_destination() {
             });
 
         let error = expect_failed(events.pop().unwrap());
-        assert_eq!(error.code, ErrorCode::Unavailable, "round {round}: {error}");
+        assert_eq!(
+            error.code,
+            ErrorCode::DeadlineExceeded,
+            "round {round}: {error}"
+        );
         assert!(
             error.message.contains("star-a"),
             "round {round}: the message must name the source: {error}"
         );
         assert!(
-            events
-                .iter()
-                .all(|e| matches!(e, ControlEvent::Progress { .. })),
+            events.iter().all(|e| matches!(
+                e,
+                ControlEvent::Progress { .. } | ControlEvent::Retrying { .. }
+            )),
             "round {round}: {events:?}"
         );
         assert_eq!(
@@ -161,7 +169,7 @@ async fn destination_shut_down_mid_transfer_leaves_nothing_behind() {
             first_bytes(dst_root.path(), &dst),
         )
         .await;
-        (seen, tokio::spawn(b.shutdown()))
+        (seen, tokio::spawn(b.shutdown_with_drain(Duration::ZERO)))
     };
     let (events, (seen, shutdown)) = tokio::join!(replication, interrupt);
     assert!(matches!(seen, Seen::Part(_)), "{seen:?}");

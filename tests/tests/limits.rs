@@ -97,6 +97,7 @@ fn replicate_from(addr: SocketAddr, grid: &Grid, source: &str, target: &Path) ->
         target_path: wire(target),
         token: grid.token("star-a", "star-b", source),
         expect_sha256: None,
+        timeout_secs: 0,
     })
 }
 
@@ -357,6 +358,7 @@ impl Bench {
             target_path: wire(&target),
             token: self.grid.token("star-a", "star-b", &source),
             expect_sha256: None,
+            timeout_secs: 0,
         });
         let client = self.grid.controller_client();
         let mut events = within("the normal replication", client.control(&self.b, &request))

@@ -437,6 +437,7 @@ async fn non_utf8_paths_are_refused_on_both_sides() {
         target_path: w.wire(&format!("dst/{MARKER}")),
         token: w.grid.token("star-a", "star-b", &source),
         expect_sha256: None,
+        timeout_secs: 0,
     });
     let controller = w.grid.controller_client();
     let conn = controller

@@ -191,6 +191,7 @@ async fn a_source_address_where_another_star_answers_is_refused() {
         target_path: p.target(),
         token: p.grid.token("star-a", "star-b", &wire(&c_file)),
         expect_sha256: None,
+        timeout_secs: 0,
     });
     let client = p.grid.controller_client();
     let mut events = within("replication", client.control(&p.b, &request))
@@ -307,6 +308,7 @@ async fn a_source_star_with_an_expired_certificate_is_refused() {
         target_path: p.target(),
         token: p.grid.token("star-c", "star-b", &wire(&c_file)),
         expect_sha256: None,
+        timeout_secs: 0,
     });
     let client = p.grid.controller_client();
     let mut events = within("replication", client.control(&p.b, &request))

@@ -175,6 +175,7 @@ async fn a_target_parent_swapped_for_an_outside_symlink_never_writes_outside() {
             target_path: target.clone(),
             token: grid.token("star-a", "star-b", &source),
             expect_sha256: None,
+            timeout_secs: 0,
         });
         match within("replication", control(&conn, &request)).await {
             ControlEvent::Done { .. } => done += 1,

@@ -30,6 +30,19 @@
 //! 4. destination → controller, control stream: `Progress` events, then exactly one final
 //!    `Done { bytes, sha256, seconds }` or `Failed(WireError)`.
 //!
+//! # Retries and resume
+//!
+//! When an attempt fails with `Unavailable` or `DeadlineExceeded` (a lost connection, a source
+//! restarting, a stalled stream), the destination sends `Retrying { attempt, after_ms, reason }`
+//! on the control stream, waits with exponential backoff and jitter, and sends a new
+//! `ReadRequest` with `range.start` at the bytes it already holds, reusing the token; the range
+//! must lie inside the token's. The new `Header`'s `size` counts the bytes from `range.start`,
+//! chunk offsets are file offsets, and the `Trailer` covers only the bytes of that stream. If the
+//! header's `version` differs from the first attempt's, the destination starts again from zero
+//! (and says so in a `Retrying` event); otherwise it sends `Resumed { offset, total }`. It gives
+//! up with `DeadlineExceeded` once `ReplicateFile::timeout_secs` pass without progress. Other
+//! codes end the transfer: a source file that changes while it is read is `FailedPrecondition`.
+//!
 //! # Framing
 //!
 //! Every message is one frame: a 4-byte big-endian length, then that many bytes of postcard. The

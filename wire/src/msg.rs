@@ -55,6 +55,9 @@ pub struct ReplicateFile {
     pub token: String,
     /// The SHA-256 the controller expects, checked in addition to the source's trailer.
     pub expect_sha256: Option<[u8; 32]>,
+    /// How long the destination keeps retrying without making progress before it gives up with
+    /// `DeadlineExceeded`, in seconds; 0 means the star's default.
+    pub timeout_secs: u32,
 }
 
 /// What a destination star reports on a control stream.
@@ -80,12 +83,34 @@ pub enum ControlEvent {
     Failed(WireError),
     /// The answer to [`ControlRequest::Status`]. Final.
     Status(StarStatus),
+    /// An attempt failed with a transient error; the destination tries again after `after_ms`.
+    Retrying {
+        /// The retry's number, from 1.
+        attempt: u32,
+        /// How long the destination waits before it, in milliseconds.
+        after_ms: u64,
+        /// Why the previous attempt failed.
+        reason: String,
+    },
+    /// The transfer continues from `offset`: the bytes before it were received earlier and are
+    /// not sent again.
+    Resumed {
+        /// The first byte requested from the source.
+        offset: u64,
+        /// The file's size.
+        total: u64,
+    },
 }
 
 impl ControlEvent {
     /// Whether this event ends the control stream.
     pub fn is_final(&self) -> bool {
-        !matches!(self, ControlEvent::Progress { .. })
+        !matches!(
+            self,
+            ControlEvent::Progress { .. }
+                | ControlEvent::Retrying { .. }
+                | ControlEvent::Resumed { .. }
+        )
     }
 }
 
@@ -148,7 +173,8 @@ pub enum DataFrame {
         /// The version of the file being read.
         version: FileVersion,
     },
-    /// The next bytes of the file. `offset` counts from the start of the requested range.
+    /// The next bytes of the file. `offset` is the position of `data` in the file: the requested
+    /// range's start plus the bytes sent before it.
     Chunk {
         /// Offset of `data` within the file.
         offset: u64,
@@ -194,6 +220,7 @@ mod tests {
             target_path: "/t".into(),
             token: "T".into(),
             expect_sha256: None,
+            timeout_secs: 0,
         }
     }
 
@@ -201,13 +228,19 @@ mod tests {
     fn golden_control_requests() {
         assert_eq!(
             golden(&ControlRequest::Replicate(replicate())),
-            "008202016103683a31022f73022f74015400"
+            "008202016103683a31022f73022f7401540000"
         );
         assert_eq!(golden(&ControlRequest::Status), "01");
         let mut with_digest = replicate();
         with_digest.expect_sha256 = Some([0xab; 32]);
         let hex = golden(&ControlRequest::Replicate(with_digest));
-        assert!(hex.ends_with(&format!("5401{}", "ab".repeat(32))), "{hex}");
+        assert!(
+            hex.ends_with(&format!("5401{}00", "ab".repeat(32))),
+            "{hex}"
+        );
+        let mut with_timeout = replicate();
+        with_timeout.timeout_secs = 300;
+        assert!(golden(&ControlRequest::Replicate(with_timeout)).ends_with("00ac02"));
     }
 
     #[test]
@@ -247,6 +280,19 @@ mod tests {
             golden(&ControlEvent::Status(status)),
             "03016105302e312e30010501022f720203"
         );
+        let retrying = ControlEvent::Retrying {
+            attempt: 2,
+            after_ms: 400,
+            reason: "x".into(),
+        };
+        assert_eq!(golden(&retrying), "040290030178");
+        assert!(!retrying.is_final());
+        let resumed = ControlEvent::Resumed {
+            offset: 128,
+            total: 256,
+        };
+        assert_eq!(golden(&resumed), "0580018002");
+        assert!(!resumed.is_final());
     }
 
     #[test]

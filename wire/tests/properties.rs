@@ -89,10 +89,14 @@ fn control_request() -> impl Strategy<Value = ControlRequest> {
     let replicate = (
         any::<u64>(),
         (text(), text(), text(), text(), text()),
-        any::<Option<[u8; 32]>>(),
+        (any::<Option<[u8; 32]>>(), any::<u32>()),
     )
         .prop_map(
-            |(transfer_id, (source, source_addr, source_path, target_path, token), digest)| {
+            |(
+                transfer_id,
+                (source, source_addr, source_path, target_path, token),
+                (digest, timeout_secs),
+            )| {
                 ControlRequest::Replicate(ReplicateFile {
                     transfer_id,
                     source,
@@ -101,6 +105,7 @@ fn control_request() -> impl Strategy<Value = ControlRequest> {
                     target_path,
                     token,
                     expect_sha256: digest,
+                    timeout_secs,
                 })
             },
         );
@@ -142,6 +147,15 @@ fn control_event() -> impl Strategy<Value = ControlEvent> {
             }),
         wire_error().prop_map(ControlEvent::Failed),
         status,
+        (any::<u32>(), any::<u64>(), text()).prop_map(|(attempt, after_ms, reason)| {
+            ControlEvent::Retrying {
+                attempt,
+                after_ms,
+                reason,
+            }
+        }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(offset, total)| ControlEvent::Resumed { offset, total }),
     ]
 }
 

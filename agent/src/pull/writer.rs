@@ -1,0 +1,447 @@
+//! The destination's disk side of one replication, on a blocking thread: the temporary file
+//! beside the target, the SHA-256 of the whole file and of the current attempt's bytes, the
+//! journal's checkpoints, and at the end verification and the atomic publish.
+//!
+//! It never writes at the target path itself, and it removes the temporary file and its journal
+//! entry on every failure, unless told to keep them for a resume.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use orbit_wire::{ErrorCode, FileVersion, ReplicateFile, WireError};
+
+use crate::error::ToWire;
+use crate::jail::{Confined, TargetDir};
+use crate::journal::Entry;
+use crate::star::Shared;
+
+/// Chunks buffered between the network and the disk: 16 × 64 KiB = 1 MiB per transfer.
+const WRITE_BEHIND: usize = 16;
+/// How many bytes are written between two journal checkpoints (an fdatasync and a journal
+/// update): what a crash of this star costs at most, in bytes to fetch again.
+const CHECKPOINT: u64 = 32 * 1024 * 1024;
+
+/// What the writer thread is told.
+pub(super) enum WriteMsg {
+    /// An attempt begins at `start` (the bytes written so far, or 0 to start again) with the
+    /// source's file at `version`.
+    Segment { start: u64, version: FileVersion },
+    /// The next bytes.
+    Data(Bytes),
+}
+
+/// The end of the transfer, sent apart from the data so it cannot be confused with it.
+struct Commit {
+    size: u64,
+    trailer: [u8; 32],
+    expect: Option<[u8; 32]>,
+}
+
+enum Msg {
+    Write(WriteMsg),
+    Commit(Commit),
+}
+
+/// The handle on the writer thread.
+pub(super) struct Writer {
+    tx: Option<mpsc::Sender<Msg>>,
+    handle: Option<JoinHandle<Result<[u8; 32], WireError>>>,
+    keep: Arc<AtomicBool>,
+    failed: Option<WireError>,
+}
+
+impl Writer {
+    /// Creates the temporary file beside the target (its parents too), after its journal entry.
+    ///
+    /// # Errors
+    ///
+    /// Why the target cannot be written.
+    pub(super) async fn create(
+        shared: &Arc<Shared>,
+        target: &Confined,
+        cmd: &ReplicateFile,
+    ) -> Result<Writer, WireError> {
+        let owner = shared.clone();
+        let target = target.clone();
+        let cmd = cmd.clone();
+        let disk = tokio::task::spawn_blocking(move || Disk::create(owner, &target, cmd))
+            .await
+            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))??;
+        Ok(Writer::start(disk))
+    }
+
+    /// Reopens a journaled temporary file and checks its synced prefix against the journal.
+    /// Returns the writer and the offset to resume from (0 when the prefix does not check out).
+    ///
+    /// # Errors
+    ///
+    /// Why the target cannot be written.
+    pub(super) async fn resume(
+        shared: &Arc<Shared>,
+        target: &Confined,
+        entry: Entry,
+    ) -> Result<(Writer, u64), WireError> {
+        let owner = shared.clone();
+        let target = target.clone();
+        let disk = tokio::task::spawn_blocking(move || Disk::reopen(owner, &target, entry))
+            .await
+            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))??;
+        let offset = disk.written;
+        Ok((Writer::start(disk), offset))
+    }
+
+    fn start(disk: Disk) -> Writer {
+        let (tx, rx) = mpsc::channel(WRITE_BEHIND);
+        let keep = Arc::new(AtomicBool::new(false));
+        let keep2 = keep.clone();
+        let handle = tokio::task::spawn_blocking(move || disk.run(rx, &keep2));
+        Writer {
+            tx: Some(tx),
+            handle: Some(handle),
+            keep,
+            failed: None,
+        }
+    }
+
+    /// Hands `msg` to the writer; `false` when the writer has failed (see [`Writer::failure`]).
+    pub(super) async fn send(&mut self, msg: WriteMsg) -> bool {
+        match &self.tx {
+            Some(tx) => tx.send(Msg::Write(msg)).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// The writer's own error, once [`Writer::send`] has returned `false`.
+    pub(super) async fn failure(&mut self) -> WireError {
+        self.tx = None;
+        if let Some(handle) = self.handle.take() {
+            self.failed = Some(match handle.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => WireError::new(ErrorCode::Internal, "the writer stopped"),
+                Err(e) => WireError::new(ErrorCode::Internal, e.to_string()),
+            });
+        }
+        self.failed
+            .clone()
+            .unwrap_or_else(|| WireError::new(ErrorCode::Internal, "the writer stopped"))
+    }
+
+    /// Every byte has arrived: verify, sync, publish. Returns the file's SHA-256.
+    ///
+    /// # Errors
+    ///
+    /// `DataLoss` when the size or a digest differs; I/O errors.
+    pub(super) async fn commit(
+        mut self,
+        size: u64,
+        trailer: [u8; 32],
+        expect: Option<[u8; 32]>,
+    ) -> Result<[u8; 32], WireError> {
+        let commit = Commit {
+            size,
+            trailer,
+            expect,
+        };
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Msg::Commit(commit)).await;
+        }
+        match self.handle.take() {
+            Some(handle) => handle
+                .await
+                .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?,
+            None => Err(self
+                .failed
+                .unwrap_or_else(|| WireError::new(ErrorCode::Internal, "the writer stopped"))),
+        }
+    }
+
+    /// Stops the writer without publishing. With `keep`, the temporary file and its journal
+    /// entry stay for a resume; otherwise both are removed. Returns the writer's own error if it
+    /// had failed on its own (a full disk, say), which is then the cause to report.
+    pub(super) async fn abandon(mut self, keep: bool) -> Option<WireError> {
+        self.keep.store(keep, Ordering::Relaxed);
+        self.tx = None;
+        let own = match self.handle.take() {
+            Some(handle) => match handle.await {
+                Ok(Err(e)) => Some(e),
+                _ => None,
+            },
+            None => self.failed.take(),
+        };
+        own.filter(|e| e.code != ErrorCode::Cancelled)
+    }
+}
+
+/// The writer thread's state.
+struct Disk {
+    shared: Arc<Shared>,
+    dir: TargetDir,
+    part: String,
+    file: File,
+    /// The journal entry, when the star keeps a journal.
+    entry: Option<Entry>,
+    written: u64,
+    whole: Sha256,
+    segment: Sha256,
+    since_checkpoint: u64,
+}
+
+fn io_error(what: &str) -> impl Fn(std::io::Error) -> WireError + '_ {
+    move |e| {
+        let e = e.to_wire();
+        WireError::new(e.code, format!("{what}: {}", e.message))
+    }
+}
+
+impl Disk {
+    fn create(
+        shared: Arc<Shared>,
+        target: &Confined,
+        cmd: ReplicateFile,
+    ) -> Result<Disk, WireError> {
+        let dir = shared
+            .jail
+            .prepare_target(target)
+            .map_err(|e| e.to_wire())?;
+        let tag = format!("{:016x}-{:08x}", cmd.transfer_id, rand::random::<u32>());
+        let part = format!(".orbit-{tag}.part");
+        let entry = shared.journal.as_ref().and_then(|journal| {
+            let entry = Entry {
+                command: cmd,
+                part: part.clone(),
+                version: None,
+                verified: 0,
+                prefix_sha256: hex::encode(Sha256::digest(b"")),
+            };
+            // Written before the file exists, so that every temporary file has an entry.
+            match journal.write(&entry) {
+                Ok(()) => Some(entry),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot journal the transfer, it will not survive a restart: {e}"
+                    );
+                    None
+                }
+            }
+        });
+        let created = dir.create_part(&tag);
+        let (file, part) = match created {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let (Some(journal), Some(entry)) = (&shared.journal, &entry) {
+                    journal.remove(entry.command.transfer_id);
+                }
+                return Err(io_error("cannot create a temporary file beside the target")(e));
+            }
+        };
+        Ok(Disk {
+            shared,
+            dir,
+            part,
+            file,
+            entry,
+            written: 0,
+            whole: Sha256::new(),
+            segment: Sha256::new(),
+            since_checkpoint: 0,
+        })
+    }
+
+    fn reopen(shared: Arc<Shared>, target: &Confined, entry: Entry) -> Result<Disk, WireError> {
+        let dir = shared
+            .jail
+            .prepare_target(target)
+            .map_err(|e| e.to_wire())?;
+        let Ok(file) = dir.open_part(&entry.part) else {
+            dir.remove_part(&entry.part);
+            return Disk::create(shared, target, entry.command);
+        };
+        let mut disk = Disk {
+            shared,
+            dir,
+            part: entry.part.clone(),
+            file,
+            entry: Some(entry.clone()),
+            written: 0,
+            whole: Sha256::new(),
+            segment: Sha256::new(),
+            since_checkpoint: 0,
+        };
+        let good = disk.check_prefix(entry.verified, &entry.prefix_sha256);
+        let io = io_error("resuming into the temporary file");
+        match good {
+            Ok(true) => disk.written = entry.verified,
+            Ok(false) | Err(_) => {
+                tracing::warn!(part = %entry.part, "the temporary file does not match its journal; starting from zero");
+                disk.whole = Sha256::new();
+            }
+        }
+        disk.file.set_len(disk.written).map_err(&io)?;
+        disk.file.seek(SeekFrom::Start(disk.written)).map_err(&io)?;
+        Ok(disk)
+    }
+
+    /// Hashes the first `len` bytes into `self.whole` and compares them with the journal's digest.
+    fn check_prefix(&mut self, len: u64, expect: &str) -> std::io::Result<bool> {
+        if self.file.metadata()?.len() < len {
+            return Ok(false);
+        }
+        self.file.seek(SeekFrom::Start(0))?;
+        let mut left = len;
+        let mut buf = vec![0u8; 1024 * 1024];
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            self.file.read_exact(&mut buf[..want])?;
+            self.whole.update(&buf[..want]);
+            left -= want as u64;
+        }
+        Ok(hex::encode(self.whole.clone().finalize()) == expect)
+    }
+
+    fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        keep: &AtomicBool,
+    ) -> Result<[u8; 32], WireError> {
+        let result = self.receive(&mut rx);
+        match &result {
+            Ok(_) => {}
+            Err(e)
+                if e.code == ErrorCode::Cancelled
+                    && keep.load(Ordering::Relaxed)
+                    && self.entry.is_some() =>
+            {
+                if let Err(e) = self.checkpoint() {
+                    tracing::warn!("cannot checkpoint the transfer for a resume: {e}");
+                    self.remove();
+                }
+            }
+            Err(_) => self.remove(),
+        }
+        result
+    }
+
+    fn remove(&self) {
+        self.dir.remove_part(&self.part);
+        if let (Some(journal), Some(entry)) = (&self.shared.journal, &self.entry) {
+            journal.remove(entry.command.transfer_id);
+        }
+    }
+
+    /// Syncs the bytes written so far and records them in the journal.
+    fn checkpoint(&mut self) -> std::io::Result<()> {
+        self.since_checkpoint = 0;
+        let (Some(journal), Some(entry)) = (&self.shared.journal, &mut self.entry) else {
+            return Ok(());
+        };
+        self.file.sync_data()?;
+        entry.verified = self.written;
+        entry.prefix_sha256 = hex::encode(self.whole.clone().finalize());
+        journal.write(entry)
+    }
+
+    fn receive(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Result<[u8; 32], WireError> {
+        let io = io_error("writing the temporary file");
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                Msg::Write(WriteMsg::Segment { start, version }) => {
+                    if start == 0 && self.written > 0 {
+                        self.file.set_len(0).map_err(&io)?;
+                        self.file.seek(SeekFrom::Start(0)).map_err(&io)?;
+                        self.whole = Sha256::new();
+                        self.written = 0;
+                    }
+                    if start != self.written {
+                        return Err(WireError::new(
+                            ErrorCode::Internal,
+                            format!(
+                                "an attempt starts at {start}, but {} bytes are written",
+                                self.written
+                            ),
+                        ));
+                    }
+                    self.segment = Sha256::new();
+                    self.dir
+                        .reserve(
+                            &self.file,
+                            self.written,
+                            version.size.saturating_sub(self.written),
+                        )
+                        .map_err(&io)?;
+                    if let Some(entry) = &mut self.entry {
+                        entry.version = Some(version);
+                    }
+                    self.checkpoint().map_err(&io)?;
+                }
+                Msg::Write(WriteMsg::Data(data)) => {
+                    self.whole.update(&data);
+                    self.segment.update(&data);
+                    self.file.write_all(&data).map_err(&io)?;
+                    self.written += data.len() as u64;
+                    self.since_checkpoint += data.len() as u64;
+                    if self.since_checkpoint >= CHECKPOINT {
+                        self.checkpoint().map_err(&io)?;
+                    }
+                }
+                Msg::Commit(commit) => return self.commit(commit),
+            }
+        }
+        Err(WireError::new(
+            ErrorCode::Cancelled,
+            "the transfer stopped before the end",
+        ))
+    }
+
+    fn commit(&mut self, commit: Commit) -> Result<[u8; 32], WireError> {
+        let Commit {
+            size,
+            trailer,
+            expect,
+        } = commit;
+        if self.written != size {
+            return Err(WireError::new(
+                ErrorCode::DataLoss,
+                format!("wrote {} of {size} bytes", self.written),
+            ));
+        }
+        let segment: [u8; 32] = std::mem::take(&mut self.segment).finalize().into();
+        if segment != trailer {
+            return Err(WireError::new(
+                ErrorCode::DataLoss,
+                format!(
+                    "checksum mismatch: received data hashes to {}, the source sent {}",
+                    hex::encode(segment),
+                    hex::encode(trailer)
+                ),
+            ));
+        }
+        let sha256: [u8; 32] = self.whole.clone().finalize().into();
+        if let Some(expect) = expect.filter(|e| *e != sha256) {
+            return Err(WireError::new(
+                ErrorCode::DataLoss,
+                format!(
+                    "checksum mismatch: the file's SHA-256 is {}, expected {}",
+                    hex::encode(sha256),
+                    hex::encode(expect)
+                ),
+            ));
+        }
+        self.file
+            .sync_all()
+            .map_err(io_error("writing the temporary file"))?;
+        self.dir
+            .publish(&self.part)
+            .map_err(io_error("cannot publish the file"))?;
+        if let (Some(journal), Some(entry)) = (&self.shared.journal, &self.entry) {
+            journal.remove(entry.command.transfer_id);
+        }
+        Ok(sha256)
+    }
+}

@@ -1,0 +1,215 @@
+//! Graceful stop. While a star drains, new commands are refused with `Unavailable` and the
+//! transfers in flight finish; a transfer that cannot finish in time stops in a resumable state
+//! (its temporary file and journal entry kept) and completes when the star starts again; SIGTERM
+//! with a transfer in flight ends `orbit-star` with exit code 0 after the transfer.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use orbit_agent::Star;
+use orbit_tests::process::{bin, orbitctl, StarProcess};
+use orbit_tests::*;
+use orbit_wire::{ControlRequest, ErrorCode, ReplicateFile};
+
+const LARGE: usize = 64 * 1024 * 1024;
+
+fn request(grid: &Grid, a: &Star, src: &Path, dst: &Path) -> ControlRequest {
+    ControlRequest::Replicate(ReplicateFile {
+        transfer_id: rand::random(),
+        source: "star-a".into(),
+        source_addr: a.local_addr().to_string(),
+        source_path: wire(src),
+        target_path: wire(dst),
+        token: grid.token("star-a", "star-b", &wire(src)),
+        expect_sha256: None,
+        timeout_secs: 0,
+    })
+}
+
+/// Waits until a temporary file in `dir` holds some bytes, while `replication` runs.
+async fn first_bytes<F: std::future::Future>(dir: &Path, replication: std::pin::Pin<&mut F>)
+where
+    F::Output: std::fmt::Debug,
+{
+    let mut replication = replication;
+    within("the first bytes", async {
+        loop {
+            tokio::select! {
+                ended = &mut replication => panic!("ended before any byte arrived: {ended:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+            if part_files(dir)
+                .iter()
+                .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+            {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_star_refuses_new_commands_and_finishes_those_in_flight() {
+    let grid = Grid::new();
+    let src_root = tempfile::tempdir().unwrap();
+    let dst_root = tempfile::tempdir().unwrap();
+    let src = src_root.path().join("f.bin");
+    let dst = dst_root.path().join("f.bin");
+    let digest = random_file(&src, LARGE);
+    let a = grid.spawn_star("star-a", &[src_root.path()]).await;
+    let b = grid.spawn_star("star-b", &[dst_root.path()]).await;
+    let client = grid.controller_client();
+    let (b_addr, b_name) = (b.local_addr(), b.name().to_owned());
+    let first = request(&grid, &a, &src, &dst);
+    let replication = client.control_at(b_addr, &b_name, &first);
+    tokio::pin!(replication);
+    first_bytes(dst_root.path(), replication.as_mut()).await;
+
+    // Poll the shutdown once: it marks the star as draining before it first waits.
+    let shutdown = b.shutdown();
+    tokio::pin!(shutdown);
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => panic!("the shutdown did not wait for the transfer in flight"),
+        _ = async {} => {}
+    }
+    let other = request(&grid, &a, &src, &dst_root.path().join("other.bin"));
+    let (refused, events, ()) = tokio::join!(
+        client.control_at(b_addr, &b_name, &other),
+        within("the transfer in flight", replication),
+        within("the shutdown", shutdown),
+    );
+    let error = expect_failed(refused.unwrap().pop().unwrap());
+    assert_eq!(error.code, ErrorCode::Unavailable, "{error}");
+    assert!(error.message.contains("shutting down"), "{error}");
+    let (bytes, sha256) = expect_done(events.unwrap().pop().unwrap());
+    assert_eq!((bytes, sha256), (LARGE as u64, digest));
+    assert_eq!(sha256_file(&dst), digest);
+    assert_eq!(list_tree(dst_root.path()), vec![PathBuf::from("f.bin")]);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_stopped_by_shutdown_resumes_when_the_star_starts_again() {
+    let grid = Grid::new();
+    let src_root = tempfile::tempdir().unwrap();
+    let dst_root = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let src = src_root.path().join("f.bin");
+    let dst = dst_root.path().join("f.bin");
+    let digest = random_file(&src, LARGE);
+    let a = grid.spawn_star("star-a", &[src_root.path()]).await;
+    let mut config = grid.star_config("star-b", &[dst_root.path()]);
+    config.state_dir = Some(state.path().to_owned());
+    let b = Star::spawn(config.clone()).await.unwrap();
+    let client = grid.controller_client();
+    let (b_addr, b_name) = (b.local_addr(), b.name().to_owned());
+    let first = request(&grid, &a, &src, &dst);
+    let replication = client.control_at(b_addr, &b_name, &first);
+    tokio::pin!(replication);
+    first_bytes(dst_root.path(), replication.as_mut()).await;
+
+    let (events, ()) = tokio::join!(
+        within("the replication", replication),
+        within("the shutdown", b.shutdown_with_drain(Duration::ZERO)),
+    );
+    let error = expect_failed(events.unwrap().pop().unwrap());
+    assert_eq!(error.code, ErrorCode::Unavailable, "{error}");
+    assert!(error.message.contains("resumes"), "{error}");
+    assert!(!dst.exists(), "a partial file was published");
+    let parts = part_files(dst_root.path());
+    assert_eq!(parts.len(), 1, "the temporary file must be kept to resume");
+    let journal = state.path().join("transfers");
+    assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 1);
+
+    // Started again, the star finishes the transfer by itself.
+    let b = Star::spawn(config).await.unwrap();
+    within("the resumed transfer", async {
+        while !(dst.exists() && part_files(dst_root.path()).is_empty()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(sha256_file(&dst), digest);
+    assert_eq!(list_tree(dst_root.path()), vec![PathBuf::from("f.bin")]);
+    within("the journal's cleanup", async {
+        while std::fs::read_dir(&journal).unwrap().count() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// `orbitctl init` for two stars on loopback ports that are free right now.
+fn init_grid(root: &Path) -> PathBuf {
+    let grid = root.join("grid");
+    let stars: Vec<String> = ["star-a", "star-b"]
+        .iter()
+        .map(|name| {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            format!("{name}=127.0.0.1:{port}")
+        })
+        .collect();
+    let out = orbitctl(&[
+        "init",
+        &wire(&grid),
+        "--star",
+        &stars[0],
+        "--star",
+        &stars[1],
+    ]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    grid
+}
+
+#[test]
+fn sigterm_with_a_transfer_in_flight_finishes_it_and_exits_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = init_grid(tmp.path());
+    let (src_root, dst_root) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&dst_root).unwrap();
+    let src = src_root.join("f.bin");
+    let dst = dst_root.join("f.bin");
+    let digest = random_file(&src, LARGE);
+    let config = |name: &str| wire(&grid.join(format!("stars/{name}/star.toml")));
+    let _a = StarProcess::start(&["--config", &config("star-a"), "--allow", &wire(&src_root)]);
+    let b = StarProcess::start(&["--config", &config("star-b"), "--allow", &wire(&dst_root)]);
+    let child = Command::new(bin("orbitctl"))
+        .args(["--grid", &wire(&grid), "replicate", "--json"])
+        .arg(format!("star-a:{}", wire(&src)))
+        .arg(format!("star-b:{}", wire(&dst)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    while !part_files(&dst_root)
+        .iter()
+        .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+    {
+        assert!(!dst.exists(), "finished before it could be interrupted");
+        assert!(std::time::Instant::now() < deadline, "no bytes arrived");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let status = b.terminate();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256_file(&dst), digest);
+    assert_eq!(list_tree(&dst_root), vec![PathBuf::from("f.bin")]);
+}
