@@ -1,12 +1,15 @@
 //! Control streams: a controller's command arrives on a bidirectional stream; the star answers
 //! with progress events and one final event. Only a controller certificate may command a star.
+//!
+//! A replication runs in a task of its own, registered in [`crate::transfers`]: the control
+//! stream only follows it. A controller that goes away never stops a transfer; only `Cancel` or
+//! the star's shutdown do.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
-use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _};
 
 use orbit_certs::{PeerIdentity, Role};
 use orbit_wire::{
@@ -18,6 +21,7 @@ use crate::error::ToWire;
 use crate::framed::{self, write_frame};
 use crate::pull::{self, InFlight};
 use crate::star::Shared;
+use crate::transfers::{Transfer, KEEP_FOR};
 
 /// How often progress is reported while bytes move.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
@@ -43,19 +47,44 @@ pub(crate) async fn handle(
     };
     let last = if peer.role != Role::Controller {
         warn!(%peer, "control command refused: the peer is not a controller");
-        ControlEvent::Failed(WireError::new(
+        Some(ControlEvent::Failed(WireError::new(
             ErrorCode::PermissionDenied,
             format!(
                 "star {} takes commands only from a controller certificate, not from {peer}",
                 shared.name
             ),
-        ))
+        )))
     } else {
         match request {
-            ControlRequest::Status => ControlEvent::Status(status(&shared)),
-            ControlRequest::Replicate(cmd) => replicate(&shared, &cmd, &mut send).await,
+            ControlRequest::Status => Some(ControlEvent::Status(status(&shared))),
+            ControlRequest::Replicate(cmd) => match start(&shared, cmd) {
+                Ok(transfer) => follow(&transfer, &mut send, false).await,
+                Err(e) => Some(ControlEvent::Failed(e)),
+            },
+            ControlRequest::Start(cmd) => Some(match start(&shared, cmd) {
+                Ok(transfer) => ControlEvent::Started {
+                    transfer_id: transfer.id,
+                },
+                Err(e) => ControlEvent::Failed(e),
+            }),
+            ControlRequest::Wait { transfer_id } => match find(&shared, transfer_id) {
+                Ok(transfer) => follow(&transfer, &mut send, true).await,
+                Err(e) => Some(ControlEvent::Failed(e)),
+            },
+            ControlRequest::Cancel { transfer_id } => Some(match find(&shared, transfer_id) {
+                Ok(transfer) => {
+                    if !transfer.is_finished() {
+                        info!(transfer = %hex_id(transfer_id), %peer, "cancelling the replication");
+                    }
+                    transfer.cancel.cancel();
+                    transfer.outcome().await
+                }
+                Err(e) => ControlEvent::Failed(e),
+            }),
         }
     };
+    // The controller went away while following a transfer; the transfer carries on.
+    let Some(last) = last else { return };
     // The controller may have gone; the outcome is logged either way. Wait (boundedly) for it to
     // read the final event, so that closing the connection does not cut it off.
     let _ = write_frame(&mut send, &last).await;
@@ -82,44 +111,58 @@ fn status(shared: &Shared) -> StarStatus {
             .collect(),
         transfers_in_flight: shared.transfers_in_flight.load(Ordering::Relaxed),
         reads_in_flight: shared.reads_in_flight.load(Ordering::Relaxed),
+        transfers: shared.transfers.running(),
     }
 }
 
-/// Runs a replication, reporting progress on `send`, and returns the final event.
-async fn replicate(
-    shared: &Arc<Shared>,
-    cmd: &ReplicateFile,
-    send: &mut SendStream,
-) -> ControlEvent {
-    let transfer = format!("{:016x}", cmd.transfer_id);
+fn hex_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// The transfer `id`, running or remembered.
+fn find(shared: &Shared, id: u64) -> Result<Arc<Transfer>, WireError> {
+    shared.transfers.get(id).ok_or_else(|| {
+        WireError::new(
+            ErrorCode::NotFound,
+            format!(
+                "star {} has no transfer {} (results are kept for {} minutes)",
+                shared.name,
+                hex_id(id),
+                KEEP_FOR.as_secs() / 60
+            ),
+        )
+    })
+}
+
+/// Registers the replication `cmd` and runs it in a task of its own, which outlives the control
+/// stream: only `Cancel` or the star's shutdown stop it.
+fn start(shared: &Arc<Shared>, cmd: ReplicateFile) -> Result<Arc<Transfer>, WireError> {
+    if shared.cancel.is_cancelled() {
+        return Err(WireError::new(
+            ErrorCode::Unavailable,
+            format!("star {} is shutting down", shared.name),
+        ));
+    }
+    let transfer = shared.transfers.register(&cmd, &shared.cancel)?;
+    let task = run(shared.clone(), cmd, transfer.clone());
+    shared.tracker.spawn(task.in_current_span());
+    Ok(transfer)
+}
+
+/// Runs a replication to its end and records its final event.
+async fn run(shared: Arc<Shared>, cmd: ReplicateFile, transfer: Arc<Transfer>) {
+    let transfer_id = hex_id(cmd.transfer_id);
     info!(
-        transfer, source = %cmd.source, source_path = %cmd.source_path, target = %cmd.target_path,
+        transfer = transfer_id, source = %cmd.source, source_path = %cmd.source_path, target = %cmd.target_path,
         "replication started"
     );
-    let _in_flight = InFlight::new(shared);
-    let started = Instant::now();
-    let (progress_tx, mut progress_rx) = watch::channel((0u64, 0u64));
-    let work = pull::replicate(shared, cmd, &progress_tx);
-    tokio::pin!(work);
-    let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
-    let mut controller_gone = false;
-    let result = loop {
-        tokio::select! {
-            result = &mut work => break result,
-            _ = ticker.tick(), if !controller_gone => {
-                if progress_rx.has_changed().unwrap_or(false) {
-                    let (bytes, total) = *progress_rx.borrow_and_update();
-                    // A controller that went away does not stop the transfer.
-                    controller_gone = write_frame(send, &ControlEvent::Progress { bytes, total }).await.is_err();
-                }
-            }
-        }
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    match result {
+    let _in_flight = InFlight::new(&shared);
+    let result = pull::replicate(&shared, &cmd, &transfer.progress, &transfer.cancel).await;
+    let seconds = transfer.started.elapsed().as_secs_f64();
+    let event = match result {
         Ok(done) => {
             info!(
-                transfer, bytes = done.bytes, sha256 = %hex::encode(done.sha256), seconds,
+                transfer = transfer_id, bytes = done.bytes, sha256 = %hex::encode(done.sha256), seconds,
                 target = %cmd.target_path, "replication completed"
             );
             ControlEvent::Done {
@@ -130,12 +173,47 @@ async fn replicate(
         }
         Err(error) => {
             warn!(
-                transfer,
+                transfer = transfer_id,
                 code = error.code.name(),
                 "replication failed: {}",
                 error.message
             );
             ControlEvent::Failed(error)
+        }
+    };
+    shared.transfers.finish(&transfer, event);
+}
+
+/// Reports `transfer`'s progress on `send` until it ends, and returns its final event; `None`
+/// if the controller went away first (the transfer carries on). With `announce`, first says
+/// which transfer this is and where it stands.
+async fn follow(
+    transfer: &Transfer,
+    send: &mut SendStream,
+    announce: bool,
+) -> Option<ControlEvent> {
+    let mut progress = transfer.progress.subscribe();
+    if announce
+        && write_frame(send, &ControlEvent::Following(transfer.status()))
+            .await
+            .is_err()
+    {
+        return None;
+    }
+    let outcome = transfer.outcome();
+    tokio::pin!(outcome);
+    let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+    loop {
+        tokio::select! {
+            event = &mut outcome => return Some(event),
+            _ = ticker.tick() => {
+                if progress.has_changed().unwrap_or(false) {
+                    let (bytes, total) = *progress.borrow_and_update();
+                    if write_frame(send, &ControlEvent::Progress { bytes, total }).await.is_err() {
+                        return None;
+                    }
+                }
+            }
         }
     }
 }

@@ -12,6 +12,7 @@
 //! | `serve` | the source side: authorise, read, send |
 //! | `pool` | one outgoing connection per source star |
 //! | `jail` | confined opens under the allowed roots |
+//! | `transfers` | the replications in flight and recent results, by id |
 //! | `config` | `star.toml` and how flags override it |
 
 pub mod config;
@@ -23,5 +24,6 @@ mod pool;
 mod pull;
 mod serve;
 mod star;
+mod transfers;
 
 pub use star::{SpawnError, Star, StarConfig};

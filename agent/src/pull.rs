@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use orbit_wire::{
     ByteRange, DataFrame, ErrorCode, ReadRequest, ReplicateFile, WireError, CHUNK_SIZE,
@@ -47,7 +48,8 @@ enum WriteMsg {
     },
 }
 
-/// Runs one replication as the destination star. `progress` receives `(bytes, total)`.
+/// Runs one replication as the destination star. `progress` receives `(bytes, total)`;
+/// `cancel` stops it (a child of the star's own token, which stops it on shutdown).
 ///
 /// # Errors
 ///
@@ -57,6 +59,7 @@ pub(crate) async fn replicate(
     shared: &Arc<Shared>,
     cmd: &ReplicateFile,
     progress: &watch::Sender<(u64, u64)>,
+    cancel: &CancellationToken,
 ) -> Result<Replicated, WireError> {
     orbit_wire::path::validate(&cmd.source_path)
         .map_err(|e| WireError::new(ErrorCode::InvalidArgument, format!("source path: {e}")))?;
@@ -93,7 +96,7 @@ pub(crate) async fn replicate(
     let (first, mut recv) = tokio::select! {
         answer = answer => answer.map_err(|_| WireError::new(ErrorCode::Unavailable, format!("{source} dropped the read request")))?,
         e = peer.conn.closed() => return Err(from_source(source, "lost the connection", connection_lost(&e))),
-        _ = shared.cancel.cancelled() => {
+        _ = cancel.cancelled() => {
             peer.forget(request_id);
             return Err(shutting_down(shared));
         }
@@ -143,7 +146,7 @@ pub(crate) async fn replicate(
 
     let received = tokio::select! {
         r = receive(source, size, &mut recv, &tx, progress) => r,
-        _ = shared.cancel.cancelled() => Err(shutting_down(shared)),
+        _ = cancel.cancelled() => Err(shutting_down(shared)),
     };
     let outcome = match received {
         Ok(trailer) => {
@@ -178,7 +181,11 @@ pub(crate) async fn replicate(
     })
 }
 
+/// Why `cancel` fired: the star's shutdown, or a controller's `Cancel`.
 fn shutting_down(shared: &Shared) -> WireError {
+    if !shared.cancel.is_cancelled() {
+        return WireError::new(ErrorCode::Cancelled, "cancelled by the controller");
+    }
     WireError::new(
         ErrorCode::Unavailable,
         format!("star {} is shutting down", shared.name),

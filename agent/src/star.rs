@@ -119,6 +119,7 @@ pub(crate) struct Shared {
     pub(crate) reads_in_flight: AtomicU32,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    pub(crate) transfers: crate::transfers::Transfers,
 }
 
 /// A running star.
@@ -206,6 +207,7 @@ impl Star {
             reads_in_flight: AtomicU32::new(0),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            transfers: Default::default(),
         });
         let span = tracing::info_span!("star", name = %shared.name);
         shared
