@@ -173,6 +173,25 @@ impl StarConnection {
         request: &ControlRequest,
         mut on_progress: impl FnMut(u64, u64),
     ) -> Result<ControlEvent, StreamError> {
+        self.control_events(request, |event| {
+            if let ControlEvent::Progress { bytes, total } = event {
+                on_progress(*bytes, *total);
+            }
+        })
+        .await
+    }
+
+    /// As [`control`](Self::control), but `on_event` sees every event that is not final
+    /// (`Progress`, `Following`).
+    ///
+    /// # Errors
+    ///
+    /// As [`control`](Self::control).
+    pub async fn control_events(
+        &self,
+        request: &ControlRequest,
+        mut on_event: impl FnMut(&ControlEvent),
+    ) -> Result<ControlEvent, StreamError> {
         let (mut send, mut recv) = self.connection.open_bi().await.map_err(|e| lost(&e))?;
         write_frame(&mut send, request).await?;
         // Only fails if the stream is already finished or reset, which the write above rules out.
@@ -180,7 +199,7 @@ impl StarConnection {
         loop {
             match read_frame::<ControlEvent>(&mut recv).await? {
                 None => return Err(StreamError::NoResult),
-                Some(ControlEvent::Progress { bytes, total }) => on_progress(bytes, total),
+                Some(event) if !event.is_final() => on_event(&event),
                 Some(event) => return Ok(event),
             }
         }
@@ -381,6 +400,7 @@ mod tests {
             roots: vec!["/r".into()],
             transfers_in_flight: 0,
             reads_in_flight: 0,
+            transfers: vec![],
         };
         let answer = status.clone();
         let mut star = FakeStar::spawn("star-b", move |_| {

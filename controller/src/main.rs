@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use orbit_controller::{add_star, demo, init, replicate, status, token, VERSION};
+use orbit_controller::{
+    add_star, cancel, demo, init, manual, replicate, status, token, wait, VERSION,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Orbit's controller: make a grid of stars, and have stars copy files directly between them.
@@ -38,6 +40,10 @@ enum Command {
     Status(status::Args),
     Token(token::Args),
     Demo(demo::Args),
+    Wait(wait::Args),
+    Cancel(cancel::Args),
+    Completions(manual::CompletionsArgs),
+    Man(manual::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,7 +66,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("orbitctl: {e:#}");
-            ExitCode::FAILURE
+            exit_code(&e)
         }
     }
 }
@@ -74,6 +80,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => Ok(status::run(&need_grid(grid), args).await?),
         Command::Token(args) => Ok(token::run(&need_grid(grid), args)?),
         Command::Demo(args) => demo::run(args).await,
+        Command::Wait(args) => Ok(wait::run(&need_grid(grid), args).await?),
+        Command::Cancel(args) => Ok(cancel::run(&need_grid(grid), args).await?),
+        Command::Completions(args) => {
+            manual::completions(Cli::command(), &args);
+            Ok(())
+        }
+        Command::Man(args) => {
+            for path in manual::man(Cli::command(), &args)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// 130 when Ctrl-C cancelled a replication, as shells report a process ended by SIGINT; 1 for
+/// every other failure.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    let interrupted = |r: &replicate::ReplicateError| {
+        matches!(r, replicate::ReplicateError::Interrupted { .. })
+    };
+    match e.downcast_ref::<replicate::ReplicateError>() {
+        Some(r) if interrupted(r) => ExitCode::from(130),
+        _ => ExitCode::FAILURE,
     }
 }
 

@@ -47,7 +47,7 @@ pub enum ControlRequest {
         transfer_id: u64,
     },
     /// Cancel a transfer: the destination stops pulling and removes its temporary file. Answered
-    /// with the transfer's final event once it has stopped (`Failed` with `Cancelled`, or the
+    /// with [`ControlEvent::Following`], then the transfer's final event once it has stopped (`Failed` with `Cancelled`, or the
     /// result it had already reached). `NotFound` as for `Wait`.
     Cancel {
         /// The transfer.
@@ -102,7 +102,8 @@ pub enum ControlEvent {
         /// The transfer.
         transfer_id: u64,
     },
-    /// The first answer to [`ControlRequest::Wait`]: which transfer is followed. Not final.
+    /// The first answer to [`ControlRequest::Wait`] and [`ControlRequest::Cancel`]: which
+    /// transfer it is and where it stands. Not final.
     Following(TransferStatus),
 }
 
