@@ -75,7 +75,8 @@ pub(crate) async fn handle(
                 Ok(transfer) => {
                     // Says which transfer it is, as `Wait` does; the cancellation stands even
                     // if the controller is gone.
-                    let _ = write_frame(&mut send, &ControlEvent::Following(transfer.status())).await;
+                    let _ =
+                        write_frame(&mut send, &ControlEvent::Following(transfer.status())).await;
                     if !transfer.is_finished() {
                         info!(transfer = %hex_id(transfer_id), %peer, "cancelling the replication");
                     }

@@ -135,11 +135,8 @@ impl Transfers {
     /// The transfers in flight, oldest first.
     pub(crate) fn running(&self) -> Vec<TransferStatus> {
         let inner = self.lock();
-        let mut running: Vec<&Arc<Transfer>> = inner
-            .by_id
-            .values()
-            .filter(|t| !t.is_finished())
-            .collect();
+        let mut running: Vec<&Arc<Transfer>> =
+            inner.by_id.values().filter(|t| !t.is_finished()).collect();
         running.sort_by_key(|t| t.started);
         running.iter().map(|t| t.status()).collect()
     }

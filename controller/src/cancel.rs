@@ -139,9 +139,6 @@ async fn cancel(
             format!("failed: {error}"),
             ErrorCode::FailedPrecondition,
         )),
-        other => Err(ended(
-            format!("answered {other:?}"),
-            ErrorCode::Internal,
-        )),
+        other => Err(ended(format!("answered {other:?}"), ErrorCode::Internal)),
     }
 }

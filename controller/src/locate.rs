@@ -7,7 +7,9 @@
 //! at most [`crate::connect::CONNECT_TIMEOUT`], and only when no other star has the transfer.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use orbit_wire::{ControlEvent, ControlRequest, ErrorCode};
 use tokio::sync::mpsc;
@@ -15,6 +17,9 @@ use tokio::task::JoinSet;
 
 use crate::connect::{self, ConnectError, StarConnection, StreamError, WireBytes};
 use crate::grid::{Grid, GridError};
+
+/// How long a connected star has to answer whether it holds the transfer.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Parses a transfer id: 1 to 16 hexadecimal digits.
 ///
@@ -213,16 +218,32 @@ async fn ask_one(
             return answer;
         }
     };
-    let mut holds = false;
-    let result = conn
-        .control_events(&request, |event| {
-            holds = true;
+    let holds = AtomicBool::new(false);
+    let result = {
+        let work = conn.control_events(&request, |event| {
+            holds.store(true, Ordering::Relaxed);
             let _ = tx.send(event.clone());
-        })
-        .await;
+        });
+        tokio::pin!(work);
+        // A star answers at once, whether it holds the transfer or not; only the holder's final
+        // event may take long.
+        tokio::select! {
+            result = &mut work => result,
+            _ = tokio::time::sleep(ANSWER_TIMEOUT) => {
+                if holds.load(Ordering::Relaxed) {
+                    work.await
+                } else {
+                    Err(StreamError::ConnectionLost {
+                        code: ErrorCode::DeadlineExceeded,
+                        reason: format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()),
+                    })
+                }
+            }
+        }
+    };
     let wire = conn.wire_bytes();
     conn.close().await;
-    answer.holds = holds;
+    answer.holds = holds.load(Ordering::Relaxed);
     answer.result = result.map(|event| (event, wire)).map_err(Failure::Stream);
     answer
 }

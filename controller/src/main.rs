@@ -98,9 +98,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// 130 when Ctrl-C cancelled a replication, as shells report a process ended by SIGINT; 1 for
 /// every other failure.
 fn exit_code(e: &anyhow::Error) -> ExitCode {
-    let interrupted = |r: &replicate::ReplicateError| {
-        matches!(r, replicate::ReplicateError::Interrupted { .. })
-    };
+    let interrupted =
+        |r: &replicate::ReplicateError| matches!(r, replicate::ReplicateError::Interrupted { .. });
     match e.downcast_ref::<replicate::ReplicateError>() {
         Some(r) if interrupted(r) => ExitCode::from(130),
         _ => ExitCode::FAILURE,

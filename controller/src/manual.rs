@@ -69,7 +69,10 @@ fn write_page(
     dir: &Path,
     written: &mut Vec<PathBuf>,
 ) -> Result<(), (PathBuf, std::io::Error)> {
-    let path = dir.join(format!("{}.1", cmd.get_display_name().unwrap_or(cmd.get_name())));
+    let path = dir.join(format!(
+        "{}.1",
+        cmd.get_display_name().unwrap_or(cmd.get_name())
+    ));
     let mut page = Vec::new();
     clap_mangen::Man::new(cmd.clone())
         .render(&mut page)

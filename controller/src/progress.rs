@@ -160,16 +160,14 @@ pub fn bar_line(bytes: u64, total: u64, rate: Option<f64>, columns: usize) -> St
         human::bytes(total)
     );
     let room = columns.saturating_sub(1);
-    let cells = room.saturating_sub(numbers.chars().count() + 3).min(MAX_BAR);
+    let cells = room
+        .saturating_sub(numbers.chars().count() + 3)
+        .min(MAX_BAR);
     let line = if cells >= MIN_BAR {
         let full = ((fraction * cells as f64).floor() as usize).min(cells);
         let head = if full < cells { ">" } else { "" };
         let rest = cells - full - head.len();
-        format!(
-            "[{}{head}{}] {numbers}",
-            "#".repeat(full),
-            " ".repeat(rest)
-        )
+        format!("[{}{head}{}] {numbers}", "#".repeat(full), " ".repeat(rest))
     } else {
         numbers
     };
@@ -199,7 +197,10 @@ mod tests {
         assert!(line.starts_with("  0%  0 B of 10 B  -"), "{line}");
 
         let line = bar_line(10, 10, Some(1.0), 200);
-        assert!(line.starts_with(&format!("[{}]", "#".repeat(MAX_BAR))), "{line}");
+        assert!(
+            line.starts_with(&format!("[{}]", "#".repeat(MAX_BAR))),
+            "{line}"
+        );
         assert!(line.contains("100%") && line.ends_with("ETA 0s"), "{line}");
     }
 }

@@ -464,7 +464,10 @@ mod tests {
         assert!(lines[1].ends_with("/srv/data, /srv/backup"), "{table}");
         assert!(lines[2].contains(" down   star-b: no status"), "{table}");
         assert_eq!(lines[3], "", "{table}");
-        assert!(lines[4].starts_with("TRANSFER          STAR    FROM"), "{table}");
+        assert!(
+            lines[4].starts_with("TRANSFER          STAR    FROM"),
+            "{table}"
+        );
         assert_eq!(
             lines[5],
             "0000000000000abc  star-a  star-b:/srv/data/f.bin  /srv/backup/f.bin  \

@@ -14,6 +14,7 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use sha2::{Digest, Sha256};
 
 pub mod process;
+pub mod slow_source;
 
 use orbit_agent::{Star, StarConfig};
 use orbit_certs::{GridCa, IssuedCert, Role};
