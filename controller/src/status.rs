@@ -272,11 +272,11 @@ pub fn transfer_progress(t: &TransferStatus) -> String {
     if t.total == 0 && t.bytes == 0 {
         return format!("starting, {elapsed}");
     }
-    let percent = if t.total == 0 {
-        100
-    } else {
-        t.bytes.saturating_mul(100) / t.total
-    };
+    let percent = t
+        .bytes
+        .saturating_mul(100)
+        .checked_div(t.total)
+        .unwrap_or(100);
     format!(
         "{} of {} ({percent}%), {}, {elapsed}",
         human::bytes(t.bytes),

@@ -240,7 +240,7 @@ fn completions_and_man_pages_come_from_the_command_line_definitions() {
     for shell in ["bash", "zsh", "fish"] {
         let out = orbitctl(&["completions", shell]);
         assert_eq!(out.code, Some(0), "{shell}: {}", out.stderr);
-        for word in ["replicate", "wait", "cancel", "--detach"] {
+        for word in ["replicate", "wait", "cancel", "detach"] {
             assert!(out.stdout.contains(word), "{shell} lacks {word}");
         }
     }
