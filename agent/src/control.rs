@@ -1,11 +1,14 @@
 //! Control streams: a controller's command arrives on a bidirectional stream; the star answers
 //! with progress events and one final event. Only a controller certificate may command a star.
+//!
+//! A replication runs in a task of its own, registered in [`crate::transfers`]: the control
+//! stream only follows it. A controller that goes away never stops a transfer; only `Cancel` or
+//! the star's shutdown do.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
-use tokio::sync::watch;
 use tracing::{info, warn, Instrument as _};
 
 use orbit_certs::{PeerIdentity, Role};
@@ -18,6 +21,7 @@ use crate::error::ToWire;
 use crate::framed::{self, write_frame};
 use crate::pull::{self, InFlight};
 use crate::star::Shared;
+use crate::transfers::{Transfer, KEEP_FOR};
 
 /// How often progress is reported while bytes move.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
@@ -57,28 +61,48 @@ pub(crate) async fn handle(
         };
     let last = if peer.role != Role::Controller {
         warn!(%peer, "control command refused: the peer is not a controller");
-        ControlEvent::Failed(WireError::new(
+        Some(ControlEvent::Failed(WireError::new(
             ErrorCode::PermissionDenied,
             format!(
                 "star {} takes commands only from a controller certificate, not from {peer}",
                 shared.name
             ),
-        ))
+        )))
     } else {
         match request {
-            ControlRequest::Status => ControlEvent::Status(status(&shared)),
-            ControlRequest::Replicate(_) if shared.draining.is_cancelled() => {
-                ControlEvent::Failed(WireError::new(
-                    ErrorCode::Unavailable,
-                    format!("star {} is shutting down", shared.name),
-                ))
-            }
-            ControlRequest::Replicate(cmd) => {
-                let span = tracing::info_span!("transfer", transfer_id = %format!("{:016x}", cmd.transfer_id));
-                replicate(&shared, &cmd, &mut send).instrument(span).await
-            }
+            ControlRequest::Status => Some(ControlEvent::Status(status(&shared))),
+            ControlRequest::Replicate(cmd) => match start(&shared, cmd) {
+                Ok(transfer) => follow(&transfer, &mut send, false).await,
+                Err(e) => Some(ControlEvent::Failed(e)),
+            },
+            ControlRequest::Start(cmd) => Some(match start(&shared, cmd) {
+                Ok(transfer) => ControlEvent::Started {
+                    transfer_id: transfer.id,
+                },
+                Err(e) => ControlEvent::Failed(e),
+            }),
+            ControlRequest::Wait { transfer_id } => match find(&shared, transfer_id) {
+                Ok(transfer) => follow(&transfer, &mut send, true).await,
+                Err(e) => Some(ControlEvent::Failed(e)),
+            },
+            ControlRequest::Cancel { transfer_id } => Some(match find(&shared, transfer_id) {
+                Ok(transfer) => {
+                    // Says which transfer it is, as `Wait` does; the cancellation stands even
+                    // if the controller is gone.
+                    let _ =
+                        write_frame(&mut send, &ControlEvent::Following(transfer.status())).await;
+                    if !transfer.is_finished() {
+                        info!(transfer = %hex_id(transfer_id), %peer, "cancelling the replication");
+                    }
+                    transfer.cancel.cancel();
+                    transfer.outcome().await
+                }
+                Err(e) => ControlEvent::Failed(e),
+            }),
         }
     };
+    // The controller went away while following a transfer; the transfer carries on.
+    let Some(last) = last else { return };
     // The controller may have gone; the outcome is logged either way. Wait (boundedly) for it to
     // read the final event, so that closing the connection does not cut it off.
     let _ = write_frame(&mut send, &last).await;
@@ -108,42 +132,63 @@ fn status(shared: &Shared) -> StarStatus {
             .collect(),
         transfers_in_flight: shared.transfers_in_flight.load(Ordering::Relaxed),
         reads_in_flight: shared.reads_in_flight.load(Ordering::Relaxed),
+        transfers: shared.transfers.running(),
     }
 }
 
-/// Runs a replication, reporting progress on `send`, and returns the final event.
-async fn replicate(
-    shared: &Arc<Shared>,
-    cmd: &ReplicateFile,
-    send: &mut SendStream,
-) -> ControlEvent {
-    let transfer = format!("{:016x}", cmd.transfer_id);
-    info!(
-        transfer, source = %cmd.source, source_path = %cmd.source_path, target = %cmd.target_path,
-        "replication started"
-    );
-    // Checked here rather than in `pull`, before anything else: a target under a read-only root
-    // is refused whatever the source says.
+fn hex_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// The transfer `id`, running or remembered.
+fn find(shared: &Shared, id: u64) -> Result<Arc<Transfer>, WireError> {
+    shared.transfers.get(id).ok_or_else(|| {
+        WireError::new(
+            ErrorCode::NotFound,
+            format!(
+                "star {} has no transfer {} (results are kept for {} minutes)",
+                shared.name,
+                hex_id(id),
+                KEEP_FOR.as_secs() / 60
+            ),
+        )
+    })
+}
+
+/// Registers the replication `cmd` and runs it in a task of its own, which outlives the control
+/// stream: only `Cancel` or the star's shutdown stop it.
+fn start(shared: &Arc<Shared>, cmd: ReplicateFile) -> Result<Arc<Transfer>, WireError> {
+    let transfer_id = hex_id(cmd.transfer_id);
+    let span = tracing::info_span!("transfer", transfer_id = %transfer_id);
+    let _entered = span.enter();
+    if shared.draining.is_cancelled() {
+        return Err(WireError::new(
+            ErrorCode::Unavailable,
+            format!("star {} is shutting down", shared.name),
+        ));
+    }
+    // Checked before anything else: a target under a read-only root is refused whatever the
+    // source says.
     if let Err(e) = shared.jail.confine_target(&cmd.target_path) {
         let e = e.to_wire();
         warn!(
-            transfer,
+            transfer = transfer_id,
             code = e.code.name(),
             "replication refused: {}",
             e.message
         );
-        return ControlEvent::Failed(WireError::new(
+        return Err(WireError::new(
             e.code,
             format!("target {}: {}", cmd.target_path, e.message),
         ));
     }
-    let Ok(_slot) = shared.transfer_slots.clone().try_acquire_owned() else {
+    let Ok(slot) = shared.transfer_slots.clone().try_acquire_owned() else {
         let max = shared.limits.max_transfers;
         warn!(
-            transfer,
+            transfer = transfer_id,
             "replication refused: {max} already in flight (max_transfers)"
         );
-        return ControlEvent::Failed(WireError::new(
+        return Err(WireError::new(
             ErrorCode::ResourceExhausted,
             format!(
                 "star {} already runs {max} replications, its limit",
@@ -151,42 +196,49 @@ async fn replicate(
             ),
         ));
     };
-    let _in_flight = InFlight::new(shared);
-    let started = Instant::now();
-    let (progress, mut progress_rx) = watch::channel((0u64, 0u64));
+    let transfer = shared.transfers.register(&cmd)?;
+    let task = run(shared.clone(), cmd, transfer.clone(), slot);
+    drop(_entered);
+    shared.tracker.spawn(task.instrument(span));
+    Ok(transfer)
+}
+
+/// Runs a replication to its end and records its final event.
+async fn run(
+    shared: Arc<Shared>,
+    cmd: ReplicateFile,
+    transfer: Arc<Transfer>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let transfer_id = hex_id(cmd.transfer_id);
+    info!(
+        transfer = transfer_id, source = %cmd.source, source_path = %cmd.source_path, target = %cmd.target_path,
+        "replication started"
+    );
+    let _in_flight = InFlight::new(&shared);
+    // Retries and resumes go to whoever follows the transfer now.
     let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let report = pull::Report { progress, events };
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let work = pull::replicate(shared, cmd, &report, &cancel);
+    let report = pull::Report {
+        progress: transfer.progress.clone(),
+        events,
+    };
+    let work = pull::replicate(&shared, &cmd, &report, &transfer.cancel);
     tokio::pin!(work);
-    let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
-    let mut controller_gone = false;
     let result = loop {
         tokio::select! {
             result = &mut work => break result,
-            _ = ticker.tick(), if !controller_gone => {
-                if progress_rx.has_changed().unwrap_or(false) {
-                    let (bytes, total) = *progress_rx.borrow_and_update();
-                    // A controller that went away does not stop the transfer.
-                    controller_gone = write_frame(send, &ControlEvent::Progress { bytes, total }).await.is_err();
-                }
-            }
-            Some(event) = events_rx.recv() => {
-                if !controller_gone {
-                    controller_gone = write_frame(send, &event).await.is_err();
-                }
-            }
+            Some(event) = events_rx.recv() => { let _ = transfer.notes.send(event); }
         }
     };
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = transfer.started.elapsed().as_secs_f64();
     let bytes = result.as_ref().map_or(0, |done| done.bytes);
     shared
         .metrics
-        .transfer_done(result.is_ok(), bytes, started.elapsed());
-    match result {
+        .transfer_done(result.is_ok(), bytes, transfer.started.elapsed());
+    let event = match result {
         Ok(done) => {
             info!(
-                transfer, bytes = done.bytes, sha256 = %hex::encode(done.sha256), seconds,
+                transfer = transfer_id, bytes = done.bytes, sha256 = %hex::encode(done.sha256), seconds,
                 target = %cmd.target_path, "replication completed"
             );
             ControlEvent::Done {
@@ -197,12 +249,53 @@ async fn replicate(
         }
         Err(error) => {
             warn!(
-                transfer,
+                transfer = transfer_id,
                 code = error.code.name(),
                 "replication failed: {}",
                 error.message
             );
             ControlEvent::Failed(error)
+        }
+    };
+    shared.transfers.finish(&transfer, event);
+}
+
+/// Reports `transfer`'s progress on `send` until it ends, and returns its final event; `None`
+/// if the controller went away first (the transfer carries on). With `announce`, first says
+/// which transfer this is and where it stands.
+async fn follow(
+    transfer: &Transfer,
+    send: &mut SendStream,
+    announce: bool,
+) -> Option<ControlEvent> {
+    let mut progress = transfer.progress.subscribe();
+    let mut notes = transfer.notes.subscribe();
+    if announce
+        && write_frame(send, &ControlEvent::Following(transfer.status()))
+            .await
+            .is_err()
+    {
+        return None;
+    }
+    let outcome = transfer.outcome();
+    tokio::pin!(outcome);
+    let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+    loop {
+        tokio::select! {
+            event = &mut outcome => return Some(event),
+            Ok(note) = notes.recv() => {
+                if write_frame(send, &note).await.is_err() {
+                    return None;
+                }
+            }
+            _ = ticker.tick() => {
+                if progress.has_changed().unwrap_or(false) {
+                    let (bytes, total) = *progress.borrow_and_update();
+                    if write_frame(send, &ControlEvent::Progress { bytes, total }).await.is_err() {
+                        return None;
+                    }
+                }
+            }
         }
     }
 }

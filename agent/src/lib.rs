@@ -19,6 +19,7 @@
 //! | `notify` | systemd readiness and watchdog |
 //! | `check` | `--check-config`: everything spawning would check, without binding |
 //! | `journal` | replications in flight, kept in the state directory to resume them |
+//! | `transfers` | the replications in flight and recent results, by id |
 
 mod check;
 pub mod config;
@@ -35,6 +36,7 @@ mod pull;
 mod reload;
 mod serve;
 mod star;
+mod transfers;
 
 pub use check::check_config;
 pub use limits::Limits;

@@ -521,7 +521,11 @@ async fn request(
     }
 }
 
+/// Why `cancel` fired: the star's shutdown, or a controller's `Cancel`.
 fn shutting_down(shared: &Shared) -> WireError {
+    if !shared.cancel.is_cancelled() {
+        return WireError::new(ErrorCode::Cancelled, "cancelled by the controller");
+    }
     WireError::new(
         ErrorCode::Unavailable,
         format!("star {} is shutting down", shared.name),

@@ -173,6 +173,7 @@ pub(crate) struct Shared {
     /// Cancelled when shutdown begins: new commands and reads are refused with `Unavailable`,
     /// those in flight may finish.
     pub(crate) draining: CancellationToken,
+    pub(crate) transfers: crate::transfers::Transfers,
 }
 
 /// A running star.
@@ -257,6 +258,7 @@ impl Star {
             journal,
             targets: Default::default(),
             draining: CancellationToken::new(),
+            transfers: Default::default(),
         });
         let span = tracing::info_span!("star", star = %shared.name);
         shared

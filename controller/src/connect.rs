@@ -173,26 +173,20 @@ impl StarConnection {
         request: &ControlRequest,
         mut on_progress: impl FnMut(u64, u64),
     ) -> Result<ControlEvent, StreamError> {
-        let (mut send, mut recv) = self.connection.open_bi().await.map_err(|e| lost(&e))?;
-        write_frame(&mut send, request).await?;
-        // Only fails if the stream is already finished or reset, which the write above rules out.
-        let _ = send.finish();
-        loop {
-            match read_frame::<ControlEvent>(&mut recv).await? {
-                None => return Err(StreamError::NoResult),
-                Some(ControlEvent::Progress { bytes, total }) => on_progress(bytes, total),
-                Some(event) if !event.is_final() => {}
-                Some(event) => return Ok(event),
+        self.control_events(request, |event| {
+            if let ControlEvent::Progress { bytes, total } = event {
+                on_progress(*bytes, *total);
             }
-        }
+        })
+        .await
     }
 
-    /// As [`StarConnection::control`], handing every event that is not final (progress,
-    /// retries, resumes) to `on_event`.
+    /// As [`control`](Self::control), but `on_event` sees every event that is not final
+    /// (`Progress`, `Following`).
     ///
     /// # Errors
     ///
-    /// [`StreamError`] when the stream or connection fails before a final event.
+    /// As [`control`](Self::control).
     pub async fn control_events(
         &self,
         request: &ControlRequest,
@@ -406,6 +400,7 @@ mod tests {
             roots: vec!["/r".into()],
             transfers_in_flight: 0,
             reads_in_flight: 0,
+            transfers: vec![],
         };
         let answer = status.clone();
         let mut star = FakeStar::spawn("star-b", move |_| {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use orbit_controller::{
-    add_star, demo, init, replicate, revoke, rotate_keys, status, token, VERSION,
+    add_star, cancel, demo, init, manual, replicate, revoke, rotate_keys, status, token, wait,
+    VERSION,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -42,6 +43,10 @@ enum Command {
     Demo(demo::Args),
     RotateKeys(rotate_keys::Args),
     Revoke(revoke::Args),
+    Wait(wait::Args),
+    Cancel(cancel::Args),
+    Completions(manual::CompletionsArgs),
+    Man(manual::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,7 +69,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("orbitctl: {e:#}");
-            ExitCode::FAILURE
+            exit_code(&e)
         }
     }
 }
@@ -80,6 +85,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::RotateKeys(args) => Ok(rotate_keys::run(&need_grid(grid), args)?),
         Command::Revoke(args) => Ok(revoke::run(&need_grid(grid), args)?),
+        Command::Wait(args) => Ok(wait::run(&need_grid(grid), args).await?),
+        Command::Cancel(args) => Ok(cancel::run(&need_grid(grid), args).await?),
+        Command::Completions(args) => {
+            manual::completions(Cli::command(), &args);
+            Ok(())
+        }
+        Command::Man(args) => {
+            for path in manual::man(Cli::command(), &args)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// 130 when Ctrl-C cancelled a replication, as shells report a process ended by SIGINT; 1 for
+/// every other failure.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    let interrupted =
+        |r: &replicate::ReplicateError| matches!(r, replicate::ReplicateError::Interrupted { .. });
+    match e.downcast_ref::<replicate::ReplicateError>() {
+        Some(r) if interrupted(r) => ExitCode::from(130),
+        _ => ExitCode::FAILURE,
     }
 }
 

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::connect::{self, ConnectError, StarConnection, StreamError, WireBytes};
 use crate::grid::{Grid, GridError};
 use crate::human;
+use crate::progress::{Mode, Progress};
 use crate::spec::{parse_sha256, parse_ttl, StarPath};
 use crate::token;
 
@@ -34,7 +35,11 @@ use crate::token;
 ///
 ///   star-b: star-a:/srv/data/f.bin -> /srv/backup/f.bin: 268435456 bytes in 1.23 s (208.1 MiB/s), sha256 9f86d0...
 ///
-/// On failure it exits 1 and prints one line on stderr naming the star that failed and why.
+/// On a terminal, a progress bar (bytes, rate, ETA) shows on stderr until then. On failure it
+/// exits 1 and prints one line on stderr naming the star that failed and why. Ctrl-C cancels
+/// the transfer: the destination stops and removes its temporary file (exit code 130). If
+/// orbitctl dies or loses its connection, the destination carries on; `orbitctl wait ID` finds
+/// the result.
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -58,7 +63,9 @@ pub struct Args {
     #[arg(long, value_name = "SECS", value_parser = parse_ttl)]
     pub ttl: Option<u64>,
 
-    /// Print one JSON object on stdout instead of the summary line, also on failure.
+    /// Print JSON on stdout instead of the progress bar and the summary line: one progress
+    /// event per line ({"event":"progress","transfer_id":..,"bytes":..,"total":..,"seconds":..}),
+    /// then one result object ({"ok":true,..} or {"ok":false,"code":..,"message":..}).
     #[arg(long)]
     pub json: bool,
 
@@ -67,6 +74,14 @@ pub struct Args {
     /// is shown on stderr; a retry resumes from the bytes already received.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
     pub timeout: u32,
+    /// Print nothing but errors: no progress bar, no summary line. The exit code tells.
+    #[arg(long, short, conflicts_with = "json")]
+    pub quiet: bool,
+
+    /// Start the replication, print its transfer id and return at once; the destination star
+    /// carries on alone. Follow it with `orbitctl wait ID`, stop it with `orbitctl cancel ID`.
+    #[arg(long)]
+    pub detach: bool,
 }
 
 /// One replication, fully specified: the destination to dial and the command it receives.
@@ -130,6 +145,14 @@ pub enum ReplicateError {
         /// The answer.
         what: String,
     },
+    /// The replication was cancelled with Ctrl-C; nothing was published.
+    #[error("{star}: replication cancelled (interrupted); nothing was published at {target}")]
+    Interrupted {
+        /// The destination star.
+        star: String,
+        /// The target path.
+        target: String,
+    },
     /// The destination reported another digest than the one expected.
     #[error(
         "{star}: reported sha256 {} but {} was expected",
@@ -156,6 +179,7 @@ impl ReplicateError {
             ReplicateError::Stream { error, .. } => error.code(),
             ReplicateError::Unexpected { .. } => ErrorCode::Internal,
             ReplicateError::DigestMismatch { .. } => ErrorCode::DataLoss,
+            ReplicateError::Interrupted { .. } => ErrorCode::Cancelled,
         }
     }
 }
@@ -167,11 +191,19 @@ impl ReplicateError {
 /// [`ReplicateError`]; with `--json` the failure object has been printed already.
 pub async fn run(grid_dir: &Path, args: Args) -> Result<(), ReplicateError> {
     match execute(grid_dir, &args).await {
-        Ok((job, done)) => {
+        Ok((job, Some(done))) => {
             if args.json {
                 println!("{}", success_json(&job, &done));
-            } else {
+            } else if !args.quiet {
                 println!("{}", summary_line(&job, &done));
+            }
+            Ok(())
+        }
+        Ok((job, None)) => {
+            if args.json {
+                println!("{}", detached_json(&job));
+            } else if !args.quiet {
+                println!("{:016x}", job.command.transfer_id);
             }
             Ok(())
         }
@@ -184,10 +216,13 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), ReplicateError> {
     }
 }
 
+/// Runs the replication `args` describe; `None` when detached.
 async fn execute(
     grid_dir: &Path,
     args: &Args,
-) -> Result<(ReplicateJob, Replicated), ReplicateError> {
+) -> Result<(ReplicateJob, Option<Replicated>), ReplicateError> {
+    // From here on Ctrl-C cancels the transfer rather than killing orbitctl.
+    let mut interrupt = interrupt_signal();
     let grid = Grid::open(grid_dir)?;
     let (source, target) = (&args.source, &args.target);
     let source_addr = grid.star(&source.star)?;
@@ -211,8 +246,132 @@ async fn execute(
             timeout_secs: args.timeout,
         },
     };
-    let done = replicate_file(tls, &job).await?;
-    Ok((job, done))
+    if args.detach {
+        start_detached(tls, &job).await?;
+        return Ok((job, None));
+    }
+    let mut progress = Progress::new(Mode::choose(args.json, args.quiet), job.command.transfer_id);
+    let finished = {
+        let quiet = args.quiet;
+        let work = replicate_observed(tls.clone(), &job, |event| match event {
+            ControlEvent::Progress { bytes, total } => progress.update(*bytes, *total),
+            other => {
+                if let Some(line) = event_line(&job.destination, other).filter(|_| !quiet) {
+                    progress.clear();
+                    eprintln!("{line}");
+                }
+            }
+        });
+        tokio::select! {
+            result = work => Some(result),
+            _ = interrupt.recv() => None,
+        }
+    };
+    progress.clear();
+    let done = match finished {
+        Some(result) => result?,
+        None => cancel_interrupted(tls, &job, &mut interrupt).await?,
+    };
+    Ok((job, Some(done)))
+}
+
+/// SIGINT as a stream; if it cannot be installed, Ctrl-C keeps its default (it kills orbitctl,
+/// and the transfer carries on: `orbitctl cancel` still stops it).
+fn interrupt_signal() -> Interrupt {
+    use tokio::signal::unix::{signal, SignalKind};
+    Interrupt(signal(SignalKind::interrupt()).ok())
+}
+
+/// SIGINT, or nothing if it could not be caught.
+#[derive(Debug)]
+struct Interrupt(Option<tokio::signal::unix::Signal>);
+
+impl Interrupt {
+    async fn recv(&mut self) {
+        match &mut self.0 {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// How long cancelling an interrupted transfer may take before orbitctl gives up on it.
+const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// After Ctrl-C: tells the destination to cancel the transfer and waits until it has cleaned up.
+/// A second Ctrl-C stops waiting.
+async fn cancel_interrupted(
+    tls: Arc<rustls::ClientConfig>,
+    job: &ReplicateJob,
+    interrupt: &mut Interrupt,
+) -> Result<Replicated, ReplicateError> {
+    let star = job.destination.clone();
+    let interrupted = || ReplicateError::Interrupted {
+        star: job.destination.clone(),
+        target: job.command.target_path.clone(),
+    };
+    let cancel = async {
+        let conn = StarConnection::connect(tls, &job.destination, job.destination_addr).await?;
+        let request = ControlRequest::Cancel {
+            transfer_id: job.command.transfer_id,
+        };
+        let result = conn.control(&request, |_, _| {}).await;
+        let wire = conn.wire_bytes();
+        conn.close().await;
+        match result {
+            // Nothing to cancel: the command never reached the star, or the transfer was
+            // cancelled already.
+            Ok(ControlEvent::Failed(error))
+                if matches!(error.code, ErrorCode::Cancelled | ErrorCode::NotFound) =>
+            {
+                Err(interrupted())
+            }
+            // Too late: the copy is complete and verified.
+            other => conclude(job, other, wire, 0),
+        }
+    };
+    tokio::select! {
+        result = tokio::time::timeout(CANCEL_TIMEOUT, cancel) => match result {
+            Ok(result) => result,
+            Err(_) => Err(ReplicateError::Failed {
+                star,
+                error: WireError::new(ErrorCode::DeadlineExceeded, format!(
+                    "interrupted, but the star did not confirm the cancellation within {} s: \
+                     check with orbitctl wait {:016x}", CANCEL_TIMEOUT.as_secs(), job.command.transfer_id)),
+            }),
+        },
+        _ = interrupt.recv() => Err(interrupted()),
+    }
+}
+
+/// Sends `job` as `Start`: the destination begins the transfer and answers at once.
+///
+/// # Errors
+///
+/// [`ReplicateError`] naming the destination star.
+pub async fn start_detached(
+    tls: Arc<rustls::ClientConfig>,
+    job: &ReplicateJob,
+) -> Result<(), ReplicateError> {
+    let conn = StarConnection::connect(tls, &job.destination, job.destination_addr).await?;
+    let result = conn
+        .control(&ControlRequest::Start(job.command.clone()), |_, _| {})
+        .await;
+    conn.close().await;
+    let star = job.destination.clone();
+    match result {
+        Ok(ControlEvent::Started { transfer_id }) if transfer_id == job.command.transfer_id => {
+            Ok(())
+        }
+        Ok(ControlEvent::Failed(error)) => Err(ReplicateError::Failed { star, error }),
+        Ok(other) => Err(ReplicateError::Unexpected {
+            star,
+            what: format!("{other:?}"),
+        }),
+        Err(error) => Err(ReplicateError::Stream { star, error }),
+    }
 }
 
 /// Sends `job` to its destination star with the controller's TLS configuration `tls` and
@@ -228,6 +387,50 @@ pub async fn replicate_file(
     tls: Arc<rustls::ClientConfig>,
     job: &ReplicateJob,
 ) -> Result<Replicated, ReplicateError> {
+    let transfer = format!("{:016x}", job.command.transfer_id);
+    replicate_observed(tls, job, |event| match event {
+        ControlEvent::Progress { bytes, total } => {
+            tracing::debug!(%transfer, bytes, total, "progress");
+        }
+        other => {
+            if let Some(line) = event_line(&job.destination, other) {
+                eprintln!("{line}");
+            }
+        }
+    })
+    .await
+}
+
+/// The line a person sees for an event that is neither progress nor final: a retry, or a
+/// resume (`star-b: retrying (attempt 1) in 0.2 s: ...`).
+pub fn event_line(destination: &str, event: &ControlEvent) -> Option<String> {
+    match event {
+        ControlEvent::Retrying {
+            attempt,
+            after_ms,
+            reason,
+        } => Some(format!(
+            "{destination}: retrying (attempt {attempt}) in {:.1} s: {reason}",
+            *after_ms as f64 / 1000.0
+        )),
+        ControlEvent::Resumed { offset, total } => Some(format!(
+            "{destination}: resuming at byte {offset} of {total}"
+        )),
+        _ => None,
+    }
+}
+
+/// As [`replicate_file`], with `on_event` called on every event that is not final (progress,
+/// retries, resumes).
+///
+/// # Errors
+///
+/// As [`replicate_file`].
+pub async fn replicate_observed(
+    tls: Arc<rustls::ClientConfig>,
+    job: &ReplicateJob,
+    mut on_event: impl FnMut(&ControlEvent),
+) -> Result<Replicated, ReplicateError> {
     let conn = StarConnection::connect(tls, &job.destination, job.destination_addr).await?;
     let transfer = format!("{:016x}", job.command.transfer_id);
     tracing::info!(
@@ -241,29 +444,30 @@ pub async fn replicate_file(
     let request = ControlRequest::Replicate(job.command.clone());
     let mut resumed_bytes = 0u64;
     let result = conn
-        .control_events(&request, |event| match event {
-            ControlEvent::Progress { bytes, total } => {
-                tracing::debug!(%transfer, bytes, total, "progress");
-            }
-            ControlEvent::Retrying {
-                attempt,
-                after_ms,
-                reason,
-            } => eprintln!(
-                "{}: retrying (attempt {attempt}) in {:.1} s: {reason}",
-                job.destination,
-                *after_ms as f64 / 1000.0
-            ),
-            ControlEvent::Resumed { offset, total } => {
+        .control_events(&request, |event| {
+            if let ControlEvent::Resumed { offset, .. } = event {
                 resumed_bytes += offset;
-                eprintln!("{}: resuming at byte {offset} of {total}", job.destination);
             }
-            _ => {}
+            on_event(event);
         })
         .await;
     let wire = conn.wire_bytes();
     conn.close().await;
+    conclude(job, result, wire, resumed_bytes)
+}
 
+/// The verified result of `job` from the destination's final event `result`, or why not.
+///
+/// # Errors
+///
+/// [`ReplicateError`] naming the destination star.
+pub fn conclude(
+    job: &ReplicateJob,
+    result: Result<ControlEvent, StreamError>,
+    wire: WireBytes,
+    resumed_bytes: u64,
+) -> Result<Replicated, ReplicateError> {
+    let transfer = format!("{:016x}", job.command.transfer_id);
     let star = job.destination.clone();
     match result {
         Ok(ControlEvent::Done {
@@ -359,6 +563,31 @@ pub fn success_json(job: &ReplicateJob, done: &Replicated) -> String {
         controller_bytes_sent: done.wire.sent,
         controller_bytes_received: done.wire.received,
         resumed_bytes: done.resumed_bytes,
+    };
+    serde_json::to_string(&json).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct DetachedJson<'a> {
+    ok: bool,
+    detached: bool,
+    transfer_id: String,
+    source: &'a str,
+    destination: &'a str,
+    source_path: &'a str,
+    target_path: &'a str,
+}
+
+/// The `--json` object of a detached start, on one line.
+pub fn detached_json(job: &ReplicateJob) -> String {
+    let json = DetachedJson {
+        ok: true,
+        detached: true,
+        transfer_id: format!("{:016x}", job.command.transfer_id),
+        source: &job.command.source,
+        destination: &job.destination,
+        source_path: &job.command.source_path,
+        target_path: &job.command.target_path,
     };
     serde_json::to_string(&json).unwrap_or_default()
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, StarStatus, WireError};
+use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, StarStatus, TransferStatus, WireError};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -20,7 +20,8 @@ use crate::spec::StarAddr;
 /// How long a connected star has to answer a status request.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Ask stars whether they are up: version, uptime, transfers in flight and roots.
+/// Ask stars whether they are up: version, uptime, transfers in flight and roots; then list
+/// the transfers in flight with their progress.
 ///
 /// Exits 0 if every star asked answered, 1 otherwise.
 #[derive(Debug, clap::Args)]
@@ -242,15 +243,59 @@ pub fn report_table(reports: &[StarReport]) -> String {
         }
         rows.push(row);
     }
-    // A column's width counts only the cells that are not the last of their row.
-    let mut widths = [0usize; 7];
-    for row in &rows {
+    let mut out = align(&rows);
+    let mut transfers: Vec<Vec<String>> = vec![["TRANSFER", "STAR", "FROM", "TO", "PROGRESS"]
+        .map(String::from)
+        .to_vec()];
+    for report in reports {
+        let Ok(status) = &report.result else { continue };
+        for t in &status.transfers {
+            transfers.push(vec![
+                format!("{:016x}", t.transfer_id),
+                report.name.clone(),
+                format!("{}:{}", t.source, t.source_path),
+                t.target_path.clone(),
+                transfer_progress(t),
+            ]);
+        }
+    }
+    if transfers.len() > 1 {
+        out.push('\n');
+        out.push_str(&align(&transfers));
+    }
+    out
+}
+
+/// `108.0 MiB of 256.0 MiB (42%), 52.1 MiB/s, 2s`; `starting, 1s` before the size is known.
+pub fn transfer_progress(t: &TransferStatus) -> String {
+    let elapsed = human::uptime(t.seconds as u64);
+    if t.total == 0 && t.bytes == 0 {
+        return format!("starting, {elapsed}");
+    }
+    let percent = t
+        .bytes
+        .saturating_mul(100)
+        .checked_div(t.total)
+        .unwrap_or(100);
+    format!(
+        "{} of {} ({percent}%), {}, {elapsed}",
+        human::bytes(t.bytes),
+        human::bytes(t.total),
+        human::rate(t.bytes, t.seconds)
+    )
+}
+
+/// Rows as columns two spaces apart. A column's width counts only the cells that are not the
+/// last of their row, so a long last cell (a reason, a list of roots) does not widen the rest.
+fn align(rows: &[Vec<String>]) -> String {
+    let mut widths = vec![0usize; rows.iter().map(Vec::len).max().unwrap_or(0)];
+    for row in rows {
         for (i, cell) in row.iter().enumerate().take(row.len() - 1) {
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let last = row.len() - 1;
         for (i, cell) in row.iter().enumerate() {
             if i == last {
@@ -277,6 +322,7 @@ enum StarJson<'a> {
         roots: &'a [String],
         transfers_in_flight: u32,
         reads_in_flight: u32,
+        transfers: Vec<TransferJson<'a>>,
     },
     Down {
         name: &'a str,
@@ -285,6 +331,17 @@ enum StarJson<'a> {
         code: &'static str,
         error: String,
     },
+}
+
+#[derive(Serialize)]
+struct TransferJson<'a> {
+    transfer_id: String,
+    source: &'a str,
+    source_path: &'a str,
+    target_path: &'a str,
+    bytes: u64,
+    total: u64,
+    seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -307,6 +364,19 @@ pub fn report_json(reports: &[StarReport]) -> String {
                 roots: &s.roots,
                 transfers_in_flight: s.transfers_in_flight,
                 reads_in_flight: s.reads_in_flight,
+                transfers: s
+                    .transfers
+                    .iter()
+                    .map(|t| TransferJson {
+                        transfer_id: format!("{:016x}", t.transfer_id),
+                        source: &t.source,
+                        source_path: &t.source_path,
+                        target_path: &t.target_path,
+                        bytes: t.bytes,
+                        total: t.total,
+                        seconds: t.seconds,
+                    })
+                    .collect(),
             },
             Err(e) => StarJson::Down {
                 name: &r.name,
@@ -334,6 +404,15 @@ mod tests {
             roots: vec!["/srv/data".into(), "/srv/backup".into()],
             transfers_in_flight: 1,
             reads_in_flight: 2,
+            transfers: vec![TransferStatus {
+                transfer_id: 0xabc,
+                source: "star-b".into(),
+                source_path: "/srv/data/f.bin".into(),
+                target_path: "/srv/backup/f.bin".into(),
+                bytes: 64 << 20,
+                total: 256 << 20,
+                seconds: 2.0,
+            }],
         }
     }
 
@@ -384,6 +463,16 @@ mod tests {
         assert!(lines[1].contains("3m 12s"), "{table}");
         assert!(lines[1].ends_with("/srv/data, /srv/backup"), "{table}");
         assert!(lines[2].contains(" down   star-b: no status"), "{table}");
+        assert_eq!(lines[3], "", "{table}");
+        assert!(
+            lines[4].starts_with("TRANSFER          STAR    FROM"),
+            "{table}"
+        );
+        assert_eq!(
+            lines[5],
+            "0000000000000abc  star-a  star-b:/srv/data/f.bin  /srv/backup/f.bin  \
+             64.0 MiB of 256.0 MiB (25%), 32.0 MiB/s, 2s"
+        );
 
         let json: serde_json::Value = serde_json::from_str(&report_json(&all)).unwrap();
         let stars = json["stars"].as_array().unwrap();
@@ -392,6 +481,8 @@ mod tests {
         assert_eq!(stars[0]["uptime_seconds"], 192);
         assert_eq!(stars[0]["transfers_in_flight"], 1);
         assert_eq!(stars[0]["roots"][1], "/srv/backup");
+        assert_eq!(stars[0]["transfers"][0]["transfer_id"], "0000000000000abc");
+        assert_eq!(stars[0]["transfers"][0]["bytes"], 64 << 20);
         assert_eq!(stars[1]["up"], false);
         assert_eq!(stars[1]["code"], "DeadlineExceeded");
         assert!(stars[1]["error"].as_str().unwrap().starts_with("star-b"));

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 pub mod netlab;
 pub mod ops;
 pub mod process;
+pub mod slow_source;
 
 use orbit_agent::{Star, StarConfig};
 use orbit_certs::{GridCa, IssuedCert, Role};

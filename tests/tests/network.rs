@@ -311,7 +311,6 @@ fn a_three_second_partition_mid_transfer_heals_and_the_copy_completes() {
 }
 
 #[test]
-#[ignore = "needs `orbitctl replicate --timeout` from the resume branch"]
 fn a_partition_longer_than_the_deadline_fails_with_deadline_exceeded_and_leaves_nothing() {
     let (impairment, options) = shaped();
     let Some(net) = Net::new(impairment, &options) else {

@@ -30,6 +30,13 @@
 //! 4. destination → controller, control stream: `Progress` events, then exactly one final
 //!    `Done { bytes, sha256, seconds }` or `Failed(WireError)`.
 //!
+//! A transfer belongs to the destination star, not to the control stream that started it: if the
+//! controller goes away, the destination carries on. Other control requests work on a transfer
+//! by its id: `Start` (as `Replicate`, but answered at once with `Started`), `Wait` (answered
+//! with `Following`, `Progress` events and the transfer's final event, also after it has ended:
+//! a destination keeps recent results) and `Cancel` (answered with the final event once the
+//! destination has stopped and removed its temporary file).
+//!
 //! # Retries and resume
 //!
 //! When an attempt fails with `Unavailable` or `DeadlineExceeded` (a lost connection, a source
@@ -73,7 +80,7 @@ pub use frame::{
 };
 pub use msg::{
     ByteRange, ControlEvent, ControlRequest, DataFrame, FileVersion, ReadRequest, ReplicateFile,
-    StarStatus,
+    StarStatus, TransferStatus,
 };
 
 /// The ALPN protocol name of Orbit's wire protocol, version 1.

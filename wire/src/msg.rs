@@ -36,6 +36,23 @@ pub enum ControlRequest {
     Replicate(ReplicateFile),
     /// Report this star's status.
     Status,
+    /// Start a replication and answer at once with [`ControlEvent::Started`]. The transfer runs
+    /// on whatever happens to the control stream; follow it with `Wait`, stop it with `Cancel`.
+    Start(ReplicateFile),
+    /// Follow a transfer: [`ControlEvent::Following`], `Progress` events, then the transfer's
+    /// final event. A destination keeps finished transfers' results for a while, so this also
+    /// answers after the end. `NotFound` if the star never ran it or has forgotten it.
+    Wait {
+        /// The transfer, as [`ReplicateFile::transfer_id`] named it.
+        transfer_id: u64,
+    },
+    /// Cancel a transfer: the destination stops pulling and removes its temporary file. Answered
+    /// with [`ControlEvent::Following`], then the transfer's final event once it has stopped (`Failed` with `Cancelled`, or the
+    /// result it had already reached). `NotFound` as for `Wait`.
+    Cancel {
+        /// The transfer.
+        transfer_id: u64,
+    },
 }
 
 /// Pull `source_path` from the star `source` at `source_addr` into `target_path` here.
@@ -100,6 +117,14 @@ pub enum ControlEvent {
         /// The file's size.
         total: u64,
     },
+    /// The answer to [`ControlRequest::Start`]: the transfer is running. Final.
+    Started {
+        /// The transfer.
+        transfer_id: u64,
+    },
+    /// The first answer to [`ControlRequest::Wait`] and [`ControlRequest::Cancel`]: which
+    /// transfer it is and where it stands. Not final.
+    Following(TransferStatus),
 }
 
 impl ControlEvent {
@@ -110,12 +135,32 @@ impl ControlEvent {
             ControlEvent::Progress { .. }
                 | ControlEvent::Retrying { .. }
                 | ControlEvent::Resumed { .. }
+                | ControlEvent::Following(_)
         )
     }
 }
 
+/// One replication a destination star runs or has run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransferStatus {
+    /// The controller's transfer id.
+    pub transfer_id: u64,
+    /// The source star's name.
+    pub source: String,
+    /// The path on the source star.
+    pub source_path: String,
+    /// The path on this star.
+    pub target_path: String,
+    /// Bytes received so far.
+    pub bytes: u64,
+    /// The file's size, once the source has announced it; 0 before.
+    pub total: u64,
+    /// Seconds since the transfer started.
+    pub seconds: f64,
+}
+
 /// A star's report on itself.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StarStatus {
     /// The star's name.
     pub name: String,
@@ -131,6 +176,8 @@ pub struct StarStatus {
     pub transfers_in_flight: u32,
     /// Files it is sending as a source.
     pub reads_in_flight: u32,
+    /// The replications it is running as a destination, with their progress.
+    pub transfers: Vec<TransferStatus>,
 }
 
 /// A destination star's request for bytes, on a new unidirectional stream to the source star.
@@ -241,6 +288,12 @@ mod tests {
         let mut with_timeout = replicate();
         with_timeout.timeout_secs = 300;
         assert!(golden(&ControlRequest::Replicate(with_timeout)).ends_with("00ac02"));
+        assert_eq!(
+            golden(&ControlRequest::Start(replicate())),
+            "028202016103683a31022f73022f7401540000"
+        );
+        assert_eq!(golden(&ControlRequest::Wait { transfer_id: 300 }), "03ac02");
+        assert_eq!(golden(&ControlRequest::Cancel { transfer_id: 1 }), "0401");
     }
 
     #[test]
@@ -275,10 +328,11 @@ mod tests {
             roots: vec!["/r".into()],
             transfers_in_flight: 2,
             reads_in_flight: 3,
+            transfers: vec![transfer()],
         };
         assert_eq!(
             golden(&ControlEvent::Status(status)),
-            "03016105302e312e30010501022f720203"
+            format!("03016105302e312e30010501022f720203{TRANSFER}")
         );
         let retrying = ControlEvent::Retrying {
             attempt: 2,
@@ -293,7 +347,29 @@ mod tests {
         };
         assert_eq!(golden(&resumed), "0580018002");
         assert!(!resumed.is_final());
+        assert_eq!(golden(&ControlEvent::Started { transfer_id: 5 }), "0605");
+        assert_eq!(
+            golden(&ControlEvent::Following(transfer())),
+            format!("07{}", &TRANSFER[2..])
+        );
+        assert!(!ControlEvent::Following(transfer()).is_final());
+        assert!(ControlEvent::Started { transfer_id: 5 }.is_final());
     }
+
+    fn transfer() -> TransferStatus {
+        TransferStatus {
+            transfer_id: 9,
+            source: "a".into(),
+            source_path: "/s".into(),
+            target_path: "/t".into(),
+            bytes: 1,
+            total: 2,
+            seconds: 0.5,
+        }
+    }
+
+    /// `transfer()` in a one-element list.
+    const TRANSFER: &str = "01090161022f73022f740102000000000000e03f";
 
     #[test]
     fn golden_read_request() {

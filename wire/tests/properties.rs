@@ -13,8 +13,8 @@ use orbit_wire::{
     chunk_frame_header, decode_body, decode_data_frame, decode_len, encode_frame, path,
     token::{self, Claims, Expected, MasterKey, TokenError, TokenKey, NONCE_LEN, TOKEN_VERSION},
     ByteRange, ControlEvent, ControlRequest, DataFrame, ErrorCode, FileVersion, FrameError,
-    ReadRequest, ReplicateFile, StarStatus, WireError, CHUNK_SIZE, LEN_PREFIX, MAX_CONTROL_FRAME,
-    MAX_DATA_FRAME,
+    ReadRequest, ReplicateFile, StarStatus, TransferStatus, WireError, CHUNK_SIZE, LEN_PREFIX,
+    MAX_CONTROL_FRAME, MAX_DATA_FRAME,
 };
 use proptest::prelude::*;
 use serde::{de::DeserializeOwned, Serialize};
@@ -109,7 +109,37 @@ fn control_request() -> impl Strategy<Value = ControlRequest> {
                 })
             },
         );
-    prop_oneof![replicate, Just(ControlRequest::Status)]
+    prop_oneof![
+        (replicate, any::<bool>()).prop_map(|(request, start)| match request {
+            ControlRequest::Replicate(cmd) if start => ControlRequest::Start(cmd),
+            other => other,
+        }),
+        Just(ControlRequest::Status),
+        any::<u64>().prop_map(|transfer_id| ControlRequest::Wait { transfer_id }),
+        any::<u64>().prop_map(|transfer_id| ControlRequest::Cancel { transfer_id }),
+    ]
+}
+
+fn transfer_status() -> impl Strategy<Value = TransferStatus> {
+    (
+        any::<u64>(),
+        (text(), text(), text()),
+        (any::<u64>(), any::<u64>()),
+        any::<f64>().prop_filter("NaN", |s| !s.is_nan()),
+    )
+        .prop_map(
+            |(transfer_id, (source, source_path, target_path), (bytes, total), seconds)| {
+                TransferStatus {
+                    transfer_id,
+                    source,
+                    source_path,
+                    target_path,
+                    bytes,
+                    total,
+                    seconds,
+                }
+            },
+        )
 }
 
 fn control_event() -> impl Strategy<Value = ControlEvent> {
@@ -117,9 +147,10 @@ fn control_event() -> impl Strategy<Value = ControlEvent> {
         (text(), text(), any::<u32>(), any::<u64>()),
         prop::collection::vec(text(), 0..4),
         (any::<u32>(), any::<u32>()),
+        prop::collection::vec(transfer_status(), 0..3),
     )
         .prop_map(
-            |((name, version, protocol, uptime_seconds), roots, (t, r))| {
+            |((name, version, protocol, uptime_seconds), roots, (t, r), transfers)| {
                 ControlEvent::Status(StarStatus {
                     name,
                     version,
@@ -128,6 +159,7 @@ fn control_event() -> impl Strategy<Value = ControlEvent> {
                     roots,
                     transfers_in_flight: t,
                     reads_in_flight: r,
+                    transfers,
                 })
             },
         );
@@ -156,6 +188,8 @@ fn control_event() -> impl Strategy<Value = ControlEvent> {
         }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(offset, total)| ControlEvent::Resumed { offset, total }),
+        any::<u64>().prop_map(|transfer_id| ControlEvent::Started { transfer_id }),
+        transfer_status().prop_map(ControlEvent::Following),
     ]
 }
 

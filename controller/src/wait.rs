@@ -1,0 +1,136 @@
+//! `orbitctl wait ID`: follows a transfer that runs without its controller (`replicate
+//! --detach`, or a controller that went away) and reports it exactly as `replicate` would: the
+//! same progress display, summary line, JSON and exit code. Ctrl-C stops waiting, not the
+//! transfer.
+
+use std::path::Path;
+
+use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile, TransferStatus};
+
+use crate::grid::Grid;
+use crate::locate::{self, parse_transfer_id, LocateError};
+use crate::progress::{Mode, Progress};
+use crate::replicate::{self, ReplicateError, ReplicateJob};
+
+/// Wait for a transfer to end and report it as `replicate` does.
+///
+/// ID is the transfer id that `replicate --detach` printed (also in `replicate --json`'s
+/// events and in both stars' logs). Every star of the grid is asked unless --star names the
+/// destination. Works while the transfer runs and for an hour after it ended. Exits 0 only if
+/// the transfer produced a verified copy. Ctrl-C stops waiting; the transfer carries on.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The transfer id (16 hexadecimal digits).
+    #[arg(value_name = "ID", value_parser = parse_transfer_id)]
+    pub id: u64,
+
+    /// The destination star that runs the transfer. Default: ask every star.
+    #[arg(long, value_name = "NAME")]
+    pub star: Option<String>,
+
+    /// Print NDJSON progress events, then the result object, as `replicate --json` does.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print nothing but errors.
+    #[arg(long, short, conflicts_with = "json")]
+    pub quiet: bool,
+}
+
+/// Why `orbitctl wait` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// No star could tell.
+    #[error(transparent)]
+    Locate(#[from] LocateError),
+    /// The transfer failed, as `replicate` would report it.
+    #[error(transparent)]
+    Replicate(#[from] ReplicateError),
+}
+
+impl WaitError {
+    /// The wire code that fits.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WaitError::Locate(e) => e.code(),
+            WaitError::Replicate(e) => e.code(),
+        }
+    }
+}
+
+/// Runs `orbitctl wait` on the grid at `grid_dir`.
+///
+/// # Errors
+///
+/// [`WaitError`]; with `--json` the failure object has been printed already.
+pub async fn run(grid_dir: &Path, args: Args) -> Result<(), WaitError> {
+    let result = follow(grid_dir, &args).await;
+    match &result {
+        Ok((job, done)) if args.json => println!("{}", replicate::success_json(job, done)),
+        Ok((job, done)) if !args.quiet => println!("{}", replicate::summary_line(job, done)),
+        Ok(_) => {}
+        Err(e) if args.json => println!("{}", replicate::failure_json(e.code(), &e.to_string())),
+        Err(_) => {}
+    }
+    result.map(drop)
+}
+
+async fn follow(
+    grid_dir: &Path,
+    args: &Args,
+) -> Result<(ReplicateJob, replicate::Replicated), WaitError> {
+    let grid = Grid::open(grid_dir).map_err(LocateError::from)?;
+    let mut progress = Progress::new(Mode::choose(args.json, args.quiet), args.id);
+    let mut following: Option<TransferStatus> = None;
+    let request = ControlRequest::Wait {
+        transfer_id: args.id,
+    };
+    let located = locate::ask(&grid, args.star.as_deref(), request, |event| match event {
+        ControlEvent::Following(status) => {
+            if status.total > 0 {
+                progress.update(status.bytes, status.total);
+            }
+            following = Some(status.clone());
+        }
+        ControlEvent::Progress { bytes, total } => progress.update(*bytes, *total),
+        _ => {}
+    })
+    .await;
+    progress.clear();
+    let located = located?;
+    let job = job_of(args.id, &located.star, located.addr, following);
+    let done = replicate::conclude(&job, Ok(located.event), located.wire, 0)?;
+    Ok((job, done))
+}
+
+/// The job a transfer's status describes, so the summary reads as `replicate`'s.
+pub fn job_of(
+    id: u64,
+    star: &str,
+    addr: std::net::SocketAddr,
+    status: Option<TransferStatus>,
+) -> ReplicateJob {
+    let status = status.unwrap_or(TransferStatus {
+        transfer_id: id,
+        source: "?".into(),
+        source_path: "?".into(),
+        target_path: "?".into(),
+        bytes: 0,
+        total: 0,
+        seconds: 0.0,
+    });
+    ReplicateJob {
+        destination: star.to_owned(),
+        destination_addr: addr,
+        command: ReplicateFile {
+            transfer_id: id,
+            source: status.source,
+            source_addr: String::new(),
+            source_path: status.source_path,
+            target_path: status.target_path,
+            token: String::new(),
+            expect_sha256: None,
+            timeout_secs: 0,
+        },
+    }
+}
