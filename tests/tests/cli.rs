@@ -113,7 +113,9 @@ fn two_star_processes_replicate_and_stop_cleanly() {
         out.stdout,
         out.stderr
     );
-    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+    let json: serde_json::Value =
+        serde_json::from_str(out.stdout.trim().lines().last().unwrap_or_default())
+            .expect("one JSON object");
     assert_eq!(json["ok"], true);
     assert_eq!(json["bytes"], 3 * 1024 * 1024 + 17);
     assert_eq!(json["sha256"], digest.as_str());
@@ -150,7 +152,9 @@ fn two_star_processes_replicate_and_stop_cleanly() {
         "--json",
     ]);
     assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
-    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+    let json: serde_json::Value =
+        serde_json::from_str(out.stdout.trim().lines().last().unwrap_or_default())
+            .expect("one JSON object");
     assert_eq!(json["ok"], false);
     assert_eq!(json["code"], "NotFound");
     assert!(
@@ -176,7 +180,9 @@ fn two_star_processes_replicate_and_stop_cleanly() {
     // Status sees both stars up.
     let out = orbitctl(&["--grid", &g, "status", "--json"]);
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+    let json: serde_json::Value =
+        serde_json::from_str(out.stdout.trim().lines().last().unwrap_or_default())
+            .expect("one JSON object");
     let stars = json["stars"].as_array().expect("stars");
     assert_eq!(stars.len(), 2);
     assert!(stars.iter().all(|s| s["up"] == true), "{json}");

@@ -97,7 +97,8 @@ fn replicate_from(addr: SocketAddr, grid: &Grid, source: &str, target: &Path) ->
         target_path: wire(target),
         token: grid.token("star-a", "star-b", source),
         expect_sha256: None,
-        timeout_secs: 0,
+        // Once its source goes away, the destination retries for this long without progress.
+        timeout_secs: 10,
     })
 }
 

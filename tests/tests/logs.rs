@@ -70,7 +70,8 @@ fn the_transfer_id_orbitctl_prints_is_in_both_stars_json_logs() {
     );
     let out = orbitctl(&["--grid", &g, "replicate", &from, &to, "--json"]);
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    let json: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(out.stdout.trim().lines().last().unwrap_or_default()).unwrap();
     let id = json["transfer_id"]
         .as_str()
         .expect("a transfer id")

@@ -151,8 +151,10 @@ fn finish(net: &Net, rx: &mpsc::Receiver<Output>) -> (Output, serde_json::Value)
     let out = rx
         .recv_timeout(REPLICATION_TIMEOUT)
         .unwrap_or_else(|_| panic!("orbitctl did not finish\n{}", net.logs()));
-    let json = serde_json::from_str(out.stdout.trim())
-        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {out:?}\n{}", net.logs()));
+    // NDJSON: progress events, then the result on the last line.
+    let last = out.stdout.trim().lines().last().unwrap_or_default();
+    let json = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("no JSON result ({e}): {out:?}\n{}", net.logs()));
     (out, json)
 }
 

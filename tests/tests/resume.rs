@@ -110,7 +110,8 @@ fn killing_the_source_mid_transfer_resumes_where_it_stopped() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or_default()).unwrap();
     assert_eq!(json["ok"], true);
     assert_eq!(json["bytes"], LARGE as u64);
     assert_eq!(json["sha256"], hex::encode(digest));
