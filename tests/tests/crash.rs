@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orbit_tests::process::{bin, orbitctl, StarProcess};
+use orbit_tests::process::{bin, StarProcess};
 use orbit_tests::*;
 use rand::Rng;
 use sha2::Digest;
@@ -18,29 +18,9 @@ const SIZE: usize = 24 * 1024 * 1024;
 const ROUNDS: usize = 20;
 const OLD: &[u8] = b"the old contents";
 
+/// `orbitctl init` for star-a and star-b under `root`.
 fn init_grid(root: &Path) -> PathBuf {
-    let grid = root.join("grid");
-    let stars: Vec<String> = ["star-a", "star-b"]
-        .iter()
-        .map(|name| {
-            let port = std::net::UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            format!("{name}=127.0.0.1:{port}")
-        })
-        .collect();
-    let out = orbitctl(&[
-        "init",
-        &wire(&grid),
-        "--star",
-        &stars[0],
-        "--star",
-        &stars[1],
-    ]);
-    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    grid
+    orbit_tests::ops::init_grid(root, &["star-a", "star-b"])
 }
 
 fn replicate(grid: &Path, src: &Path, dst: &Path) -> Child {

@@ -7,34 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orbit_tests::process::{bin, orbitctl, StarProcess};
+use orbit_tests::process::{bin, StarProcess};
 use orbit_tests::*;
 use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile};
 
-/// `orbitctl init` for two stars on loopback ports that are free right now.
+/// `orbitctl init` for star-a and star-b under `root`.
 fn init_grid(root: &Path) -> PathBuf {
-    let grid = root.join("grid");
-    let stars: Vec<String> = ["star-a", "star-b"]
-        .iter()
-        .map(|name| {
-            let port = std::net::UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            format!("{name}=127.0.0.1:{port}")
-        })
-        .collect();
-    let out = orbitctl(&[
-        "init",
-        &wire(&grid),
-        "--star",
-        &stars[0],
-        "--star",
-        &stars[1],
-    ]);
-    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    grid
+    orbit_tests::ops::init_grid(root, &["star-a", "star-b"])
 }
 
 fn start_star(grid: &Path, name: &str, root: &Path) -> StarProcess {
