@@ -109,7 +109,10 @@ impl StarConnection {
         let crypto = QuicClientConfig::try_from(tls)
             .map_err(|e| local(format!("unusable tls configuration: {e}")))?;
         let mut transport = TransportConfig::default();
+        // A control connection carries a few small frames: path MTU probes (up to 1,452-byte
+        // datagrams) would be most of its bytes on the wire and buy nothing.
         transport
+            .mtu_discovery_config(None)
             .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
             .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
                 MAX_IDLE_TIMEOUT.as_millis() as u32,
@@ -122,7 +125,16 @@ impl StarConnection {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint = Endpoint::client(bind)
+        // QUIC's smallest datagrams: announced to the star as max_udp_payload_size, they stop its
+        // path MTU probes toward us, which would otherwise be most of the bytes we receive.
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config
+            .max_udp_payload_size(1200)
+            .map_err(|e| local(format!("unusable endpoint configuration: {e}")))?;
+        let endpoint = std::net::UdpSocket::bind(bind)
+            .and_then(|socket| {
+                Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))
+            })
             .map_err(|e| local(format!("cannot open a udp socket on {bind}: {e}")))?;
         let unreachable = |reason: String| ConnectError::Unreachable {
             star: star.to_owned(),

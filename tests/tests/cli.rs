@@ -121,6 +121,14 @@ fn two_star_processes_replicate_and_stop_cleanly() {
     assert_eq!(json["sha256"], digest.as_str());
     assert!(json["seconds"].as_f64().is_some(), "{json}");
     assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+    // The controller never carries file data: its whole conversation, handshake included, fits
+    // in 8 KiB on the wire for a 3 MiB file.
+    let wire_bytes = json["controller_bytes_sent"].as_u64().unwrap()
+        + json["controller_bytes_received"].as_u64().unwrap();
+    assert!(
+        wire_bytes <= 8 * 1024,
+        "controller bytes on the wire: {json}"
+    );
 
     // The plain form: one summary line with the size and checksum.
     let dst2 = dst_root.join("backup/g.bin");
