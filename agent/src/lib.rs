@@ -37,6 +37,7 @@ mod reload;
 mod serve;
 mod star;
 mod transfers;
+mod udp;
 
 pub use check::check_config;
 pub use limits::Limits;

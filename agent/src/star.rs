@@ -37,8 +37,6 @@ pub const TRANSFER_DRAIN: Duration = Duration::from_secs(10);
 const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 /// Per-connection receive and send windows.
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// UDP socket buffers; quinn's defaults drop packets at high rates.
-const SOCKET_BUFFER: usize = 16 * 1024 * 1024;
 /// The largest UDP payload path MTU discovery may reach: a 9,000-byte jumbo frame less IPv6 and
 /// UDP headers. Paths that carry only 1,500 bytes stay at quinn's 1,452 after failed probes;
 /// loopback and jumbo-frame networks get fewer, larger packets.
@@ -213,24 +211,24 @@ impl Star {
         let crl = revocation_list(&config)?;
         let (server, client) = quic_configs(&config, crl.as_ref())?;
 
-        let socket = bind_socket(config.listen).map_err(|error| SpawnError::Bind {
-            addr: config.listen,
-            error,
-        })?;
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let socket =
+            crate::udp::bind(config.listen, MAX_UDP_PAYLOAD, &*runtime).map_err(|error| {
+                SpawnError::Bind {
+                    addr: config.listen,
+                    error,
+                }
+            })?;
         let mut endpoint_config = quinn::EndpointConfig::default();
         endpoint_config
             .max_udp_payload_size(MAX_UDP_PAYLOAD)
             .expect("9 KB is a valid UDP payload size");
-        let mut endpoint = Endpoint::new(
-            endpoint_config,
-            Some(server),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(|error| SpawnError::Bind {
-            addr: config.listen,
-            error,
-        })?;
+        let mut endpoint =
+            Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime)
+                .map_err(|error| SpawnError::Bind {
+                    addr: config.listen,
+                    error,
+                })?;
         endpoint.set_default_client_config(client.clone());
         let addr = endpoint.local_addr().map_err(|error| SpawnError::Bind {
             addr: config.listen,
@@ -410,10 +408,8 @@ pub(crate) fn transport_config(limits: &Limits) -> TransportConfig {
             mtu.upper_bound(MAX_UDP_PAYLOAD);
             mtu
         }))
-        // With GSO on and 9 KB packets, transfers over loopback lost packets in bursts (no
-        // socket buffer drops were counted), and black-hole detection then pinned the packet size
-        // at 1,200 bytes for the connection's life. Without GSO: no losses, 8,952-byte packets.
-        .enable_segmentation_offload(false)
+        // Several packets per system call; crate::udp keeps a batch within one send's limit.
+        .enable_segmentation_offload(true)
         // BBR rather than quinn's default CUBIC: on a lossy long link (0.5% loss, 50 ms RTT)
         // loss-based control keeps the window near what Mathis' formula allows, a few Mbit/s.
         .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
@@ -425,22 +421,6 @@ pub(crate) fn transport_config(limits: &Limits) -> TransportConfig {
                 .expect("Limits::validate checked the idle timeout"),
         ));
     transport
-}
-
-fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // A receiver that falls behind for a few milliseconds overflows a small buffer, and the
-    // losses make QUIC shrink its window and its packets. The kernel caps these sizes at
-    // net.core.{r,w}mem_max unless the process may exceed them (CAP_NET_ADMIN); try that first.
-    if rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, SOCKET_BUFFER).is_err() {
-        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    }
-    if rustix::net::sockopt::set_socket_send_buffer_size_force(&socket, SOCKET_BUFFER).is_err() {
-        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    }
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
 }
 
 async fn accept_loop(shared: Arc<Shared>) {
