@@ -213,11 +213,9 @@ impl Star {
 
         let runtime = Arc::new(quinn::TokioRuntime);
         let socket =
-            crate::udp::bind(config.listen, MAX_UDP_PAYLOAD, &*runtime).map_err(|error| {
-                SpawnError::Bind {
-                    addr: config.listen,
-                    error,
-                }
+            crate::udp::bind(config.listen, &*runtime).map_err(|error| SpawnError::Bind {
+                addr: config.listen,
+                error,
             })?;
         let mut endpoint_config = quinn::EndpointConfig::default();
         endpoint_config
