@@ -24,6 +24,7 @@
 mod check;
 pub mod config;
 mod control;
+mod digests;
 mod error;
 mod framed;
 mod jail;

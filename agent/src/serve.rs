@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream};
 use sha2::{Digest, Sha256};
+
+use crate::digests::FileKey;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -227,8 +229,17 @@ async fn send_file(
     .await
     .map_err(|e| e.to_wire())?;
 
+    // A whole file already hashed in this version is not hashed again.
+    let key = FileKey::of(&opened.stat);
+    let whole = start == 0 && size == version.size;
+    let known = if whole {
+        shared.digests.get(&key)
+    } else {
+        None
+    };
     let (tx, mut rx) = mpsc::channel::<Bytes>(READ_AHEAD);
-    let reader = tokio::task::spawn_blocking(move || read_file(opened, version, start, size, tx));
+    let reader =
+        tokio::task::spawn_blocking(move || read_file(opened, version, start, size, known, tx));
     let mut offset = start;
     loop {
         // Shutdown is checked between chunks, never inside one, so the stream stays well-framed
@@ -250,7 +261,7 @@ async fn send_file(
             .map_err(|e| e.to_wire())?;
         offset += len;
     }
-    let sha256 = reader
+    let (sha256, after) = reader
         .await
         .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))??;
     // A file replaced (renamed over) while it was read leaves the open one intact; the path now
@@ -264,6 +275,9 @@ async fn send_file(
             ErrorCode::FailedPrecondition,
             "the source file changed during the transfer (it was replaced or removed)",
         ));
+    }
+    if whole && known.is_none() && after == key {
+        shared.digests.insert(key, sha256);
     }
     write_frame(send, &DataFrame::Trailer { sha256 })
         .await
@@ -284,15 +298,17 @@ fn version_of(opened: &OpenedFile) -> FileVersion {
     }
 }
 
-/// Reads `size` bytes from `start` in chunks, hashing them, and checks at the end that the file
-/// did not change underneath. Runs on a blocking thread.
+/// Reads `size` bytes from `start` in chunks, hashing them unless their digest is `known`, and
+/// checks at the end that the file did not change underneath. Returns the digest and the file's
+/// key at the end. Runs on a blocking thread.
 fn read_file(
     opened: OpenedFile,
     version: FileVersion,
     start: u64,
     size: u64,
+    known: Option<[u8; 32]>,
     tx: mpsc::Sender<Bytes>,
-) -> Result<[u8; 32], WireError> {
+) -> Result<([u8; 32], FileKey), WireError> {
     let changed = |what: &str| {
         WireError::new(
             ErrorCode::FailedPrecondition,
@@ -301,7 +317,7 @@ fn read_file(
     };
     let file = opened.file;
     let opened_size = opened.stat.st_size;
-    let mut hasher = Sha256::new();
+    let mut hasher = known.is_none().then(Sha256::new);
     let mut offset = start;
     let mut left = size;
     while left > 0 {
@@ -327,7 +343,9 @@ fn read_file(
         {
             return Err(changed("it was modified"));
         }
-        hasher.update(&buf);
+        if let Some(hasher) = &mut hasher {
+            hasher.update(&buf);
+        }
         left -= want as u64;
         offset += want as u64;
         if tx.blocking_send(Bytes::from(buf)).is_err() {
@@ -339,9 +357,11 @@ fn read_file(
         }
     }
     let now = rustix::fs::fstat(&file).map_err(|e| std::io::Error::from(e).to_wire())?;
+    let key = FileKey::of(&now);
     let after = version_of(&OpenedFile { file, stat: now });
     if after != version {
         return Err(changed("its size or modification time moved"));
     }
-    Ok(hasher.finalize().into())
+    let sha256 = hasher.map_or_else(|| known.unwrap_or_default(), |h| h.finalize().into());
+    Ok((sha256, key))
 }

@@ -172,6 +172,8 @@ pub(crate) struct Shared {
     /// those in flight may finish.
     pub(crate) draining: CancellationToken,
     pub(crate) transfers: crate::transfers::Transfers,
+    /// SHA-256 of whole files served, so that an unchanged file is not hashed again.
+    pub(crate) digests: crate::digests::Digests,
 }
 
 /// A running star.
@@ -255,6 +257,7 @@ impl Star {
             targets: Default::default(),
             draining: CancellationToken::new(),
             transfers: Default::default(),
+            digests: Default::default(),
         });
         let span = tracing::info_span!("star", star = %shared.name);
         shared

@@ -178,3 +178,47 @@ async fn a_source_changed_between_attempts_is_sent_again_from_zero() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The source remembers the SHA-256 of whole files it has sent, by inode, size, modification and
+/// change time, and does not hash an unchanged file again. A file rewritten in place with the
+/// same size and its old modification time put back has a new change time: it is hashed again,
+/// and the replication carries the new bytes with their own digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_with_its_old_mtime_is_not_sent_with_a_remembered_digest() {
+    let grid = Grid::new();
+    let src_root = tempfile::tempdir().unwrap();
+    let dst_root = tempfile::tempdir().unwrap();
+    let src = src_root.path().join("f.bin");
+    let old_digest = random_file(&src, 1024 * 1024);
+    let a = grid.spawn_star("star-a", &[src_root.path()]).await;
+    let b = grid.spawn_star("star-b", &[dst_root.path()]).await;
+    let client = grid.controller_client();
+    let replicate = |name: &'static str| {
+        let dst = dst_root.path().join(name);
+        let token = grid.token("star-a", "star-b", &wire(&src));
+        let (client, a, b, src) = (&client, &a, &b, wire(&src));
+        async move {
+            let event = client
+                .replicate(a, &src, b, &wire(&dst), token, None)
+                .await
+                .unwrap();
+            (expect_done(event).1, sha256_file(&dst))
+        }
+    };
+    assert_eq!(replicate("first").await, (old_digest, old_digest));
+    // Sent again unchanged: the remembered digest is the right one.
+    assert_eq!(replicate("again").await, (old_digest, old_digest));
+
+    let mtime = std::fs::metadata(&src).unwrap().modified().unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    (&file).write_all(&vec![0x5a; 1024 * 1024]).unwrap();
+    file.set_modified(mtime).unwrap();
+    drop(file);
+    assert_eq!(std::fs::metadata(&src).unwrap().modified().unwrap(), mtime);
+    let new_digest = sha256_file(&src);
+    assert_ne!(new_digest, old_digest);
+
+    assert_eq!(replicate("rewritten").await, (new_digest, new_digest));
+    a.shutdown().await;
+    b.shutdown().await;
+}
