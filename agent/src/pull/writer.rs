@@ -195,6 +195,8 @@ struct Disk {
     /// of the transfer's CPU.
     segment: Option<Sha256>,
     since_checkpoint: u64,
+    /// The checkpoint being synced on its own thread while this one goes on writing.
+    pending: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 fn io_error(what: &str) -> impl Fn(std::io::Error) -> WireError + '_ {
@@ -255,6 +257,7 @@ impl Disk {
             whole: Sha256::new(),
             segment: None,
             since_checkpoint: 0,
+            pending: None,
         })
     }
 
@@ -277,6 +280,7 @@ impl Disk {
             whole: Sha256::new(),
             segment: None,
             since_checkpoint: 0,
+            pending: None,
         };
         let good = disk.check_prefix(entry.verified, &entry.prefix_sha256);
         let io = io_error("resuming into the temporary file");
@@ -332,16 +336,19 @@ impl Disk {
         result
     }
 
-    fn remove(&self) {
+    fn remove(&mut self) {
+        // A checkpoint still in flight would write the journal entry after its removal.
+        let _ = self.settle();
         self.dir.remove_part(&self.part);
         if let (Some(journal), Some(entry)) = (&self.shared.journal, &self.entry) {
             journal.remove(entry.command.transfer_id);
         }
     }
 
-    /// Syncs the bytes written so far and records them in the journal.
+    /// Syncs the bytes written so far and records them in the journal, now.
     fn checkpoint(&mut self) -> std::io::Result<()> {
         self.since_checkpoint = 0;
+        self.settle()?;
         let (Some(journal), Some(entry)) = (&self.shared.journal, &mut self.entry) else {
             return Ok(());
         };
@@ -349,6 +356,50 @@ impl Disk {
         entry.verified = self.written;
         entry.prefix_sha256 = hex::encode(self.whole.clone().finalize());
         journal.write(entry)
+    }
+
+    /// Starts a checkpoint of the bytes written so far on another thread: the data is synced
+    /// and the journal records it there, while this thread goes on writing what follows. A
+    /// checkpoint waited for inline stopped the transfer for the length of each fdatasync.
+    /// At most one is in flight; a disk slower than the network makes the next one wait.
+    fn checkpoint_behind(&mut self) -> std::io::Result<()> {
+        self.since_checkpoint = 0;
+        self.settle()?;
+        if self.shared.journal.is_none() {
+            return Ok(());
+        }
+        let Some(entry) = &mut self.entry else {
+            return Ok(());
+        };
+        entry.verified = self.written;
+        entry.prefix_sha256 = hex::encode(self.whole.clone().finalize());
+        let entry = entry.clone();
+        let file = self.file.try_clone()?;
+        let shared = self.shared.clone();
+        let sync = move || {
+            // Everything up to `entry.verified` was written before this call.
+            file.sync_data()?;
+            match &shared.journal {
+                Some(journal) => journal.write(&entry),
+                None => Ok(()),
+            }
+        };
+        self.pending = Some(
+            std::thread::Builder::new()
+                .name("orbit-checkpoint".into())
+                .spawn(sync)?,
+        );
+        Ok(())
+    }
+
+    /// Waits for the checkpoint in flight, if any, and returns its outcome.
+    fn settle(&mut self) -> std::io::Result<()> {
+        match self.pending.take() {
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the checkpoint thread panicked"))),
+            None => Ok(()),
+        }
     }
 
     fn receive(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Result<[u8; 32], WireError> {
@@ -393,7 +444,7 @@ impl Disk {
                     self.written += data.len() as u64;
                     self.since_checkpoint += data.len() as u64;
                     if self.since_checkpoint >= CHECKPOINT {
-                        self.checkpoint().map_err(&io)?;
+                        self.checkpoint_behind().map_err(&io)?;
                     }
                 }
                 Msg::Commit(commit) => return self.commit(commit),
@@ -442,6 +493,8 @@ impl Disk {
                 ),
             ));
         }
+        self.settle()
+            .map_err(io_error("writing the temporary file"))?;
         self.file
             .sync_all()
             .map_err(io_error("writing the temporary file"))?;
