@@ -154,6 +154,11 @@ settings! {
     /// Default: 10.
     #[arg(long, env = "ORBIT_REQUEST_TIMEOUT_SECS", value_name = "SECS")]
     request_timeout_secs: Option<u64>,
+    /// The flow-control window of one stream, in MiB (1 to 1024): the most one transfer
+    /// buffers, and about the most it moves per round trip. A connection's window is twice it.
+    /// Raise it for long, lossy links: 32 MiB for 1 Gbit/s at 50 ms RTT. Default: 16.
+    #[arg(long, env = "ORBIT_STREAM_WINDOW_MIB", value_name = "MIB")]
+    stream_window_mib: Option<u32>,
 }
 
 /// What every type of setting knows: how it overrides, resolves relative paths and prints.
@@ -364,6 +369,7 @@ impl StarFile {
             handshake_timeout_secs: self.handshake_timeout_secs,
             idle_timeout_secs: self.idle_timeout_secs,
             request_timeout_secs: self.request_timeout_secs,
+            stream_window_mib: self.stream_window_mib,
         }
         .into_limits()?;
         Ok(StarConfig {

@@ -35,6 +35,12 @@ pub struct Limits {
     /// How long a peer may take to send the one request that opens a stream (a read request or
     /// a control command) once it has opened the stream. Default 10 s.
     pub request_timeout: Duration,
+    /// The QUIC flow-control window of one stream, in MiB: how far a sender may run ahead of
+    /// what the receiver has taken, and so the most one transfer buffers out of order. A
+    /// connection's window, and a star's send window, are twice it. One stream moves at most
+    /// about this much per round trip, and a lost packet holds the window for about two round
+    /// trips, so a long lossy link wants several bandwidth-delay products. Default 16 MiB.
+    pub stream_window_mib: u32,
 }
 
 impl Default for Limits {
@@ -47,6 +53,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
+            stream_window_mib: 16,
         }
     }
 }
@@ -70,6 +77,8 @@ pub struct LimitsFile {
     pub idle_timeout_secs: Option<u64>,
     /// Time allowed to send a stream's request, in seconds. Default 10.
     pub request_timeout_secs: Option<u64>,
+    /// Flow-control window of one stream, in MiB (1 to 1024). Default 16.
+    pub stream_window_mib: Option<u32>,
 }
 
 /// Why a limit cannot be used.
@@ -99,6 +108,7 @@ impl LimitsFile {
             handshake_timeout_secs: flags.handshake_timeout_secs.or(self.handshake_timeout_secs),
             idle_timeout_secs: flags.idle_timeout_secs.or(self.idle_timeout_secs),
             request_timeout_secs: flags.request_timeout_secs.or(self.request_timeout_secs),
+            stream_window_mib: flags.stream_window_mib.or(self.stream_window_mib),
         }
     }
 
@@ -152,13 +162,27 @@ impl LimitsFile {
                 d.request_timeout,
                 "request_timeout_secs",
             )?,
+            stream_window_mib: count(
+                self.stream_window_mib,
+                d.stream_window_mib,
+                "stream_window_mib",
+            )?,
         };
         limits.validate()?;
         Ok(limits)
     }
 }
 
+/// The largest stream window: twice it (the connection window) still fits QUIC's counters and a
+/// `u32` of bytes, whatever the setting.
+const MAX_STREAM_WINDOW_MIB: u32 = 1024;
+
 impl Limits {
+    /// The stream window in bytes.
+    pub fn stream_window(&self) -> u64 {
+        u64::from(self.stream_window_mib) * 1024 * 1024
+    }
+
     /// Checks the rules between limits and what QUIC can carry.
     ///
     /// # Errors
@@ -186,6 +210,12 @@ impl Limits {
                     rule: "at least 1",
                 });
             }
+        }
+        if !(1..=MAX_STREAM_WINDOW_MIB).contains(&self.stream_window_mib) {
+            return Err(LimitError {
+                key: "stream_window_mib",
+                rule: "between 1 and 1024",
+            });
         }
         Ok(())
     }
@@ -226,5 +256,26 @@ mod tests {
         };
         let err = zero.into_limits().unwrap_err().to_string();
         assert_eq!(err, "limit `idle_timeout_secs` must be at least 1 second");
+    }
+
+    #[test]
+    fn the_stream_window_is_bounded_and_gives_bytes() {
+        for bad in [0, 1025] {
+            let file = LimitsFile {
+                stream_window_mib: Some(bad),
+                ..LimitsFile::default()
+            };
+            let err = file.into_limits().unwrap_err().to_string();
+            assert!(
+                err.starts_with("limit `stream_window_mib` must be"),
+                "{err}"
+            );
+        }
+        let file = LimitsFile {
+            stream_window_mib: Some(32),
+            ..LimitsFile::default()
+        };
+        assert_eq!(file.into_limits().unwrap().stream_window(), 32 << 20);
+        assert_eq!(Limits::default().stream_window(), 16 << 20);
     }
 }

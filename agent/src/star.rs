@@ -33,10 +33,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long [`Star::shutdown`] lets transfers in flight finish before it stops them (in a
 /// resumable state when the star keeps a journal).
 pub const TRANSFER_DRAIN: Duration = Duration::from_secs(10);
-/// Per-stream receive window: enough for a fast LAN, and the bound on what one stream buffers.
-const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
-/// Per-connection receive and send windows.
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// The largest UDP payload path MTU discovery may reach: a 9,000-byte jumbo frame less IPv6 and
 /// UDP headers. Paths that carry only 1,500 bytes stay at quinn's 1,452 after failed probes;
 /// loopback and jumbo-frame networks get fewer, larger packets.
@@ -393,6 +389,11 @@ pub(crate) fn check_certificate_names(config: &StarConfig) -> Result<(), SpawnEr
     Ok(())
 }
 
+/// A flow-control window as QUIC carries it; `Limits::validate` keeps it far below the cap.
+fn window(bytes: u64) -> quinn::VarInt {
+    quinn::VarInt::from_u64(bytes).unwrap_or(quinn::VarInt::MAX)
+}
+
 /// Windows sized for a fast link rather than quinn's defaults, keep-alives, an idle timeout, and
 /// the cap on concurrent streams a peer may open.
 pub(crate) fn transport_config(limits: &Limits) -> TransportConfig {
@@ -401,9 +402,9 @@ pub(crate) fn transport_config(limits: &Limits) -> TransportConfig {
     transport
         .max_concurrent_bidi_streams(streams)
         .max_concurrent_uni_streams(streams)
-        .stream_receive_window(STREAM_WINDOW.into())
-        .receive_window(CONNECTION_WINDOW.into())
-        .send_window(u64::from(CONNECTION_WINDOW))
+        .stream_receive_window(window(limits.stream_window()))
+        .receive_window(window(2 * limits.stream_window()))
+        .send_window(2 * limits.stream_window())
         .mtu_discovery_config(Some({
             let mut mtu = quinn::MtuDiscoveryConfig::default();
             mtu.upper_bound(MAX_UDP_PAYLOAD);
