@@ -130,7 +130,8 @@ settings! {
     /// SIGHUP. Default: none, nothing is revoked.
     #[arg(long, env = "ORBIT_CRL_FILE", value_name = "FILE")]
     crl_file: Option<PathBuf>,
-    /// Connections one peer (certificate) may hold open to this star at once. Default: 8.
+    /// Connections one star may hold open to this star at once; the controller may hold
+    /// max_transfers more (one per `orbitctl` command). Default: 8.
     #[arg(long, env = "ORBIT_MAX_CONNECTIONS_PER_PEER", value_name = "N")]
     max_connections_per_peer: Option<u32>,
     /// Streams a peer may have open at once on one connection, each direction. Default: 64.

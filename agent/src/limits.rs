@@ -14,8 +14,9 @@ use serde::Deserialize;
 /// The caps a running star enforces. [`Limits::default`] gives the documented defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections one peer identity (certificate name and role) may hold open to this star at
-    /// once; one more is closed with `ResourceExhausted`. Default 8.
+    /// Connections one star (certificate name) may hold open to this star at once; one more is
+    /// closed with `ResourceExhausted`. The controller, which opens one per `orbitctl` command,
+    /// may hold `max_transfers` more. Default 8.
     pub max_connections_per_peer: u32,
     /// Bidirectional and unidirectional streams a peer may have open at once on one connection
     /// (QUIC `max_concurrent_{bidi,uni}_streams`); further opens wait in the peer, costing this

@@ -480,8 +480,8 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
         }
     };
     let Some(_slot) = PeerSlot::take(&shared, &peer) else {
-        let max = shared.limits.max_connections_per_peer;
-        warn!(%peer, "refused a connection: already {max} open from this peer (max_connections_per_peer)");
+        let (max, key) = connection_cap(&shared.limits, &peer);
+        warn!(%peer, "refused a connection: already {max} open from this peer ({key})");
         let reason = format!("{peer} already has {max} connections open to this star");
         conn.close(varint(ErrorCode::ResourceExhausted), reason.as_bytes());
         return;
@@ -522,7 +522,25 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
     }
 }
 
-/// One incoming connection counted against its peer's `max_connections_per_peer` while it lives.
+/// How many connections `peer` may hold open to this star at once, and the settings that say so.
+/// A star pools its connections, so `max_connections_per_peer` suits it. Every `orbitctl` command
+/// opens its own connection, and a script may run many at once (16 replications in parallel, say),
+/// so the controller may hold one per transfer (`max_transfers`) and `max_connections_per_peer`
+/// more for `status`, `wait` and `cancel` beside them.
+fn connection_cap(limits: &Limits, peer: &PeerIdentity) -> (u32, &'static str) {
+    match peer.role {
+        Role::Star => (limits.max_connections_per_peer, "max_connections_per_peer"),
+        Role::Controller => (
+            limits
+                .max_transfers
+                .saturating_add(limits.max_connections_per_peer),
+            "max_transfers + max_connections_per_peer",
+        ),
+    }
+}
+
+/// One incoming connection counted against its peer's cap (see [`connection_cap`]) while it
+/// lives.
 struct PeerSlot<'a> {
     shared: &'a Shared,
     key: String,
@@ -533,7 +551,7 @@ impl<'a> PeerSlot<'a> {
         let key = peer.to_string();
         let mut conns = shared.peer_conns.lock().expect("peer_conns lock");
         let open = conns.entry(key.clone()).or_insert(0);
-        if *open >= shared.limits.max_connections_per_peer {
+        if *open >= connection_cap(&shared.limits, peer).0 {
             return None;
         }
         *open += 1;

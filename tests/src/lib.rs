@@ -431,6 +431,20 @@ impl Client {
         request: &ControlRequest,
     ) -> anyhow::Result<Vec<ControlEvent>> {
         let conn = self.connect(addr, name).await?;
+        let events = Client::control_on(&conn, request).await?;
+        conn.close(0u32.into(), b"done");
+        Ok(events)
+    }
+
+    /// Sends `request` on a new control stream of `conn` and collects the events up to the last.
+    ///
+    /// # Errors
+    ///
+    /// When the stream fails.
+    pub async fn control_on(
+        conn: &Connection,
+        request: &ControlRequest,
+    ) -> anyhow::Result<Vec<ControlEvent>> {
         let (mut send, mut recv) = conn.open_bi().await?;
         write_frame(&mut send, request).await?;
         send.finish()?;
@@ -440,7 +454,6 @@ impl Client {
             let last = event.is_final();
             events.push(event);
             if last {
-                conn.close(0u32.into(), b"done");
                 return Ok(events);
             }
         }

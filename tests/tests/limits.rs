@@ -234,6 +234,47 @@ async fn a_peer_over_its_connection_cap_is_closed_with_resource_exhausted() {
     a.shutdown().await;
 }
 
+/// Each `orbitctl` command opens its own connection, and scripts run many at once: the controller
+/// may hold `max_transfers + max_connections_per_peer` connections, not only the per-peer cap
+/// meant for stars, which pool theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_may_open_a_connection_per_transfer_and_more() {
+    let grid = Grid::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = grid.star_config("star-a", &[dir.path()]);
+    config.limits.max_connections_per_peer = 2;
+    config.limits.max_transfers = 4;
+    let a = orbit_agent::Star::spawn(config).await.unwrap();
+    let client = grid.controller_client();
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        conns.push(client.connect(a.local_addr(), "star-a").await.unwrap());
+    }
+    // All six are served at once, beyond max_connections_per_peer.
+    for conn in &conns {
+        let events = within("status", Client::control_on(conn, &ControlRequest::Status))
+            .await
+            .unwrap();
+        assert!(
+            matches!(events.last(), Some(orbit_wire::ControlEvent::Status(_))),
+            "{events:?}"
+        );
+    }
+    let seventh = client.connect(a.local_addr(), "star-a").await.unwrap();
+    match within("the seventh connection to be closed", seventh.closed()).await {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code,
+                quinn::VarInt::from_u32(ErrorCode::ResourceExhausted.as_u32())
+            );
+            let reason = String::from_utf8_lossy(&close.reason);
+            assert!(reason.contains("already has 6 connections"), "{reason}");
+        }
+        other => panic!("closed for another reason: {other}"),
+    }
+    a.shutdown().await;
+}
+
 // ---- memory under attack, with the real binary ---------------------------------------------------
 
 /// The star's resident memory, from /proc/PID/status; `None` once the process has exited.
