@@ -403,6 +403,31 @@ pub fn assert_refused(outcome: &ReadOutcome, code: orbit_wire::ErrorCode) -> &Wi
     error
 }
 
+/// Waits until a temporary file in `dir` holds some bytes, while `replication` runs; panics if
+/// the replication ends first.
+pub async fn first_bytes<F: std::future::Future>(dir: &Path, replication: std::pin::Pin<&mut F>)
+where
+    F::Output: std::fmt::Debug,
+{
+    let mut replication = replication;
+    within("the first bytes", async {
+        loop {
+            tokio::select! {
+                ended = &mut replication => panic!("ended before any byte arrived: {ended:?}"),
+                // A file's size has no event to wait for; poll it.
+                _ = tokio::time::sleep(std::time::Duration::from_millis(1)) => {}
+            }
+            if part_files(dir)
+                .iter()
+                .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+            {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// The temporary files (`.orbit-*.part`) directly in `dir`.
 pub fn part_files(dir: &Path) -> Vec<PathBuf> {
     let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)

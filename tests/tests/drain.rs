@@ -27,29 +27,6 @@ fn request(grid: &Grid, a: &Star, src: &Path, dst: &Path) -> ControlRequest {
     })
 }
 
-/// Waits until a temporary file in `dir` holds some bytes, while `replication` runs.
-async fn first_bytes<F: std::future::Future>(dir: &Path, replication: std::pin::Pin<&mut F>)
-where
-    F::Output: std::fmt::Debug,
-{
-    let mut replication = replication;
-    within("the first bytes", async {
-        loop {
-            tokio::select! {
-                ended = &mut replication => panic!("ended before any byte arrived: {ended:?}"),
-                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
-            }
-            if part_files(dir)
-                .iter()
-                .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
-            {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_star_refuses_new_commands_and_finishes_those_in_flight() {
     let grid = Grid::new();

@@ -135,21 +135,7 @@ async fn a_source_that_stays_down_ends_in_deadline_exceeded_and_a_clean_destinat
     let client = grid.controller_client();
     let replication = client.control_at(b.local_addr(), "star-b", &request);
     tokio::pin!(replication);
-    within("the first bytes", async {
-        loop {
-            tokio::select! {
-                ended = &mut replication => panic!("ended before any byte arrived: {ended:?}"),
-                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
-            }
-            if part_files(dst_root.path())
-                .iter()
-                .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
-            {
-                break;
-            }
-        }
-    })
-    .await;
+    first_bytes(dst_root.path(), replication.as_mut()).await;
     a.shutdown_with_drain(Duration::ZERO).await;
     let started = Instant::now();
     let mut events = within("the failure", replication).await.unwrap();

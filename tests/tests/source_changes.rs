@@ -60,21 +60,7 @@ async fn changed_during_the_transfer(how: Change) {
     let client = grid.controller_client();
     let replication = client.control_at(b.local_addr(), "star-b", &request);
     tokio::pin!(replication);
-    within("the first bytes", async {
-        loop {
-            tokio::select! {
-                ended = &mut replication => panic!("{how:?}: ended before any byte arrived: {ended:?}"),
-                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
-            }
-            if part_files(dst_root.path())
-                .iter()
-                .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
-            {
-                break;
-            }
-        }
-    })
-    .await;
+    first_bytes(dst_root.path(), replication.as_mut()).await;
     change(&src, how);
     let mut events = within("the replication", replication).await.unwrap();
     let error = expect_failed(events.pop().unwrap());
@@ -135,21 +121,7 @@ async fn a_source_changed_between_attempts_is_sent_again_from_zero() {
     let client = grid.controller_client();
     let replication = client.control_at(b.local_addr(), "star-b", &request);
     tokio::pin!(replication);
-    within("the first bytes", async {
-        loop {
-            tokio::select! {
-                ended = &mut replication => panic!("ended before any byte arrived: {ended:?}"),
-                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
-            }
-            if part_files(dst_root.path())
-                .iter()
-                .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
-            {
-                break;
-            }
-        }
-    })
-    .await;
+    first_bytes(dst_root.path(), replication.as_mut()).await;
     config_a.listen = a.local_addr();
     let (mut events, a) = tokio::join!(within("the replication", replication), async {
         a.shutdown_with_drain(Duration::ZERO).await;
