@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, warn, Instrument as _};
 
 use orbit_certs::{PeerIdentity, Role};
@@ -19,6 +20,7 @@ use orbit_wire::{
 
 use crate::error::ToWire;
 use crate::framed::{self, write_frame};
+use crate::journal::Entry;
 use crate::pull::{self, InFlight};
 use crate::star::Shared;
 use crate::transfers::{Transfer, KEEP_FOR};
@@ -196,19 +198,70 @@ fn start(shared: &Arc<Shared>, cmd: ReplicateFile) -> Result<Arc<Transfer>, Wire
             ),
         ));
     };
-    let transfer = shared.transfers.register(&cmd)?;
-    let task = run(shared.clone(), cmd, transfer.clone(), slot);
     drop(_entered);
+    launch(shared, cmd, None, slot, span)
+}
+
+/// Registers `cmd` and spawns its task, which holds `slot` until it ends.
+fn launch(
+    shared: &Arc<Shared>,
+    cmd: ReplicateFile,
+    resume: Option<Entry>,
+    slot: OwnedSemaphorePermit,
+    span: tracing::Span,
+) -> Result<Arc<Transfer>, WireError> {
+    let transfer = shared.transfers.register(&cmd)?;
+    let task = run(shared.clone(), cmd, resume, transfer.clone(), slot);
     shared.tracker.spawn(task.instrument(span));
     Ok(transfer)
+}
+
+/// Resumes the replications this star's journal holds from before it stopped, each as if a
+/// controller had just started it: listed by `status`, followed by `wait`, stopped by `cancel`,
+/// and holding a `max_transfers` slot. Called once at start; an entry beyond `max_transfers`
+/// (the setting was lowered) waits for a slot.
+pub(crate) fn resume_journaled(shared: &Arc<Shared>) {
+    let Some(journal) = &shared.journal else {
+        return;
+    };
+    for entry in journal.entries() {
+        let cmd = entry.command.clone();
+        let span = tracing::info_span!("transfer", transfer_id = %hex_id(cmd.transfer_id));
+        span.in_scope(|| {
+            info!(target = %cmd.target_path, verified = entry.verified, "resuming a journaled replication");
+        });
+        // At start every slot is free: the transfer is registered before the star answers
+        // anyone, unless more entries than slots wait.
+        match shared.transfer_slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                if let Err(e) = launch(shared, cmd, Some(entry), slot, span) {
+                    warn!(code = e.code.name(), "cannot resume: {}", e.message);
+                }
+            }
+            Err(_) => {
+                let shared2 = shared.clone();
+                let waiting = async move {
+                    let Ok(slot) = shared2.transfer_slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let span = tracing::Span::current();
+                    if let Err(e) = launch(&shared2, cmd, Some(entry), slot, span) {
+                        warn!(code = e.code.name(), "cannot resume: {}", e.message);
+                    }
+                };
+                shared.tracker.spawn(waiting.instrument(span));
+            }
+        }
+    }
 }
 
 /// Runs a replication to its end and records its final event.
 async fn run(
     shared: Arc<Shared>,
     cmd: ReplicateFile,
+    resume: Option<Entry>,
     transfer: Arc<Transfer>,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _slot: OwnedSemaphorePermit,
 ) {
     let transfer_id = hex_id(cmd.transfer_id);
     info!(
@@ -222,7 +275,7 @@ async fn run(
         progress: transfer.progress.clone(),
         events,
     };
-    let work = pull::replicate(&shared, &cmd, &report, &transfer.cancel);
+    let work = pull::replicate(&shared, &cmd, resume, &report, &transfer.cancel);
     tokio::pin!(work);
     let result = loop {
         tokio::select! {

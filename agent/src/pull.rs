@@ -65,19 +65,10 @@ pub(crate) struct Report {
     pub(crate) events: mpsc::UnboundedSender<ControlEvent>,
 }
 
-impl Report {
-    /// A report nobody reads, for transfers resumed without a controller.
-    fn unread() -> Report {
-        Report {
-            progress: watch::channel((0, 0)).0,
-            events: mpsc::unbounded_channel().0,
-        }
-    }
-}
-
 /// Runs one replication as the destination star. `cancel` stops it for good (the temporary
 /// file is removed); the star's shutdown stops it in a resumable state when the star keeps a
-/// journal.
+/// journal. With `resume`, a journal entry from before this star stopped, it continues from the
+/// bytes that entry vouches for.
 ///
 /// # Errors
 ///
@@ -85,42 +76,11 @@ impl Report {
 pub(crate) async fn replicate(
     shared: &Arc<Shared>,
     cmd: &ReplicateFile,
+    resume: Option<Entry>,
     report: &Report,
     cancel: &CancellationToken,
 ) -> Result<Replicated, WireError> {
-    run(shared, cmd, None, report, cancel).await
-}
-
-/// Resumes, on their own tasks, the transfers this star's journal holds from before it stopped.
-/// Called once at start.
-pub(crate) fn resume_journaled(shared: &Arc<Shared>) {
-    let Some(journal) = &shared.journal else {
-        return;
-    };
-    for entry in journal.entries() {
-        let shared2 = shared.clone();
-        let transfer = format!("{:016x}", entry.command.transfer_id);
-        let task = async move {
-            let shared = shared2;
-            let cmd = entry.command.clone();
-            info!(transfer, target = %cmd.target_path, verified = entry.verified, "resuming a journaled replication");
-            let _in_flight = InFlight::new(&shared);
-            let cancel = CancellationToken::new();
-            match run(&shared, &cmd, Some(entry), &Report::unread(), &cancel).await {
-                Ok(done) => info!(
-                    transfer, bytes = done.bytes, sha256 = %hex::encode(done.sha256),
-                    target = %cmd.target_path, "resumed replication completed"
-                ),
-                Err(e) => warn!(
-                    transfer,
-                    code = e.code.name(),
-                    "resumed replication failed: {}",
-                    e.message
-                ),
-            }
-        };
-        shared.tracker.spawn(task);
-    }
+    run(shared, cmd, resume, report, cancel).await
 }
 
 /// Why one attempt ended without a published file.

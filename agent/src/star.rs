@@ -262,7 +262,7 @@ impl Star {
         span.in_scope(|| {
             crate::reload::log_keys(&shared, crl.as_ref());
             info!("listening on {addr}");
-            crate::pull::resume_journaled(&shared);
+            crate::control::resume_journaled(&shared);
         });
         Ok(Star { shared, addr })
     }

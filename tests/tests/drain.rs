@@ -101,22 +101,26 @@ async fn a_transfer_stopped_by_shutdown_resumes_when_the_star_starts_again() {
     let journal = state.path().join("transfers");
     assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 1);
 
-    // Started again, the star finishes the transfer by itself.
+    // Started again, the star finishes the transfer by itself, as a transfer of its own: `wait`
+    // finds it under the same id and gets its result.
     let b = Star::spawn(config).await.unwrap();
-    within("the resumed transfer", async {
-        while !(dst.exists() && part_files(dst_root.path()).is_empty()) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let ControlRequest::Replicate(cmd) = &first else {
+        unreachable!("request() builds a Replicate")
+    };
+    let wait = ControlRequest::Wait {
+        transfer_id: cmd.transfer_id,
+    };
+    let mut events = within("the resumed transfer", client.control(&b, &wait))
+        .await
+        .unwrap();
+    assert!(
+        matches!(events.first(), Some(orbit_wire::ControlEvent::Following(_))),
+        "{events:?}"
+    );
+    assert_eq!(expect_done(events.pop().unwrap()), (LARGE as u64, digest));
     assert_eq!(sha256_file(&dst), digest);
     assert_eq!(list_tree(dst_root.path()), vec![PathBuf::from("f.bin")]);
-    within("the journal's cleanup", async {
-        while std::fs::read_dir(&journal).unwrap().count() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 0);
     a.shutdown().await;
     b.shutdown().await;
 }
