@@ -199,15 +199,15 @@ fn start(shared: &Arc<Shared>, cmd: ReplicateFile) -> Result<Arc<Transfer>, Wire
         ));
     };
     drop(_entered);
-    launch(shared, cmd, None, slot, span)
+    launch(shared, cmd, None, Some(slot), span)
 }
 
-/// Registers `cmd` and spawns its task, which holds `slot` until it ends.
+/// Registers `cmd` and spawns its task, which holds `slot` (or waits for one) until it ends.
 fn launch(
     shared: &Arc<Shared>,
     cmd: ReplicateFile,
     resume: Option<Entry>,
-    slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
     span: tracing::Span,
 ) -> Result<Arc<Transfer>, WireError> {
     let transfer = shared.transfers.register(&cmd)?;
@@ -217,9 +217,9 @@ fn launch(
 }
 
 /// Resumes the replications this star's journal holds from before it stopped, each as if a
-/// controller had just started it: listed by `status`, followed by `wait`, stopped by `cancel`,
-/// and holding a `max_transfers` slot. Called once at start; an entry beyond `max_transfers`
-/// (the setting was lowered) waits for a slot.
+/// controller had just started it: registered at once, so that `status` lists them and `wait`
+/// and `cancel` find them, and each holding a `max_transfers` slot while it runs. Called once at
+/// start; entries beyond `max_transfers` (the setting was lowered) wait for a slot.
 pub(crate) fn resume_journaled(shared: &Arc<Shared>) {
     let Some(journal) = &shared.journal else {
         return;
@@ -230,27 +230,9 @@ pub(crate) fn resume_journaled(shared: &Arc<Shared>) {
         span.in_scope(|| {
             info!(target = %cmd.target_path, verified = entry.verified, "resuming a journaled replication");
         });
-        // At start every slot is free: the transfer is registered before the star answers
-        // anyone, unless more entries than slots wait.
-        match shared.transfer_slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                if let Err(e) = launch(shared, cmd, Some(entry), slot, span) {
-                    warn!(code = e.code.name(), "cannot resume: {}", e.message);
-                }
-            }
-            Err(_) => {
-                let shared2 = shared.clone();
-                let waiting = async move {
-                    let Ok(slot) = shared2.transfer_slots.clone().acquire_owned().await else {
-                        return;
-                    };
-                    let span = tracing::Span::current();
-                    if let Err(e) = launch(&shared2, cmd, Some(entry), slot, span) {
-                        warn!(code = e.code.name(), "cannot resume: {}", e.message);
-                    }
-                };
-                shared.tracker.spawn(waiting.instrument(span));
-            }
+        let slot = shared.transfer_slots.clone().try_acquire_owned().ok();
+        if let Err(e) = launch(shared, cmd, Some(entry), slot, span.clone()) {
+            span.in_scope(|| warn!(code = e.code.name(), "cannot resume: {}", e.message));
         }
     }
 }
@@ -261,8 +243,22 @@ async fn run(
     cmd: ReplicateFile,
     resume: Option<Entry>,
     transfer: Arc<Transfer>,
-    _slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
 ) {
+    let _slot = match slot {
+        Some(slot) => Some(slot),
+        // Resumed beyond max_transfers: wait for a slot. A star stopping first keeps the journal
+        // entry for its next start; a transfer cancelled first goes on at once, only to remove
+        // its temporary file and entry.
+        None => tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = transfer.cancel.cancelled() => None,
+            slot = shared.transfer_slots.clone().acquire_owned() => match slot {
+                Ok(slot) => Some(slot),
+                Err(_) => return,
+            },
+        },
+    };
     let transfer_id = hex_id(cmd.transfer_id);
     info!(
         transfer = transfer_id, source = %cmd.source, source_path = %cmd.source_path, target = %cmd.target_path,

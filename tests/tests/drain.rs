@@ -125,6 +125,98 @@ async fn a_transfer_stopped_by_shutdown_resumes_when_the_star_starts_again() {
     b.shutdown().await;
 }
 
+/// Two transfers stopped by a shutdown, and the star started again with room for one: both are
+/// resumed, the second once the first frees its slot, and `wait` finds each by its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_transfers_beyond_max_transfers_wait_for_a_slot() {
+    let grid = Grid::new();
+    let src_root = tempfile::tempdir().unwrap();
+    let dst_root = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let files = ["one.bin", "two.bin"];
+    let digests: Vec<[u8; 32]> = files
+        .iter()
+        .enumerate()
+        .map(|(i, name)| random_file(&src_root.path().join(name), LARGE + i))
+        .collect();
+    let a = grid.spawn_star("star-a", &[src_root.path()]).await;
+    let mut config = grid.star_config("star-b", &[dst_root.path()]);
+    config.state_dir = Some(state.path().to_owned());
+    let b = Star::spawn(config.clone()).await.unwrap();
+    let client = grid.controller_client();
+    let requests: Vec<ControlRequest> = files
+        .iter()
+        .map(|name| {
+            request(
+                &grid,
+                &a,
+                &src_root.path().join(name),
+                &dst_root.path().join(name),
+            )
+        })
+        .collect();
+    let (b_addr, b_name) = (b.local_addr(), b.name().to_owned());
+    let both = futures_join(
+        client.control_at(b_addr, &b_name, &requests[0]),
+        client.control_at(b_addr, &b_name, &requests[1]),
+    );
+    tokio::pin!(both);
+    within("two temporary files with bytes", async {
+        loop {
+            tokio::select! {
+                ended = &mut both => panic!("ended before both had bytes: {ended:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+            let with_bytes = part_files(dst_root.path())
+                .iter()
+                .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+                .count();
+            if with_bytes == 2 {
+                break;
+            }
+        }
+    })
+    .await;
+    let (_, ()) = tokio::join!(
+        within("the replications", both),
+        within("the shutdown", b.shutdown_with_drain(Duration::ZERO)),
+    );
+    let journal = state.path().join("transfers");
+    assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 2);
+
+    config.limits.max_transfers = 1;
+    let b = Star::spawn(config).await.unwrap();
+    for ((request, digest), i) in requests.iter().zip(&digests).zip(0..) {
+        let ControlRequest::Replicate(cmd) = request else {
+            unreachable!("request() builds a Replicate")
+        };
+        let wait = ControlRequest::Wait {
+            transfer_id: cmd.transfer_id,
+        };
+        let mut events = within("a resumed transfer", client.control(&b, &wait))
+            .await
+            .unwrap();
+        assert_eq!(
+            expect_done(events.pop().unwrap()),
+            ((LARGE + i) as u64, *digest)
+        );
+    }
+    for (name, digest) in files.iter().zip(&digests) {
+        assert_eq!(sha256_file(&dst_root.path().join(name)), *digest);
+    }
+    assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Both futures to their ends, concurrently.
+async fn futures_join<A: std::future::Future, B: std::future::Future>(
+    a: A,
+    b: B,
+) -> (A::Output, B::Output) {
+    tokio::join!(a, b)
+}
+
 /// `orbitctl init` for star-a and star-b under `root`.
 fn init_grid(root: &Path) -> PathBuf {
     orbit_tests::ops::init_grid(root, &["star-a", "star-b"])
