@@ -142,6 +142,27 @@ impl Grid {
         token::sign(&self.claims(audience, holder, path), &self.key(audience))
     }
 
+    /// A `Replicate` command telling star-b to pull `src` from `source` into `dst`, with a fresh
+    /// transfer id and a token for the path; `timeout_secs` 0 is the default.
+    pub fn replicate_request(
+        &self,
+        source: &Star,
+        src: &Path,
+        dst: &Path,
+        timeout_secs: u32,
+    ) -> ControlRequest {
+        ControlRequest::Replicate(ReplicateFile {
+            transfer_id: rand::random(),
+            source: source.name().to_owned(),
+            source_addr: source.local_addr().to_string(),
+            source_path: wire(src),
+            target_path: wire(dst),
+            token: self.token(source.name(), "star-b", &wire(src)),
+            expect_sha256: None,
+            timeout_secs,
+        })
+    }
+
     /// A client with the controller's certificate.
     pub fn controller_client(&self) -> Client {
         Client::new(&self.ca.cert_pem(), &self.controller)

@@ -10,22 +10,9 @@ use std::time::Duration;
 use orbit_agent::Star;
 use orbit_tests::process::{bin, StarProcess};
 use orbit_tests::*;
-use orbit_wire::{ControlRequest, ErrorCode, ReplicateFile};
+use orbit_wire::{ControlRequest, ErrorCode};
 
 const LARGE: usize = 64 * 1024 * 1024;
-
-fn request(grid: &Grid, a: &Star, src: &Path, dst: &Path) -> ControlRequest {
-    ControlRequest::Replicate(ReplicateFile {
-        transfer_id: rand::random(),
-        source: "star-a".into(),
-        source_addr: a.local_addr().to_string(),
-        source_path: wire(src),
-        target_path: wire(dst),
-        token: grid.token("star-a", "star-b", &wire(src)),
-        expect_sha256: None,
-        timeout_secs: 0,
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_star_refuses_new_commands_and_finishes_those_in_flight() {
@@ -39,7 +26,7 @@ async fn a_draining_star_refuses_new_commands_and_finishes_those_in_flight() {
     let b = grid.spawn_star("star-b", &[dst_root.path()]).await;
     let client = grid.controller_client();
     let (b_addr, b_name) = (b.local_addr(), b.name().to_owned());
-    let first = request(&grid, &a, &src, &dst);
+    let first = grid.replicate_request(&a, &src, &dst, 0);
     let replication = client.control_at(b_addr, &b_name, &first);
     tokio::pin!(replication);
     first_bytes(dst_root.path(), replication.as_mut()).await;
@@ -52,7 +39,7 @@ async fn a_draining_star_refuses_new_commands_and_finishes_those_in_flight() {
         _ = &mut shutdown => panic!("the shutdown did not wait for the transfer in flight"),
         _ = async {} => {}
     }
-    let other = request(&grid, &a, &src, &dst_root.path().join("other.bin"));
+    let other = grid.replicate_request(&a, &src, &dst_root.path().join("other.bin"), 0);
     let (refused, events, ()) = tokio::join!(
         client.control_at(b_addr, &b_name, &other),
         within("the transfer in flight", replication),
@@ -83,7 +70,7 @@ async fn a_transfer_stopped_by_shutdown_resumes_when_the_star_starts_again() {
     let b = Star::spawn(config.clone()).await.unwrap();
     let client = grid.controller_client();
     let (b_addr, b_name) = (b.local_addr(), b.name().to_owned());
-    let first = request(&grid, &a, &src, &dst);
+    let first = grid.replicate_request(&a, &src, &dst, 0);
     let replication = client.control_at(b_addr, &b_name, &first);
     tokio::pin!(replication);
     first_bytes(dst_root.path(), replication.as_mut()).await;
@@ -105,7 +92,7 @@ async fn a_transfer_stopped_by_shutdown_resumes_when_the_star_starts_again() {
     // finds it under the same id and gets its result.
     let b = Star::spawn(config).await.unwrap();
     let ControlRequest::Replicate(cmd) = &first else {
-        unreachable!("request() builds a Replicate")
+        unreachable!("replicate_request builds a Replicate")
     };
     let wait = ControlRequest::Wait {
         transfer_id: cmd.transfer_id,
@@ -147,11 +134,11 @@ async fn resumed_transfers_beyond_max_transfers_wait_for_a_slot() {
     let requests: Vec<ControlRequest> = files
         .iter()
         .map(|name| {
-            request(
-                &grid,
+            grid.replicate_request(
                 &a,
                 &src_root.path().join(name),
                 &dst_root.path().join(name),
+                0,
             )
         })
         .collect();
@@ -188,7 +175,7 @@ async fn resumed_transfers_beyond_max_transfers_wait_for_a_slot() {
     let b = Star::spawn(config).await.unwrap();
     for ((request, digest), i) in requests.iter().zip(&digests).zip(0..) {
         let ControlRequest::Replicate(cmd) = request else {
-            unreachable!("request() builds a Replicate")
+            unreachable!("replicate_request builds a Replicate")
         };
         let wait = ControlRequest::Wait {
             transfer_id: cmd.transfer_id,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use orbit_tests::*;
-use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile};
+use orbit_wire::{ControlEvent, ErrorCode};
 
 /// Large enough that the transfer is still running when the first bytes reach the disk: about a
 /// second on loopback in a test build.
@@ -41,25 +41,6 @@ async fn first_bytes(dir: &Path, target: &Path) -> Seen {
     }
 }
 
-fn replicate_request(
-    grid: &Grid,
-    source: &orbit_agent::Star,
-    src: &Path,
-    dst: &Path,
-) -> ControlRequest {
-    ControlRequest::Replicate(ReplicateFile {
-        transfer_id: rand::random(),
-        source: source.name().to_owned(),
-        source_addr: source.local_addr().to_string(),
-        source_path: wire(src),
-        target_path: wire(dst),
-        token: grid.token(source.name(), "star-b", &wire(src)),
-        expect_sha256: None,
-        // The destination retries a source that went away for this long.
-        timeout_secs: 1,
-    })
-}
-
 /// How soon after the source has shut down the controller must hear of it: the 1 s retry
 /// timeout and a margin; a star that goes away without telling its peers would be noticed only
 /// at the destination's stall timeout (10 s).
@@ -82,7 +63,8 @@ async fn source_shut_down_mid_transfer_leaves_nothing_at_the_destination() {
         let dst = dst_root.path().join("large.bin");
         let a = grid.spawn_star("star-a", &[src_root.path()]).await;
         let b = grid.spawn_star("star-b", &[dst_root.path()]).await;
-        let request = replicate_request(&grid, &a, &src, &dst);
+        // The destination retries a source that went away for 1 s.
+        let request = grid.replicate_request(&a, &src, &dst, 1);
 
         // The controller's stream buffers star-b's events while this test is busy elsewhere, so
         // the replication only needs polling until it has started and again at the end.
@@ -153,7 +135,7 @@ async fn destination_shut_down_mid_transfer_leaves_nothing_behind() {
     random_file(&src, LARGE);
     let a = grid.spawn_star("star-a", &[src_root.path()]).await;
     let b = grid.spawn_star("star-b", &[dst_root.path()]).await;
-    let request = replicate_request(&grid, &a, &src, &dst);
+    let request = grid.replicate_request(&a, &src, &dst, 1);
 
     let client = grid.controller_client();
     let (b_addr, b_name) = (b.local_addr(), b.name().to_owned());
@@ -205,7 +187,7 @@ async fn a_star_with_a_pooled_connection_shuts_down_promptly() {
     random_file(&src, 1000);
     let a = grid.spawn_star("star-a", &[src_root.path()]).await;
     let b = grid.spawn_star("star-b", &[dst_root.path()]).await;
-    let request = replicate_request(&grid, &a, &src, &dst);
+    let request = grid.replicate_request(&a, &src, &dst, 1);
     let mut events = within(
         "the replication",
         grid.controller_client().control(&b, &request),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use orbit_tests::process::{bin, StarProcess};
 use orbit_tests::*;
-use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile};
+use orbit_wire::{ControlEvent, ErrorCode};
 
 /// `orbitctl init` for star-a and star-b under `root`.
 fn init_grid(root: &Path) -> PathBuf {
@@ -122,16 +122,7 @@ async fn a_source_that_stays_down_ends_in_deadline_exceeded_and_a_clean_destinat
     random_file(&src, 64 * 1024 * 1024);
     let a = grid.spawn_star("star-a", &[src_root.path()]).await;
     let b = grid.spawn_star("star-b", &[dst_root.path()]).await;
-    let request = ControlRequest::Replicate(ReplicateFile {
-        transfer_id: rand::random(),
-        source: "star-a".into(),
-        source_addr: a.local_addr().to_string(),
-        source_path: wire(&src),
-        target_path: wire(&dst),
-        token: grid.token("star-a", "star-b", &wire(&src)),
-        expect_sha256: None,
-        timeout_secs: 2,
-    });
+    let request = grid.replicate_request(&a, &src, &dst, 2);
     let client = grid.controller_client();
     let replication = client.control_at(b.local_addr(), "star-b", &request);
     tokio::pin!(replication);
@@ -169,18 +160,7 @@ async fn a_second_replication_to_the_same_target_is_refused() {
     let a = grid.spawn_star("star-a", &[src_root.path()]).await;
     let b = grid.spawn_star("star-b", &[dst_root.path()]).await;
     let client = grid.controller_client();
-    let request = |src: &Path| {
-        ControlRequest::Replicate(ReplicateFile {
-            transfer_id: rand::random(),
-            source: "star-a".into(),
-            source_addr: a.local_addr().to_string(),
-            source_path: wire(src),
-            target_path: wire(&dst),
-            token: grid.token("star-a", "star-b", &wire(src)),
-            expect_sha256: None,
-            timeout_secs: 0,
-        })
-    };
+    let request = |src: &Path| grid.replicate_request(&a, src, &dst, 0);
     let first_request = request(&one);
     let first = client.control_at(b.local_addr(), "star-b", &first_request);
     tokio::pin!(first);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use orbit_tests::*;
-use orbit_wire::{ControlRequest, ErrorCode, ReplicateFile};
+use orbit_wire::ErrorCode;
 
 const SIZE: usize = 96 * 1024 * 1024;
 
@@ -47,16 +47,7 @@ async fn changed_during_the_transfer(how: Change) {
     std::fs::write(&dst, b"the old contents").unwrap();
     let a = grid.spawn_star("star-a", &[src_root.path()]).await;
     let b = grid.spawn_star("star-b", &[dst_root.path()]).await;
-    let request = ControlRequest::Replicate(ReplicateFile {
-        transfer_id: rand::random(),
-        source: "star-a".into(),
-        source_addr: a.local_addr().to_string(),
-        source_path: wire(&src),
-        target_path: wire(&dst),
-        token: grid.token("star-a", "star-b", &wire(&src)),
-        expect_sha256: None,
-        timeout_secs: 0,
-    });
+    let request = grid.replicate_request(&a, &src, &dst, 0);
     let client = grid.controller_client();
     let replication = client.control_at(b.local_addr(), "star-b", &request);
     tokio::pin!(replication);
@@ -108,16 +99,7 @@ async fn a_source_changed_between_attempts_is_sent_again_from_zero() {
     let mut config_a = grid.star_config("star-a", &[src_root.path()]);
     let a = orbit_agent::Star::spawn(config_a.clone()).await.unwrap();
     let b = grid.spawn_star("star-b", &[dst_root.path()]).await;
-    let request = ControlRequest::Replicate(ReplicateFile {
-        transfer_id: rand::random(),
-        source: "star-a".into(),
-        source_addr: a.local_addr().to_string(),
-        source_path: wire(&src),
-        target_path: wire(&dst),
-        token: grid.token("star-a", "star-b", &wire(&src)),
-        expect_sha256: None,
-        timeout_secs: 30,
-    });
+    let request = grid.replicate_request(&a, &src, &dst, 30);
     let client = grid.controller_client();
     let replication = client.control_at(b.local_addr(), "star-b", &request);
     tokio::pin!(replication);
