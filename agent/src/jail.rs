@@ -355,17 +355,13 @@ impl TargetDir {
         Ok(File::from(fd))
     }
 
-    /// Makes sure `len` more bytes fit in `file` from `offset`: refuses at once when the file
-    /// system has less space free, then reserves the blocks (`fallocate`, keeping the file's size)
-    /// where the file system supports it, so that a full disk shows now rather than half-way.
+    /// Refuses at once, with `StorageFull` naming the bytes needed and free, when the file system
+    /// holding `file` has less than `len` bytes free.
     ///
     /// # Errors
     ///
-    /// `StorageFull` naming the bytes needed and free; other I/O.
-    pub fn reserve(&self, file: &File, offset: u64, len: u64) -> io::Result<()> {
-        if len == 0 {
-            return Ok(());
-        }
+    /// `StorageFull`; other I/O.
+    pub fn check_space(&self, file: &File, len: u64) -> io::Result<()> {
         let vfs = rustix::fs::fstatvfs(file)?;
         let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
         if free < len {
@@ -375,6 +371,20 @@ impl TargetDir {
                     "No space left on device: the file needs {len} more bytes, {free} are free"
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Reserves the blocks for `len` bytes of `file` from `offset` (`fallocate`, keeping the
+    /// file's size) where the file system supports it, so that the file is laid out in one
+    /// piece and a disk filled meanwhile by someone else shows here rather than in a write.
+    ///
+    /// # Errors
+    ///
+    /// `StorageFull`; other I/O.
+    pub fn reserve(&self, file: &File, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
         }
         match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, offset, len) {
             Ok(()) => Ok(()),

@@ -1,7 +1,7 @@
 //! A destination that runs out of space: the replication fails with `ResourceExhausted`, the
 //! file already at the target is intact and no temporary file remains. A file that cannot fit is
-//! refused before a byte is written (free space is checked and the blocks reserved first); one
-//! that fits is still written. Needs root to mount a small tmpfs (CI runs as root); elsewhere it
+//! refused before a byte is written (the free space is checked first); one that fits is still
+//! written. Needs root to mount a small tmpfs (CI runs as root); elsewhere it
 //! says so and passes without checking.
 
 use std::path::{Path, PathBuf};

@@ -27,6 +27,11 @@ const WRITE_BEHIND: usize = 16;
 /// How many bytes are written between two journal checkpoints (an fdatasync and a journal
 /// update): what a crash of this star costs at most, in bytes to fetch again.
 const CHECKPOINT: u64 = 32 * 1024 * 1024;
+/// How far ahead of the writes the file's blocks are reserved. Step by step rather than the whole
+/// file at once: on tmpfs a reservation allocates the memory pages, about 0.4 s per GiB here, and
+/// the whole file's at the start would stall the transfer for that long with the window full
+/// (bench/RESULTS.md). The free space for the whole file is checked at the start all the same.
+const RESERVE_AHEAD: u64 = 64 * 1024 * 1024;
 
 /// What the writer thread is told.
 pub(super) enum WriteMsg {
@@ -195,6 +200,10 @@ struct Disk {
     /// of the transfer's CPU.
     segment: Option<Sha256>,
     since_checkpoint: u64,
+    /// The file's blocks are reserved up to this offset (see [`RESERVE_AHEAD`]).
+    reserved: u64,
+    /// Its size, when this attempt's header has said it.
+    size: u64,
     /// The checkpoint being synced on its own thread while this one goes on writing.
     pending: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
@@ -257,6 +266,8 @@ impl Disk {
             whole: Sha256::new(),
             segment: None,
             since_checkpoint: 0,
+            reserved: 0,
+            size: 0,
             pending: None,
         })
     }
@@ -280,6 +291,8 @@ impl Disk {
             whole: Sha256::new(),
             segment: None,
             since_checkpoint: 0,
+            reserved: 0,
+            size: 0,
             pending: None,
         };
         let good = disk.check_prefix(entry.verified, &entry.prefix_sha256);
@@ -402,6 +415,17 @@ impl Disk {
         }
     }
 
+    /// Reserves the blocks from what is reserved to [`RESERVE_AHEAD`] past what is written.
+    fn reserve_ahead(&mut self) -> std::io::Result<()> {
+        let to = self.size.min(self.written + RESERVE_AHEAD);
+        if to > self.reserved {
+            self.dir
+                .reserve(&self.file, self.reserved, to - self.reserved)?;
+            self.reserved = to;
+        }
+        Ok(())
+    }
+
     fn receive(&mut self, rx: &mut mpsc::Receiver<Msg>) -> Result<[u8; 32], WireError> {
         let io = io_error("writing the temporary file");
         while let Some(msg) = rx.blocking_recv() {
@@ -424,12 +448,11 @@ impl Disk {
                     }
                     self.segment = (self.written > 0).then(Sha256::new);
                     self.dir
-                        .reserve(
-                            &self.file,
-                            self.written,
-                            version.size.saturating_sub(self.written),
-                        )
+                        .check_space(&self.file, version.size.saturating_sub(self.written))
                         .map_err(&io)?;
+                    self.size = version.size;
+                    self.reserved = self.written;
+                    self.reserve_ahead().map_err(&io)?;
                     if let Some(entry) = &mut self.entry {
                         entry.version = Some(version);
                     }
@@ -442,6 +465,9 @@ impl Disk {
                     }
                     self.file.write_all(&data).map_err(&io)?;
                     self.written += data.len() as u64;
+                    if self.written + RESERVE_AHEAD / 2 > self.reserved {
+                        self.reserve_ahead().map_err(&io)?;
+                    }
                     self.since_checkpoint += data.len() as u64;
                     if self.since_checkpoint >= CHECKPOINT {
                         self.checkpoint_behind().map_err(&io)?;
