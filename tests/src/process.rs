@@ -27,15 +27,10 @@ pub fn bin(name: &str) -> PathBuf {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "orbit-agent",
-            "-p",
-            "orbit-controller",
-            "--bins",
-        ]);
+        // The whole workspace, as `cargo test --workspace` builds it: the same packages give the
+        // same features, so the libraries it compiled are reused and only the two binaries are
+        // built (see the proptest dependency in Cargo.toml).
+        build.args(["build", "--quiet", "--workspace", "--bins"]);
         if release {
             build.arg("--release");
         }
