@@ -93,26 +93,6 @@ pub struct LimitError {
 }
 
 impl LimitsFile {
-    /// `flags` over `self`, key by key.
-    pub fn merge(self, flags: LimitsFile) -> LimitsFile {
-        LimitsFile {
-            max_connections_per_peer: flags
-                .max_connections_per_peer
-                .or(self.max_connections_per_peer),
-            max_streams_per_connection: flags
-                .max_streams_per_connection
-                .or(self.max_streams_per_connection),
-            max_transfers: flags.max_transfers.or(self.max_transfers),
-            max_token_lifetime_secs: flags
-                .max_token_lifetime_secs
-                .or(self.max_token_lifetime_secs),
-            handshake_timeout_secs: flags.handshake_timeout_secs.or(self.handshake_timeout_secs),
-            idle_timeout_secs: flags.idle_timeout_secs.or(self.idle_timeout_secs),
-            request_timeout_secs: flags.request_timeout_secs.or(self.request_timeout_secs),
-            stream_window_mib: flags.stream_window_mib.or(self.stream_window_mib),
-        }
-    }
-
     /// The limits, defaults filled in.
     ///
     /// # Errors
@@ -227,17 +207,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn missing_keys_keep_their_defaults_and_flags_win() {
+    fn missing_keys_keep_their_defaults() {
         let file = LimitsFile {
-            max_transfers: Some(3),
+            max_transfers: Some(5),
             idle_timeout_secs: Some(60),
             ..LimitsFile::default()
         };
-        let flags = LimitsFile {
-            max_transfers: Some(5),
-            ..LimitsFile::default()
-        };
-        let limits = file.merge(flags).into_limits().unwrap();
+        let limits = file.into_limits().unwrap();
         assert_eq!(limits.max_transfers, 5);
         assert_eq!(limits.idle_timeout, Duration::from_secs(60));
         assert_eq!(limits.max_token_lifetime, Duration::from_secs(3600));

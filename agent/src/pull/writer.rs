@@ -360,15 +360,8 @@ impl Disk {
 
     /// Syncs the bytes written so far and records them in the journal, now.
     fn checkpoint(&mut self) -> std::io::Result<()> {
-        self.since_checkpoint = 0;
-        self.settle()?;
-        let (Some(journal), Some(entry)) = (&self.shared.journal, &mut self.entry) else {
-            return Ok(());
-        };
-        self.file.sync_data()?;
-        entry.verified = self.written;
-        entry.prefix_sha256 = hex::encode(self.whole.clone().finalize());
-        journal.write(entry)
+        self.checkpoint_behind()?;
+        self.settle()
     }
 
     /// Starts a checkpoint of the bytes written so far on another thread: the data is synced
