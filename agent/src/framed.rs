@@ -1,12 +1,13 @@
 //! Reading and writing `orbit_wire` frames on QUIC streams. The length prefix is checked against
 //! the stream's cap before the body is allocated.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use quinn::{ReadExactError, RecvStream, SendStream};
 use serde::{de::DeserializeOwned, Serialize};
 
 use orbit_wire::{
-    decode_body, decode_data_frame, decode_len, encode_frame, DataFrame, FrameError, LEN_PREFIX,
+    chunk_head, decode_body, decode_data_frame, decode_len, encode_frame, DataFrame, FrameError,
+    CHUNK_HEAD_MAX, LEN_PREFIX,
 };
 
 /// Why a frame could not be read or written.
@@ -32,7 +33,8 @@ pub enum FramedError {
     Closed(#[from] quinn::ClosedStream),
 }
 
-async fn read_body(recv: &mut RecvStream, cap: usize) -> Result<BytesMut, FramedError> {
+/// Reads a frame's length prefix and checks it against `cap`.
+async fn read_len(recv: &mut RecvStream, cap: usize) -> Result<usize, FramedError> {
     let mut prefix = [0u8; LEN_PREFIX];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
@@ -40,17 +42,19 @@ async fn read_body(recv: &mut RecvStream, cap: usize) -> Result<BytesMut, Framed
         Err(ReadExactError::FinishedEarly(_)) => return Err(FramedError::Truncated),
         Err(ReadExactError::ReadError(e)) => return Err(e.into()),
     }
-    let len = decode_len(prefix, cap)?;
-    // Filled from quinn's received pieces: one copy, and no zeroing of memory about to be
-    // overwritten.
-    let mut body = BytesMut::with_capacity(len);
-    while body.len() < len {
-        match recv.read_chunk(len - body.len(), true).await? {
-            Some(chunk) => body.extend_from_slice(&chunk.bytes),
+    Ok(decode_len(prefix, cap)?)
+}
+
+/// Reads the next `len` bytes as quinn received them, without copying: one piece per packet.
+async fn read_pieces(recv: &mut RecvStream, len: usize) -> Result<Payload, FramedError> {
+    let mut payload = Payload::default();
+    while payload.len < len {
+        match recv.read_chunk(len - payload.len, true).await? {
+            Some(chunk) => payload.push(chunk.bytes),
             None => return Err(FramedError::Truncated),
         }
     }
-    Ok(body)
+    Ok(payload)
 }
 
 /// Reads one frame of at most `cap` bytes and decodes it as `T`.
@@ -64,18 +68,118 @@ pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut RecvStream,
     cap: usize,
 ) -> Result<T, FramedError> {
-    let body = read_body(recv, cap).await?;
+    let len = read_len(recv, cap).await?;
+    let body = read_pieces(recv, len).await?.join();
     Ok(decode_body(&body)?)
 }
 
-/// Reads one data stream frame; a chunk's payload is not copied again after the read.
+/// Bytes as they arrived: the pieces quinn received them in, in order, not copied.
+#[derive(Debug, Default)]
+pub struct Payload {
+    pieces: Vec<Bytes>,
+    len: usize,
+}
+
+impl Payload {
+    fn push(&mut self, piece: Bytes) {
+        self.len += piece.len();
+        self.pieces.push(piece);
+    }
+
+    /// How many bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The pieces, in order.
+    pub fn pieces(&self) -> &[Bytes] {
+        &self.pieces
+    }
+
+    /// Copies the first `out.len()` (at most [`Payload::len`]) bytes into `out`.
+    fn copy_prefix(&self, out: &mut [u8]) {
+        let mut at = 0;
+        for piece in &self.pieces {
+            if at == out.len() {
+                break;
+            }
+            let n = piece.len().min(out.len() - at);
+            out[at..at + n].copy_from_slice(&piece[..n]);
+            at += n;
+        }
+    }
+
+    /// Drops the first `n` (at most [`Payload::len`]) bytes.
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        let mut whole = 0;
+        for piece in &mut self.pieces {
+            if n < piece.len() {
+                piece.advance(n);
+                break;
+            }
+            n -= piece.len();
+            whole += 1;
+        }
+        self.pieces.drain(..whole);
+    }
+
+    /// The bytes in one buffer: the piece itself when there is one, else a copy.
+    fn join(mut self) -> Bytes {
+        if self.pieces.len() == 1 {
+            return self.pieces.pop().expect("one piece");
+        }
+        let mut body = BytesMut::with_capacity(self.len);
+        for piece in &self.pieces {
+            body.extend_from_slice(piece);
+        }
+        body.freeze()
+    }
+}
+
+/// A data stream frame as read.
+#[derive(Debug)]
+pub enum DataRead {
+    /// A chunk; its payload stays in the pieces it arrived in, one per packet.
+    Chunk {
+        /// Where the payload goes in the file.
+        offset: u64,
+        /// The payload.
+        payload: Payload,
+    },
+    /// A header, a trailer or an error: never a chunk.
+    Frame(DataFrame),
+}
+
+/// Reads one data stream frame. A chunk's payload is not copied: at MTU 1500, assembling it into
+/// one buffer copied every byte once more (bench/RESULTS.md).
 ///
 /// # Errors
 ///
 /// As [`read_frame`].
-pub async fn read_data_frame(recv: &mut RecvStream) -> Result<DataFrame, FramedError> {
-    let body = read_body(recv, orbit_wire::MAX_DATA_FRAME).await?;
-    Ok(decode_data_frame(body.freeze())?)
+pub async fn read_data_frame(recv: &mut RecvStream) -> Result<DataRead, FramedError> {
+    let len = read_len(recv, orbit_wire::MAX_DATA_FRAME).await?;
+    let mut body = read_pieces(recv, len).await?;
+    let mut head = [0u8; CHUNK_HEAD_MAX];
+    let head = &mut head[..len.min(CHUNK_HEAD_MAX)];
+    body.copy_prefix(head);
+    if let Some((offset, start)) = chunk_head(head, len) {
+        body.advance(start);
+        return Ok(DataRead::Chunk {
+            offset,
+            payload: body,
+        });
+    }
+    // Anything else, well-formed or not, is decoded whole (chunk_head finds every valid chunk:
+    // wire's property tests).
+    Ok(match decode_data_frame(body.join())? {
+        DataFrame::Chunk { offset, data } => {
+            let mut payload = Payload::default();
+            payload.push(data);
+            DataRead::Chunk { offset, payload }
+        }
+        frame => DataRead::Frame(frame),
+    })
 }
 
 /// Writes `msg` as one frame.
@@ -103,4 +207,52 @@ pub async fn write_chunk(
     send.write_all_chunks(&mut [Bytes::copy_from_slice(&head[..n]), data])
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(pieces: &[&'static [u8]]) -> Payload {
+        let mut payload = Payload::default();
+        for piece in pieces {
+            payload.push(Bytes::from_static(piece));
+        }
+        payload
+    }
+
+    fn bytes(payload: &Payload) -> Vec<u8> {
+        payload.pieces().concat()
+    }
+
+    #[test]
+    fn a_prefix_is_copied_across_pieces() {
+        let p = payload(&[b"ab", b"", b"cde", b"f"]);
+        let mut out = [0u8; 4];
+        p.copy_prefix(&mut out);
+        assert_eq!(&out, b"abcd");
+        let mut all = [0u8; 6];
+        p.copy_prefix(&mut all);
+        assert_eq!(&all, b"abcdef");
+    }
+
+    #[test]
+    fn advancing_drops_whole_pieces_and_splits_the_next() {
+        for n in 0..=6 {
+            let mut p = payload(&[b"ab", b"", b"cde", b"f"]);
+            p.advance(n);
+            assert_eq!(bytes(&p), b"abcdef"[n..].to_vec(), "advance {n}");
+            assert_eq!(p.len(), 6 - n);
+        }
+    }
+
+    #[test]
+    fn one_piece_is_joined_without_a_copy_and_several_into_one_buffer() {
+        let piece = Bytes::from_static(b"whole");
+        let mut one = Payload::default();
+        one.push(piece.clone());
+        assert_eq!(one.join().as_ptr(), piece.as_ptr());
+        assert_eq!(&payload(&[b"he", b"ll", b"o"]).join()[..], b"hello");
+        assert!(Payload::default().join().is_empty());
+    }
 }

@@ -15,7 +15,7 @@ use orbit_certs::Role;
 use orbit_wire::{DataFrame, ErrorCode, WireError};
 
 use crate::error::varint;
-use crate::framed;
+use crate::framed::{self, DataRead};
 use crate::star::{peer_of, Shared};
 
 /// How long dialling a source star may take.
@@ -200,8 +200,8 @@ async fn dispatch(conn: Connection, waiters: Arc<Waiters>, cancel: CancellationT
             let first =
                 tokio::time::timeout(FIRST_FRAME_TIMEOUT, framed::read_data_frame(&mut recv)).await;
             let id = match &first {
-                Ok(Ok(DataFrame::Header { request_id, .. }))
-                | Ok(Ok(DataFrame::Error { request_id, .. })) => *request_id,
+                Ok(Ok(DataRead::Frame(DataFrame::Header { request_id, .. })))
+                | Ok(Ok(DataRead::Frame(DataFrame::Error { request_id, .. }))) => *request_id,
                 _ => {
                     let _ = recv.stop(varint(ErrorCode::InvalidArgument));
                     return;
@@ -209,7 +209,7 @@ async fn dispatch(conn: Connection, waiters: Arc<Waiters>, cancel: CancellationT
             };
             let waiter = waiters.lock().expect("waiters lock").remove(&id);
             match (waiter, first) {
-                (Some(tx), Ok(Ok(frame))) => {
+                (Some(tx), Ok(Ok(DataRead::Frame(frame)))) => {
                     let _ = tx.send((frame, recv));
                 }
                 _ => {

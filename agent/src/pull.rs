@@ -28,7 +28,7 @@ use orbit_wire::{
 };
 
 use crate::error::{connection_lost, varint, ToWire};
-use crate::framed::{self, write_frame};
+use crate::framed::{self, write_frame, DataRead};
 use crate::jail::Confined;
 use crate::journal::Entry;
 use crate::pool::PeerConn;
@@ -375,7 +375,10 @@ async fn attempt_once(
             }
         };
         match frame {
-            DataFrame::Chunk { offset: at, data } => {
+            DataRead::Chunk {
+                offset: at,
+                payload: data,
+            } => {
                 if at != offset {
                     return Err(violation(format!(
                         "chunk at offset {at}, expected {offset}"
@@ -394,7 +397,7 @@ async fn attempt_once(
                 transfer.offset += len;
                 report.progress.send_replace((transfer.offset, total));
             }
-            DataFrame::Trailer { sha256 } => {
+            DataRead::Frame(DataFrame::Trailer { sha256 }) => {
                 if offset != total {
                     return Err(Attempt::Fatal(WireError::new(
                         ErrorCode::DataLoss,
@@ -411,13 +414,16 @@ async fn attempt_once(
                     })
                     .map_err(Attempt::Fatal);
             }
-            DataFrame::Error { error, .. } => {
+            DataRead::Frame(DataFrame::Error { error, .. }) => {
                 return Err(classify(WireError::new(
                     error.code,
                     format!("{source} failed while sending: {error}"),
                 )));
             }
-            DataFrame::Header { .. } => return Err(violation("a second header".into())),
+            // read_data_frame gives every chunk as DataRead::Chunk.
+            DataRead::Frame(DataFrame::Header { .. } | DataFrame::Chunk { .. }) => {
+                return Err(violation("a second header".into()))
+            }
         }
     }
 }

@@ -74,6 +74,29 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     Ok(msg)
 }
 
+/// The most bytes a chunk frame's body takes before its payload: the variant tag (a varint of at
+/// most 5 bytes), then the offset and the payload's length (varints of at most 10 bytes each).
+pub const CHUNK_HEAD_MAX: usize = 5 + 10 + 10;
+
+/// `DataFrame::Chunk`'s variant tag.
+const CHUNK_VARIANT: u32 = 1;
+
+/// For a receiver that keeps a chunk's payload in the pieces it arrived in: given the first
+/// `min(body_len, CHUNK_HEAD_MAX)` bytes of a data frame body of `body_len` bytes, returns the
+/// chunk's offset and where its payload starts, when the body is a well-formed
+/// `DataFrame::Chunk` exactly as [`decode_data_frame`] decodes it. Any other body, valid or not,
+/// gives `None`: decode it whole with [`decode_data_frame`], which says what it is.
+pub fn chunk_head(head: &[u8], body_len: usize) -> Option<(u64, usize)> {
+    let (variant, rest) = postcard::take_from_bytes::<u32>(head).ok()?;
+    if variant != CHUNK_VARIANT {
+        return None;
+    }
+    let (offset, rest) = postcard::take_from_bytes::<u64>(rest).ok()?;
+    let (len, rest) = postcard::take_from_bytes::<usize>(rest).ok()?;
+    let start = head.len() - rest.len();
+    (start.checked_add(len)? == body_len).then_some((offset, start))
+}
+
 /// The same shape as [`DataFrame`], borrowing a chunk's payload from the frame instead of
 /// copying it.
 #[derive(Deserialize)]
@@ -135,8 +158,7 @@ pub fn chunk_frame_header(
 ) -> ([u8; CHUNK_FRAME_HEADER_MAX], usize) {
     let mut buf = [0u8; CHUNK_FRAME_HEADER_MAX];
     let mut n = LEN_PREFIX;
-    buf[n] = 1; // DataFrame::Chunk's variant index, a one-byte varint.
-    n += 1;
+    n += put_varint(&mut buf[n..], CHUNK_VARIANT.into());
     n += put_varint(&mut buf[n..], offset);
     n += put_varint(&mut buf[n..], payload_len as u64);
     let body_len = (n - LEN_PREFIX + payload_len) as u32;

@@ -75,8 +75,8 @@ pub mod token;
 
 pub use code::{ErrorCode, WireError};
 pub use frame::{
-    chunk_frame_header, decode_body, decode_data_frame, decode_len, encode_frame, FrameError,
-    CHUNK_FRAME_HEADER_MAX, LEN_PREFIX,
+    chunk_frame_header, chunk_head, decode_body, decode_data_frame, decode_len, encode_frame,
+    FrameError, CHUNK_FRAME_HEADER_MAX, CHUNK_HEAD_MAX, LEN_PREFIX,
 };
 pub use msg::{
     ByteRange, ControlEvent, ControlRequest, DataFrame, FileVersion, ReadRequest, ReplicateFile,

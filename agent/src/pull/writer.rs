@@ -6,11 +6,10 @@
 //! entry on every failure, unless told to keep them for a resume.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -18,6 +17,7 @@ use tokio::task::JoinHandle;
 use orbit_wire::{ErrorCode, FileVersion, ReplicateFile, WireError};
 
 use crate::error::ToWire;
+use crate::framed::Payload;
 use crate::jail::{Confined, TargetDir};
 use crate::journal::Entry;
 use crate::star::Shared;
@@ -38,8 +38,8 @@ pub(super) enum WriteMsg {
     /// An attempt begins at `start` (the bytes written so far, or 0 to start again) with the
     /// source's file at `version`.
     Segment { start: u64, version: FileVersion },
-    /// The next bytes.
-    Data(Bytes),
+    /// The next bytes, in the pieces they arrived in.
+    Data(Payload),
 }
 
 /// The end of the transfer, sent apart from the data so it cannot be confused with it.
@@ -206,6 +206,21 @@ struct Disk {
     size: u64,
     /// The checkpoint being synced on its own thread while this one goes on writing.
     pending: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Writes all of `pieces`, in order, with as few system calls as the file takes.
+fn write_all_pieces(file: &mut File, pieces: &[bytes::Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn io_error(what: &str) -> impl Fn(std::io::Error) -> WireError + '_ {
@@ -452,11 +467,13 @@ impl Disk {
                     self.checkpoint().map_err(&io)?;
                 }
                 Msg::Write(WriteMsg::Data(data)) => {
-                    self.whole.update(&data);
-                    if let Some(segment) = &mut self.segment {
-                        segment.update(&data);
+                    for piece in data.pieces() {
+                        self.whole.update(piece);
+                        if let Some(segment) = &mut self.segment {
+                            segment.update(piece);
+                        }
                     }
-                    self.file.write_all(&data).map_err(&io)?;
+                    write_all_pieces(&mut self.file, data.pieces()).map_err(&io)?;
                     self.written += data.len() as u64;
                     if self.written + RESERVE_AHEAD / 2 > self.reserved {
                         self.reserve_ahead().map_err(&io)?;
