@@ -65,24 +65,6 @@ pub(crate) struct Report {
     pub(crate) events: mpsc::UnboundedSender<ControlEvent>,
 }
 
-/// Runs one replication as the destination star. `cancel` stops it for good (the temporary
-/// file is removed); the star's shutdown stops it in a resumable state when the star keeps a
-/// journal. With `resume`, a journal entry from before this star stopped, it continues from the
-/// bytes that entry vouches for.
-///
-/// # Errors
-///
-/// The [`WireError`] to report to the controller; nothing was published.
-pub(crate) async fn replicate(
-    shared: &Arc<Shared>,
-    cmd: &ReplicateFile,
-    resume: Option<Entry>,
-    report: &Report,
-    cancel: &CancellationToken,
-) -> Result<Replicated, WireError> {
-    run(shared, cmd, resume, report, cancel).await
-}
-
 /// Why one attempt ended without a published file.
 enum Attempt {
     /// Worth another attempt.
@@ -103,7 +85,15 @@ struct Transfer {
     total: u64,
 }
 
-async fn run(
+/// Runs one replication as the destination star. `cancel` stops it for good (the temporary
+/// file is removed); the star's shutdown stops it in a resumable state when the star keeps a
+/// journal. With `resume`, a journal entry from before this star stopped, it continues from the
+/// bytes that entry vouches for.
+///
+/// # Errors
+///
+/// The [`WireError`] to report to the controller; nothing was published.
+pub(crate) async fn replicate(
     shared: &Arc<Shared>,
     cmd: &ReplicateFile,
     resume: Option<Entry>,
