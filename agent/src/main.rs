@@ -117,6 +117,8 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
     if args.check_config {
         print!("{described}");
     }
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let workers = merged.worker_threads(cpus)?;
     let config = merged.into_config(secret.clone())?;
     if args.check_config {
         orbit_agent::check_config(&config)?;
@@ -126,7 +128,9 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
 
     init_logging(log_format);
     let name = config.name.clone();
+    info!("{workers} worker thread(s) for the network side, {cpus} CPU(s) available");
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

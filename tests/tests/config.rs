@@ -186,6 +186,48 @@ fn check_config_masks_every_secret_and_fails_on_a_bad_setting() {
 }
 
 #[test]
+fn worker_threads_out_of_range_stop_the_star_before_it_listens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = init_grid(tmp.path(), &["star-a"]);
+    let config = wire(&grid.join("stars/star-a/star.toml"));
+    let root = wire(tmp.path());
+    for extra in [&[][..], &["--check-config"][..]] {
+        for (flag, env) in [(Some("0"), None), (None, Some("1025"))] {
+            let mut args = vec!["--config", config.as_str(), "--allow", root.as_str()];
+            args.extend_from_slice(extra);
+            if let Some(n) = flag {
+                args.extend(["--worker-threads", n]);
+            }
+            let env: Vec<_> = env
+                .map(|n| ("ORBIT_WORKER_THREADS", n))
+                .into_iter()
+                .collect();
+            let out = orbit_star(&args, &env);
+            assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+            assert!(
+                out.stderr
+                    .contains("setting `worker_threads` must be 1 to 1024"),
+                "{}",
+                out.stderr
+            );
+            assert!(!out.stderr.contains("listening on"), "{}", out.stderr);
+            assert!(!out.stdout.contains("configuration OK"), "{}", out.stdout);
+        }
+    }
+    // In range, it is shown with where it came from.
+    let out = orbit_star(
+        &["--config", &config, "--allow", &root, "--check-config"],
+        &[("ORBIT_WORKER_THREADS", "3")],
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let line = setting(&out.stdout, "worker_threads");
+    assert!(
+        line.starts_with("worker_threads = 3") && line.ends_with("# from ORBIT_WORKER_THREADS"),
+        "{line}"
+    );
+}
+
+#[test]
 fn every_flag_has_an_environment_variable_and_a_config_key() {
     let help = orbit_star(&["--help"], &[]);
     assert_eq!(help.code, Some(0));
