@@ -227,6 +227,62 @@ fn two_star_processes_replicate_and_stop_cleanly() {
     assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
 }
 
+/// `orbitctl` returns as soon as its close is on the wire, without waiting out QUIC's draining
+/// period; the close must still reach the star, or each command's connection would hold one of
+/// the controller's places there until the idle timeout (30 s).
+#[test]
+fn commands_in_a_row_each_free_their_place_at_the_star() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = init_grid(tmp.path());
+    let src_root = tmp.path().join("src");
+    let dst_root = tmp.path().join("dst");
+    std::fs::create_dir_all(&src_root).unwrap();
+    std::fs::create_dir_all(&dst_root).unwrap();
+    let _a = start_star(&grid, "star-a", &src_root);
+    // The controller may hold max_transfers + max_connections_per_peer = 2 connections.
+    let config = wire(&grid.join("stars/star-b/star.toml"));
+    let root = wire(&dst_root);
+    let _b = StarProcess::start(&[
+        "--config",
+        &config,
+        "--allow",
+        &root,
+        "--max-transfers",
+        "1",
+        "--max-connections-per-peer",
+        "1",
+    ]);
+    let src = src_root.join("f.bin");
+    let data = random_file(&src, 16 * 1024);
+    let g = wire(&grid);
+    for i in 0..5 {
+        let dst = dst_root.join(format!("f{i}.bin"));
+        let out = orbitctl(&[
+            "--grid",
+            &g,
+            "replicate",
+            &format!("star-a:{}", wire(&src)),
+            &format!("star-b:{}", wire(&dst)),
+        ]);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "command {i}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        assert_eq!(orbit_tests::sha256_file(&dst), data, "command {i}");
+        let out = orbitctl(&["--grid", &g, "status"]);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "status {i}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
 #[test]
 fn the_demo_runs_with_no_setup_and_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
