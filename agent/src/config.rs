@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use orbit_wire::token::TokenKey;
 
-use crate::limits::{LimitError, LimitsFile};
+use crate::limits::{CongestionControl, LimitError, LimitsFile};
 use crate::StarConfig;
 
 /// The environment variable that may carry the star's token key, as 64 hexadecimal digits.
@@ -160,6 +160,11 @@ settings! {
     /// Raise it for long, lossy links: 32 MiB for 1 Gbit/s at 50 ms RTT. Default: 16.
     #[arg(long, env = "ORBIT_STREAM_WINDOW_MIB", value_name = "MIB")]
     stream_window_mib: Option<u32>,
+    /// Congestion control for what this star sends: bbr keeps a long lossy link busy (at 0.5%
+    /// loss and 50 ms RTT, cubic falls to a few Mbit/s); cubic backs off on every loss, as TCP
+    /// does, and shares a busy link more evenly with TCP flows. Default: bbr.
+    #[arg(long, env = "ORBIT_CONGESTION_CONTROL", value_enum)]
+    congestion_control: Option<CongestionControl>,
     /// Threads for the network side: QUIC, TLS and the protocol (1 to 1024). Each transfer's
     /// reads, writes and hashing run on threads of their own beside them. Read at start only.
     /// Default: half the CPUs the star may use, at least 1.
@@ -216,6 +221,7 @@ impl Resolve for PathBuf {
 impl Resolve for String {}
 impl Resolve for SocketAddr {}
 impl Resolve for LogFormat {}
+impl Resolve for CongestionControl {}
 impl Resolve for bool {}
 impl Resolve for u32 {}
 impl Resolve for u64 {}
@@ -406,6 +412,7 @@ impl StarFile {
             idle_timeout_secs: self.idle_timeout_secs,
             request_timeout_secs: self.request_timeout_secs,
             stream_window_mib: self.stream_window_mib,
+            congestion_control: self.congestion_control,
         }
         .into_limits()?;
         Ok(StarConfig {

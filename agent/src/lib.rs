@@ -41,7 +41,7 @@ mod transfers;
 mod udp;
 
 pub use check::check_config;
-pub use limits::Limits;
+pub use limits::{CongestionControl, Limits};
 pub use reload::Reloaded;
 pub use star::{SpawnError, Star, StarConfig, TRANSFER_DRAIN};
 

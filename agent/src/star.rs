@@ -22,7 +22,7 @@ use orbit_wire::ErrorCode;
 
 use crate::error::varint;
 use crate::jail::Jail;
-use crate::limits::{LimitError, Limits};
+use crate::limits::{CongestionControl, LimitError, Limits};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 
@@ -394,6 +394,17 @@ fn window(bytes: u64) -> quinn::VarInt {
     quinn::VarInt::from_u64(bytes).unwrap_or(quinn::VarInt::MAX)
 }
 
+/// BBR by default rather than quinn's CUBIC: on a lossy long link (0.5% loss, 50 ms RTT)
+/// loss-based control keeps the window near what Mathis' formula allows, a few Mbit/s.
+fn congestion_controller(
+    choice: CongestionControl,
+) -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> {
+    match choice {
+        CongestionControl::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        CongestionControl::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+    }
+}
+
 /// Windows sized for a fast link rather than quinn's defaults, keep-alives, an idle timeout, and
 /// the cap on concurrent streams a peer may open.
 pub(crate) fn transport_config(limits: &Limits) -> TransportConfig {
@@ -412,9 +423,7 @@ pub(crate) fn transport_config(limits: &Limits) -> TransportConfig {
         }))
         // Several packets per system call; crate::udp keeps a batch within one send's limit.
         .enable_segmentation_offload(true)
-        // BBR rather than quinn's default CUBIC: on a lossy long link (0.5% loss, 50 ms RTT)
-        // loss-based control keeps the window near what Mathis' formula allows, a few Mbit/s.
-        .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        .congestion_controller_factory(congestion_controller(limits.congestion_control))
         .keep_alive_interval(Some(KEEP_ALIVE.min(limits.idle_timeout / 3)))
         .max_idle_timeout(Some(
             limits
@@ -568,5 +577,20 @@ impl Drop for PeerSlot<'_> {
                 conns.remove(&self.key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_congestion_setting_picks_the_controller() {
+        let build = |choice| congestion_controller(choice).build(std::time::Instant::now(), 1200);
+        let bbr = build(CongestionControl::Bbr).into_any();
+        assert!(bbr.downcast::<quinn::congestion::Bbr>().is_ok());
+        let cubic = build(CongestionControl::Cubic).into_any();
+        assert!(cubic.downcast::<quinn::congestion::Cubic>().is_ok());
+        assert_eq!(Limits::default().congestion_control, CongestionControl::Bbr);
     }
 }
