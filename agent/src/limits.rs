@@ -55,7 +55,8 @@ pub struct Limits {
     /// trips, so a long lossy link wants several bandwidth-delay products. Default 16 MiB.
     pub stream_window_mib: u32,
     /// The congestion controller of the star's connections, for what it sends. Default BBR:
-    /// at 0.5% loss and 50 ms RTT, CUBIC moved 3.6 Mbit/s where BBR moved 104 (bench/RESULTS.md).
+    /// at 0.5% loss and 50 ms RTT, CUBIC moved 4 Mbit/s where BBR moved 86-375 (16 MiB,
+    /// docs/OPERATIONS.md).
     pub congestion_control: CongestionControl,
 }
 
