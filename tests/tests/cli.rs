@@ -3,13 +3,13 @@
 //! `orbitctl demo`; SIGTERM or SIGINT stops a star with exit code 0.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use orbit_tests::process::{orbitctl, StarProcess};
 use orbit_tests::{random_file, wire};
 
 /// `orbitctl init` for two stars on loopback ports that are free right now.
-fn init_grid(root: &Path) -> std::path::PathBuf {
+fn init_grid(root: &Path) -> PathBuf {
     let grid = root.join("grid");
     let ports: Vec<u16> = (0..2)
         .map(|_| {
@@ -31,6 +31,18 @@ fn init_grid(root: &Path) -> std::path::PathBuf {
         out.stderr
     );
     grid
+}
+
+/// A temporary directory (removed when the first value drops) holding a grid for star-a and
+/// star-b and their roots, `src` and `dst`.
+fn grid_and_roots() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = init_grid(tmp.path());
+    let src_root = tmp.path().join("src");
+    let dst_root = tmp.path().join("dst");
+    std::fs::create_dir_all(&src_root).unwrap();
+    std::fs::create_dir_all(&dst_root).unwrap();
+    (tmp, grid, src_root, dst_root)
 }
 
 fn start_star(grid: &Path, name: &str, root: &Path) -> StarProcess {
@@ -85,12 +97,7 @@ fn init_writes_the_grid_with_private_keys_and_refuses_to_overwrite() {
 
 #[test]
 fn two_star_processes_replicate_and_stop_cleanly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let grid = init_grid(tmp.path());
-    let src_root = tmp.path().join("src");
-    let dst_root = tmp.path().join("dst");
-    std::fs::create_dir_all(&src_root).unwrap();
-    std::fs::create_dir_all(&dst_root).unwrap();
+    let (_tmp, grid, src_root, dst_root) = grid_and_roots();
     let a = start_star(&grid, "star-a", &src_root);
     let b = start_star(&grid, "star-b", &dst_root);
 
@@ -232,12 +239,7 @@ fn two_star_processes_replicate_and_stop_cleanly() {
 /// the controller's places there until the idle timeout (30 s).
 #[test]
 fn commands_in_a_row_each_free_their_place_at_the_star() {
-    let tmp = tempfile::tempdir().unwrap();
-    let grid = init_grid(tmp.path());
-    let src_root = tmp.path().join("src");
-    let dst_root = tmp.path().join("dst");
-    std::fs::create_dir_all(&src_root).unwrap();
-    std::fs::create_dir_all(&dst_root).unwrap();
+    let (_tmp, grid, src_root, dst_root) = grid_and_roots();
     let _a = start_star(&grid, "star-a", &src_root);
     // The controller may hold max_transfers + max_connections_per_peer = 2 connections.
     let config = wire(&grid.join("stars/star-b/star.toml"));
@@ -310,12 +312,7 @@ fn the_demo_runs_with_no_setup_and_leaves_nothing_behind() {
 
 #[test]
 fn a_star_takes_its_token_key_from_orbit_auth_secret() {
-    let tmp = tempfile::tempdir().unwrap();
-    let grid = init_grid(tmp.path());
-    let src_root = tmp.path().join("src");
-    let dst_root = tmp.path().join("dst");
-    std::fs::create_dir_all(&src_root).unwrap();
-    std::fs::create_dir_all(&dst_root).unwrap();
+    let (_tmp, grid, src_root, dst_root) = grid_and_roots();
     // star-a from flags alone, its key only in the environment; the listen address from grid.toml.
     let dir = grid.join("stars/star-a");
     let secret = std::fs::read_to_string(dir.join("token.key")).unwrap();
