@@ -302,7 +302,7 @@ impl Grid {
         let (cert_path, cert) = self.read(layout::CONTROLLER_CERT)?;
         let (_, key) = self.read_secret(layout::CONTROLLER_KEY, "controller key file")?;
         // With the grid's revocation list, orbitctl refuses a revoked star as stars do.
-        let crl_path = self.dir.join(crate::revoke::CRL_FILE);
+        let crl_path = self.dir.join(layout::CRL_FILE);
         let crl = match std::fs::read_to_string(&crl_path) {
             Ok(pem) => Some(
                 orbit_certs::RevocationList::from_pem(&pem, &ca).map_err(|e| {

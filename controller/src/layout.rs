@@ -6,8 +6,12 @@
 //! GRID/ca.pem, GRID/ca.key       the grid's CA
 //! GRID/controller.pem, .key      orbitctl's certificate
 //! GRID/token-master.key          the master token key
+//! GRID/token-master.next.key     the next master token key, during `orbitctl rotate-keys`
+//! GRID/crl.pem                   the revocation list, from the first `orbitctl revoke` on
 //! GRID/stars/NAME/star.toml      a ready config for that star
 //! GRID/stars/NAME/{cert.pem,key.pem,ca.pem,token.key}
+//! GRID/stars/NAME/token.previous.key   from the first `orbitctl rotate-keys` on
+//! GRID/stars/NAME/crl.pem              from the first `orbitctl revoke` on
 //! ```
 //!
 //! Secret files are created with mode 0600 from the first byte, never loosened and then
@@ -35,6 +39,10 @@ pub const CONTROLLER_CERT: &str = "controller.pem";
 pub const CONTROLLER_KEY: &str = "controller.key";
 /// The master token key, 64 hex digits (secret).
 pub const MASTER_KEY: &str = "token-master.key";
+/// The next master token key, during a rotation (secret).
+pub const NEXT_MASTER_KEY: &str = "token-master.next.key";
+/// The grid's revocation list, in the grid's folder and in every star's folder.
+pub const CRL_FILE: &str = "crl.pem";
 /// The folder holding one folder per star.
 pub const STARS_DIR: &str = "stars";
 /// A star's config, inside its folder.
@@ -47,6 +55,8 @@ pub const STAR_KEY: &str = "key.pem";
 pub const STAR_CA: &str = "ca.pem";
 /// A star's token key, 64 hex digits (secret), inside its folder.
 pub const STAR_TOKEN_KEY: &str = "token.key";
+/// A star's token key before the last rotation (secret), inside its folder.
+pub const STAR_PREVIOUS_TOKEN_KEY: &str = "token.previous.key";
 /// The state directory a star's config names, relative to its folder.
 pub const STAR_STATE_DIR: &str = "state";
 /// The name in the controller's certificate.

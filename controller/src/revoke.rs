@@ -12,11 +12,8 @@ use std::path::{Path, PathBuf};
 use orbit_certs::{GridCa, RevocationList, Role};
 
 use crate::grid::{Grid, GridError};
-use crate::layout::{self, Access, WriteError};
+use crate::layout::{self, Access, WriteError, CRL_FILE};
 use crate::rotate_keys::{ensure_setting, replace_file};
-
-/// The grid's revocation list, in the grid's folder and in every star's folder.
-pub const CRL_FILE: &str = "crl.pem";
 
 /// Revoke the certificate of a star or of the controller, for good.
 ///

@@ -22,12 +22,7 @@ use orbit_wire::token::{MasterKey, TokenKey, KEY_LEN};
 use rand::RngCore;
 
 use crate::grid::{Grid, GridError};
-use crate::layout::{self, Access, WriteError};
-
-/// The next master token key, during a rotation (secret).
-pub const NEXT_MASTER_KEY: &str = "token-master.next.key";
-/// A star's token key before the last rotation (secret), inside its folder.
-pub const STAR_PREVIOUS_TOKEN_KEY: &str = "token.previous.key";
+use crate::layout::{self, Access, WriteError, NEXT_MASTER_KEY, STAR_PREVIOUS_TOKEN_KEY};
 
 /// Rotate the grid's token keys: a new master key and new star keys, in two steps.
 ///
