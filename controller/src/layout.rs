@@ -15,11 +15,14 @@
 //! ```
 //!
 //! Secret files are created with mode 0600 from the first byte, never loosened and then
-//! tightened, and no file is ever overwritten here: every write is `create_new`.
+//! tightened. A new file is written with `create_new`, so nothing is overwritten by mistake;
+//! the files later commands change (`grid.toml`, token keys, `crl.pem`, a setting in
+//! `star.toml`) are replaced whole by [`replace_file`], so a reader, or a crash, never leaves
+//! half of one.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use orbit_certs::{GridCa, IssuedCert, Role};
@@ -71,6 +74,16 @@ pub enum Access {
     Secret,
 }
 
+impl Access {
+    /// The file mode for this access.
+    fn mode(self) -> u32 {
+        match self {
+            Access::Public => 0o644,
+            Access::Secret => 0o600,
+        }
+    }
+}
+
 /// A file or folder could not be written.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write {}: {error}", path.display())]
@@ -98,15 +111,11 @@ impl WriteError {
 ///
 /// [`WriteError`] naming the path; `AlreadyExists` if it exists.
 pub fn write_new(path: &Path, contents: &[u8], access: Access) -> Result<(), WriteError> {
-    let mode = match access {
-        Access::Public => 0o644,
-        Access::Secret => 0o600,
-    };
     let write = || -> io::Result<()> {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(mode)
+            .mode(access.mode())
             .open(path)?;
         file.write_all(contents)?;
         file.sync_all()
@@ -121,6 +130,71 @@ pub fn write_new(path: &Path, contents: &[u8], access: Access) -> Result<(), Wri
 /// [`WriteError`] naming the path.
 pub fn create_dir(path: &Path) -> Result<(), WriteError> {
     std::fs::create_dir(path).map_err(|e| WriteError::new(path, e))
+}
+
+/// Replaces `path` whole: a temporary file beside it with the mode for `access` from the first
+/// byte, synced, renamed over it, and the folder synced. A reader sees the old file or the new
+/// one, never half of one, and after a crash the rename is either on disk or not done.
+///
+/// # Errors
+///
+/// [`WriteError`] naming the path, or the folder if it cannot be synced.
+pub(crate) fn replace_file(path: &Path, contents: &[u8], access: Access) -> Result<(), WriteError> {
+    // A bare file name has the empty path as its parent: that is the current folder.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let write = || -> io::Result<()> {
+        // The temporary file is in the same folder, so the rename stays on one file system
+        // and is atomic.
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".orbit-")
+            .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(access.mode()))
+            .tempfile_in(dir)?;
+        tmp.write_all(contents)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path)?;
+        Ok(())
+    };
+    write().map_err(|e| WriteError::new(path, e))?;
+    sync_dir(dir)
+}
+
+/// Syncs the folder `dir`, so that a rename into it survives a crash: syncing a file does not
+/// record its name.
+///
+/// # Errors
+///
+/// [`WriteError`] naming the folder.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), WriteError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| WriteError::new(dir, e))
+}
+
+/// Makes the star config at `path` set `key = "value"`: appended if the key is absent, left
+/// alone if it is there.
+///
+/// # Errors
+///
+/// [`WriteError`] naming the path.
+pub(crate) fn ensure_setting(path: &Path, key: &str, value: &str) -> Result<(), WriteError> {
+    let text = std::fs::read_to_string(path).map_err(|e| WriteError::new(path, e))?;
+    let present = text
+        .parse::<toml::Table>()
+        .map(|t| t.contains_key(key))
+        .unwrap_or(false);
+    if present {
+        return Ok(());
+    }
+    let mut text = text;
+    if !text.ends_with('\n') && !text.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(&format!("{key} = {}\n", toml_string(value)));
+    replace_file(path, text.as_bytes(), Access::Public)
 }
 
 /// Everything that goes into one star's folder.
@@ -228,8 +302,6 @@ pub fn grid_name(dir: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
 
     #[test]
@@ -243,6 +315,22 @@ mod tests {
         assert_eq!(err.error.kind(), io::ErrorKind::AlreadyExists);
         assert!(err.to_string().contains(&*path.to_string_lossy()));
         assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn replacing_a_file_sets_its_mode_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        write_new(&path, b"old", Access::Public).unwrap();
+        replace_file(&path, b"new", Access::Secret).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["k"]);
     }
 
     #[test]

@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use orbit_certs::{GridCa, RevocationList, Role};
 
 use crate::grid::{Grid, GridError};
-use crate::layout::{self, Access, WriteError, CRL_FILE};
-use crate::rotate_keys::{ensure_setting, replace_file};
+use crate::layout::{self, ensure_setting, replace_file, Access, WriteError, CRL_FILE};
 
 /// Revoke the certificate of a star or of the controller, for good.
 ///

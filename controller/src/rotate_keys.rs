@@ -14,15 +14,16 @@
 //! and any token under it is refused. Running step 1 again before step 2 writes the same files
 //! again (it is idempotent), so an interrupted run is finished by running it once more.
 
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use orbit_wire::token::{MasterKey, TokenKey, KEY_LEN};
 use rand::RngCore;
 
 use crate::grid::{Grid, GridError};
-use crate::layout::{self, Access, WriteError, NEXT_MASTER_KEY, STAR_PREVIOUS_TOKEN_KEY};
+use crate::layout::{
+    self, ensure_setting, replace_file, sync_dir, Access, WriteError, NEXT_MASTER_KEY,
+    STAR_PREVIOUS_TOKEN_KEY,
+};
 
 /// Rotate the grid's token keys: a new master key and new star keys, in two steps.
 ///
@@ -196,56 +197,10 @@ pub fn finish(grid_dir: &Path) -> Result<Vec<(String, u32)>, RotateError> {
         .collect())
 }
 
-/// Replaces `path` whole: a temporary file beside it with the mode for `access` from the first
-/// byte, synced, renamed over it, and the folder synced.
-pub(crate) fn replace_file(path: &Path, contents: &[u8], access: Access) -> Result<(), WriteError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mode = match access {
-        Access::Public => 0o644,
-        Access::Secret => 0o600,
-    };
-    let write = || -> io::Result<()> {
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".orbit-")
-            .suffix(".tmp")
-            .permissions(std::fs::Permissions::from_mode(mode))
-            .tempfile_in(dir)?;
-        tmp.write_all(contents)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(path)?;
-        Ok(())
-    };
-    write().map_err(|e| WriteError::new(path, e))?;
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), WriteError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| WriteError::new(dir, e))
-}
-
-/// Makes the star config at `path` set `key = "value"`: appended if the key is absent, left
-/// alone if it is there.
-pub(crate) fn ensure_setting(path: &Path, key: &str, value: &str) -> Result<(), WriteError> {
-    let text = std::fs::read_to_string(path).map_err(|e| WriteError::new(path, e))?;
-    let present = text
-        .parse::<toml::Table>()
-        .map(|t| t.contains_key(key))
-        .unwrap_or(false);
-    if present {
-        return Ok(());
-    }
-    let mut text = text;
-    if !text.ends_with('\n') && !text.is_empty() {
-        text.push('\n');
-    }
-    text.push_str(&format!("{key} = {}\n", layout::toml_string(value)));
-    replace_file(path, text.as_bytes(), Access::Public)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use crate::init::create_grid;
     use crate::spec::StarSpec;
