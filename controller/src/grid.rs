@@ -6,8 +6,7 @@
 //! and a rename, so a reader never sees half of it.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,7 +15,7 @@ use orbit_wire::token::MasterKey;
 use orbit_wire::ErrorCode;
 use serde::{Deserialize, Serialize};
 
-use crate::layout::{self, WriteError};
+use crate::layout::{self, Access, WriteError};
 use crate::spec::StarAddr;
 
 /// How long a token stays valid when neither `--ttl` nor `grid.toml` says: five minutes.
@@ -329,27 +328,17 @@ impl Grid {
         Ok(Arc::new(config))
     }
 
-    /// Replaces `grid.toml` with `inventory`, atomically: a temporary file in the grid's folder,
-    /// synced, then renamed over the old one.
+    /// Replaces `grid.toml` with `inventory`, atomically and durably: a temporary file in the
+    /// grid's folder, synced, renamed over the old one, and the folder synced so the rename
+    /// survives a crash. The file stays mode 0644, as `orbitctl init` writes it.
     ///
     /// # Errors
     ///
-    /// [`GridError::Write`] naming the file.
+    /// [`GridError::Write`] naming the file (or the folder, if it cannot be synced).
     pub fn save(&mut self, inventory: Inventory) -> Result<(), GridError> {
         let path = self.dir.join(layout::GRID_TOML);
         let text = inventory.render(&self.name());
-        let write = || -> io::Result<()> {
-            let mut tmp = tempfile::Builder::new()
-                .prefix(".grid.toml.")
-                .suffix(".tmp")
-                .permissions(std::fs::Permissions::from_mode(0o644))
-                .tempfile_in(&self.dir)?;
-            tmp.write_all(text.as_bytes())?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(&path)?;
-            Ok(())
-        };
-        write().map_err(|e| WriteError::new(&path, e))?;
+        layout::replace_file(&path, text.as_bytes(), Access::Public)?;
         self.inventory = inventory;
         Ok(())
     }
@@ -425,6 +414,26 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("unknown star \"star-c\": "), "{msg}");
         assert!(msg.ends_with("grid.toml lists star-a, star-b"), "{msg}");
+    }
+
+    #[test]
+    fn saving_replaces_grid_toml_with_mode_0644() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(layout::GRID_TOML);
+        std::fs::write(&path, "").unwrap();
+        let mut grid = Grid::open(dir.path()).unwrap();
+        grid.save(inventory()).unwrap();
+        assert_eq!(grid.inventory(), &inventory());
+        assert_eq!(Grid::open(dir.path()).unwrap().inventory(), &inventory());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [layout::GRID_TOML]);
     }
 
     #[test]
