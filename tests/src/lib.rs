@@ -53,6 +53,53 @@ pub fn tracing_guard() {
     });
 }
 
+/// For a test that cannot get something it needs from the machine (root, a command): outside CI
+/// it prints `skipped: this test needs NEEDS: WHY` to stderr and returns, and the caller then
+/// returns (or leaves out the check that needed it); under CI it fails the test, so that CI never
+/// passes without having run it. CI runs as root with every tool installed (`.ci/run`), so there
+/// a missing need is a broken set-up, not a reason to skip.
+///
+/// `needs` says what the test needs, for what ("root to mount a tmpfs"); `why` is the underlying
+/// error. CI is on when the variable `CI` is set, as CI services and `.ci/run`'s callers set it;
+/// see [`is_ci`].
+///
+/// # Panics
+///
+/// Under CI, always, with a message saying what is missing.
+#[track_caller]
+pub fn skip_or_fail(needs: &str, why: impl std::fmt::Display) {
+    let ci = std::env::var_os("CI");
+    eprintln!("{}", skip_notice_or_fail(ci.as_deref(), needs, &why));
+}
+
+/// The decision behind [`skip_or_fail`], given the value of `CI` rather than reading it, so that
+/// it can be tested without touching the process's environment: returns the line to print when
+/// the test may skip, and panics when `ci` says CI is on.
+///
+/// # Panics
+///
+/// When [`is_ci`]`(ci)`.
+#[track_caller]
+pub fn skip_notice_or_fail(
+    ci: Option<&std::ffi::OsStr>,
+    needs: &str,
+    why: &dyn std::fmt::Display,
+) -> String {
+    match ci {
+        Some(value) if is_ci(ci) => panic!(
+            "this test needs {needs} (CI={}, so it may not skip): {why}",
+            value.to_string_lossy()
+        ),
+        _ => format!("skipped: this test needs {needs}: {why}"),
+    }
+}
+
+/// Whether a value of the variable `CI` means CI: set and not empty, `0` or `false` (in any case),
+/// which is how a developer turns a CI setting off.
+pub fn is_ci(ci: Option<&std::ffi::OsStr>) -> bool {
+    ci.is_some_and(|v| !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false")))
+}
+
 /// Runs `fut`, failing the test if it takes longer than [`STEP_TIMEOUT`].
 pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(STEP_TIMEOUT, fut)
@@ -502,6 +549,46 @@ impl Client {
             if last {
                 return Ok(events);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    const NEEDS: &str = "root to mount a tmpfs";
+    const WHY: &str = "mount: only root can use \"--types\" option";
+
+    #[test]
+    #[should_panic(
+        expected = "this test needs root to mount a tmpfs (CI=true, so it may not skip): \
+                    mount: only root can use \"--types\" option"
+    )]
+    fn under_ci_a_missing_need_fails_the_test_and_says_what_is_missing() {
+        skip_notice_or_fail(Some(OsStr::new("true")), NEEDS, &WHY);
+    }
+
+    #[test]
+    fn outside_ci_a_missing_need_skips_and_says_why() {
+        // Unset, and the values a developer uses to turn an inherited CI setting off.
+        for ci in [None, Some(""), Some("0"), Some("false"), Some("FALSE")] {
+            assert_eq!(
+                skip_notice_or_fail(ci.map(OsStr::new), NEEDS, &WHY),
+                "skipped: this test needs root to mount a tmpfs: \
+                 mount: only root can use \"--types\" option",
+                "CI={ci:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_other_value_of_ci_means_ci() {
+        // CI services set CI=true, some CI=1; anything else set is taken as CI too, so that a
+        // CI run cannot skip by an unexpected spelling.
+        for ci in ["true", "1", "yes", "TRUE", "woodpecker"] {
+            assert!(is_ci(Some(OsStr::new(ci))), "CI={ci}");
         }
     }
 }

@@ -10,8 +10,9 @@
 //! namespace or any interface it did not create. A lab left behind by a killed test process is
 //! removed by the next lab whose process finds the owner gone.
 //!
-//! It needs root and the `ip` and `nft` commands (Debian: `iproute2`, `nftables`); [`Lab::new`]
-//! returns `None` and prints why when they are missing, so tests skip instead of failing.
+//! It needs root and the `ip`, `tc` and `nft` commands (Debian: `iproute2`, `nftables`). Where
+//! they are missing, [`Lab::new`] returns `None` after [`crate::skip_or_fail`]: outside CI the test
+//! skips, saying why; under CI it fails.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -37,7 +38,7 @@ pub fn skip_reason() -> Option<String> {
     if !rustix::process::geteuid().is_root() {
         return Some("network namespaces need root".into());
     }
-    for (tool, package) in [("ip", "iproute2"), ("nft", "nftables")] {
+    for (tool, package) in [("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables")] {
         let found = Command::new(tool)
             .arg("-V")
             .stdout(Stdio::null())
@@ -87,10 +88,19 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// A new, empty lab, or `None` (with the reason printed) where labs cannot run.
+    /// A new, empty lab, or `None` where labs cannot run here and the test may skip (see
+    /// [`crate::skip_or_fail`]).
+    ///
+    /// # Panics
+    ///
+    /// Under CI, where labs cannot run.
+    #[track_caller]
     pub fn new() -> Option<Lab> {
         if let Some(reason) = skip_reason() {
-            eprintln!("skipped: {reason}");
+            crate::skip_or_fail(
+                "root and the `ip`, `tc` and `nft` commands to create network namespaces",
+                reason,
+            );
             return None;
         }
         static NEXT: AtomicU32 = AtomicU32::new(0);

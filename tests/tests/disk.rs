@@ -1,8 +1,8 @@
 //! A destination that runs out of space: the replication fails with `ResourceExhausted`, the
 //! file already at the target is intact and no temporary file remains. A file that cannot fit is
 //! refused before a byte is written (the free space is checked first); one that fits is still
-//! written. Needs root to mount a small tmpfs (CI runs as root); elsewhere it
-//! says so and passes without checking.
+//! written. Needs root to mount a small tmpfs (CI runs as root); elsewhere it says so and passes
+//! without checking, but under CI it fails (`skip_or_fail`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,16 +17,25 @@ struct SmallDisk {
 }
 
 impl SmallDisk {
-    fn mount(size: &str) -> Option<SmallDisk> {
+    /// The mounted disk, or why it could not be mounted: `mount`'s own message, for the skip or
+    /// the failure to show.
+    fn mount(size: &str) -> Result<SmallDisk, String> {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("disk");
         std::fs::create_dir(&dir).unwrap();
-        let mounted = Command::new("mount")
+        let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        mounted.then_some(SmallDisk {
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(SmallDisk {
             dir,
             _parent: parent,
         })
@@ -45,9 +54,12 @@ impl Drop for SmallDisk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_cleanly_and_keeps_the_old_file() {
-    let Some(disk) = SmallDisk::mount("8m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
-        return;
+    let disk = match SmallDisk::mount("8m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            skip_or_fail("root to mount a small tmpfs", why);
+            return;
+        }
     };
     let grid = Grid::new();
     let src_root = tempfile::tempdir().unwrap();

@@ -9,7 +9,8 @@
 //!        10.77.1.1:STAR_PORT                10.77.1.2   10.77.2.1:relay         10.77.2.2:STAR_PORT
 //! ```
 //!
-//! Skipped, with the reason printed, where the test is not root or `ip`/`nft` are missing.
+//! Needs root and the `ip`, `tc` and `nft` commands: without them each test prints why and skips,
+//! except under CI, where it fails instead (`orbit_tests::skip_or_fail`).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -47,7 +48,8 @@ struct Net {
 }
 
 impl Net {
-    /// The lab, or `None` where it cannot run (the reason is printed).
+    /// The lab, or `None` where it cannot run here and the test may skip (the reason is printed;
+    /// under CI this panics instead, see `Lab::new`).
     fn new(impairment: Impairment, options: &LinkOptions) -> Option<Net> {
         let mut lab = Lab::new()?;
         let host_a = lab.host("a");

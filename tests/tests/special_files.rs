@@ -104,17 +104,25 @@ impl Grids {
 }
 
 /// Makes a character device with the numbers of /dev/null (1, 3), or returns false where this
-/// process may not (no CAP_MKNOD).
+/// process may not (no CAP_MKNOD) and the test may skip the device: see [`skip_or_fail`], which
+/// fails the test instead under CI.
+#[track_caller]
 fn mknod_null(path: &Path) -> bool {
-    let made = std::process::Command::new("mknod")
+    let why = match std::process::Command::new("mknod")
         .arg(path)
         .args(["c", "1", "3"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !made {
-        eprintln!("skipped: mknod is not permitted here");
-    }
-    made
+        .output()
+    {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => format!(
+            "mknod failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("mknod: {e}"),
+    };
+    skip_or_fail("root (CAP_MKNOD) to make a character device", why);
+    false
 }
 
 /// The file type of `path` itself, not following a link.
