@@ -69,6 +69,7 @@
 
 mod code;
 mod frame;
+mod id;
 mod msg;
 pub mod path;
 pub mod token;
@@ -78,6 +79,7 @@ pub use frame::{
     chunk_frame_header, chunk_head, decode_body, decode_data_frame, decode_len, encode_frame,
     FrameError, CHUNK_FRAME_HEADER_MAX, CHUNK_HEAD_MAX, LEN_PREFIX,
 };
+pub use id::{ParseTransferIdError, TransferId};
 pub use msg::{
     ByteRange, ControlEvent, ControlRequest, DataFrame, FileVersion, ReadRequest, ReplicateFile,
     StarStatus, TransferStatus,
