@@ -14,7 +14,7 @@ use tracing::{info, warn, Instrument as _};
 
 use orbit_certs::{PeerIdentity, Role};
 use orbit_wire::{
-    ControlEvent, ControlRequest, ErrorCode, ReplicateFile, StarStatus, WireError,
+    ControlEvent, ControlRequest, ErrorCode, ReplicateFile, StarStatus, TransferId, WireError,
     MAX_CONTROL_FRAME,
 };
 
@@ -79,7 +79,7 @@ pub(crate) async fn handle(
             },
             ControlRequest::Start(cmd) => Some(match start(&shared, cmd) {
                 Ok(transfer) => ControlEvent::Started {
-                    transfer_id: transfer.id,
+                    transfer_id: TransferId(transfer.id),
                 },
                 Err(e) => ControlEvent::Failed(e),
             }),
@@ -138,13 +138,13 @@ fn status(shared: &Shared) -> StarStatus {
     }
 }
 
-fn hex_id(id: u64) -> String {
-    format!("{id:016x}")
+fn hex_id(id: TransferId) -> String {
+    id.to_string()
 }
 
 /// The transfer `id`, running or remembered.
-fn find(shared: &Shared, id: u64) -> Result<Arc<Transfer>, WireError> {
-    shared.transfers.get(id).ok_or_else(|| {
+fn find(shared: &Shared, id: TransferId) -> Result<Arc<Transfer>, WireError> {
+    shared.transfers.get(id.0).ok_or_else(|| {
         WireError::new(
             ErrorCode::NotFound,
             format!(

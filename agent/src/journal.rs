@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use orbit_wire::{FileVersion, ReplicateFile};
+use orbit_wire::{FileVersion, ReplicateFile, TransferId};
 
 /// The journal's folder inside the state directory.
 const DIR: &str = "transfers";
@@ -55,8 +55,8 @@ impl Journal {
         Ok(Journal { dir })
     }
 
-    fn path(&self, transfer_id: u64) -> PathBuf {
-        self.dir.join(format!("{transfer_id:016x}.json"))
+    fn path(&self, transfer_id: TransferId) -> PathBuf {
+        self.dir.join(format!("{transfer_id}.json"))
     }
 
     /// Writes `entry` durably and atomically: a temporary file, fsync, rename, fsync the folder.
@@ -67,7 +67,7 @@ impl Journal {
     /// I/O.
     pub(crate) fn write(&self, entry: &Entry) -> io::Result<()> {
         let id = entry.command.transfer_id;
-        let tmp = self.dir.join(format!("{id:016x}.json.tmp"));
+        let tmp = self.dir.join(format!("{id}.json.tmp"));
         let body = serde_json::to_vec(entry).map_err(io::Error::other)?;
         let mut file = OpenOptions::new()
             .write(true)
@@ -83,9 +83,9 @@ impl Journal {
 
     /// Removes the entry of `transfer_id`, if any. Blocking; errors are ignored because this runs
     /// when the transfer is over either way.
-    pub(crate) fn remove(&self, transfer_id: u64) {
+    pub(crate) fn remove(&self, transfer_id: TransferId) {
         let _ = fs::remove_file(self.path(transfer_id));
-        let _ = fs::remove_file(self.dir.join(format!("{transfer_id:016x}.json.tmp")));
+        let _ = fs::remove_file(self.dir.join(format!("{transfer_id}.json.tmp")));
         if let Ok(dir) = File::open(&self.dir) {
             let _ = dir.sync_all();
         }
@@ -124,7 +124,7 @@ mod tests {
     fn entry(id: u64) -> Entry {
         Entry {
             command: ReplicateFile {
-                transfer_id: id,
+                transfer_id: TransferId(id),
                 source: "a".into(),
                 source_addr: "127.0.0.1:1".into(),
                 source_path: "/s".into(),
@@ -155,10 +155,13 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].verified, 9);
         assert_eq!(entries[1].command.expect_sha256, Some([1; 32]));
-        let mode = fs::metadata(journal.path(1)).unwrap().permissions().mode();
+        let mode = fs::metadata(journal.path(TransferId(1)))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        journal.remove(1);
-        journal.remove(2);
+        journal.remove(TransferId(1));
+        journal.remove(TransferId(2));
         assert!(journal.entries().is_empty());
         assert_eq!(fs::read_dir(tmp.path().join(DIR)).unwrap().count(), 0);
     }

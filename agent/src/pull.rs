@@ -161,7 +161,7 @@ pub(crate) async fn replicate(
             Ok(done) => break Ok(done),
             Err(Attempt::Fatal(e)) => break Err(e),
             Err(Attempt::Restart(why)) => {
-                warn!(transfer = %format!("{:016x}", cmd.transfer_id), "{why}");
+                warn!(transfer = %cmd.transfer_id, "{why}");
                 transfer.offset = 0;
                 transfer.version = None;
                 attempt += 1;
@@ -188,7 +188,7 @@ pub(crate) async fn replicate(
             ));
         }
         warn!(
-            transfer = %format!("{:016x}", cmd.transfer_id), attempt,
+            transfer = %cmd.transfer_id, attempt,
             after_ms = delay.as_millis() as u64, "retrying: {}", error.message
         );
         let _ = report.events.send(ControlEvent::Retrying {
@@ -322,7 +322,7 @@ async fn attempt_once(
         return Err(Attempt::Fatal(writer.failure().await));
     }
     if start > 0 {
-        info!(transfer = %format!("{:016x}", cmd.transfer_id), offset = start, total, "resuming");
+        info!(transfer = %cmd.transfer_id, offset = start, total, "resuming");
         let _ = report.events.send(ControlEvent::Resumed {
             offset: start,
             total,

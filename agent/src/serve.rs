@@ -65,7 +65,7 @@ pub(crate) async fn handle(
             return;
         }
     };
-    let transfer = format!("{:016x}", request.transfer_id);
+    let transfer = request.transfer_id.to_string();
     tracing::Span::current().record("transfer_id", transfer.as_str());
     info!(%peer, transfer, path = %request.path, "read request received");
     let id = request.request_id;

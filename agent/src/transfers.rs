@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use orbit_wire::{ControlEvent, ErrorCode, ReplicateFile, TransferStatus, WireError};
+use orbit_wire::{ControlEvent, ErrorCode, ReplicateFile, TransferId, TransferStatus, WireError};
 
 /// How many finished transfers' results a star remembers.
 pub(crate) const KEEP_FINISHED: usize = 1000;
@@ -43,7 +43,7 @@ impl Transfer {
     pub(crate) fn status(&self) -> TransferStatus {
         let (bytes, total) = *self.progress.borrow();
         TransferStatus {
-            transfer_id: self.id,
+            transfer_id: TransferId(self.id),
             source: self.source.clone(),
             source_path: self.source_path.clone(),
             target_path: self.target_path.clone(),
@@ -96,14 +96,14 @@ impl Transfers {
     pub(crate) fn register(&self, cmd: &ReplicateFile) -> Result<Arc<Transfer>, WireError> {
         let mut inner = self.lock();
         inner.prune(Instant::now());
-        if inner.by_id.contains_key(&cmd.transfer_id) {
+        if inner.by_id.contains_key(&cmd.transfer_id.0) {
             return Err(WireError::new(
                 ErrorCode::AlreadyExists,
-                format!("a transfer with id {:016x} already exists", cmd.transfer_id),
+                format!("a transfer with id {} already exists", cmd.transfer_id),
             ));
         }
         let transfer = Arc::new(Transfer {
-            id: cmd.transfer_id,
+            id: cmd.transfer_id.0,
             source: cmd.source.clone(),
             source_path: cmd.source_path.clone(),
             target_path: cmd.target_path.clone(),
@@ -168,7 +168,7 @@ mod tests {
 
     fn cmd(id: u64) -> ReplicateFile {
         ReplicateFile {
-            transfer_id: id,
+            transfer_id: TransferId(id),
             source: "star-a".into(),
             source_addr: "127.0.0.1:1".into(),
             source_path: "/s".into(),

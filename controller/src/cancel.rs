@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, TransferStatus, WireError};
+use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, TransferId, TransferStatus, WireError};
 use serde::Serialize;
 
 use crate::grid::Grid;
-use crate::locate::{self, parse_transfer_id, LocateError};
+use crate::locate::{self, LocateError};
 
 /// Cancel a transfer; nothing is published at its target.
 ///
@@ -18,8 +18,9 @@ use crate::locate::{self, parse_transfer_id, LocateError};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The transfer id (16 hexadecimal digits).
-    #[arg(value_name = "ID", value_parser = parse_transfer_id)]
-    pub id: u64,
+    // Parsed by `TransferId::from_str`: up to 16 hexadecimal digits, as a person may type them.
+    #[arg(value_name = "ID")]
+    pub id: TransferId,
 
     /// The destination star that runs the transfer. Default: ask every star.
     #[arg(long, value_name = "NAME")]
@@ -37,12 +38,12 @@ pub enum CancelError {
     #[error(transparent)]
     Locate(#[from] LocateError),
     /// The transfer had ended before the cancellation reached it.
-    #[error("{star}: transfer {id:016x} had already {how}; nothing to cancel")]
+    #[error("{star}: transfer {id} had already {how}; nothing to cancel")]
     Ended {
         /// The destination star.
         star: String,
         /// The transfer.
-        id: u64,
+        id: TransferId,
         /// How it ended, in words.
         how: String,
         /// The code for `--json`.
@@ -83,14 +84,14 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), CancelError> {
                 let json = CancelledJson {
                     ok: true,
                     cancelled: true,
-                    transfer_id: format!("{:016x}", args.id),
+                    transfer_id: args.id.to_string(),
                     destination: star,
                     target_path: target,
                 };
                 println!("{}", serde_json::to_string(&json).unwrap_or_default());
             } else {
                 println!(
-                    "{star}: transfer {:016x} cancelled; nothing was published{}",
+                    "{star}: transfer {} cancelled; nothing was published{}",
                     args.id,
                     target.map(|t| format!(" at {t}")).unwrap_or_default()
                 );

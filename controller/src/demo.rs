@@ -207,7 +207,7 @@ async fn replicate_between(
         destination: "star-b".to_owned(),
         destination_addr: star_b.local_addr(),
         command: ReplicateFile {
-            transfer_id: OsRng.next_u64(),
+            transfer_id: crate::replicate::new_transfer_id(),
             source: "star-a".to_owned(),
             source_addr: star_a.local_addr().to_string(),
             source_path: source_path.clone(),

@@ -1,7 +1,7 @@
 //! Finding the star that holds a transfer, for `orbitctl wait` and `orbitctl cancel`.
 //!
-//! A transfer id is the controller's random 64-bit number, printed as 16 hexadecimal digits (as
-//! in both stars' logs), and only the destination star knows it. With `--star NAME` only that
+//! A transfer id ([`TransferId`]) is the controller's random 64-bit number, printed as 16
+//! hexadecimal digits (as in both stars' logs), and only the destination star knows it. With `--star NAME` only that
 //! star is asked; otherwise every star of the grid is asked at once, and the one that knows the
 //! id answers while the others say `NotFound` at once. A star that is down delays the search by
 //! at most [`crate::connect::CONNECT_TIMEOUT`], and only when no other star has the transfer.
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use orbit_wire::{ControlEvent, ControlRequest, ErrorCode};
+use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, TransferId};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -20,21 +20,6 @@ use crate::grid::{Grid, GridError};
 
 /// How long a connected star has to answer whether it holds the transfer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Parses a transfer id: 1 to 16 hexadecimal digits.
-///
-/// # Errors
-///
-/// A message saying what a transfer id looks like.
-pub fn parse_transfer_id(text: &str) -> Result<u64, String> {
-    if text.is_empty() || text.len() > 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "{text:?} is not a transfer id: expected up to 16 hexadecimal digits, as \
-             `orbitctl replicate --detach` prints"
-        ));
-    }
-    u64::from_str_radix(text, 16).map_err(|e| e.to_string())
-}
 
 /// The answer of the star that holds the transfer.
 #[derive(Debug)]
@@ -62,7 +47,7 @@ pub enum LocateError {
     #[error("{}", not_found(*id, asked, unreachable))]
     NotFound {
         /// The transfer.
-        id: u64,
+        id: TransferId,
         /// The stars that answered that they do not know it.
         asked: Vec<String>,
         /// The stars that could not be asked, with why.
@@ -78,8 +63,8 @@ pub enum LocateError {
     },
 }
 
-fn not_found(id: u64, asked: &[String], unreachable: &[String]) -> String {
-    let mut text = format!("no star knows transfer {id:016x}");
+fn not_found(id: TransferId, asked: &[String], unreachable: &[String]) -> String {
+    let mut text = format!("no star knows transfer {id}");
     if !asked.is_empty() {
         text.push_str(&format!(" (asked {})", asked.join(", ")));
     }
@@ -137,7 +122,7 @@ pub async fn ask(
         ControlRequest::Wait { transfer_id } | ControlRequest::Cancel { transfer_id } => {
             transfer_id
         }
-        _ => 0,
+        _ => TransferId(0),
     };
     let names: Vec<String> = match only {
         Some(name) => vec![name.to_owned()],
@@ -246,19 +231,4 @@ async fn ask_one(
     answer.holds = holds.load(Ordering::Relaxed);
     answer.result = result.map(|event| (event, wire)).map_err(Failure::Stream);
     answer
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transfer_ids_are_hexadecimal() {
-        assert_eq!(parse_transfer_id("00000000000000ff"), Ok(255));
-        assert_eq!(parse_transfer_id("ABC"), Ok(0xabc));
-        assert!(parse_transfer_id("").is_err());
-        assert!(parse_transfer_id("0123456789abcdef0").is_err());
-        assert!(parse_transfer_id("star-b").is_err());
-        assert!(parse_transfer_id("+1").is_err());
-    }
 }

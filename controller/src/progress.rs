@@ -8,6 +8,7 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::time::Instant;
 
+use orbit_wire::TransferId;
 use serde::Serialize;
 
 use crate::human;
@@ -69,10 +70,10 @@ struct ProgressJson<'a> {
 
 impl Progress {
     /// A display for the transfer `transfer_id` (16 hexadecimal digits).
-    pub fn new(mode: Mode, transfer_id: u64) -> Progress {
+    pub fn new(mode: Mode, transfer_id: TransferId) -> Progress {
         Progress {
             mode,
-            transfer_id: format!("{transfer_id:016x}"),
+            transfer_id: transfer_id.to_string(),
             started: Instant::now(),
             first: None,
             drawn: false,

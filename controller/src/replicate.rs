@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile, WireError};
+use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile, TransferId, WireError};
 use rand::RngCore;
 use serde::Serialize;
 
@@ -82,6 +82,12 @@ pub struct Args {
     /// carries on alone. Follow it with `orbitctl wait ID`, stop it with `orbitctl cancel ID`.
     #[arg(long)]
     pub detach: bool,
+}
+
+/// A new transfer id, drawn at random. From the operating system's generator: stars refuse an id
+/// they already know, and any number of controllers may start transfers on the same star.
+pub fn new_transfer_id() -> TransferId {
+    TransferId(rand::rngs::OsRng.next_u64())
 }
 
 /// One replication, fully specified: the destination to dial and the command it receives.
@@ -203,7 +209,7 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), ReplicateError> {
             if args.json {
                 println!("{}", detached_json(&job));
             } else if !args.quiet {
-                println!("{:016x}", job.command.transfer_id);
+                println!("{}", job.command.transfer_id);
             }
             Ok(())
         }
@@ -236,7 +242,7 @@ async fn execute(
         destination: target.star.clone(),
         destination_addr,
         command: ReplicateFile {
-            transfer_id: rand::rngs::OsRng.next_u64(),
+            transfer_id: new_transfer_id(),
             source: source.star.clone(),
             source_addr: source_addr.to_string(),
             source_path: source.path.clone(),
@@ -339,7 +345,7 @@ async fn cancel_interrupted(
                 star,
                 error: WireError::new(ErrorCode::DeadlineExceeded, format!(
                     "interrupted, but the star did not confirm the cancellation within {} s: \
-                     check with orbitctl wait {:016x}", CANCEL_TIMEOUT.as_secs(), job.command.transfer_id)),
+                     check with orbitctl wait {}", CANCEL_TIMEOUT.as_secs(), job.command.transfer_id)),
             }),
         },
         _ = interrupt.recv() => Err(interrupted()),
@@ -387,7 +393,7 @@ pub async fn replicate_file(
     tls: Arc<rustls::ClientConfig>,
     job: &ReplicateJob,
 ) -> Result<Replicated, ReplicateError> {
-    let transfer = format!("{:016x}", job.command.transfer_id);
+    let transfer = job.command.transfer_id;
     replicate_observed(tls, job, |event| match event {
         ControlEvent::Progress { bytes, total } => {
             tracing::debug!(%transfer, bytes, total, "progress");
@@ -432,7 +438,7 @@ pub async fn replicate_observed(
     mut on_event: impl FnMut(&ControlEvent),
 ) -> Result<Replicated, ReplicateError> {
     let conn = StarConnection::connect(tls, &job.destination, job.destination_addr).await?;
-    let transfer = format!("{:016x}", job.command.transfer_id);
+    let transfer = job.command.transfer_id;
     tracing::info!(
         %transfer,
         destination = %job.destination,
@@ -467,7 +473,7 @@ pub fn conclude(
     wire: WireBytes,
     resumed_bytes: u64,
 ) -> Result<Replicated, ReplicateError> {
-    let transfer = format!("{:016x}", job.command.transfer_id);
+    let transfer = job.command.transfer_id;
     let star = job.destination.clone();
     match result {
         Ok(ControlEvent::Done {
@@ -505,7 +511,7 @@ pub fn conclude(
 /// The transfer id is the one both stars' log lines for this replication carry.
 pub fn summary_line(job: &ReplicateJob, done: &Replicated) -> String {
     format!(
-        "{}: {}:{} -> {}: {} bytes in {:.2} s ({}), sha256 {}, transfer {:016x}",
+        "{}: {}:{} -> {}: {} bytes in {:.2} s ({}), sha256 {}, transfer {}",
         job.destination,
         job.command.source,
         job.command.source_path,
@@ -551,7 +557,7 @@ pub fn success_json(job: &ReplicateJob, done: &Replicated) -> String {
     };
     let json = SuccessJson {
         ok: true,
-        transfer_id: format!("{:016x}", job.command.transfer_id),
+        transfer_id: job.command.transfer_id.to_string(),
         source: &job.command.source,
         destination: &job.destination,
         source_path: &job.command.source_path,
@@ -583,7 +589,7 @@ pub fn detached_json(job: &ReplicateJob) -> String {
     let json = DetachedJson {
         ok: true,
         detached: true,
-        transfer_id: format!("{:016x}", job.command.transfer_id),
+        transfer_id: job.command.transfer_id.to_string(),
         source: &job.command.source,
         destination: &job.destination,
         source_path: &job.command.source_path,
@@ -612,7 +618,7 @@ mod tests {
             destination: "star-b".into(),
             destination_addr: addr,
             command: ReplicateFile {
-                transfer_id: 0xabc,
+                transfer_id: TransferId(0xabc),
                 source: "star-a".into(),
                 source_addr: "127.0.0.1:7401".into(),
                 source_path: "/srv/data/f.bin".into(),
@@ -655,7 +661,7 @@ mod tests {
         let Some(ControlRequest::Replicate(sent)) = star.requests.recv().await else {
             panic!("no replicate request");
         };
-        assert_eq!(sent.transfer_id, 0xabc);
+        assert_eq!(sent.transfer_id, TransferId(0xabc));
         assert_eq!(sent.source, "star-a");
         assert_eq!(sent.source_addr, "127.0.0.1:7401");
         assert_eq!(sent.source_path, "/srv/data/f.bin");

@@ -251,7 +251,7 @@ pub fn report_table(reports: &[StarReport]) -> String {
         let Ok(status) = &report.result else { continue };
         for t in &status.transfers {
             transfers.push(vec![
-                format!("{:016x}", t.transfer_id),
+                t.transfer_id.to_string(),
                 report.name.clone(),
                 format!("{}:{}", t.source, t.source_path),
                 t.target_path.clone(),
@@ -368,7 +368,7 @@ pub fn report_json(reports: &[StarReport]) -> String {
                     .transfers
                     .iter()
                     .map(|t| TransferJson {
-                        transfer_id: format!("{:016x}", t.transfer_id),
+                        transfer_id: t.transfer_id.to_string(),
                         source: &t.source,
                         source_path: &t.source_path,
                         target_path: &t.target_path,
@@ -394,6 +394,7 @@ pub fn report_json(reports: &[StarReport]) -> String {
 mod tests {
     use super::*;
     use crate::fake_star::FakeStar;
+    use orbit_wire::TransferId;
 
     fn status(name: &str) -> StarStatus {
         StarStatus {
@@ -405,7 +406,7 @@ mod tests {
             transfers_in_flight: 1,
             reads_in_flight: 2,
             transfers: vec![TransferStatus {
-                transfer_id: 0xabc,
+                transfer_id: TransferId(0xabc),
                 source: "star-b".into(),
                 source_path: "/srv/data/f.bin".into(),
                 target_path: "/srv/backup/f.bin".into(),

@@ -5,10 +5,12 @@
 
 use std::path::Path;
 
-use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile, TransferStatus};
+use orbit_wire::{
+    ControlEvent, ControlRequest, ErrorCode, ReplicateFile, TransferId, TransferStatus,
+};
 
 use crate::grid::Grid;
-use crate::locate::{self, parse_transfer_id, LocateError};
+use crate::locate::{self, LocateError};
 use crate::progress::{Mode, Progress};
 use crate::replicate::{self, ReplicateError, ReplicateJob};
 
@@ -21,8 +23,9 @@ use crate::replicate::{self, ReplicateError, ReplicateJob};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The transfer id (16 hexadecimal digits).
-    #[arg(value_name = "ID", value_parser = parse_transfer_id)]
-    pub id: u64,
+    // Parsed by `TransferId::from_str`: up to 16 hexadecimal digits, as a person may type them.
+    #[arg(value_name = "ID")]
+    pub id: TransferId,
 
     /// The destination star that runs the transfer. Default: ask every star.
     #[arg(long, value_name = "NAME")]
@@ -105,7 +108,7 @@ async fn follow(
 
 /// The job a transfer's status describes, so the summary reads as `replicate`'s.
 pub fn job_of(
-    id: u64,
+    id: TransferId,
     star: &str,
     addr: std::net::SocketAddr,
     status: Option<TransferStatus>,

@@ -199,7 +199,7 @@ impl Grid {
         timeout_secs: u32,
     ) -> ControlRequest {
         ControlRequest::Replicate(ReplicateFile {
-            transfer_id: rand::random(),
+            transfer_id: orbit_wire::TransferId(rand::random()),
             source: source.name().to_owned(),
             source_addr: source.local_addr().to_string(),
             source_path: wire(src),
@@ -291,7 +291,7 @@ impl Client {
         expect: Option<[u8; 32]>,
     ) -> anyhow::Result<ControlEvent> {
         let request = ControlRequest::Replicate(ReplicateFile {
-            transfer_id: rand::random(),
+            transfer_id: orbit_wire::TransferId(rand::random()),
             source: src.name().to_owned(),
             source_addr: src.local_addr().to_string(),
             source_path: src_path.to_owned(),
@@ -358,7 +358,7 @@ pub struct ReadOutcome {
 pub fn read_request(path: &str, token: String) -> ReadRequest {
     ReadRequest {
         request_id: 1,
-        transfer_id: 1,
+        transfer_id: orbit_wire::TransferId(1),
         path: path.to_owned(),
         token,
         range: ByteRange::FULL,

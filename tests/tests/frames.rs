@@ -212,7 +212,7 @@ impl FakeSource {
                             let script = table
                                 .lock()
                                 .unwrap()
-                                .remove(&request.transfer_id)
+                                .remove(&request.transfer_id.0)
                                 .expect("a script for the transfer");
                             let mut send = conn.open_uni().await.unwrap();
                             // The destination may stop reading at the first bad byte.
@@ -253,7 +253,7 @@ async fn a_hostile_source_writes_nothing_at_the_destination() {
         fake.scripts.lock().unwrap().insert(transfer_id, script);
         let target = dst.path().join(format!("copy-{i}.bin"));
         let request = ControlRequest::Replicate(ReplicateFile {
-            transfer_id,
+            transfer_id: orbit_wire::TransferId(transfer_id),
             source: "star-a".into(),
             source_addr: addr.to_string(),
             source_path: source.into(),

@@ -90,7 +90,7 @@ fn silent_source(grid: &Grid) -> quinn::Endpoint {
 
 fn replicate_from(addr: SocketAddr, grid: &Grid, source: &str, target: &Path) -> ControlRequest {
     ControlRequest::Replicate(ReplicateFile {
-        transfer_id: rand::random(),
+        transfer_id: orbit_wire::TransferId(rand::random()),
         source: "star-a".into(),
         source_addr: addr.to_string(),
         source_path: source.into(),
@@ -393,7 +393,7 @@ impl Bench {
         let source = wire(&self.root.path().join("normal.bin"));
         let target = self.dst.path().join(name);
         let request = ControlRequest::Replicate(ReplicateFile {
-            transfer_id: rand::random(),
+            transfer_id: orbit_wire::TransferId(rand::random()),
             source: "star-a".into(),
             source_addr: self.a.addr.to_string(),
             source_path: source.clone(),

@@ -430,7 +430,7 @@ async fn non_utf8_paths_are_refused_on_both_sides() {
     let before = list_tree(w.dir.path());
     let source = w.wire("src/payload.bin");
     let command = orbit_wire::ControlRequest::Replicate(orbit_wire::ReplicateFile {
-        transfer_id: 1,
+        transfer_id: orbit_wire::TransferId(1),
         source: "star-a".into(),
         source_addr: w.a.local_addr().to_string(),
         source_path: source.clone(),

@@ -184,7 +184,7 @@ async fn a_source_address_where_another_star_answers_is_refused() {
     let c = p.grid.spawn_star("star-c", &[c_root.path()]).await;
 
     let request = ControlRequest::Replicate(ReplicateFile {
-        transfer_id: rand::random(),
+        transfer_id: orbit_wire::TransferId(rand::random()),
         source: "star-a".into(),
         source_addr: c.local_addr().to_string(),
         source_path: wire(&c_file),
@@ -301,7 +301,7 @@ async fn a_source_star_with_an_expired_certificate_is_refused() {
     config.key_pem = expired.key_pem;
     let c = Star::spawn(config).await.unwrap();
     let request = ControlRequest::Replicate(ReplicateFile {
-        transfer_id: rand::random(),
+        transfer_id: orbit_wire::TransferId(rand::random()),
         source: "star-c".into(),
         source_addr: c.local_addr().to_string(),
         source_path: wire(&c_file),

@@ -178,7 +178,7 @@ async fn a_target_parent_swapped_for_an_outside_symlink_never_writes_outside() {
     let (mut done, mut refused) = (0, 0);
     for i in 0..DEST_ROUNDS {
         let request = ControlRequest::Replicate(ReplicateFile {
-            transfer_id: i as u64,
+            transfer_id: orbit_wire::TransferId(i as u64),
             source: "star-a".into(),
             source_addr: a.local_addr().to_string(),
             source_path: source.clone(),

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::WireError;
+use crate::{TransferId, WireError};
 
 /// A half-open range of byte offsets `[start, end)` in a file. `end == u64::MAX` means "to the end
 /// of the file, whatever its size".
@@ -44,14 +44,14 @@ pub enum ControlRequest {
     /// answers after the end. `NotFound` if the star never ran it or has forgotten it.
     Wait {
         /// The transfer, as [`ReplicateFile::transfer_id`] named it.
-        transfer_id: u64,
+        transfer_id: TransferId,
     },
     /// Cancel a transfer: the destination stops pulling and removes its temporary file. Answered
     /// with [`ControlEvent::Following`], then the transfer's final event once it has stopped (`Failed` with `Cancelled`, or the
     /// result it had already reached). `NotFound` as for `Wait`.
     Cancel {
         /// The transfer.
-        transfer_id: u64,
+        transfer_id: TransferId,
     },
 }
 
@@ -59,7 +59,7 @@ pub enum ControlRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicateFile {
     /// Chosen by the controller; appears in both stars' logs.
-    pub transfer_id: u64,
+    pub transfer_id: TransferId,
     /// The source star's name, which its certificate must carry.
     pub source: String,
     /// Where the source star listens, `host:port`.
@@ -120,7 +120,7 @@ pub enum ControlEvent {
     /// The answer to [`ControlRequest::Start`]: the transfer is running. Final.
     Started {
         /// The transfer.
-        transfer_id: u64,
+        transfer_id: TransferId,
     },
     /// The first answer to [`ControlRequest::Wait`] and [`ControlRequest::Cancel`]: which
     /// transfer it is and where it stands. Not final.
@@ -144,7 +144,7 @@ impl ControlEvent {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TransferStatus {
     /// The controller's transfer id.
-    pub transfer_id: u64,
+    pub transfer_id: TransferId,
     /// The source star's name.
     pub source: String,
     /// The path on the source star.
@@ -186,7 +186,7 @@ pub struct ReadRequest {
     /// Chosen by the requester, unique on its connection; echoed by the data stream.
     pub request_id: u64,
     /// The controller's transfer id, for the source's logs.
-    pub transfer_id: u64,
+    pub transfer_id: TransferId,
     /// The absolute path on the source star.
     pub path: String,
     /// The token the controller minted for this read.
@@ -260,7 +260,7 @@ mod tests {
 
     fn replicate() -> ReplicateFile {
         ReplicateFile {
-            transfer_id: 0x0102,
+            transfer_id: TransferId(0x0102),
             source: "a".into(),
             source_addr: "h:1".into(),
             source_path: "/s".into(),
@@ -292,8 +292,18 @@ mod tests {
             golden(&ControlRequest::Start(replicate())),
             "028202016103683a31022f73022f7401540000"
         );
-        assert_eq!(golden(&ControlRequest::Wait { transfer_id: 300 }), "03ac02");
-        assert_eq!(golden(&ControlRequest::Cancel { transfer_id: 1 }), "0401");
+        assert_eq!(
+            golden(&ControlRequest::Wait {
+                transfer_id: TransferId(300)
+            }),
+            "03ac02"
+        );
+        assert_eq!(
+            golden(&ControlRequest::Cancel {
+                transfer_id: TransferId(1)
+            }),
+            "0401"
+        );
     }
 
     #[test]
@@ -347,18 +357,26 @@ mod tests {
         };
         assert_eq!(golden(&resumed), "0580018002");
         assert!(!resumed.is_final());
-        assert_eq!(golden(&ControlEvent::Started { transfer_id: 5 }), "0605");
+        assert_eq!(
+            golden(&ControlEvent::Started {
+                transfer_id: TransferId(5)
+            }),
+            "0605"
+        );
         assert_eq!(
             golden(&ControlEvent::Following(transfer())),
             format!("07{}", &TRANSFER[2..])
         );
         assert!(!ControlEvent::Following(transfer()).is_final());
-        assert!(ControlEvent::Started { transfer_id: 5 }.is_final());
+        assert!(ControlEvent::Started {
+            transfer_id: TransferId(5)
+        }
+        .is_final());
     }
 
     fn transfer() -> TransferStatus {
         TransferStatus {
-            transfer_id: 9,
+            transfer_id: TransferId(9),
             source: "a".into(),
             source_path: "/s".into(),
             target_path: "/t".into(),
@@ -375,7 +393,7 @@ mod tests {
     fn golden_read_request() {
         let req = ReadRequest {
             request_id: 7,
-            transfer_id: 8,
+            transfer_id: TransferId(8),
             path: "/p".into(),
             token: "t".into(),
             range: ByteRange { start: 0, end: 128 },

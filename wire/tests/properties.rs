@@ -13,8 +13,8 @@ use orbit_wire::{
     chunk_frame_header, chunk_head, decode_body, decode_data_frame, decode_len, encode_frame, path,
     token::{self, Claims, Expected, MasterKey, TokenError, TokenKey, NONCE_LEN, TOKEN_VERSION},
     ByteRange, ControlEvent, ControlRequest, DataFrame, ErrorCode, FileVersion, FrameError,
-    ReadRequest, ReplicateFile, StarStatus, TransferStatus, WireError, CHUNK_HEAD_MAX, CHUNK_SIZE,
-    LEN_PREFIX, MAX_CONTROL_FRAME, MAX_DATA_FRAME,
+    ReadRequest, ReplicateFile, StarStatus, TransferId, TransferStatus, WireError, CHUNK_HEAD_MAX,
+    CHUNK_SIZE, LEN_PREFIX, MAX_CONTROL_FRAME, MAX_DATA_FRAME,
 };
 use proptest::prelude::*;
 use serde::{de::DeserializeOwned, Serialize};
@@ -85,9 +85,14 @@ fn wire_error() -> impl Strategy<Value = WireError> {
         .prop_map(|(code, message)| WireError::new(code, message))
 }
 
+/// Any transfer id: every `u64` is one.
+fn transfer_id() -> impl Strategy<Value = TransferId> {
+    any::<u64>().prop_map(TransferId)
+}
+
 fn control_request() -> impl Strategy<Value = ControlRequest> {
     let replicate = (
-        any::<u64>(),
+        transfer_id(),
         (text(), text(), text(), text(), text()),
         (any::<Option<[u8; 32]>>(), any::<u32>()),
     )
@@ -115,14 +120,14 @@ fn control_request() -> impl Strategy<Value = ControlRequest> {
             other => other,
         }),
         Just(ControlRequest::Status),
-        any::<u64>().prop_map(|transfer_id| ControlRequest::Wait { transfer_id }),
-        any::<u64>().prop_map(|transfer_id| ControlRequest::Cancel { transfer_id }),
+        transfer_id().prop_map(|transfer_id| ControlRequest::Wait { transfer_id }),
+        transfer_id().prop_map(|transfer_id| ControlRequest::Cancel { transfer_id }),
     ]
 }
 
 fn transfer_status() -> impl Strategy<Value = TransferStatus> {
     (
-        any::<u64>(),
+        transfer_id(),
         (text(), text(), text()),
         (any::<u64>(), any::<u64>()),
         any::<f64>().prop_filter("NaN", |s| !s.is_nan()),
@@ -188,13 +193,13 @@ fn control_event() -> impl Strategy<Value = ControlEvent> {
         }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(offset, total)| ControlEvent::Resumed { offset, total }),
-        any::<u64>().prop_map(|transfer_id| ControlEvent::Started { transfer_id }),
+        transfer_id().prop_map(|transfer_id| ControlEvent::Started { transfer_id }),
         transfer_status().prop_map(ControlEvent::Following),
     ]
 }
 
 fn read_request() -> impl Strategy<Value = ReadRequest> {
-    (any::<u64>(), any::<u64>(), text(), text(), range()).prop_map(
+    (any::<u64>(), transfer_id(), text(), text(), range()).prop_map(
         |(request_id, transfer_id, path, token, range)| ReadRequest {
             request_id,
             transfer_id,

@@ -240,7 +240,7 @@ impl Disk {
             .jail
             .prepare_target(target)
             .map_err(|e| e.to_wire())?;
-        let tag = format!("{:016x}-{:08x}", cmd.transfer_id, rand::random::<u32>());
+        let tag = format!("{}-{:08x}", cmd.transfer_id, rand::random::<u32>());
         let part = format!(".orbit-{tag}.part");
         let entry = shared.journal.as_ref().and_then(|journal| {
             let entry = Entry {
