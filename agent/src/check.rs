@@ -3,8 +3,7 @@
 //! writing anywhere.
 
 use crate::jail::Jail;
-use crate::star::check_certificate_names;
-use crate::{SpawnError, StarConfig};
+use crate::startup::{check_certificate_names, revocation_list, SpawnError, StarConfig};
 
 /// Checks that a star could start with `config`.
 ///
@@ -18,8 +17,8 @@ pub fn check_config(config: &StarConfig) -> Result<(), SpawnError> {
         return Err(SpawnError::NoRoots);
     }
     Jail::open(&config.roots, &config.read_only_roots).map_err(SpawnError::Root)?;
-    let crl = crate::star::revocation_list(config)?;
-    crate::star::quic_configs(config, crl.as_ref())?;
+    let crl = revocation_list(config)?;
+    crate::endpoint::quic_configs(config, crl.as_ref())?;
     if let Some(path) = &config.state_dir {
         if path.exists() && !path.is_dir() {
             return Err(SpawnError::StateDir {

@@ -81,7 +81,7 @@ pub struct Payload {
 }
 
 impl Payload {
-    fn push(&mut self, piece: Bytes) {
+    pub(crate) fn push(&mut self, piece: Bytes) {
         self.len += piece.len();
         self.pieces.push(piece);
     }

@@ -6,44 +6,57 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | `star` | the handle, the endpoint, the accept loop, shutdown |
-//! | `control` | commands from the controller |
-//! | `pull` | the destination side: request, receive, verify, publish |
-//! | `serve` | the source side: authorise, read, send |
-//! | `pool` | one outgoing connection per source star |
+//! | `star` | the handle: spawn, reload, shutdown, self-check, metrics; builds the services |
+//! | `startup` | `StarConfig`, `SpawnError`, and the checks spawn, reload and `check` share |
+//! | `endpoint` | the QUIC and TLS configuration of the one endpoint |
+//! | `connection` | the accept loop, the handshake's checks, open connections per peer, routing |
+//! | `control` | commands from the controller: replicate, start, wait, cancel, status |
+//! | `replication` | the destination side: the register, the sans-IO core, its driver, the disk |
+//! | `serve` | the source side: authorise, read, send; the read slots and digests |
+//! | `pool` | one outgoing connection per source star, dialled outside the lock |
+//! | `trust` | the token keys and the client TLS configuration a reload replaces |
+//! | `lifecycle` | the shutdown and draining tokens and the task tracker |
 //! | `jail` | confined opens under the allowed roots |
+//! | `journal` | replications in flight, kept in the state directory to resume them |
 //! | `reload` | new keys, certificates and revocation list on SIGHUP |
 //! | `limits` | the caps on connections, streams, transfers, token lifetime and timeouts |
 //! | `config` | `star.toml`, `ORBIT_*` variables and flags, one precedence |
 //! | `metrics` | counters and the Prometheus `/metrics` server |
 //! | `notify` | systemd readiness and watchdog |
 //! | `check` | `--check-config`: everything spawning would check, without binding |
-//! | `journal` | replications in flight, kept in the state directory to resume them |
-//! | `transfers` | the replications in flight and recent results, by id |
+//! | `error` | the wire codes of local errors (jail, I/O, token, framing) |
+//! | `framed` | frames on QUIC streams |
+//! | `digests` | SHA-256 of whole files served, by file version |
+//! | `udp` | the UDP socket, with GSO batches kept within one send |
 
 mod check;
 pub mod config;
+mod connection;
 mod control;
 mod digests;
+mod endpoint;
 mod error;
 mod framed;
 mod jail;
 mod journal;
+mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
 mod pool;
-mod pull;
 mod reload;
+mod replication;
 mod serve;
 mod star;
-mod transfers;
+mod startup;
+mod trust;
 mod udp;
 
 pub use check::check_config;
 pub use limits::{CongestionControl, Limits};
 pub use reload::Reloaded;
-pub use star::{SpawnError, Star, StarConfig, TRANSFER_DRAIN};
+pub use star::{SelfCheckError, Star, TRANSFER_DRAIN};
+pub use startup::{SpawnError, StarConfig};
 
 /// The version `--version` reports: the crate's, and the wire protocol's ALPN.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (wire protocol orbit/1)");

@@ -2,22 +2,20 @@
 //! `GET /metrics` (`--metrics-listen ADDR`).
 //!
 //! [`Metrics`] is a struct of atomics hung off the star; code anywhere counts with one line, e.g.
-//! `shared.metrics.token_errors.inc()`. Rendering reads them without locks. The server answers
+//! `metrics.token_errors.inc()`. Rendering reads them without locks. The server answers
 //! one request per connection, reads at most [`MAX_REQUEST`] bytes within [`REQUEST_TIMEOUT`],
 //! and never serves anything but the metrics.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, Instrument as _};
+use tracing::debug;
 
-use crate::star::Shared;
-use crate::Star;
+use crate::lifecycle::Lifecycle;
 
 /// The largest request head the metrics server reads.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -142,7 +140,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format, version 0.0.4.
-    fn render(&self, transfers_in_flight: u32, reads_in_flight: u32) -> String {
+    pub(crate) fn render(&self, transfers_in_flight: u32, reads_in_flight: u32) -> String {
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
             let _ = writeln!(out, "# HELP orbit_p2p_{name} {help}");
@@ -267,63 +265,35 @@ impl Metrics {
     }
 }
 
-impl Star {
-    /// The star's counters, for code that embeds a star.
-    pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
-    }
-
-    /// The counters as Prometheus text, exactly as `GET /metrics` serves them.
-    pub fn render_metrics(&self) -> String {
-        render(&self.shared)
-    }
-
-    /// Serves `GET /metrics` on TCP `addr` until the star shuts down, and returns the bound
-    /// address (port 0 picks one). Logs `metrics on http://ADDR/metrics`.
-    ///
-    /// # Errors
-    ///
-    /// When the address cannot be bound.
-    pub async fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-        let listener = TcpListener::bind(addr).await?;
-        let bound = listener.local_addr()?;
-        let shared = self.shared.clone();
-        let span = tracing::info_span!("metrics", star = %shared.name);
-        span.in_scope(|| info!("metrics on http://{bound}/metrics"));
-        let tracker = shared.tracker.clone();
-        tracker.spawn(serve(shared, listener).instrument(span));
-        Ok(bound)
-    }
-}
-
-fn render(shared: &Shared) -> String {
-    shared.metrics.render(
-        shared.transfers_in_flight.load(Ordering::Relaxed),
-        shared.reads_in_flight.load(Ordering::Relaxed),
-    )
-}
-
-async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+/// Serves `GET /metrics` on `listener`, with what `render` gives, until the star stops.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    render: impl Fn() -> String + Send + Sync + 'static,
+    life: Lifecycle,
+) {
+    let render = Arc::new(render);
     loop {
         let stream = tokio::select! {
-            _ = shared.cancel.cancelled() => break,
+            _ = life.cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => { debug!("metrics accept: {e}"); continue; }
             },
         };
-        let shared = shared.clone();
-        shared.tracker.clone().spawn(async move {
-            let cancel = shared.cancel.clone();
+        let (render, cancel) = (render.clone(), life.cancel.clone());
+        life.tracker.spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                r = answer(&shared, stream) => if let Err(e) = r { debug!("metrics request: {e}") },
+                r = answer(&*render, stream) => if let Err(e) = r { debug!("metrics request: {e}") },
             }
         });
     }
 }
 
-async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
+async fn answer(
+    render: &(dyn Fn() -> String + Send + Sync),
+    mut stream: TcpStream,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     let read_head = async {
@@ -343,7 +313,7 @@ async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let (status, body) = match (parts.next(), parts.next()) {
-        (Some("GET"), Some("/metrics")) => ("200 OK", render(shared)),
+        (Some("GET"), Some("/metrics")) => ("200 OK", render()),
         (Some("GET"), _) => ("404 Not Found", "not found: try /metrics\n".to_owned()),
         _ => ("405 Method Not Allowed", "only GET\n".to_owned()),
     };

@@ -96,50 +96,6 @@ pub async fn watchdog(star: &Star, notifier: &Notifier) {
     }
 }
 
-impl Star {
-    /// Proves the star serves: completes a QUIC handshake with its own endpoint, as a peer star
-    /// would (UDP socket, accept loop, TLS with its certificate and CA), then closes it. The
-    /// accepting side recognises itself and counts nothing.
-    ///
-    /// # Errors
-    ///
-    /// Why the handshake failed.
-    pub async fn self_check(&self) -> Result<(), String> {
-        let mut target = self.addr;
-        if target.ip().is_unspecified() {
-            target.set_ip(match target {
-                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        let shared = &self.shared;
-        let connecting = shared
-            .endpoint
-            .connect(target, &shared.name)
-            .map_err(|e| e.to_string())?;
-        let conn = connecting.await.map_err(|e| e.to_string())?;
-        conn.close(0u32.into(), b"self-check done");
-        Ok(())
-    }
-}
-
-/// Whether an accepted connection is this star's own self-check: its own certificate, from its
-/// own UDP socket. A client elsewhere with this star's certificate (a test, say) is not.
-pub(crate) fn is_self_check(
-    shared: &crate::star::Shared,
-    peer: &orbit_certs::PeerIdentity,
-    conn: &quinn::Connection,
-) -> bool {
-    let remote = conn.remote_address();
-    peer.role == orbit_certs::Role::Star
-        && peer.name == shared.name
-        && shared.endpoint.local_addr().is_ok_and(|own| {
-            own.port() == remote.port()
-                && (own.ip() == remote.ip()
-                    || own.ip().is_unspecified() && remote.ip().is_loopback())
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

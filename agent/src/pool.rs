@@ -1,22 +1,30 @@
 //! Outgoing connections to source stars, one per peer, reused while they live. Each connection
 //! has a dispatcher that matches incoming data streams to the read requests waiting for them.
+//!
+//! A dial runs in a task of its own, outside the pool's lock: pulls from different sources never
+//! wait for each other's dial (one unreachable source costs only its own pulls the
+//! [`CONNECT_TIMEOUT`]), and pulls from the same unconnected source share one dial.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use quinn::{Connection, RecvStream};
-use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
+use quinn::{Connection, Endpoint, RecvStream};
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, Instrument};
 
 use orbit_certs::Role;
-use orbit_wire::{DataFrame, ErrorCode, WireError};
+use orbit_wire::{DataFrame, ErrorCode};
 
 use crate::error::varint;
 use crate::framed::{self, DataRead};
-use crate::star::{peer_of, Shared};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::trust::{peer_of, Trust};
 
 /// How long dialling a source star may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,122 +44,258 @@ pub(crate) struct PeerConn {
     next_id: AtomicU64,
 }
 
+/// The data stream answering one read request, once it arrives. Dropping it forgets the request,
+/// so that a stream arriving later is stopped rather than kept.
+pub(crate) struct Expected {
+    id: u64,
+    rx: oneshot::Receiver<DataStream>,
+    waiters: Arc<Waiters>,
+}
+
+impl Expected {
+    /// The request id to send.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Future for Expected {
+    /// The stream, or `None` when the connection's dispatcher is gone.
+    type Output = Option<DataStream>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(Result::ok)
+    }
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        self.waiters.lock().expect("waiters lock").remove(&self.id);
+    }
+}
+
 impl PeerConn {
-    /// A fresh request id and a receiver for the data stream that will answer it.
-    pub(crate) fn expect_stream(&self) -> (u64, oneshot::Receiver<DataStream>) {
+    /// A fresh request id, and the future of the data stream that will answer it.
+    pub(crate) fn expect_stream(&self) -> Expected {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().expect("waiters lock").insert(id, tx);
-        (id, rx)
+        Expected {
+            id,
+            rx,
+            waiters: self.waiters.clone(),
+        }
     }
+}
 
-    /// Forgets a request that will not be waited for any more.
-    pub(crate) fn forget(&self, id: u64) {
-        self.waiters.lock().expect("waiters lock").remove(&id);
-    }
+/// Why a source star could not be dialled.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum DialError {
+    /// The address did not resolve, or nothing answered the handshake in time.
+    #[error("cannot reach star {name} at {addr}: {why}")]
+    Unreachable {
+        /// The source's name.
+        name: String,
+        /// The address dialled.
+        addr: String,
+        /// Why.
+        why: String,
+    },
+    /// The peer at the address did not prove it is that star.
+    #[error("the peer at {addr} {why}")]
+    NotThatStar {
+        /// The address dialled.
+        addr: String,
+        /// What it proved instead.
+        why: String,
+    },
+}
+
+type Dialled = Option<Result<Arc<PeerConn>, DialError>>;
+
+enum Entry {
+    Live(Arc<PeerConn>),
+    /// A dial in progress; its outcome arrives here.
+    Dialling(watch::Receiver<Dialled>),
 }
 
 /// The star's outgoing connections, by peer name.
-#[derive(Debug, Default)]
 pub(crate) struct Pool {
-    conns: tokio::sync::Mutex<HashMap<String, Arc<PeerConn>>>,
+    conns: Mutex<HashMap<String, Entry>>,
+    endpoint: Endpoint,
+    trust: Arc<Trust>,
+    metrics: Arc<Metrics>,
+    life: Lifecycle,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").finish_non_exhaustive()
+    }
 }
 
 impl Pool {
-    /// The live connection to star `name`, dialling `addr` if there is none.
+    /// A pool dialling from `endpoint` with `trust`'s client configuration.
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        trust: Arc<Trust>,
+        metrics: Arc<Metrics>,
+        life: Lifecycle,
+    ) -> Pool {
+        Pool {
+            conns: Mutex::default(),
+            endpoint,
+            trust,
+            metrics,
+            life,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live connection to star `name`, dialling `addr` if there is none, or joining the
+    /// dial already under way. Cancel-safe: the dial goes on for whoever else waits for it.
     ///
     /// # Errors
     ///
-    /// `Unavailable` when the star cannot be reached, `PermissionDenied` when the peer there is
-    /// not that star.
+    /// [`DialError::Unreachable`] when the star cannot be reached, [`DialError::NotThatStar`]
+    /// when the peer there is not that star.
     pub(crate) async fn get(
-        &self,
-        shared: &Arc<Shared>,
+        self: &Arc<Self>,
         name: &str,
         addr: &str,
-    ) -> Result<Arc<PeerConn>, WireError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(peer) = conns.get(name) {
-            if peer.conn.close_reason().is_none() {
-                return Ok(peer.clone());
+    ) -> Result<Arc<PeerConn>, DialError> {
+        let mut outcome = {
+            let mut conns = self.lock();
+            match conns.get(name) {
+                Some(Entry::Live(peer)) if peer.conn.close_reason().is_none() => {
+                    return Ok(peer.clone())
+                }
+                Some(Entry::Dialling(outcome)) => outcome.clone(),
+                _ => {
+                    let (tx, rx) = watch::channel(None);
+                    conns.insert(name.to_owned(), Entry::Dialling(rx.clone()));
+                    let pool = self.clone();
+                    let (name, addr) = (name.to_owned(), addr.to_owned());
+                    let span = tracing::debug_span!("dial", peer = %name);
+                    self.life.tracker.spawn(
+                        async move {
+                            let result = pool.dial(&name, &addr).await.map(Arc::new);
+                            pool.settle(&name, &result);
+                            tx.send_replace(Some(result));
+                        }
+                        .instrument(span),
+                    );
+                    rx
+                }
+            }
+        };
+        let dialled = match outcome.wait_for(Option::is_some).await {
+            Ok(done) => done.clone().expect("waited for Some"),
+            Err(_) => Err(DialError::Unreachable {
+                name: name.to_owned(),
+                addr: addr.to_owned(),
+                why: "the dial was abandoned".into(),
+            }),
+        };
+        dialled
+    }
+
+    /// Puts a dial's outcome in the map: the connection, with its dispatcher; or nothing, so
+    /// that the next pull dials again.
+    fn settle(&self, name: &str, result: &Result<Arc<PeerConn>, DialError>) {
+        let mut conns = self.lock();
+        match result {
+            Ok(peer) => {
+                self.metrics.outbound_handshakes_ok.inc();
+                let open = self.metrics.outbound_connections.track();
+                let dispatcher = dispatch(peer.clone(), self.life.clone());
+                // The dispatcher lives as long as the connection; so does its count.
+                let dispatcher = async move {
+                    dispatcher.await;
+                    drop(open);
+                };
+                self.life
+                    .tracker
+                    .spawn(dispatcher.instrument(tracing::debug_span!("dispatch", peer = name)));
+                conns.insert(name.to_owned(), Entry::Live(peer.clone()));
+            }
+            Err(_) => {
+                self.metrics.outbound_handshakes_failed.inc();
+                conns.remove(name);
             }
         }
-        let dialled = dial(shared, name, addr).await;
-        let metrics = &shared.metrics;
-        let peer = Arc::new(dialled.inspect_err(|_| metrics.outbound_handshakes_failed.inc())?);
-        metrics.outbound_handshakes_ok.inc();
-        let open = metrics.outbound_connections.track();
-        let dispatcher = dispatch(
-            peer.conn.clone(),
-            peer.waiters.clone(),
-            shared.cancel.child_token(),
-        );
-        // The dispatcher lives as long as the connection; so does its count.
-        let dispatcher = async move {
-            dispatcher.await;
-            drop(open);
-        };
-        shared
-            .tracker
-            .spawn(dispatcher.instrument(tracing::debug_span!("dispatch", peer = name)));
-        conns.insert(name.to_owned(), peer.clone());
-        Ok(peer)
     }
-}
 
-async fn dial(shared: &Shared, name: &str, addr: &str) -> Result<PeerConn, WireError> {
-    let unavailable = |why: String| {
-        WireError::new(
-            ErrorCode::Unavailable,
-            format!("cannot reach star {name} at {addr}: {why}"),
-        )
-    };
-    let target = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| unavailable(e.to_string()))?
-        .next()
-        .ok_or_else(|| unavailable("the address resolves to nothing".into()))?;
-    let client_config = shared
-        .client_config
-        .read()
-        .expect("client config lock")
-        .clone();
-    let connecting = shared
-        .endpoint
-        .connect_with(client_config, target, name)
-        .map_err(|e| unavailable(e.to_string()))?;
-    let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) if is_tls_failure(&e) => {
-            return Err(WireError::new(
-                ErrorCode::PermissionDenied,
-                format!("the peer at {addr} did not prove it is star {name}: {e}"),
-            ))
+    async fn dial(&self, name: &str, addr: &str) -> Result<PeerConn, DialError> {
+        let unavailable = |why: String| DialError::Unreachable {
+            name: name.to_owned(),
+            addr: addr.to_owned(),
+            why,
+        };
+        let target = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .next()
+            .ok_or_else(|| unavailable("the address resolves to nothing".into()))?;
+        let connecting = self
+            .endpoint
+            .connect_with(self.trust.client_config(), target, name)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let conn = tokio::select! {
+            _ = self.life.cancel.cancelled() => return Err(unavailable("this star is shutting down".into())),
+            dialled = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => match dialled {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) if is_tls_failure(&e) => {
+                    return Err(DialError::NotThatStar {
+                        addr: addr.to_owned(),
+                        why: format!("did not prove it is star {name}: {e}"),
+                    })
+                }
+                Ok(Err(e)) => return Err(unavailable(e.to_string())),
+                Err(_) => return Err(unavailable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+            },
+        };
+        // The TLS verifier checked the name against the certificate's DNS name; check the role too.
+        match peer_of(&conn) {
+            Ok(peer) if peer.role == Role::Star && peer.name == name => {}
+            Ok(peer) => {
+                conn.close(
+                    varint(ErrorCode::PermissionDenied),
+                    b"not the star that was dialled",
+                );
+                return Err(DialError::NotThatStar {
+                    addr: addr.to_owned(),
+                    why: format!("is {peer}, not star {name}"),
+                });
+            }
+            Err(why) => return Err(unavailable(why.to_string())),
         }
-        Ok(Err(e)) => return Err(unavailable(e.to_string())),
-        Err(_) => return Err(unavailable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
-    };
-    // The TLS verifier checked the name against the certificate's DNS name; check the role too.
-    match peer_of(&conn) {
-        Ok(peer) if peer.role == Role::Star && peer.name == name => {}
-        Ok(peer) => {
-            conn.close(
-                varint(ErrorCode::PermissionDenied),
-                b"not the star that was dialled",
-            );
-            return Err(WireError::new(
-                ErrorCode::PermissionDenied,
-                format!("the peer at {addr} is {peer}, not star {name}"),
-            ));
-        }
-        Err(why) => return Err(unavailable(why)),
+        debug!(peer = name, %target, "connected to source");
+        Ok(PeerConn {
+            conn,
+            waiters: Arc::default(),
+            next_id: AtomicU64::new(1),
+        })
     }
-    debug!(peer = name, %target, "connected to source");
-    Ok(PeerConn {
-        conn,
-        waiters: Arc::default(),
-        next_id: AtomicU64::new(1),
-    })
+
+    /// Closes every pooled connection whose peer certificate `revoked` says is revoked, and
+    /// returns how many it closed.
+    pub(crate) fn close_where(&self, revoked: impl Fn(&Connection) -> bool) -> usize {
+        let mut conns = self.lock();
+        let before = conns.len();
+        conns.retain(|_, entry| match entry {
+            Entry::Live(peer) if revoked(&peer.conn) => {
+                peer.conn
+                    .close(varint(ErrorCode::PermissionDenied), b"certificate revoked");
+                false
+            }
+            _ => true,
+        });
+        before - conns.len()
+    }
 }
 
 /// Whether a handshake failed on identity (a TLS alert, ours or the peer's) rather than on the
@@ -165,38 +309,20 @@ fn is_tls_failure(e: &quinn::ConnectionError) -> bool {
     (0x100..0x200).contains(&u64::from(code))
 }
 
-impl Pool {
-    /// Closes every pooled connection whose peer certificate `revoked` says is revoked, and
-    /// returns how many it closed.
-    pub(crate) async fn close_where(&self, revoked: impl Fn(&Connection) -> bool) -> usize {
-        let mut conns = self.conns.lock().await;
-        let before = conns.len();
-        conns.retain(|_, peer| {
-            if revoked(&peer.conn) {
-                peer.conn
-                    .close(varint(ErrorCode::PermissionDenied), b"certificate revoked");
-                false
-            } else {
-                true
-            }
-        });
-        before - conns.len()
-    }
-}
-
 /// Accepts data streams on an outgoing connection and hands each to the request it answers,
 /// until the connection ends or the star shuts down.
-async fn dispatch(conn: Connection, waiters: Arc<Waiters>, cancel: CancellationToken) {
+async fn dispatch(peer: Arc<PeerConn>, life: Lifecycle) {
+    let cancel = life.cancel.child_token();
     loop {
         let mut recv = tokio::select! {
             _ = cancel.cancelled() => break,
-            stream = conn.accept_uni() => match stream {
+            stream = peer.conn.accept_uni() => match stream {
                 Ok(recv) => recv,
                 Err(_) => break,
             },
         };
-        let waiters = waiters.clone();
-        tokio::spawn(async move {
+        let waiters = peer.waiters.clone();
+        life.tracker.spawn(async move {
             let first =
                 tokio::time::timeout(FIRST_FRAME_TIMEOUT, framed::read_data_frame(&mut recv)).await;
             let id = match &first {

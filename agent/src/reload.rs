@@ -5,18 +5,17 @@
 //! A reload is all or nothing: everything is read and built first, and only then swapped in.
 //! It never changes the star's name, address or roots.
 
-use std::sync::Arc;
-
-use quinn::Connection;
-use tracing::{info, warn};
+use quinn::{Connection, Endpoint};
+use tracing::info;
 
 use orbit_certs::RevocationList;
 use orbit_wire::token::KeyRing;
-use orbit_wire::ErrorCode;
 
-use crate::error::varint;
-use crate::star::{check_certificate_names, quic_configs, revocation_list, Shared};
-use crate::{SpawnError, StarConfig};
+use crate::connection::Connections;
+use crate::endpoint::quic_configs;
+use crate::pool::Pool;
+use crate::startup::{check_certificate_names, revocation_list, SpawnError, StarConfig};
+use crate::trust::Trust;
 
 /// What a reload changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,25 +30,17 @@ pub struct Reloaded {
     pub closed: usize,
 }
 
-/// Removes a connection from [`Shared::conns`] when its handler ends.
-pub(crate) struct Registered<'a> {
-    pub(crate) shared: &'a Shared,
-    pub(crate) id: usize,
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        self.shared
-            .conns
-            .lock()
-            .expect("conns lock")
-            .remove(&self.id);
-    }
+/// The parts of a star a reload changes.
+pub(crate) struct Parts<'a> {
+    pub(crate) endpoint: &'a Endpoint,
+    pub(crate) trust: &'a Trust,
+    pub(crate) connections: &'a Connections,
+    pub(crate) pool: &'a Pool,
 }
 
 /// Logs which keys and list a star runs with: key ids and counts, never key material.
-pub(crate) fn log_keys(shared: &Shared, crl: Option<&RevocationList>) {
-    let keys = shared.keys.read().expect("keys lock");
+pub(crate) fn log_keys(trust: &Trust, crl: Option<&RevocationList>) {
+    let keys = trust.keys();
     let previous = keys
         .previous()
         .map_or_else(|| "none".to_owned(), |k| format!("{:08x}", k.key_id()));
@@ -63,13 +54,16 @@ pub(crate) fn log_keys(shared: &Shared, crl: Option<&RevocationList>) {
     );
 }
 
-pub(crate) async fn reload(
-    shared: &Arc<Shared>,
-    config: &StarConfig,
-) -> Result<Reloaded, SpawnError> {
-    if config.name != shared.name {
+/// Builds everything `config` asks for, then swaps it in and closes the connections it revokes.
+///
+/// # Errors
+///
+/// [`SpawnError`] if anything cannot be built; then nothing changed.
+pub(crate) fn reload(parts: Parts<'_>, config: &StarConfig) -> Result<Reloaded, SpawnError> {
+    let trust = parts.trust;
+    if config.name != trust.name {
         return Err(SpawnError::WrongCertificate {
-            expected: shared.name.clone(),
+            expected: trust.name.clone(),
             found: format!("a configuration for star {:?}", config.name),
         });
     }
@@ -78,39 +72,27 @@ pub(crate) async fn reload(
     let (server, client) = quic_configs(config, crl.as_ref())?;
 
     // Everything is built: swap it in. New handshakes see the new list from here on.
-    shared.endpoint.set_server_config(Some(server));
-    *shared.client_config.write().expect("client config lock") = client;
-    *shared.keys.write().expect("keys lock") =
-        KeyRing::new(config.token_key.clone(), config.previous_token_key.clone());
+    parts.endpoint.set_server_config(Some(server));
+    trust.replace(
+        KeyRing::new(config.token_key.clone(), config.previous_token_key.clone()),
+        client,
+    );
 
     let mut closed = 0;
     if let Some(crl) = &crl {
         let revoked = |conn: &Connection| peer_certificate_revoked(conn, crl);
-        let incoming: Vec<Connection> = shared
-            .conns
-            .lock()
-            .expect("conns lock")
-            .values()
-            .filter(|conn| revoked(conn))
-            .cloned()
-            .collect();
-        for conn in &incoming {
-            warn!(
-                remote = %conn.remote_address(),
-                "closing a connection: its peer's certificate is now revoked"
-            );
-            conn.close(varint(ErrorCode::PermissionDenied), b"certificate revoked");
-        }
-        closed = incoming.len() + shared.pool.close_where(revoked).await;
+        closed = parts.connections.close_where(revoked) + parts.pool.close_where(revoked);
     }
-    let keys = shared.keys.read().expect("keys lock").clone();
-    let reloaded = Reloaded {
-        key_id: keys.current().key_id(),
-        previous_key_id: keys.previous().map(|k| k.key_id()),
-        revoked: crl.as_ref().map_or(0, RevocationList::len),
-        closed,
+    let reloaded = {
+        let keys = trust.keys();
+        Reloaded {
+            key_id: keys.current().key_id(),
+            previous_key_id: keys.previous().map(|k| k.key_id()),
+            revoked: crl.as_ref().map_or(0, RevocationList::len),
+            closed,
+        }
     };
-    log_keys(shared, crl.as_ref());
+    log_keys(trust, crl.as_ref());
     info!(
         closed,
         "reloaded: {closed} connections with revoked certificates closed"

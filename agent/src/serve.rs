@@ -5,34 +5,172 @@
 //! Reading and hashing run on a blocking thread; chunks reach the stream through a bounded
 //! channel, so memory per read is bounded by the channel depth and QUIC's windows.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream};
 use sha2::{Digest, Sha256};
-
-use crate::digests::FileKey;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{info, warn};
 
 use orbit_certs::{PeerIdentity, Role};
-use orbit_wire::token::{self, VerifiedToken};
+use orbit_wire::token::{self, TokenError, VerifiedToken};
 use orbit_wire::{
     ByteRange, DataFrame, ErrorCode, FileVersion, ReadRequest, WireError, CHUNK_SIZE,
     MAX_CONTROL_FRAME,
 };
 
+use crate::digests::{Digests, FileKey};
 use crate::error::{varint, ToWire};
-use crate::framed::{self, write_chunk, write_frame};
-use crate::jail::{Confined, OpenedFile};
-use crate::star::Shared;
+use crate::framed::{self, write_chunk, write_frame, FramedError};
+use crate::jail::{Confined, Jail, JailError, OpenedFile};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::trust::Trust;
 
 /// Chunks read ahead of the network: 16 × 64 KiB = 1 MiB per read in flight.
 const READ_AHEAD: usize = 16;
 /// How long a refusal waits for the peer to acknowledge the error frame.
 const ERROR_DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The reads a star serves: the `max_transfers` slots, how many are in flight, and the digests
+/// of whole files already hashed.
+#[derive(Debug)]
+pub(crate) struct Reads {
+    max: u32,
+    slots: Arc<Semaphore>,
+    in_flight: watch::Sender<u32>,
+    digests: Digests,
+}
+
+/// One read counted in flight while it lives.
+struct InFlight<'a>(&'a Reads);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Reads {
+    /// Room for `max` reads at once.
+    pub(crate) fn new(max: u32) -> Reads {
+        Reads {
+            max,
+            slots: Arc::new(Semaphore::new(max as usize)),
+            in_flight: watch::channel(0).0,
+            digests: Digests::default(),
+        }
+    }
+
+    /// Reads being sent now.
+    pub(crate) fn in_flight(&self) -> u32 {
+        *self.in_flight.borrow()
+    }
+
+    fn track(&self) -> InFlight<'_> {
+        self.in_flight.send_modify(|n| *n += 1);
+        InFlight(self)
+    }
+
+    /// Waits until no read is being sent. Cancel-safe.
+    pub(crate) async fn idle(&self) {
+        let _ = self.in_flight.subscribe().wait_for(|n| *n == 0).await;
+    }
+}
+
+/// What serving reads uses.
+#[derive(Debug)]
+pub(crate) struct Server {
+    pub(crate) trust: Arc<Trust>,
+    pub(crate) jail: Arc<Jail>,
+    pub(crate) reads: Arc<Reads>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) life: Lifecycle,
+    /// How long a peer may take to send its request.
+    pub(crate) request_timeout: Duration,
+    /// The longest lifetime a token may have.
+    pub(crate) max_token_lifetime: Duration,
+}
+
+/// Why a read was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ServeError {
+    /// Only stars may read.
+    #[error("read requests are accepted only from stars, not from {0}")]
+    NotAStar(PeerIdentity),
+    /// The token does not allow this read.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The token was minted for longer than this star accepts.
+    #[error("token lifetime {lifetime} s is over this star's cap of {cap} s")]
+    TokenTooLong {
+        /// What is left of it.
+        lifetime: u64,
+        /// The cap.
+        cap: u64,
+    },
+    /// The path is refused or cannot be opened.
+    #[error(transparent)]
+    Path(#[from] JailError),
+    /// Every read slot is taken.
+    #[error("star {star} already serves {max} reads, its limit")]
+    Busy {
+        /// This star.
+        star: String,
+        /// The limit.
+        max: u32,
+    },
+    /// The star is shutting down.
+    #[error("star {0} is shutting down")]
+    ShuttingDown(String),
+    /// The file changed while it was read.
+    #[error("the source file changed during the transfer ({0})")]
+    Changed(&'static str),
+    /// Reading the file failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The stream to the peer failed.
+    #[error(transparent)]
+    Stream(#[from] FramedError),
+    /// The sending side stopped; its error is reported there.
+    #[error("the transfer was abandoned")]
+    Abandoned,
+    /// A lost task.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ToWire for ServeError {
+    fn to_wire(&self) -> WireError {
+        let code = match self {
+            ServeError::NotAStar(_) | ServeError::TokenTooLong { .. } => {
+                ErrorCode::PermissionDenied
+            }
+            ServeError::Token(e) => return e.to_wire(),
+            ServeError::Path(e) => return e.to_wire(),
+            ServeError::Io(e) => return e.to_wire(),
+            ServeError::Stream(e) => return e.to_wire(),
+            ServeError::Busy { .. } => ErrorCode::ResourceExhausted,
+            ServeError::ShuttingDown(_) => ErrorCode::Unavailable,
+            ServeError::Changed(_) => ErrorCode::FailedPrecondition,
+            ServeError::Abandoned => ErrorCode::Cancelled,
+            ServeError::Internal(_) => ErrorCode::Internal,
+        };
+        WireError::new(code, self.to_string())
+    }
+}
+
+impl From<rustix::io::Errno> for ServeError {
+    fn from(e: rustix::io::Errno) -> ServeError {
+        ServeError::Io(e.into())
+    }
+}
+
+fn lost_task(e: tokio::task::JoinError) -> ServeError {
+    ServeError::Internal(e.to_string())
+}
 
 /// A read that passed every check. Only [`authorize`] makes one, and only it reaches the disk.
 #[derive(Debug)]
@@ -44,14 +182,13 @@ pub(crate) struct VerifiedRead {
 
 /// Handles one read request stream from `peer`.
 pub(crate) async fn handle(
-    shared: Arc<Shared>,
+    server: Arc<Server>,
     peer: PeerIdentity,
     conn: Connection,
     mut recv: RecvStream,
 ) {
     let read = framed::read_frame(&mut recv, MAX_CONTROL_FRAME);
-    let request: ReadRequest = match tokio::time::timeout(shared.limits.request_timeout, read).await
-    {
+    let request: ReadRequest = match tokio::time::timeout(server.request_timeout, read).await {
         Ok(Ok(request)) => request,
         Ok(Err(e)) => {
             warn!(%peer, "unreadable read request: {e}");
@@ -59,7 +196,7 @@ pub(crate) async fn handle(
             return;
         }
         Err(_) => {
-            let after = shared.limits.request_timeout;
+            let after = server.request_timeout;
             warn!(%peer, "no read request within {after:?} (request_timeout_secs)");
             let _ = recv.stop(varint(ErrorCode::DeadlineExceeded));
             return;
@@ -73,22 +210,20 @@ pub(crate) async fn handle(
         Ok(send) => send,
         Err(e) => return warn!(%peer, transfer, "cannot answer the read request: {e}"),
     };
-    let Ok(_slot) = shared.read_slots.clone().try_acquire_owned() else {
-        let max = shared.limits.max_transfers;
+    let star = &server.trust.name;
+    let Ok(_slot) = server.reads.slots.clone().try_acquire_owned() else {
+        let max = server.reads.max;
         warn!(%peer, transfer, path = %request.path, "read refused: {max} already in flight (max_transfers)");
-        let error = WireError::new(
-            ErrorCode::ResourceExhausted,
-            format!("star {} already serves {max} reads, its limit", shared.name),
-        );
-        return refuse(&mut send, id, error).await;
+        let error = ServeError::Busy {
+            star: star.clone(),
+            max,
+        };
+        return refuse(&mut send, id, error.to_wire()).await;
     };
-    let authorized = if shared.draining.is_cancelled() {
-        Err(WireError::new(
-            ErrorCode::Unavailable,
-            format!("star {} is shutting down", shared.name),
-        ))
+    let authorized = if server.life.draining.is_cancelled() {
+        Err(ServeError::ShuttingDown(star.clone()))
     } else {
-        authorize(&shared, &peer, &request)
+        authorize(&server, &peer, &request)
     };
     let verified = match authorized {
         Ok(verified) => {
@@ -96,15 +231,15 @@ pub(crate) async fn handle(
             verified
         }
         Err(error) => {
-            warn!(%peer, transfer, path = %request.path, "read refused: {}", error.message);
-            shared.metrics.reads_failed.inc();
-            return refuse(&mut send, id, error).await;
+            warn!(%peer, transfer, path = %request.path, "read refused: {error}");
+            server.metrics.reads_failed.inc();
+            return refuse(&mut send, id, error.to_wire()).await;
         }
     };
-    shared.reads_in_flight.fetch_add(1, Ordering::Relaxed);
+    let in_flight = server.reads.track();
     let started = Instant::now();
-    let result = send_file(&shared, &mut send, id, verified).await;
-    shared.reads_in_flight.fetch_sub(1, Ordering::Relaxed);
+    let result = send_file(&server, &mut send, id, verified).await;
+    drop(in_flight);
     let path = conn.stats().path;
     tracing::debug!(
         mtu = path.current_mtu,
@@ -119,8 +254,8 @@ pub(crate) async fn handle(
     );
     match result {
         Ok(bytes) => {
-            shared.metrics.reads_ok.inc();
-            shared.metrics.bytes_sent.add(bytes);
+            server.metrics.reads_ok.inc();
+            server.metrics.bytes_sent.add(bytes);
             info!(
                 %peer, transfer, path = %request.path, bytes,
                 seconds = started.elapsed().as_secs_f64(),
@@ -128,7 +263,8 @@ pub(crate) async fn handle(
             )
         }
         Err(error) => {
-            shared.metrics.reads_failed.inc();
+            server.metrics.reads_failed.inc();
+            let error = error.to_wire();
             warn!(%peer, transfer, path = %request.path, "read failed: {error}");
             refuse(&mut send, id, error).await;
         }
@@ -138,48 +274,34 @@ pub(crate) async fn handle(
 /// Checks, in order: the peer is a star; the token (MAC, expiry, audience, holder, path, range);
 /// the path lies under a root.
 fn authorize(
-    shared: &Shared,
+    server: &Server,
     peer: &PeerIdentity,
     request: &ReadRequest,
-) -> Result<VerifiedRead, WireError> {
+) -> Result<VerifiedRead, ServeError> {
     if peer.role != Role::Star {
-        return Err(WireError::new(
-            ErrorCode::PermissionDenied,
-            format!("read requests are accepted only from stars, not from {peer}"),
-        ));
+        return Err(ServeError::NotAStar(peer.clone()));
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let expected = token::Expected {
-        audience: &shared.name,
+        audience: &server.trust.name,
         holder: &peer.name,
         path: &request.path,
         range: request.range,
         now,
     };
-    let token = token::verify_with(
-        &request.token,
-        &shared.keys.read().expect("keys lock"),
-        &expected,
-    )
-    .inspect_err(|_| shared.metrics.token_errors.inc())
-    .map_err(|e| e.to_wire())?;
+    let token = token::verify_with(&request.token, &server.trust.keys(), &expected)
+        .inspect_err(|_| server.metrics.token_errors.inc())?;
     // Claims carry no issue time, so the lifetime that counts is what is left of it now: a
     // token that will stay valid for longer than the cap was minted for longer than the cap.
     let lifetime = token.claims().not_after.saturating_sub(now);
-    let cap = shared.limits.max_token_lifetime.as_secs();
+    let cap = server.max_token_lifetime.as_secs();
     if lifetime > cap {
-        shared.metrics.token_errors.inc();
-        return Err(WireError::new(
-            ErrorCode::PermissionDenied,
-            format!("token lifetime {lifetime} s is over this star's cap of {cap} s"),
-        ));
+        server.metrics.token_errors.inc();
+        return Err(ServeError::TokenTooLong { lifetime, cap });
     }
-    let path = shared
-        .jail
-        .confine(&request.path)
-        .map_err(|e| e.to_wire())?;
+    let path = server.jail.confine(&request.path)?;
     Ok(VerifiedRead {
         token,
         path,
@@ -202,17 +324,16 @@ async fn refuse(send: &mut SendStream, request_id: u64, error: WireError) {
 
 /// Opens the file, sends header, chunks and trailer. Returns the bytes sent.
 async fn send_file(
-    shared: &Arc<Shared>,
+    server: &Server,
     send: &mut SendStream,
     request_id: u64,
     read: VerifiedRead,
-) -> Result<u64, WireError> {
-    let opener = shared.clone();
+) -> Result<u64, ServeError> {
+    let jail = server.jail.clone();
     let path = read.path.clone();
-    let opened = tokio::task::spawn_blocking(move || opener.jail.open_read(&path))
+    let opened = tokio::task::spawn_blocking(move || jail.open_read(&path))
         .await
-        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
-        .map_err(|e| e.to_wire())?;
+        .map_err(lost_task)??;
     let version = version_of(&opened);
     let start = read.range.start.min(version.size);
     let end = read.range.end.min(version.size);
@@ -226,14 +347,13 @@ async fn send_file(
             version,
         },
     )
-    .await
-    .map_err(|e| e.to_wire())?;
+    .await?;
 
     // A whole file already hashed in this version is not hashed again.
     let key = FileKey::of(&opened.stat);
     let whole = start == 0 && size == version.size;
     let known = if whole {
-        shared.digests.get(&key)
+        server.reads.digests.get(&key)
     } else {
         None
     };
@@ -246,44 +366,31 @@ async fn send_file(
         // and the Error frame that follows is read as such.
         let chunk = tokio::select! {
             biased;
-            _ = shared.cancel.cancelled() => {
-                return Err(WireError::new(
-                    ErrorCode::Unavailable,
-                    format!("star {} is shutting down", shared.name),
-                ))
+            _ = server.life.cancel.cancelled() => {
+                return Err(ServeError::ShuttingDown(server.trust.name.clone()))
             }
             chunk = rx.recv() => chunk,
         };
         let Some(chunk) = chunk else { break };
         let len = chunk.len() as u64;
-        write_chunk(send, offset, chunk)
-            .await
-            .map_err(|e| e.to_wire())?;
+        write_chunk(send, offset, chunk).await?;
         offset += len;
     }
-    let (sha256, after) = reader
-        .await
-        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))??;
+    let (sha256, after) = reader.await.map_err(lost_task)??;
     // A file replaced (renamed over) while it was read leaves the open one intact; the path now
     // names another file, so what was sent is not what the path holds.
-    let opener = shared.clone();
-    let now = tokio::task::spawn_blocking(move || opener.jail.open_read(&read.path))
+    let jail = server.jail.clone();
+    let now = tokio::task::spawn_blocking(move || jail.open_read(&read.path))
         .await
-        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+        .map_err(lost_task)?;
     if !now.is_ok_and(|opened| version_of(&opened) == version) {
-        return Err(WireError::new(
-            ErrorCode::FailedPrecondition,
-            "the source file changed during the transfer (it was replaced or removed)",
-        ));
+        return Err(ServeError::Changed("it was replaced or removed"));
     }
     if whole && known.is_none() && after == key {
-        shared.digests.insert(key, sha256);
+        server.reads.digests.insert(key, sha256);
     }
-    write_frame(send, &DataFrame::Trailer { sha256 })
-        .await
-        .map_err(|e| e.to_wire())?;
-    send.finish()
-        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+    write_frame(send, &DataFrame::Trailer { sha256 }).await?;
+    send.finish().map_err(FramedError::from)?;
     // Wait until the peer has everything, so a failure after this point is not silent.
     let _ = send.stopped().await;
     Ok(size)
@@ -308,13 +415,8 @@ fn read_file(
     size: u64,
     known: Option<[u8; 32]>,
     tx: mpsc::Sender<Bytes>,
-) -> Result<([u8; 32], FileKey), WireError> {
-    let changed = |what: &str| {
-        WireError::new(
-            ErrorCode::FailedPrecondition,
-            format!("the source file changed during the transfer ({what})"),
-        )
-    };
+) -> Result<([u8; 32], FileKey), ServeError> {
+    let changed = ServeError::Changed;
     let file = opened.file;
     let opened_size = opened.stat.st_size;
     let mut hasher = known.is_none().then(Sha256::new);
@@ -330,13 +432,13 @@ fn read_file(
                 Ok(0) => return Err(changed("it became shorter")),
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(std::io::Error::from(e).to_wire()),
+                Err(e) => return Err(e.into()),
             }
         }
         // The allocator may have given more room than asked, and the read may have filled it.
         buf.truncate(want);
         // Checked at every chunk, so a file modified in place fails the transfer at once.
-        let now = rustix::fs::fstat(&file).map_err(|e| std::io::Error::from(e).to_wire())?;
+        let now = rustix::fs::fstat(&file)?;
         if now.st_size != opened_size
             || now.st_mtime != version.mtime_sec
             || u32::try_from(now.st_mtime_nsec).unwrap_or(0) != version.mtime_nsec
@@ -350,13 +452,10 @@ fn read_file(
         offset += want as u64;
         if tx.blocking_send(Bytes::from(buf)).is_err() {
             // The sender stopped: the stream failed and that error is reported there.
-            return Err(WireError::new(
-                ErrorCode::Cancelled,
-                "the transfer was abandoned",
-            ));
+            return Err(ServeError::Abandoned);
         }
     }
-    let now = rustix::fs::fstat(&file).map_err(|e| std::io::Error::from(e).to_wire())?;
+    let now = rustix::fs::fstat(&file)?;
     let key = FileKey::of(&now);
     let after = version_of(&OpenedFile { file, stat: now });
     if after != version {

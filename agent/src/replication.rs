@@ -1,0 +1,282 @@
+//! The destination side of a replication, as one module: a controller's `ReplicateFile` is
+//! admitted to the register, runs in a task of its own, pulls the file from the source star and
+//! publishes it only after its size and SHA-256 match: fsync, rename over the target, fsync the
+//! directory.
+//!
+//! | part | holds |
+//! |---|---|
+//! | [`machine`] | the decisions, sans I/O: retry, backoff, resume, restart, stall, deadline, checkpoints |
+//! | [`driver`] | the network side: the read request, the data stream, events for the core |
+//! | [`writer`] / [`disk`] | the temporary file, hashing, journal checkpoints, the publish (blocking) |
+//! | [`registry`] | slots, claims on targets, progress, cancellation, recent results |
+//! | [`error`] | why a replication failed, and its wire code |
+//!
+//! One replication's path: [`Replicator::start`] confines the target and admits the command
+//! (a slot, the target claimed, the id unique); [`run`] validates the source path, resumes the
+//! journal's temporary file if any, and hands a [`driver::Driver`] the core; the driver requests,
+//! receives and writes until the core says it is done; the outcome goes to the register, where
+//! `wait` finds it. A transfer survives a lost connection or a source restart (the core retries
+//! from where it stopped) and, with a state directory, a stop or a crash of this star too.
+
+mod disk;
+mod driver;
+mod error;
+mod machine;
+mod registry;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn, Instrument as _};
+
+use orbit_wire::{ControlEvent, ErrorCode, ReplicateFile, WireError};
+
+pub(crate) use disk::Store;
+pub(crate) use error::PullError;
+pub(crate) use registry::{Replications, Transfer, KEEP_FOR};
+
+use crate::error::ToWire;
+use crate::jail::{Confined, JailError};
+use crate::journal::Entry;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use machine::{Machine, Replicated, Settings, Start, DEFAULT_TIMEOUT};
+use registry::{AdmitError, Admitted};
+
+/// Why a replication was not started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    /// The star is shutting down.
+    #[error("star {0} is shutting down")]
+    ShuttingDown(String),
+    /// The target may not be written.
+    #[error("target {path}: {error}")]
+    Target {
+        /// The target as the command gave it.
+        path: String,
+        /// Why the jail refused it.
+        error: JailError,
+    },
+    /// The register refused it.
+    #[error(transparent)]
+    Admit(#[from] AdmitError),
+}
+
+impl StartError {
+    /// The error as the controller gets it.
+    pub(crate) fn to_wire(&self) -> WireError {
+        match self {
+            StartError::ShuttingDown(_) => WireError::new(ErrorCode::Unavailable, self.to_string()),
+            StartError::Target { path, error } => {
+                let e = error.to_wire();
+                WireError::new(e.code, format!("target {path}: {}", e.message))
+            }
+            StartError::Admit(e) => e.to_wire(),
+        }
+    }
+}
+
+/// The destination side of this star's replications: what each needs, and the register.
+#[derive(Debug)]
+pub(crate) struct Replicator {
+    /// This star's name.
+    pub(crate) star: String,
+    /// Where replications write, and journal.
+    pub(crate) store: Store,
+    /// Connections to source stars.
+    pub(crate) pool: Arc<Pool>,
+    /// The replications, running and recent.
+    pub(crate) register: Arc<Replications>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) life: Lifecycle,
+}
+
+impl Replicator {
+    /// Admits `cmd` and runs it in a task of its own, which outlives the control stream: only
+    /// `Cancel` or the star's shutdown stop it.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`]: shutting down, a target that may not be written, no free slot, an id in
+    /// use, a target another replication writes.
+    pub(crate) fn start(self: &Arc<Self>, cmd: ReplicateFile) -> Result<Arc<Transfer>, StartError> {
+        let span = tracing::info_span!("transfer", transfer_id = %cmd.transfer_id);
+        let admitted = span.in_scope(|| {
+            let admitted = self.admit(&cmd, false);
+            if let Err(e) = &admitted {
+                let code = e.to_wire().code.name();
+                warn!(transfer = %cmd.transfer_id, code, "replication refused: {e}");
+            }
+            admitted
+        })?;
+        let (target, admitted) = admitted;
+        Ok(self.launch(cmd, target, None, admitted, span))
+    }
+
+    fn admit(&self, cmd: &ReplicateFile, queue: bool) -> Result<(Confined, Admitted), StartError> {
+        if self.life.draining.is_cancelled() {
+            return Err(StartError::ShuttingDown(self.star.clone()));
+        }
+        // Checked before anything else: a target under a read-only root is refused whatever the
+        // source says.
+        let target = self
+            .store
+            .jail
+            .confine_target(&cmd.target_path)
+            .map_err(|error| StartError::Target {
+                path: cmd.target_path.clone(),
+                error,
+            })?;
+        let admitted = self.register.admit(cmd, target.key(), queue)?;
+        Ok((target, admitted))
+    }
+
+    fn launch(
+        self: &Arc<Self>,
+        cmd: ReplicateFile,
+        target: Confined,
+        resume: Option<Entry>,
+        admitted: Admitted,
+        span: tracing::Span,
+    ) -> Arc<Transfer> {
+        let transfer = admitted.transfer.clone();
+        let task = run(self.clone(), cmd, target, resume, admitted);
+        self.life.tracker.spawn(task.instrument(span));
+        transfer
+    }
+
+    /// Resumes the replications this star's journal holds from before it stopped, each as if a
+    /// controller had just started it: registered at once, so that `status` lists them and
+    /// `wait` and `cancel` find them. Entries beyond `max_transfers` (the setting was lowered)
+    /// wait for a slot. Called once at start.
+    pub(crate) fn resume_journaled(self: &Arc<Self>) {
+        let Some(journal) = &self.store.journal else {
+            return;
+        };
+        for entry in journal.entries() {
+            let cmd = entry.command.clone();
+            let span = tracing::info_span!("transfer", transfer_id = %cmd.transfer_id);
+            let _entered = span.enter();
+            info!(target = %cmd.target_path, verified = entry.verified, "resuming a journaled replication");
+            match self.admit(&cmd, true) {
+                Ok((target, admitted)) => {
+                    drop(_entered);
+                    self.launch(cmd, target, Some(entry), admitted, span.clone());
+                }
+                Err(e) => {
+                    let code = e.to_wire().code.name();
+                    warn!(code, "cannot resume: {e}");
+                    self.store.discard(&entry);
+                }
+            }
+        }
+    }
+}
+
+/// Runs a replication to its end and records its final event.
+async fn run(
+    replicator: Arc<Replicator>,
+    cmd: ReplicateFile,
+    target: Confined,
+    resume: Option<Entry>,
+    admitted: Admitted,
+) {
+    let Admitted { transfer, slot } = admitted;
+    let _slot = match slot {
+        Some(slot) => Some(slot),
+        // Resumed beyond max_transfers: wait for a slot. A star stopping first keeps the journal
+        // entry for its next start; a transfer cancelled first goes on at once, only to remove
+        // its temporary file and entry.
+        None => tokio::select! {
+            _ = replicator.life.cancel.cancelled() => return,
+            _ = transfer.cancel.cancelled() => None,
+            slot = replicator.register.slot() => Some(slot),
+        },
+    };
+    let id = cmd.transfer_id;
+    info!(
+        transfer = %id, source = %cmd.source, source_path = %cmd.source_path, target = %cmd.target_path,
+        "replication started"
+    );
+    let result = replicate(&replicator, &cmd, &target, resume, &transfer).await;
+    let took = transfer.started.elapsed();
+    let bytes = result.as_ref().map_or(0, |done| done.bytes);
+    replicator
+        .metrics
+        .transfer_done(result.is_ok(), bytes, took);
+    let seconds = took.as_secs_f64();
+    let event = match result {
+        Ok(done) => {
+            info!(
+                transfer = %id, bytes = done.bytes, sha256 = %hex::encode(done.sha256), seconds,
+                target = %cmd.target_path, "replication completed"
+            );
+            ControlEvent::Done {
+                bytes: done.bytes,
+                sha256: done.sha256,
+                seconds,
+            }
+        }
+        Err(error) => {
+            let error = error.to_wire();
+            warn!(transfer = %id, code = error.code.name(), "replication failed: {}", error.message);
+            ControlEvent::Failed(error)
+        }
+    };
+    replicator.register.finish(&transfer, event);
+}
+
+/// One replication, from the checks the command's source path needs to the published file.
+/// With `resume`, a journal entry from before this star stopped, it continues from the bytes
+/// that entry vouches for.
+async fn replicate(
+    replicator: &Replicator,
+    cmd: &ReplicateFile,
+    target: &Confined,
+    resume: Option<Entry>,
+    transfer: &Transfer,
+) -> Result<Replicated, PullError> {
+    let store = &replicator.store;
+    let checked = orbit_wire::path::validate(&cmd.source_path)
+        .map_err(|e| PullError::BadSourcePath(e.to_string()));
+    if let Err(e) = checked {
+        if let Some(entry) = resume {
+            let store = store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.discard(&entry)).await;
+        }
+        return Err(e);
+    }
+    let mut start = Start::default();
+    let mut writer = None;
+    if let Some(entry) = resume {
+        let version = entry.version;
+        match writer::Writer::resume(store, target, entry.clone()).await {
+            Ok((resumed, offset)) => {
+                start = Start { offset, version };
+                writer = Some(resumed);
+            }
+            Err(e) => {
+                let store = store.clone();
+                let _ = tokio::task::spawn_blocking(move || store.discard(&entry)).await;
+                return Err(e);
+            }
+        }
+    }
+    let settings = Settings {
+        source: cmd.source.clone(),
+        star: replicator.star.clone(),
+        window: match cmd.timeout_secs {
+            0 => DEFAULT_TIMEOUT,
+            secs => Duration::from_secs(secs.into()),
+        },
+        journaled: store.journal.is_some(),
+        jitter: Box::new(rand::random::<f64>),
+    };
+    let machine = Machine::new(settings, start, std::time::Instant::now());
+    let driver = driver::Driver::new(&replicator.pool, store, cmd, target, transfer, writer);
+    driver
+        .run(machine, &transfer.cancel, &replicator.life.cancel)
+        .await
+}

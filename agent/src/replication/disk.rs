@@ -1,0 +1,646 @@
+//! The destination's disk side of one replication, blocking: the temporary file beside the
+//! target, the SHA-256 of the whole file and of the current attempt's bytes, the journal's
+//! checkpoints, and at the end verification and the atomic, durable publish. It owns only what it
+//! uses: the jail and the journal.
+//!
+//! It never writes at the target path itself, and [`Disk::abandon`] removes the temporary file
+//! and its journal entry unless told to keep them for a resume. Every call blocks: the async
+//! handle in [`super::writer`] runs it on a thread of its own.
+
+use std::fs::File;
+use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use orbit_wire::{ErrorCode, FileVersion, ReplicateFile, WireError};
+
+use super::error::{Local, PullError};
+use crate::error::ToWire;
+use crate::framed::Payload;
+use crate::jail::{Confined, Jail, TargetDir};
+use crate::journal::{Entry, Journal};
+
+/// How far ahead of the writes the file's blocks are reserved. Step by step rather than the whole
+/// file at once: on tmpfs a reservation allocates the memory pages, about 0.4 s per GiB here, and
+/// the whole file's at the start would stall the transfer for that long with the window full
+/// (bench/RESULTS.md). The free space for the whole file is checked at the start all the same.
+const RESERVE_AHEAD: u64 = 64 * 1024 * 1024;
+
+/// What the disk needs from the star: where it may write, and where it journals.
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    /// The roots.
+    pub(crate) jail: Arc<Jail>,
+    /// The journal, when the star keeps one.
+    pub(crate) journal: Option<Arc<Journal>>,
+}
+
+/// The end of the transfer: what the bytes must add up to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Commit {
+    /// The file's size.
+    pub(crate) size: u64,
+    /// The SHA-256 the source's trailer gave for this attempt's bytes.
+    pub(crate) trailer: [u8; 32],
+    /// The SHA-256 the command expects of the whole file, if it says.
+    pub(crate) expect: Option<[u8; 32]>,
+}
+
+/// One replication's temporary file and what is known of it.
+#[derive(Debug)]
+pub(crate) struct Disk {
+    store: Store,
+    dir: TargetDir,
+    part: String,
+    file: File,
+    /// The journal entry, when the star keeps a journal.
+    entry: Option<Entry>,
+    written: u64,
+    /// The digest of the whole file so far.
+    whole: Sha256,
+    /// The digest of this attempt's bytes, which the source's trailer covers, when the attempt
+    /// resumed past byte 0; from byte 0 it equals `whole`, and hashing twice would cost a third
+    /// of the transfer's CPU.
+    segment: Option<Sha256>,
+    /// The file's blocks are reserved up to this offset (see [`RESERVE_AHEAD`]).
+    reserved: u64,
+    /// Its size, when this attempt's header has said it.
+    size: u64,
+    /// The checkpoint being synced on its own thread while this one goes on writing.
+    pending: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+fn disk_error(what: &str) -> impl Fn(std::io::Error) -> PullError + '_ {
+    move |e| {
+        let e = e.to_wire();
+        PullError::Disk(Local(WireError::new(
+            e.code,
+            format!("{what}: {}", e.message),
+        )))
+    }
+}
+
+fn target_error(cmd_target: &str) -> impl Fn(WireError) -> PullError + '_ {
+    move |cause| PullError::Target {
+        path: cmd_target.to_owned(),
+        cause: Local(cause),
+    }
+}
+
+/// Writes all of `pieces`, in order, with as few system calls as the file takes.
+fn write_all_pieces(file: &mut File, pieces: &[bytes::Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Removes a journaled transfer that cannot be resumed: its temporary file and its entry.
+    pub(crate) fn discard(&self, entry: &Entry) {
+        if let Ok(target) = self.jail.confine_target(&entry.command.target_path) {
+            if let Ok(dir) = self.jail.prepare_target(&target) {
+                dir.remove_part(&entry.part);
+            }
+        }
+        if let Some(journal) = &self.journal {
+            journal.remove(entry.command.transfer_id);
+        }
+    }
+}
+
+impl Disk {
+    /// Creates the temporary file beside `target` (its parents too), after its journal entry.
+    ///
+    /// # Errors
+    ///
+    /// [`PullError::Target`] when the target's directory or temporary file cannot be made.
+    pub(crate) fn create(
+        store: Store,
+        target: &Confined,
+        cmd: ReplicateFile,
+    ) -> Result<Disk, PullError> {
+        let target_path = cmd.target_path.clone();
+        let dir = store
+            .jail
+            .prepare_target(target)
+            .map_err(|e| target_error(&target_path)(e.to_wire()))?;
+        let tag = format!("{}-{:08x}", cmd.transfer_id, rand::random::<u32>());
+        let part = format!(".orbit-{tag}.part");
+        let entry = store.journal.as_ref().and_then(|journal| {
+            let entry = Entry {
+                command: cmd,
+                part: part.clone(),
+                version: None,
+                verified: 0,
+                prefix_sha256: hex::encode(Sha256::digest(b"")),
+            };
+            // Written before the file exists, so that every temporary file has an entry.
+            match journal.write(&entry) {
+                Ok(()) => Some(entry),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot journal the transfer, it will not survive a restart: {e}"
+                    );
+                    None
+                }
+            }
+        });
+        let (file, part) = match dir.create_part(&tag) {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let (Some(journal), Some(entry)) = (&store.journal, &entry) {
+                    journal.remove(entry.command.transfer_id);
+                }
+                let e = e.to_wire();
+                return Err(target_error(&target_path)(WireError::new(
+                    e.code,
+                    format!(
+                        "cannot create a temporary file beside the target: {}",
+                        e.message
+                    ),
+                )));
+            }
+        };
+        Ok(Disk::new(store, dir, part, file, entry))
+    }
+
+    /// Reopens a journaled temporary file and checks its synced prefix against the journal: the
+    /// disk then holds those bytes ([`Disk::written`]), or none when they do not check out.
+    ///
+    /// # Errors
+    ///
+    /// [`PullError::Target`] when the target's directory cannot be opened; I/O errors.
+    pub(crate) fn reopen(store: Store, target: &Confined, entry: Entry) -> Result<Disk, PullError> {
+        let dir = store
+            .jail
+            .prepare_target(target)
+            .map_err(|e| target_error(&entry.command.target_path)(e.to_wire()))?;
+        let Ok(file) = dir.open_part(&entry.part) else {
+            dir.remove_part(&entry.part);
+            return Disk::create(store, target, entry.command);
+        };
+        let verified = entry.verified;
+        let expect = entry.prefix_sha256.clone();
+        let mut disk = Disk::new(store, dir, entry.part.clone(), file, Some(entry));
+        match disk.check_prefix(verified, &expect) {
+            Ok(true) => disk.written = verified,
+            Ok(false) | Err(_) => {
+                tracing::warn!(part = %disk.part, "the temporary file does not match its journal; starting from zero");
+                disk.whole = Sha256::new();
+            }
+        }
+        let io = disk_error("resuming into the temporary file");
+        disk.file.set_len(disk.written).map_err(&io)?;
+        disk.file.seek(SeekFrom::Start(disk.written)).map_err(&io)?;
+        Ok(disk)
+    }
+
+    fn new(store: Store, dir: TargetDir, part: String, file: File, entry: Option<Entry>) -> Disk {
+        Disk {
+            store,
+            dir,
+            part,
+            file,
+            entry,
+            written: 0,
+            whole: Sha256::new(),
+            segment: None,
+            reserved: 0,
+            size: 0,
+            pending: None,
+        }
+    }
+
+    /// Bytes written so far, in order from byte 0.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Hashes the first `len` bytes into `self.whole` and compares them with the journal's digest.
+    fn check_prefix(&mut self, len: u64, expect: &str) -> std::io::Result<bool> {
+        if self.file.metadata()?.len() < len {
+            return Ok(false);
+        }
+        self.file.seek(SeekFrom::Start(0))?;
+        let mut left = len;
+        let mut buf = vec![0u8; 1024 * 1024];
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            self.file.read_exact(&mut buf[..want])?;
+            self.whole.update(&buf[..want]);
+            left -= want as u64;
+        }
+        Ok(hex::encode(self.whole.clone().finalize()) == expect)
+    }
+
+    /// An attempt's bytes begin at `start` of the source's file at `version`: from 0, what the
+    /// file holds is dropped. Checks the free space for the rest, reserves ahead and records the
+    /// version in the journal before any byte of it is written.
+    ///
+    /// # Errors
+    ///
+    /// When `start` is not where the file ends; I/O errors, no space among them.
+    pub(crate) fn segment(&mut self, start: u64, version: FileVersion) -> Result<(), PullError> {
+        let io = disk_error("writing the temporary file");
+        if start == 0 && self.written > 0 {
+            self.file.set_len(0).map_err(&io)?;
+            self.file.seek(SeekFrom::Start(0)).map_err(&io)?;
+            self.whole = Sha256::new();
+            self.written = 0;
+        }
+        if start != self.written {
+            return Err(PullError::Internal(format!(
+                "an attempt starts at {start}, but {} bytes are written",
+                self.written
+            )));
+        }
+        self.segment = (self.written > 0).then(Sha256::new);
+        self.dir
+            .check_space(&self.file, version.size.saturating_sub(self.written))
+            .map_err(&io)?;
+        self.size = version.size;
+        self.reserved = self.written;
+        self.reserve_ahead().map_err(&io)?;
+        if let Some(entry) = &mut self.entry {
+            entry.version = Some(version);
+        }
+        self.checkpoint().map_err(&io)
+    }
+
+    /// Hashes and writes the next bytes.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, no space among them.
+    pub(crate) fn write(&mut self, data: &Payload) -> Result<(), PullError> {
+        let io = disk_error("writing the temporary file");
+        for piece in data.pieces() {
+            self.whole.update(piece);
+            if let Some(segment) = &mut self.segment {
+                segment.update(piece);
+            }
+        }
+        write_all_pieces(&mut self.file, data.pieces()).map_err(&io)?;
+        self.written += data.len() as u64;
+        if self.written + RESERVE_AHEAD / 2 > self.reserved {
+            self.reserve_ahead().map_err(&io)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the bytes written so far and records them in the journal, now.
+    pub(crate) fn checkpoint(&mut self) -> std::io::Result<()> {
+        self.checkpoint_behind()?;
+        self.settle()
+    }
+
+    /// Starts a checkpoint of the bytes written so far on another thread: the data is synced
+    /// and the journal records it there, while this thread goes on writing what follows. A
+    /// checkpoint waited for inline stopped the transfer for the length of each fdatasync.
+    /// At most one is in flight; a disk slower than the network makes the next one wait.
+    ///
+    /// # Errors
+    ///
+    /// The previous checkpoint's failure, or a thread that cannot start.
+    pub(crate) fn checkpoint_behind(&mut self) -> std::io::Result<()> {
+        self.settle()?;
+        let (Some(journal), Some(entry)) = (self.store.journal.clone(), &mut self.entry) else {
+            return Ok(());
+        };
+        entry.verified = self.written;
+        entry.prefix_sha256 = hex::encode(self.whole.clone().finalize());
+        let entry = entry.clone();
+        let file = self.file.try_clone()?;
+        let sync = move || {
+            // Everything up to `entry.verified` was written before this call.
+            file.sync_data()?;
+            journal.write(&entry)
+        };
+        self.pending = Some(
+            std::thread::Builder::new()
+                .name("orbit-checkpoint".into())
+                .spawn(sync)?,
+        );
+        Ok(())
+    }
+
+    /// Waits for the checkpoint in flight, if any, and returns its outcome.
+    fn settle(&mut self) -> std::io::Result<()> {
+        match self.pending.take() {
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the checkpoint thread panicked"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Reserves the blocks from what is reserved to [`RESERVE_AHEAD`] past what is written.
+    fn reserve_ahead(&mut self) -> std::io::Result<()> {
+        let to = self.size.min(self.written + RESERVE_AHEAD);
+        if to > self.reserved {
+            self.dir
+                .reserve(&self.file, self.reserved, to - self.reserved)?;
+            self.reserved = to;
+        }
+        Ok(())
+    }
+
+    /// Every byte has arrived: checks the size and the digests, syncs, publishes atomically over
+    /// the target, and removes the journal entry. Returns the file's SHA-256.
+    ///
+    /// # Errors
+    ///
+    /// [`PullError::Mismatch`] or `DataLoss` when the size or a digest differs; I/O errors.
+    /// The temporary file stays until [`Disk::abandon`].
+    pub(crate) fn commit(&mut self, commit: Commit) -> Result<[u8; 32], PullError> {
+        let Commit {
+            size,
+            trailer,
+            expect,
+        } = commit;
+        if self.written != size {
+            return Err(PullError::Disk(Local(WireError::new(
+                ErrorCode::DataLoss,
+                format!("wrote {} of {size} bytes", self.written),
+            ))));
+        }
+        let segment: [u8; 32] = match self.segment.take() {
+            Some(segment) => segment.finalize().into(),
+            None => self.whole.clone().finalize().into(),
+        };
+        if segment != trailer {
+            return Err(PullError::Mismatch(format!(
+                "received data hashes to {}, the source sent {}",
+                hex::encode(segment),
+                hex::encode(trailer)
+            )));
+        }
+        let sha256: [u8; 32] = self.whole.clone().finalize().into();
+        if let Some(expect) = expect.filter(|e| *e != sha256) {
+            return Err(PullError::Mismatch(format!(
+                "the file's SHA-256 is {}, expected {}",
+                hex::encode(sha256),
+                hex::encode(expect)
+            )));
+        }
+        let io = disk_error("writing the temporary file");
+        self.settle().map_err(&io)?;
+        self.file.sync_all().map_err(&io)?;
+        self.dir
+            .publish(&self.part)
+            .map_err(disk_error("cannot publish the file"))?;
+        self.forget();
+        Ok(sha256)
+    }
+
+    /// Stops without publishing. With `keep` (and a journal entry), syncs and journals what is
+    /// written so that the next start resumes from it; otherwise, or if that fails, removes the
+    /// temporary file and its entry.
+    pub(crate) fn abandon(mut self, keep: bool) {
+        if keep && self.entry.is_some() {
+            match self.checkpoint() {
+                Ok(()) => return,
+                Err(e) => tracing::warn!("cannot checkpoint the transfer for a resume: {e}"),
+            }
+        }
+        // A checkpoint still in flight would write the journal entry after its removal.
+        let _ = self.settle();
+        self.dir.remove_part(&self.part);
+        self.forget();
+    }
+
+    /// Removes the journal entry.
+    fn forget(&mut self) {
+        if let (Some(journal), Some(entry)) = (&self.store.journal, self.entry.take()) {
+            journal.remove(entry.command.transfer_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    struct World {
+        _tmp: tempfile::TempDir,
+        root: std::path::PathBuf,
+        store: Store,
+        journal: Arc<Journal>,
+    }
+
+    fn world() -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let jail = Arc::new(Jail::open(std::slice::from_ref(&root), &[]).unwrap());
+        let journal = Arc::new(Journal::open(&tmp.path().join("state")).unwrap());
+        let store = Store {
+            jail,
+            journal: Some(journal.clone()),
+        };
+        World {
+            _tmp: tmp,
+            root,
+            store,
+            journal,
+        }
+    }
+
+    fn cmd(root: &Path, name: &str) -> ReplicateFile {
+        ReplicateFile {
+            transfer_id: orbit_wire::TransferId(0x42),
+            source: "star-a".into(),
+            source_addr: "127.0.0.1:1".into(),
+            source_path: "/s".into(),
+            target_path: root.join(name).display().to_string(),
+            token: String::new(),
+            expect_sha256: None,
+            timeout_secs: 0,
+        }
+    }
+
+    fn version(size: u64) -> FileVersion {
+        FileVersion {
+            size,
+            mtime_sec: 1,
+            mtime_nsec: 0,
+            inode: 2,
+        }
+    }
+
+    fn payload(bytes: &[u8]) -> Payload {
+        let mut p = Payload::default();
+        p.push(bytes::Bytes::copy_from_slice(bytes));
+        p
+    }
+
+    /// The names in `dir` other than `keep`.
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn open(w: &World, name: &str) -> (Disk, ReplicateFile) {
+        let cmd = cmd(&w.root, name);
+        let target = w.store.jail.confine_target(&cmd.target_path).unwrap();
+        (
+            Disk::create(w.store.clone(), &target, cmd.clone()).unwrap(),
+            cmd,
+        )
+    }
+
+    #[test]
+    fn a_commit_verifies_publishes_and_leaves_nothing_behind() {
+        let w = world();
+        let (mut disk, _) = open(&w, "sub/out");
+        let data = b"hello, orbit";
+        disk.segment(0, version(data.len() as u64)).unwrap();
+        assert_eq!(w.journal.entries().len(), 1, "journaled before a byte");
+        disk.write(&payload(&data[..5])).unwrap();
+        disk.write(&payload(&data[5..])).unwrap();
+        let sha: [u8; 32] = Sha256::digest(data).into();
+        let commit = Commit {
+            size: data.len() as u64,
+            trailer: sha,
+            expect: Some(sha),
+        };
+        assert_eq!(disk.commit(commit).unwrap(), sha);
+        assert_eq!(std::fs::read(w.root.join("sub/out")).unwrap(), data);
+        assert_eq!(leftovers(&w.root.join("sub")), vec!["out"]);
+        assert!(w.journal.entries().is_empty());
+    }
+
+    #[test]
+    fn a_wrong_digest_or_size_publishes_nothing_and_abandon_cleans_up() {
+        let w = world();
+        let (mut disk, _) = open(&w, "out");
+        disk.segment(0, version(3)).unwrap();
+        disk.write(&payload(b"abc")).unwrap();
+        let wrong = Commit {
+            size: 3,
+            trailer: [0; 32],
+            expect: None,
+        };
+        let error = disk.commit(wrong).unwrap_err();
+        assert_eq!(error.code(), ErrorCode::DataLoss);
+        assert!(
+            error.to_string().starts_with("checksum mismatch"),
+            "{error}"
+        );
+        let short = Commit {
+            size: 4,
+            trailer: Sha256::digest(b"abc").into(),
+            expect: None,
+        };
+        assert_eq!(disk.commit(short).unwrap_err().code(), ErrorCode::DataLoss);
+        let expected_other = Commit {
+            size: 3,
+            trailer: Sha256::digest(b"abc").into(),
+            expect: Some([1; 32]),
+        };
+        assert!(disk.commit(expected_other).is_err());
+        assert!(!w.root.join("out").exists());
+        disk.abandon(false);
+        assert!(leftovers(&w.root).is_empty(), "{:?}", leftovers(&w.root));
+        assert!(w.journal.entries().is_empty());
+    }
+
+    #[test]
+    fn a_kept_transfer_resumes_from_its_checkpoint_and_a_tampered_one_from_zero() {
+        let w = world();
+        let (mut disk, _) = open(&w, "out");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        disk.segment(0, version(data.len() as u64)).unwrap();
+        disk.write(&payload(&data[..120_000])).unwrap();
+        disk.abandon(true);
+        let entries = w.journal.entries();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            entries[0].verified, 120_000,
+            "a kept transfer is checkpointed"
+        );
+
+        // Resume: the prefix checks out, and the rest completes the file.
+        let entry = entries[0].clone();
+        let target = w
+            .store
+            .jail
+            .confine_target(&entry.command.target_path)
+            .unwrap();
+        let mut disk = Disk::reopen(w.store.clone(), &target, entry.clone()).unwrap();
+        assert_eq!(disk.written(), 120_000);
+        disk.segment(120_000, version(data.len() as u64)).unwrap();
+        disk.write(&payload(&data[120_000..])).unwrap();
+        let commit = Commit {
+            size: data.len() as u64,
+            trailer: Sha256::digest(&data[120_000..]).into(),
+            expect: Some(Sha256::digest(&data).into()),
+        };
+        disk.commit(commit).unwrap();
+        assert_eq!(std::fs::read(w.root.join("out")).unwrap(), data);
+
+        // A temporary file changed behind the journal's back is not trusted.
+        let (mut disk, _) = open(&w, "again");
+        disk.segment(0, version(10)).unwrap();
+        disk.write(&payload(b"0123456789")).unwrap();
+        disk.abandon(true);
+        let entry = w.journal.entries().remove(0);
+        let part = w.root.join(&entry.part);
+        std::fs::write(&part, b"XXXXXXXXXX").unwrap();
+        let target = w
+            .store
+            .jail
+            .confine_target(&entry.command.target_path)
+            .unwrap();
+        let disk = Disk::reopen(w.store.clone(), &target, entry).unwrap();
+        assert_eq!(disk.written(), 0);
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), 0);
+        disk.abandon(false);
+        assert!(!part.exists());
+        assert!(w.journal.entries().is_empty());
+    }
+
+    #[test]
+    fn a_segment_from_zero_drops_what_was_written() {
+        let w = world();
+        let (mut disk, _) = open(&w, "out");
+        disk.segment(0, version(6)).unwrap();
+        disk.write(&payload(b"old")).unwrap();
+        assert!(disk.segment(2, version(6)).is_err(), "a gap is refused");
+        disk.segment(0, version(3)).unwrap();
+        disk.write(&payload(b"new")).unwrap();
+        let sha: [u8; 32] = Sha256::digest(b"new").into();
+        disk.commit(Commit {
+            size: 3,
+            trailer: sha,
+            expect: None,
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(w.root.join("out")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_discarded_entry_leaves_neither_file_nor_entry() {
+        let w = world();
+        let (mut disk, _) = open(&w, "out");
+        disk.segment(0, version(4)).unwrap();
+        disk.write(&payload(b"abcd")).unwrap();
+        disk.abandon(true);
+        let entry = w.journal.entries().remove(0);
+        w.store.discard(&entry);
+        assert!(leftovers(&w.root).is_empty());
+        assert!(w.journal.entries().is_empty());
+    }
+}

@@ -1,0 +1,370 @@
+//! The network side of one replication, and nothing else: it performs what the core
+//! ([`super::machine`]) decides (a read request on a pooled connection, chunks handed to the
+//! disk, a commit) and feeds the core what happened, with the time. Every decision (retry or
+//! give up, resume from where, restart on a changed source, stall and deadline, checkpoints) is
+//! the core's.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use quinn::RecvStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use orbit_wire::{ByteRange, ControlEvent, DataFrame, ErrorCode, ReadRequest, ReplicateFile};
+
+use super::disk::{Commit, Store};
+use super::error::PullError;
+use super::machine::{Action, Event, Machine, Note, Replicated};
+use super::registry::Transfer;
+use super::writer::{WriteMsg, Writer};
+use crate::error::{connection_lost, varint, ToWire};
+use crate::framed::{self, write_frame, DataRead, Payload};
+use crate::jail::Confined;
+use crate::pool::{PeerConn, Pool};
+
+type Answer = (DataFrame, RecvStream, Arc<PeerConn>);
+
+/// What the network is doing for the replication now.
+enum Io {
+    /// Nothing: backing off, committing, or ended.
+    Idle,
+    /// A read request is out.
+    Requesting(Pin<Box<dyn Future<Output = Result<Answer, PullError>> + Send>>),
+    /// A data stream is being read.
+    Receiving {
+        recv: RecvStream,
+        peer: Arc<PeerConn>,
+    },
+}
+
+/// One replication's network side.
+pub(super) struct Driver<'a> {
+    pub(super) pool: &'a Arc<Pool>,
+    pub(super) store: &'a Store,
+    pub(super) cmd: &'a ReplicateFile,
+    pub(super) target: &'a Confined,
+    /// Where progress and notes go.
+    pub(super) transfer: &'a Transfer,
+    pub(super) writer: Option<Writer>,
+    io: Io,
+    /// The chunk the core is deciding about.
+    payload: Option<Payload>,
+    /// The source's digest of this attempt's bytes, once its trailer came.
+    trailer: Option<[u8; 32]>,
+}
+
+impl<'a> Driver<'a> {
+    pub(super) fn new(
+        pool: &'a Arc<Pool>,
+        store: &'a Store,
+        cmd: &'a ReplicateFile,
+        target: &'a Confined,
+        transfer: &'a Transfer,
+        writer: Option<Writer>,
+    ) -> Driver<'a> {
+        Driver {
+            pool,
+            store,
+            cmd,
+            target,
+            transfer,
+            writer,
+            io: Io::Idle,
+            payload: None,
+            trailer: None,
+        }
+    }
+
+    /// Runs `machine` to its end: a cancel ends it for good, `shutdown` in a resumable state
+    /// when the star keeps a journal.
+    ///
+    /// # Errors
+    ///
+    /// Why nothing was published.
+    pub(super) async fn run(
+        mut self,
+        mut machine: Machine,
+        cancel: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Result<Replicated, PullError> {
+        let mut actions = machine.start(Instant::now());
+        loop {
+            let mut event = None;
+            for action in actions {
+                if let Action::Finish { result, keep } = action {
+                    return self.finish(result, keep).await;
+                }
+                event = self.perform(action, &machine).await;
+                if event.is_some() {
+                    break;
+                }
+            }
+            let event = match event {
+                Some(event) => event,
+                None => self.next_event(&machine, cancel, shutdown).await,
+            };
+            actions = machine.handle(event, Instant::now());
+        }
+    }
+
+    /// Does `action`; returns an event when doing it failed or finished something at once.
+    async fn perform(&mut self, action: Action, machine: &Machine) -> Option<Event> {
+        let id = self.cmd.transfer_id;
+        match action {
+            Action::Request { offset } => {
+                self.stop(ErrorCode::Cancelled);
+                let (pool, cmd) = (self.pool.clone(), self.cmd.clone());
+                self.io =
+                    Io::Requesting(Box::pin(async move { request(&pool, &cmd, offset).await }));
+                None
+            }
+            Action::Segment { start, version } => {
+                self.transfer.progress.send_replace((start, version.size));
+                if self.writer.is_none() {
+                    // Only now, with the source's answer in hand, touch the destination's disk:
+                    // a refused read leaves not even an empty parent directory behind.
+                    match Writer::create(self.store, self.target, self.cmd).await {
+                        Ok(writer) => self.writer = Some(writer),
+                        Err(e) => return Some(Event::Failed(e)),
+                    }
+                }
+                self.write(WriteMsg::Segment { start, version }).await
+            }
+            Action::Write => {
+                let payload = self.payload.take()?;
+                let failed = self.write(WriteMsg::Data(payload)).await;
+                self.transfer
+                    .progress
+                    .send_replace((machine.offset(), machine.total()));
+                failed
+            }
+            Action::Checkpoint => self.write(WriteMsg::Checkpoint).await,
+            Action::Commit { size } => {
+                let writer = self.writer.take()?;
+                let commit = Commit {
+                    size,
+                    trailer: self.trailer.take().unwrap_or_default(),
+                    expect: self.cmd.expect_sha256,
+                };
+                Some(match writer.commit(commit).await {
+                    Ok(sha256) => Event::Published { sha256 },
+                    Err(e) => Event::Failed(e),
+                })
+            }
+            Action::DropConnection => {
+                if let Io::Receiving { peer, .. } = &self.io {
+                    peer.conn
+                        .close(varint(ErrorCode::Unavailable), b"no data from the source");
+                }
+                None
+            }
+            Action::Report(Note::Retrying {
+                attempt,
+                after,
+                reason,
+            }) => {
+                let after_ms = after.as_millis() as u64;
+                warn!(transfer = %id, attempt, after_ms, "retrying: {reason}");
+                let _ = self.transfer.notes.send(ControlEvent::Retrying {
+                    attempt,
+                    after_ms,
+                    reason,
+                });
+                None
+            }
+            Action::Report(Note::Resumed { offset, total }) => {
+                info!(transfer = %id, offset, total, "resuming");
+                let _ = self
+                    .transfer
+                    .notes
+                    .send(ControlEvent::Resumed { offset, total });
+                None
+            }
+            Action::Finish { .. } => None,
+        }
+    }
+
+    async fn write(&mut self, msg: WriteMsg) -> Option<Event> {
+        let writer = self.writer.as_mut()?;
+        writer.send(msg).await.err().map(Event::Failed)
+    }
+
+    /// Waits for what happens next: the network, the core's timer, a cancel or the shutdown.
+    async fn next_event(
+        &mut self,
+        machine: &Machine,
+        cancel: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Event {
+        if !machine.awaits_network() {
+            // A failed attempt's stream: what is left of it is not read.
+            self.stop(ErrorCode::Cancelled);
+        }
+        let timer = machine.timer();
+        let timer = async move {
+            match timer {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let source = &self.cmd.source;
+        let (offset, total) = (machine.offset(), machine.total());
+        let io = &mut self.io;
+        let payload = &mut self.payload;
+        let trailer = &mut self.trailer;
+        let network = async move {
+            match io {
+                Io::Idle => std::future::pending().await,
+                Io::Requesting(answer) => match answer.await {
+                    Ok((first, recv, peer)) => {
+                        *io = Io::Receiving { recv, peer };
+                        from_frame(source, first, true)
+                    }
+                    Err(e) => {
+                        *io = Io::Idle;
+                        Event::Failed(e)
+                    }
+                },
+                Io::Receiving { recv, .. } => match framed::read_data_frame(recv).await {
+                    Ok(DataRead::Chunk {
+                        offset: at,
+                        payload: data,
+                    }) => {
+                        let len = data.len() as u64;
+                        *payload = Some(data);
+                        Event::Chunk { offset: at, len }
+                    }
+                    Ok(DataRead::Frame(DataFrame::Trailer { sha256 })) => {
+                        *trailer = Some(sha256);
+                        Event::Trailer
+                    }
+                    Ok(DataRead::Frame(frame)) => from_frame(source, frame, false),
+                    Err(e) => {
+                        let e = e.to_wire();
+                        Event::Failed(PullError::Broken {
+                            source_star: source.clone(),
+                            offset,
+                            total,
+                            code: e.code,
+                            message: e.message,
+                        })
+                    }
+                },
+            }
+        };
+        // A frame read cut short by another branch is never resumed: every other branch ends
+        // the attempt or the replication, and with it this stream.
+        tokio::select! {
+            _ = cancel.cancelled() => Event::Cancel,
+            _ = shutdown.cancelled() => Event::Shutdown,
+            _ = timer => Event::Timer,
+            event = network => event,
+        }
+    }
+
+    /// Abandons the data stream, if any, telling the source why.
+    fn stop(&mut self, code: ErrorCode) {
+        if let Io::Receiving { recv, .. } = &mut self.io {
+            let _ = recv.stop(varint(code));
+        }
+        self.io = Io::Idle;
+    }
+
+    /// The end: returns the result after the disk has published, or removed or kept the
+    /// temporary file.
+    async fn finish(
+        mut self,
+        result: Result<Replicated, PullError>,
+        keep: bool,
+    ) -> Result<Replicated, PullError> {
+        let error = match result {
+            Ok(done) => return Ok(done),
+            Err(error) => error,
+        };
+        self.stop(error.code());
+        let Some(writer) = self.writer.take() else {
+            // No temporary file was made, so there is nothing to resume from.
+            return Err(match error {
+                PullError::ShuttingDown { star, .. } => PullError::ShuttingDown {
+                    star,
+                    resumes: false,
+                },
+                other => other,
+            });
+        };
+        // If the disk failed first (a full disk, say), its error is the cause.
+        Err(writer.abandon(keep).await.unwrap_or(error))
+    }
+}
+
+/// The event a data stream's `first` frame, or a later one, stands for.
+fn from_frame(source: &str, frame: DataFrame, first: bool) -> Event {
+    let source_star = source.to_owned();
+    match frame {
+        DataFrame::Header { size, version, .. } => Event::Header { size, version },
+        DataFrame::Error { error, .. } if first => {
+            Event::Failed(PullError::Refused { source_star, error })
+        }
+        DataFrame::Error { error, .. } => {
+            Event::Failed(PullError::SourceFailed { source_star, error })
+        }
+        DataFrame::Trailer { .. } => Event::Trailer,
+        DataFrame::Chunk { offset, data } => Event::Chunk {
+            offset,
+            len: data.len() as u64,
+        },
+    }
+}
+
+/// Sends the read request for the bytes from `start` and waits for the data stream's first
+/// frame. Cancel-safe: a request dropped before its answer is forgotten by the connection.
+async fn request(pool: &Arc<Pool>, cmd: &ReplicateFile, start: u64) -> Result<Answer, PullError> {
+    let source = &cmd.source;
+    let peer = pool.get(source, &cmd.source_addr).await?;
+    let answer = peer.expect_stream();
+    let request = ReadRequest {
+        request_id: answer.id(),
+        transfer_id: cmd.transfer_id,
+        path: cmd.source_path.clone(),
+        token: cmd.token.clone(),
+        range: ByteRange {
+            start,
+            end: u64::MAX,
+        },
+    };
+    let lost = |what: &'static str, e: orbit_wire::WireError| PullError::Lost {
+        source_star: source.clone(),
+        what,
+        code: e.code,
+        message: e.message,
+    };
+    let sent = async {
+        let mut send = peer
+            .conn
+            .open_uni()
+            .await
+            .map_err(|e| connection_lost(&e))?;
+        write_frame(&mut send, &request)
+            .await
+            .map_err(|e| e.to_wire())?;
+        send.finish()
+            .map_err(|e| orbit_wire::WireError::new(ErrorCode::Unavailable, e.to_string()))
+    };
+    sent.await
+        .map_err(|e| lost("could not send the read request", e))?;
+    tokio::select! {
+        answer = answer => match answer {
+            Some((first, recv)) => Ok((first, recv, peer)),
+            None => Err(PullError::Lost {
+                source_star: source.clone(),
+                what: "the read request",
+                code: ErrorCode::Unavailable,
+                message: "dropped without an answer".into(),
+            }),
+        },
+        e = peer.conn.closed() => Err(lost("lost the connection", connection_lost(&e))),
+    }
+}

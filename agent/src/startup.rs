@@ -1,0 +1,136 @@
+//! What a star starts from: its [`StarConfig`], already read from files and flags, and why it
+//! could not start ([`SpawnError`]), with the checks that spawning, reloading and
+//! `--check-config` share.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use orbit_certs::Role;
+use orbit_wire::token::TokenKey;
+
+use crate::limits::LimitError;
+use crate::Limits;
+
+/// Everything a star needs to run, already read from files and flags. `Debug` never prints the
+/// private key or the token keys.
+#[derive(Clone)]
+pub struct StarConfig {
+    /// The star's name, as its certificate carries it.
+    pub name: String,
+    /// The UDP address to listen on; port 0 picks one.
+    pub listen: SocketAddr,
+    /// The grid CA certificate, PEM.
+    pub ca_pem: String,
+    /// This star's certificate, PEM.
+    pub cert_pem: String,
+    /// This star's private key, PEM.
+    pub key_pem: String,
+    /// This star's token key.
+    pub token_key: TokenKey,
+    /// Directories it serves from and stores into.
+    pub roots: Vec<PathBuf>,
+    /// Where it keeps its state; `None` keeps none.
+    pub state_dir: Option<PathBuf>,
+    /// The token key before the last rotation, still accepted until the next one.
+    pub previous_token_key: Option<TokenKey>,
+    /// The grid's certificate revocation list, PEM: certificates it lists never complete a
+    /// handshake with this star.
+    pub crl_pem: Option<String>,
+    /// Directories it serves from but never stores into (`--allow-read`).
+    pub read_only_roots: Vec<PathBuf>,
+    /// Caps on what peers may make it hold.
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for StarConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StarConfig")
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("key_pem", &"***")
+            .field("token_key", &self.token_key)
+            .field("previous_token_key", &self.previous_token_key)
+            .field("roots", &self.roots)
+            .field("state_dir", &self.state_dir)
+            .field("crl", &self.crl_pem.is_some())
+            .field("read_only_roots", &self.read_only_roots)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a star could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The name is not a valid star name.
+    #[error("invalid star name: {0}")]
+    Name(orbit_certs::CertError),
+    /// The certificate does not name this star.
+    #[error("the certificate is for {found}, not star {expected:?}")]
+    WrongCertificate {
+        /// The configured name.
+        expected: String,
+        /// What the certificate names.
+        found: String,
+    },
+    /// No root to serve or store under.
+    #[error("no allowed roots: give at least one directory with --allow DIR or --allow-read DIR")]
+    NoRoots,
+    /// A root could not be opened.
+    #[error("{0}")]
+    Root(std::io::Error),
+    /// The certificates or key could not be used.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] orbit_certs::CertError),
+    /// The TLS configuration is not usable for QUIC.
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
+    /// The state directory could not be created.
+    #[error("state directory {path}: {error}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// A limit is out of range.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+}
+
+/// The revocation list of `config`, checked to come from its CA.
+pub(crate) fn revocation_list(
+    config: &StarConfig,
+) -> Result<Option<orbit_certs::RevocationList>, SpawnError> {
+    config
+        .crl_pem
+        .as_deref()
+        .map(|pem| orbit_certs::RevocationList::from_pem(pem, &config.ca_pem))
+        .transpose()
+        .map_err(SpawnError::Tls)
+}
+
+/// Checks that the certificate names this star, as a star.
+///
+/// # Errors
+///
+/// [`SpawnError::WrongCertificate`], or a certificate that cannot be read.
+pub(crate) fn check_certificate_names(config: &StarConfig) -> Result<(), SpawnError> {
+    let certs = orbit_certs::load_certs(&config.cert_pem)?;
+    let identity = orbit_certs::peer_identity(&certs[0])?;
+    if identity.role != Role::Star || identity.name != config.name {
+        return Err(SpawnError::WrongCertificate {
+            expected: config.name.clone(),
+            found: identity.to_string(),
+        });
+    }
+    Ok(())
+}

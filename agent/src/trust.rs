@@ -1,0 +1,83 @@
+//! What a star trusts and proves, as far as a reload can change it: the token keys it accepts
+//! and the client configuration it dials other stars with (its certificate, the CA, the
+//! revocation list), and who a connection's peer proved to be. The server side lives in the
+//! endpoint itself.
+
+use std::sync::RwLock;
+
+use orbit_certs::PeerIdentity;
+use quinn::Connection;
+
+use orbit_wire::token::KeyRing;
+
+/// The star's name, token keys and client configuration; the last two are replaced on reload.
+#[derive(Debug)]
+pub(crate) struct Trust {
+    /// The star's name, as its certificate carries it.
+    pub(crate) name: String,
+    keys: RwLock<KeyRing>,
+    client_config: RwLock<quinn::ClientConfig>,
+}
+
+impl Trust {
+    pub(crate) fn new(name: String, keys: KeyRing, client_config: quinn::ClientConfig) -> Trust {
+        Trust {
+            name,
+            keys: RwLock::new(keys),
+            client_config: RwLock::new(client_config),
+        }
+    }
+
+    /// The token keys accepted now.
+    pub(crate) fn keys(&self) -> std::sync::RwLockReadGuard<'_, KeyRing> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How to dial another star now.
+    pub(crate) fn client_config(&self) -> quinn::ClientConfig {
+        self.client_config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Swaps in new keys and a new client configuration.
+    pub(crate) fn replace(&self, keys: KeyRing, client_config: quinn::ClientConfig) {
+        *self
+            .client_config
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = client_config;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+}
+
+/// Why a peer's certificate could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PeerError {
+    /// The peer sent no certificate.
+    #[error("no client certificate")]
+    NoCertificate,
+    /// quinn gave an identity of another type.
+    #[error("unexpected peer identity type")]
+    UnexpectedIdentity,
+    /// The chain is empty.
+    #[error("empty certificate chain")]
+    EmptyChain,
+    /// The certificate names no Orbit star or controller.
+    #[error(transparent)]
+    Certificate(#[from] orbit_certs::CertError),
+}
+
+/// The verified identity of a connection's peer.
+///
+/// # Errors
+///
+/// [`PeerError`] when the peer's certificate names no one.
+pub(crate) fn peer_of(conn: &Connection) -> Result<PeerIdentity, PeerError> {
+    let any = conn.peer_identity().ok_or(PeerError::NoCertificate)?;
+    let certs = any
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .map_err(|_| PeerError::UnexpectedIdentity)?;
+    let leaf = certs.first().ok_or(PeerError::EmptyChain)?;
+    Ok(orbit_certs::peer_identity(leaf)?)
+}
