@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod crash;
 mod detach;
+mod dial;
 mod disk;
 mod drain;
 mod face;
