@@ -205,7 +205,7 @@ impl Metrics {
         family(
             "transfers_in_flight",
             "gauge",
-            "Replications running now, as the destination.",
+            "Replications in flight as the destination: running, or waiting for a slot.",
             &[("", transfers_in_flight.to_string())],
         );
         family(
