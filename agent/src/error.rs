@@ -1,5 +1,6 @@
-//! The one place where the star's internal errors become wire error codes. Every refusal or
-//! failure a peer sees is built here, so the mapping stays consistent.
+//! The wire codes of the local errors every part of the star meets: the jail's, I/O, tokens and
+//! framing. The errors of one operation (`PullError`, `ServeError`, `StartError`, ...) map
+//! themselves, each in one function beside its type, and defer to these for what they wrap.
 
 use std::io;
 

@@ -173,7 +173,8 @@ impl Pool {
                 Some(Entry::Live(peer)) if peer.conn.close_reason().is_none() => {
                     return Ok(peer.clone())
                 }
-                Some(Entry::Dialling(outcome)) => outcome.clone(),
+                // A dial whose task is gone (it panicked) has no outcome to wait for: dial anew.
+                Some(Entry::Dialling(outcome)) if outcome.has_changed().is_ok() => outcome.clone(),
                 _ => {
                     let (tx, rx) = watch::channel(None);
                     conns.insert(name.to_owned(), Entry::Dialling(rx.clone()));

@@ -228,6 +228,12 @@ async fn run(
     replicator.register.finish(&transfer, event);
 }
 
+/// Removes a journaled transfer that cannot be resumed, on a blocking thread.
+async fn discard(store: &Store, entry: Entry) {
+    let store = store.clone();
+    let _ = tokio::task::spawn_blocking(move || store.discard(&entry)).await;
+}
+
 /// One replication, from the checks the command's source path needs to the published file.
 /// With `resume`, a journal entry from before this star stopped, it continues from the bytes
 /// that entry vouches for.
@@ -243,8 +249,7 @@ async fn replicate(
         .map_err(|e| PullError::BadSourcePath(e.to_string()));
     if let Err(e) = checked {
         if let Some(entry) = resume {
-            let store = store.clone();
-            let _ = tokio::task::spawn_blocking(move || store.discard(&entry)).await;
+            discard(store, entry).await;
         }
         return Err(e);
     }
@@ -258,8 +263,7 @@ async fn replicate(
                 writer = Some(resumed);
             }
             Err(e) => {
-                let store = store.clone();
-                let _ = tokio::task::spawn_blocking(move || store.discard(&entry)).await;
+                discard(store, entry).await;
                 return Err(e);
             }
         }

@@ -199,15 +199,12 @@ impl Star {
         let name = &self.trust.name;
         info!(%name, "shutting down");
         self.life.draining.cancel();
-        let idle = async { tokio::join!(self.register.idle(), self.reads.idle()) };
-        tokio::pin!(idle);
-        // Already idle: no wait, and nothing to say.
-        let settled = futures_now(&mut idle).await;
-        if !settled {
+        if self.register.running() > 0 || self.reads.in_flight() > 0 {
             if !drain.is_zero() {
                 info!(%name, "letting transfers in flight finish, for at most {drain:?}");
             }
-            if tokio::time::timeout(drain, &mut idle).await.is_err() {
+            let idle = async { tokio::join!(self.register.idle(), self.reads.idle()) };
+            if tokio::time::timeout(drain, idle).await.is_err() {
                 warn!(%name, "stopping the transfers still in flight");
             }
         }
@@ -288,12 +285,6 @@ pub enum SelfCheckError {
     /// The handshake failed.
     #[error(transparent)]
     Connection(#[from] quinn::ConnectionError),
-}
-
-/// Whether `fut` is ready now, without waiting.
-async fn futures_now<F: std::future::Future + Unpin>(fut: &mut F) -> bool {
-    let mut fut = std::pin::Pin::new(fut);
-    std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx).is_ready())).await
 }
 
 /// Binds the endpoint on `listen`, serving with `server` and dialling with `client`.

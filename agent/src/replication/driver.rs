@@ -183,6 +183,7 @@ impl<'a> Driver<'a> {
                     .send(ControlEvent::Resumed { offset, total });
                 None
             }
+            // `run` ends with it before asking for anything else.
             Action::Finish { .. } => None,
         }
     }

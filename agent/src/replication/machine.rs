@@ -504,6 +504,14 @@ mod tests {
             self.machine.handle(Event::Timer, self.now)
         }
 
+        /// The source's whole file of `size` bytes, version 1, as the answer to a request.
+        fn header(&mut self, size: u64) -> Vec<Action> {
+            self.on(Event::Header {
+                size,
+                version: version(size, 1),
+            })
+        }
+
         fn chunks(&mut self, from: u64, to: u64) {
             let mut at = from;
             while at < to {
@@ -578,10 +586,7 @@ mod tests {
     #[test]
     fn an_empty_file_is_a_header_and_a_trailer() {
         let (mut run, _) = Run::fresh();
-        run.on(Event::Header {
-            size: 0,
-            version: version(0, 1),
-        });
+        run.header(0);
         assert_eq!(run.on(Event::Trailer), vec![Action::Commit { size: 0 }]);
     }
 
@@ -708,10 +713,7 @@ mod tests {
     fn progress_moves_the_deadline() {
         let window = Duration::from_secs(3);
         let (mut run, _) = Run::new(window, true, Start::default());
-        run.on(Event::Header {
-            size: 10 * CHUNK_SIZE as u64,
-            version: version(10 * CHUNK_SIZE as u64, 1),
-        });
+        run.header(10 * CHUNK_SIZE as u64);
         // A chunk every two seconds for 18 s: slow, but never 3 s without progress.
         for i in 0..9 {
             let actions = run.at(
@@ -731,10 +733,7 @@ mod tests {
     #[test]
     fn a_silent_source_is_a_stall_and_its_connection_is_dropped() {
         let (mut run, _) = Run::fresh();
-        run.on(Event::Header {
-            size: 4 * MIB,
-            version: version(4 * MIB, 1),
-        });
+        run.header(4 * MIB);
         run.chunks(0, MIB);
         let heard = run.now;
         assert_eq!(run.machine.timer(), Some(heard + STALL_TIMEOUT));
@@ -870,12 +869,7 @@ mod tests {
 
     #[test]
     fn protocol_violations_end_the_replication_with_data_loss() {
-        let header = |run: &mut Run| {
-            run.on(Event::Header {
-                size: 3 * CHUNK_SIZE as u64,
-                version: version(3 * CHUNK_SIZE as u64, 1),
-            })
-        };
+        let header = |run: &mut Run| run.header(3 * CHUNK_SIZE as u64);
         type Case = Box<dyn Fn(&mut Run) -> Vec<Action>>;
         let cases: Vec<(Case, &str)> = vec![
             (
@@ -914,10 +908,7 @@ mod tests {
             (
                 Box::new(move |run| {
                     header(run);
-                    run.on(Event::Header {
-                        size: 1,
-                        version: version(1, 1),
-                    })
+                    run.header(1)
                 }),
                 "a second header",
             ),
@@ -940,10 +931,7 @@ mod tests {
     #[test]
     fn cancel_removes_and_shutdown_keeps_when_journaled() {
         let (mut run, _) = Run::fresh();
-        run.on(Event::Header {
-            size: MIB,
-            version: version(MIB, 1),
-        });
+        run.header(MIB);
         let actions = run.on(Event::Cancel);
         let (result, keep) = finished(actions);
         assert_eq!(result, Err(PullError::Cancelled));
@@ -951,10 +939,7 @@ mod tests {
 
         // Shutdown mid-transfer, with a journal: kept to resume, and the controller is told.
         let (mut run, _) = Run::fresh();
-        run.on(Event::Header {
-            size: MIB,
-            version: version(MIB, 1),
-        });
+        run.header(MIB);
         run.chunks(0, MIB / 2);
         let actions = run.on(Event::Shutdown);
         let (result, keep) = finished(actions);
@@ -981,10 +966,7 @@ mod tests {
     #[test]
     fn a_disk_failure_is_the_end_whatever_the_code() {
         let (mut run, _) = Run::fresh();
-        run.on(Event::Header {
-            size: MIB,
-            version: version(MIB, 1),
-        });
+        run.header(MIB);
         let full = PullError::Disk(crate::replication::error::Local(WireError::new(
             ErrorCode::Unavailable,
             "odd, but local",

@@ -255,6 +255,11 @@ impl Replications {
         inner.by_id.values().filter(|t| !t.is_finished()).count() as u32
     }
 
+    /// How many replications hold a slot now.
+    pub(crate) fn running(&self) -> u32 {
+        *self.running.borrow()
+    }
+
     /// Waits until no replication holds a slot. Cancel-safe.
     pub(crate) async fn idle(&self) {
         let mut running = self.running.subscribe();

@@ -8,7 +8,8 @@ use tokio::task::JoinHandle;
 use orbit_wire::ReplicateFile;
 
 use super::disk::{Commit, Disk, Store};
-use super::error::PullError;
+use super::error::{Local, PullError};
+use crate::error::ToWire;
 use crate::framed::Payload;
 use crate::jail::Confined;
 use crate::journal::Entry;
@@ -178,9 +179,9 @@ fn run(
         let step = match msg {
             Msg::Write(WriteMsg::Segment { start, version }) => disk.segment(start, version),
             Msg::Write(WriteMsg::Data(data)) => disk.write(&data),
-            Msg::Write(WriteMsg::Checkpoint) => disk.checkpoint_behind().map_err(|e| {
-                PullError::Disk(super::error::Local(crate::error::ToWire::to_wire(&e)))
-            }),
+            Msg::Write(WriteMsg::Checkpoint) => disk
+                .checkpoint_behind()
+                .map_err(|e| PullError::Disk(Local(e.to_wire()))),
             Msg::Commit(commit) => break disk.commit(commit),
         };
         if let Err(e) = step {
