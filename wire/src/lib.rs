@@ -73,6 +73,7 @@ mod id;
 mod msg;
 pub mod path;
 pub mod token;
+pub mod tree;
 
 pub use code::{ErrorCode, WireError};
 pub use frame::{

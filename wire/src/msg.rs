@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::tree::{Item, ReplicateTree, TreeProgress, TreeSummary};
 use crate::{TransferId, WireError};
 
 /// A half-open range of byte offsets `[start, end)` in a file. `end == u64::MAX` means "to the end
@@ -53,6 +54,11 @@ pub enum ControlRequest {
         /// The transfer.
         transfer_id: TransferId,
     },
+    /// Replicate a directory tree: [`ControlEvent::TreeProgress`] (and, with `itemize`,
+    /// [`ControlEvent::Item`]) events, then [`ControlEvent::TreeDone`] or `Failed`.
+    ReplicateTree(ReplicateTree),
+    /// As `ReplicateTree`, answered at once with `Started`.
+    StartTree(ReplicateTree),
 }
 
 /// Pull `source_path` from the star `source` at `source_addr` into `target_path` here.
@@ -125,6 +131,13 @@ pub enum ControlEvent {
     /// The first answer to [`ControlRequest::Wait`] and [`ControlRequest::Cancel`]: which
     /// transfer it is and where it stands. Not final.
     Following(TransferStatus),
+    /// A tree replication's progress. Not final.
+    TreeProgress(TreeProgress),
+    /// One entry of a tree replication, with `itemize`. Not final.
+    Item(Item),
+    /// A tree replication ended: what was copied, skipped, deleted and failed. Final; some
+    /// files may have failed.
+    TreeDone(TreeSummary),
 }
 
 impl ControlEvent {
@@ -136,6 +149,8 @@ impl ControlEvent {
                 | ControlEvent::Retrying { .. }
                 | ControlEvent::Resumed { .. }
                 | ControlEvent::Following(_)
+                | ControlEvent::TreeProgress(_)
+                | ControlEvent::Item(_)
         )
     }
 }

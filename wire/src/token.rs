@@ -300,6 +300,15 @@ pub fn decode_unverified(token: &str) -> Result<Claims, TokenError> {
 }
 
 fn split(token: &str) -> Result<(Claims, Vec<u8>, usize), TokenError> {
+    split_as(token, TOKEN_VERSION)
+}
+
+/// Decodes a token whose claims must be of format `version` (the first byte of the claims, as
+/// postcard writes a `u8`): a token of another format is refused before it is decoded.
+fn split_as<C: serde::de::DeserializeOwned>(
+    token: &str,
+    version: u8,
+) -> Result<(C, Vec<u8>, usize), TokenError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);
     }
@@ -310,12 +319,123 @@ fn split(token: &str) -> Result<(Claims, Vec<u8>, usize), TokenError> {
         .len()
         .checked_sub(TAG_LEN)
         .ok_or(TokenError::Malformed)?;
-    let (claims, rest) = postcard::take_from_bytes::<Claims>(&bytes[..body_len])
-        .map_err(|_| TokenError::Malformed)?;
+    match bytes.first() {
+        None => return Err(TokenError::Malformed),
+        Some(&v) if v != version && body_len > 0 => return Err(TokenError::UnsupportedVersion(v)),
+        Some(_) => {}
+    }
+    let (claims, rest) =
+        postcard::take_from_bytes::<C>(&bytes[..body_len]).map_err(|_| TokenError::Malformed)?;
     if !rest.is_empty() {
         return Err(TokenError::Malformed);
     }
     Ok((claims, bytes, body_len))
+}
+
+/// Checks the tag under the key the token names.
+fn check_tag(keys: &KeyRing, key_id: u32, bytes: &[u8], body_len: usize) -> Result<(), TokenError> {
+    let key = keys.by_id(key_id).ok_or(TokenError::UnknownKey(key_id))?;
+    // verify_slice compares in constant time.
+    key.mac()
+        .chain_update(&bytes[..body_len])
+        .verify_slice(&bytes[body_len..])
+        .map_err(|_| TokenError::BadSignature)
+}
+
+/// The claims format of tree tokens.
+pub const TREE_TOKEN_VERSION: u8 = 2;
+
+/// What a tree token allows: reading the files beneath one directory that its filter admits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeClaims {
+    /// [`TREE_TOKEN_VERSION`].
+    pub version: u8,
+    /// [`TokenKey::key_id`] of the key that signed it.
+    pub key_id: u32,
+    /// The star that will serve the tree (the source).
+    pub audience: String,
+    /// The star allowed to present it (the destination).
+    pub holder: String,
+    /// The tree's top directory on the audience star, absolute.
+    pub path: String,
+    /// Which entries beneath it may be listed and read.
+    pub filter: crate::tree::Filter,
+    /// Expiry, seconds since the Unix epoch.
+    pub not_after: u64,
+    /// Random, so that two tokens for the same tree differ.
+    pub nonce: [u8; NONCE_LEN],
+}
+
+/// Signs tree `claims` with `key` into the printable token string.
+pub fn sign_tree(claims: &TreeClaims, key: &TokenKey) -> String {
+    let mut bytes = postcard::to_allocvec(claims).expect("claims always serialize");
+    let tag = key.mac().chain_update(&bytes).finalize().into_bytes();
+    bytes.extend_from_slice(&tag);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What a source knows independently of a tree token.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpectedTree<'a> {
+    /// This star's name.
+    pub audience: &'a str,
+    /// The name in the presenting peer's verified certificate.
+    pub holder: &'a str,
+    /// The tree's top directory requested.
+    pub path: &'a str,
+    /// The current time, seconds since the Unix epoch.
+    pub now: u64,
+}
+
+/// Proof that a tree token was verified against a request. Only [`verify_tree`] makes one.
+#[derive(Debug)]
+pub struct VerifiedTree {
+    claims: TreeClaims,
+}
+
+impl VerifiedTree {
+    /// The verified claims.
+    pub fn claims(&self) -> &TreeClaims {
+        &self.claims
+    }
+}
+
+/// Verifies a tree token under whichever key of `keys` its key id names. A single-file token
+/// is refused here (`UnsupportedVersion(1)`), and a tree token by [`verify_with`].
+///
+/// # Errors
+///
+/// The first check that fails, in the order of [`verify_with`]; the path must equal the
+/// token's directory exactly.
+pub fn verify_tree(
+    token: &str,
+    keys: &KeyRing,
+    expected: &ExpectedTree<'_>,
+) -> Result<VerifiedTree, TokenError> {
+    let (claims, bytes, body_len) = split_as::<TreeClaims>(token, TREE_TOKEN_VERSION)?;
+    if claims.version != TREE_TOKEN_VERSION {
+        return Err(TokenError::UnsupportedVersion(claims.version));
+    }
+    check_tag(keys, claims.key_id, &bytes, body_len)?;
+    if expected.now >= claims.not_after {
+        return Err(TokenError::Expired(expected.now - claims.not_after));
+    }
+    if claims.audience != expected.audience {
+        return Err(TokenError::WrongAudience {
+            expected: expected.audience.to_owned(),
+            got: claims.audience,
+        });
+    }
+    if claims.holder != expected.holder {
+        return Err(TokenError::WrongHolder {
+            holder: claims.holder,
+            peer: expected.holder.to_owned(),
+        });
+    }
+    if claims.path != expected.path {
+        return Err(TokenError::WrongPath);
+    }
+    Ok(VerifiedTree { claims })
 }
 
 /// Verifies `token` under `key` against what the serving star knows.
@@ -347,14 +467,7 @@ pub fn verify_with(
     if claims.version != TOKEN_VERSION {
         return Err(TokenError::UnsupportedVersion(claims.version));
     }
-    let key = keys
-        .by_id(claims.key_id)
-        .ok_or(TokenError::UnknownKey(claims.key_id))?;
-    // verify_slice compares in constant time.
-    key.mac()
-        .chain_update(&bytes[..body_len])
-        .verify_slice(&bytes[body_len..])
-        .map_err(|_| TokenError::BadSignature)?;
+    check_tag(keys, claims.key_id, &bytes, body_len)?;
     if expected.now >= claims.not_after {
         return Err(TokenError::Expired(expected.now - claims.not_after));
     }
@@ -595,6 +708,121 @@ mod tests {
         assert_eq!(
             key.to_hex(),
             "aa6c159da276494aa792151ca7ec4eee7c2054a0a5a158439c3745110291d003"
+        );
+    }
+
+    fn tree_claims(key: &TokenKey) -> TreeClaims {
+        TreeClaims {
+            version: TREE_TOKEN_VERSION,
+            key_id: key.key_id(),
+            audience: "star-a".into(),
+            holder: "star-b".into(),
+            path: "/srv/data".into(),
+            filter: crate::tree::Filter {
+                exclude: vec!["*.tmp".into()],
+                include: vec![],
+                links: true,
+            },
+            not_after: NOW + 60,
+            nonce: [9; NONCE_LEN],
+        }
+    }
+
+    fn expected_tree() -> ExpectedTree<'static> {
+        ExpectedTree {
+            audience: "star-a",
+            holder: "star-b",
+            path: "/srv/data",
+            now: NOW,
+        }
+    }
+
+    #[test]
+    fn tree_tokens_verify_and_file_tokens_do_not_stand_in_for_them() {
+        let key = TokenKey::derive(&master(), "star-a");
+        let ring = KeyRing::from(key.clone());
+        let tree = sign_tree(&tree_claims(&key), &key);
+        let verified = verify_tree(&tree, &ring, &expected_tree()).unwrap();
+        assert_eq!(verified.claims(), &tree_claims(&key));
+        // Neither kind is accepted where the other is asked for.
+        assert_eq!(
+            verify_with(&tree, &ring, &expected()).unwrap_err(),
+            TokenError::UnsupportedVersion(TREE_TOKEN_VERSION)
+        );
+        let file = sign(&claims(&key), &key);
+        assert_eq!(
+            verify_tree(&file, &ring, &expected_tree()).unwrap_err(),
+            TokenError::UnsupportedVersion(TOKEN_VERSION)
+        );
+        // Each claim is bound.
+        let mut other_path = expected_tree();
+        other_path.path = "/srv";
+        assert_eq!(
+            verify_tree(&tree, &ring, &other_path).unwrap_err(),
+            TokenError::WrongPath
+        );
+        let mut other_holder = expected_tree();
+        other_holder.holder = "star-c";
+        assert!(matches!(
+            verify_tree(&tree, &ring, &other_holder),
+            Err(TokenError::WrongHolder { .. })
+        ));
+        let mut later = expected_tree();
+        later.now = NOW + 60;
+        assert_eq!(
+            verify_tree(&tree, &ring, &later).unwrap_err(),
+            TokenError::Expired(0)
+        );
+        // A widened filter breaks the tag.
+        let mut widened = tree_claims(&key);
+        widened.filter.exclude.clear();
+        let forged = {
+            let good = URL_SAFE_NO_PAD.decode(&tree).unwrap();
+            let mut bytes = postcard::to_allocvec(&widened).unwrap();
+            bytes.extend_from_slice(&good[good.len() - TAG_LEN..]);
+            URL_SAFE_NO_PAD.encode(bytes)
+        };
+        assert_eq!(
+            verify_tree(&forged, &ring, &expected_tree()).unwrap_err(),
+            TokenError::BadSignature
+        );
+        let other = TokenKey::derive(&master(), "star-c");
+        assert!(matches!(
+            verify_tree(
+                &sign_tree(&tree_claims(&other), &other),
+                &ring,
+                &expected_tree()
+            ),
+            Err(TokenError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn golden_tree_claims() {
+        let c = TreeClaims {
+            version: 2,
+            key_id: 1,
+            audience: "a".into(),
+            holder: "b".into(),
+            path: "/p".into(),
+            filter: crate::tree::Filter {
+                exclude: vec!["x".into()],
+                include: vec![],
+                links: true,
+            },
+            not_after: 300,
+            nonce: [0xee; NONCE_LEN],
+        };
+        let bytes = postcard::to_allocvec(&c).unwrap();
+        assert_eq!(
+            hex::encode(bytes),
+            // version, key id, audience, holder, path, filter (one exclude, no include,
+            // links), not_after, nonce.
+            format!(
+                "02 01 0161 0162 022f70 01017800 01 ac02 {}",
+                "ee".repeat(NONCE_LEN)
+            )
+            .replace(' ', "")
         );
     }
 }
