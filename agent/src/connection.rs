@@ -175,12 +175,13 @@ async fn handle(acceptor: Arc<Acceptor>, incoming: quinn::Incoming) {
     let _open = metrics.inbound_connections.track();
     let cancel = acceptor.life.cancel.child_token();
     let tracker = &acceptor.life.tracker;
+    let sessions = Arc::new(crate::tree_serve::Sessions::default());
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    let task = crate::control::handle(acceptor.commands.clone(), peer.clone(), conn.clone(), send, recv);
+                    let task = crate::control::handle(acceptor.commands.clone(), sessions.clone(), peer.clone(), conn.clone(), send, recv);
                     tracker.spawn(task.in_current_span());
                 }
                 Err(e) => { debug!(%peer, "connection ended: {e}"); break; }

@@ -18,8 +18,9 @@ use orbit_wire::{
 
 use crate::error::ToWire;
 use crate::framed::{self, write_frame};
-use crate::replication::{Replicator, Transfer, KEEP_FOR};
-use crate::serve::Reads;
+use crate::replication::{Notes, Replicator, Transfer, KEEP_FOR};
+use crate::serve::{Reads, Server};
+use crate::tree_serve::{self, Sessions, TreeRequest};
 
 /// How often progress is reported while bytes move.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
@@ -35,6 +36,8 @@ pub(crate) struct Commands {
     pub(crate) request_timeout: Duration,
     pub(crate) replicator: Arc<Replicator>,
     pub(crate) reads: Arc<Reads>,
+    /// What answers a star's requests for trees.
+    pub(crate) server: Arc<Server>,
 }
 
 /// Why a control command failed before it reached a replication.
@@ -62,6 +65,7 @@ impl ControlError {
 /// Handles one control stream from `peer`.
 pub(crate) async fn handle(
     commands: Arc<Commands>,
+    sessions: Arc<Sessions>,
     peer: PeerIdentity,
     conn: Connection,
     mut send: SendStream,
@@ -97,45 +101,63 @@ pub(crate) async fn handle(
             .to_wire()
         })
     };
-    let last = if peer.role != Role::Controller {
-        warn!(%peer, "control command refused: the peer is not a controller");
-        let error = ControlError::NotAController {
-            star: star.clone(),
-            peer: peer.clone(),
-        };
-        Some(ControlEvent::Failed(error.to_wire()))
-    } else {
-        match request {
-            ControlRequest::Status => Some(ControlEvent::Status(status(&commands))),
-            ControlRequest::Replicate(cmd) => match replicator.start(cmd) {
-                Ok(transfer) => follow(&transfer, &mut send, false).await,
-                Err(e) => Some(ControlEvent::Failed(e.to_wire())),
-            },
-            ControlRequest::Start(cmd) => Some(match replicator.start(cmd) {
-                Ok(transfer) => ControlEvent::Started {
-                    transfer_id: transfer.id,
-                },
-                Err(e) => ControlEvent::Failed(e.to_wire()),
-            }),
-            ControlRequest::Wait { transfer_id } => match find(transfer_id) {
-                Ok(transfer) => follow(&transfer, &mut send, true).await,
-                Err(e) => Some(ControlEvent::Failed(e)),
-            },
-            ControlRequest::Cancel { transfer_id } => Some(match find(transfer_id) {
-                Ok(transfer) => {
-                    // Says which transfer it is, as `Wait` does; the cancellation stands even
-                    // if the controller is gone.
-                    let _ =
-                        write_frame(&mut send, &ControlEvent::Following(transfer.status())).await;
-                    if !transfer.is_finished() {
-                        info!(transfer = %transfer_id, %peer, "cancelling the replication");
-                    }
-                    transfer.cancel.cancel();
-                    transfer.outcome().await
-                }
-                Err(e) => ControlEvent::Failed(e),
-            }),
+    let server = commands.server.clone();
+    let last = match request {
+        // A star's requests for a tree are answered in the tree's own frames.
+        ControlRequest::List(list) => {
+            let request = TreeRequest::List(list);
+            return tree_serve::handle(server, sessions, peer, request, send).await;
         }
+        ControlRequest::Fetch(fetch) => {
+            let request = TreeRequest::Fetch(fetch);
+            return tree_serve::handle(server, sessions, peer, request, send).await;
+        }
+        _ if peer.role != Role::Controller => {
+            warn!(%peer, "control command refused: the peer is not a controller");
+            let error = ControlError::NotAController {
+                star: star.clone(),
+                peer: peer.clone(),
+            };
+            Some(ControlEvent::Failed(error.to_wire()))
+        }
+        ControlRequest::Status => Some(ControlEvent::Status(status(&commands))),
+        ControlRequest::Replicate(cmd) => match replicator.start(cmd) {
+            Ok(transfer) => follow(&transfer, &mut send, false, None).await,
+            Err(e) => Some(ControlEvent::Failed(e.to_wire())),
+        },
+        ControlRequest::Start(cmd) => Some(match replicator.start(cmd) {
+            Ok(transfer) => ControlEvent::Started {
+                transfer_id: transfer.id,
+            },
+            Err(e) => ControlEvent::Failed(e.to_wire()),
+        }),
+        ControlRequest::ReplicateTree(cmd) => match replicator.start_tree(cmd) {
+            Ok((transfer, notes)) => follow(&transfer, &mut send, false, Some(notes)).await,
+            Err(e) => Some(ControlEvent::Failed(e.to_wire())),
+        },
+        ControlRequest::StartTree(cmd) => Some(match replicator.start_tree(cmd) {
+            Ok((transfer, _)) => ControlEvent::Started {
+                transfer_id: transfer.id,
+            },
+            Err(e) => ControlEvent::Failed(e.to_wire()),
+        }),
+        ControlRequest::Wait { transfer_id } => match find(transfer_id) {
+            Ok(transfer) => follow(&transfer, &mut send, true, None).await,
+            Err(e) => Some(ControlEvent::Failed(e)),
+        },
+        ControlRequest::Cancel { transfer_id } => Some(match find(transfer_id) {
+            Ok(transfer) => {
+                // Says which transfer it is, as `Wait` does; the cancellation stands even
+                // if the controller is gone.
+                let _ = write_frame(&mut send, &ControlEvent::Following(transfer.status())).await;
+                if !transfer.is_finished() {
+                    info!(transfer = %transfer_id, %peer, "cancelling the replication");
+                }
+                transfer.cancel.cancel();
+                transfer.outcome().await
+            }
+            Err(e) => ControlEvent::Failed(e),
+        }),
     };
     // The controller went away while following a transfer; the transfer carries on.
     let Some(last) = last else { return };
@@ -177,14 +199,17 @@ fn status(commands: &Commands) -> StarStatus {
 
 /// Reports `transfer`'s progress on `send` until it ends, and returns its final event; `None`
 /// if the controller went away first (the transfer carries on). With `announce`, first says
-/// which transfer this is and where it stands.
+/// which transfer this is and where it stands. `notes` is a subscription taken when the
+/// transfer started, if any; otherwise the notes from now on are followed.
 async fn follow(
     transfer: &Transfer,
     send: &mut SendStream,
     announce: bool,
+    notes: Option<Notes>,
 ) -> Option<ControlEvent> {
     let mut progress = transfer.progress.subscribe();
-    let mut notes = transfer.notes.subscribe();
+    let mut tree = transfer.tree.subscribe();
+    let mut notes = notes.unwrap_or_else(|| transfer.notes.subscribe());
     if announce
         && write_frame(send, &ControlEvent::Following(transfer.status()))
             .await
@@ -197,13 +222,35 @@ async fn follow(
     let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
     loop {
         tokio::select! {
-            event = &mut outcome => return Some(event),
+            event = &mut outcome => {
+                // What the transfer said before it ended comes first, then where it stood.
+                while let Ok(note) = notes.try_recv() {
+                    if write_frame(send, &note).await.is_err() {
+                        return None;
+                    }
+                }
+                let last = *tree.borrow();
+                if let Some(now) = last {
+                    if write_frame(send, &ControlEvent::TreeProgress(now)).await.is_err() {
+                        return None;
+                    }
+                }
+                return Some(event);
+            }
             Ok(note) = notes.recv() => {
                 if write_frame(send, &note).await.is_err() {
                     return None;
                 }
             }
             _ = ticker.tick() => {
+                if tree.has_changed().unwrap_or(false) {
+                    let now = *tree.borrow_and_update();
+                    if let Some(now) = now {
+                        if write_frame(send, &ControlEvent::TreeProgress(now)).await.is_err() {
+                            return None;
+                        }
+                    }
+                }
                 if progress.has_changed().unwrap_or(false) {
                     let (bytes, total) = *progress.borrow_and_update();
                     if write_frame(send, &ControlEvent::Progress { bytes, total }).await.is_err() {

@@ -14,6 +14,8 @@ use orbit_wire::path::{self as wire_path, PathError};
 
 /// How a read or write must resolve: beneath the root, and never through /proc magic links.
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
+/// How a name inside a tree must resolve: beneath the tree's top, through no symbolic link at all.
+const RESOLVE_TREE: ResolveFlags = RESOLVE.union(ResolveFlags::NO_SYMLINKS);
 
 /// Why a path was refused or could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +156,31 @@ impl Jail {
     ///
     /// [`JailError::BadPath`], [`JailError::OutsideRoots`] or [`JailError::IsRoot`].
     pub fn confine(&self, path: &str) -> Result<Confined, JailError> {
-        self.confine_in(path, |_| true)
+        self.confine_in(path, |_| true, false)
+    }
+
+    /// As [`Jail::confine`], for a directory to read as a tree: a root itself is accepted.
+    ///
+    /// # Errors
+    ///
+    /// [`JailError::BadPath`] or [`JailError::OutsideRoots`].
+    pub fn confine_dir(&self, path: &str) -> Result<Confined, JailError> {
+        self.confine_in(path, |_| true, true)
+    }
+
+    /// As [`Jail::confine_target`], for a directory to write a tree into: a writable root itself
+    /// is accepted.
+    ///
+    /// # Errors
+    ///
+    /// As [`Jail::confine_dir`], and [`JailError::ReadOnly`].
+    pub fn confine_target_dir(&self, path: &str) -> Result<Confined, JailError> {
+        match self.confine_in(path, |root| root.writable, true) {
+            Err(JailError::OutsideRoots) if self.confine_dir(path).is_ok() => {
+                Err(JailError::ReadOnly)
+            }
+            other => other,
+        }
     }
 
     /// Validates a wire path to write and finds the writable root it lies under. A path under a
@@ -164,7 +190,7 @@ impl Jail {
     ///
     /// As [`Jail::confine`], and [`JailError::ReadOnly`].
     pub fn confine_target(&self, path: &str) -> Result<Confined, JailError> {
-        match self.confine_in(path, |root| root.writable) {
+        match self.confine_in(path, |root| root.writable, false) {
             Err(JailError::OutsideRoots) if self.confine(path).is_ok() => Err(JailError::ReadOnly),
             other => other,
         }
@@ -174,6 +200,7 @@ impl Jail {
         &self,
         path: &str,
         eligible: impl Fn(&Root) -> bool,
+        allow_root: bool,
     ) -> Result<Confined, JailError> {
         wire_path::validate(path)?;
         let wanted = Path::new(path);
@@ -190,7 +217,7 @@ impl Jail {
         }
         let (root, rest) = best.ok_or(JailError::OutsideRoots)?;
         let relative = rest.to_str().ok_or(JailError::OutsideRoots)?.to_owned();
-        if relative.is_empty() {
+        if relative.is_empty() && !allow_root {
             return Err(JailError::IsRoot);
         }
         Ok(Confined { root, relative })
@@ -241,9 +268,92 @@ impl Jail {
     /// I/O. A symbolic link at the target is accepted: [`TargetDir::publish`] replaces the link
     /// itself and never writes through it.
     pub fn prepare_target(&self, path: &Confined) -> Result<TargetDir, JailError> {
-        let root = &self.roots[path.root];
         let components: Vec<&str> = wire_path::components(&path.relative).collect();
         let (name, parents) = components.split_last().ok_or(JailError::IsRoot)?;
+        let dir = self
+            .open_dirs(&self.roots[path.root], parents, true)?
+            .ok_or(JailError::NotFound)?;
+        match rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
+                // A link is replaced, never followed; a regular file (even one with other hard
+                // links) is replaced by a new inode, so its other names keep the old bytes.
+                FileType::RegularFile | FileType::Symlink => {}
+                other => return Err(JailError::NotRegular(describe(other))),
+            },
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(TargetDir {
+            dir,
+            name: (*name).to_owned(),
+        })
+    }
+
+    /// Opens an existing directory to read as a tree, beneath its root (the root itself if the
+    /// path names it). Blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`JailError::Escapes`], [`JailError::NotFound`], [`JailError::NotRegular`] for anything
+    /// but a directory, or I/O.
+    pub fn open_dir(&self, path: &Confined) -> Result<OwnedFd, JailError> {
+        let root = &self.roots[path.root];
+        let relative = if path.relative.is_empty() {
+            "."
+        } else {
+            path.relative.as_str()
+        };
+        let handle = rustix::fs::openat2(
+            root.dir.as_fd(),
+            relative,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )?;
+        let stat = rustix::fs::fstat(&handle)?;
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::Directory => {}
+            FileType::RegularFile => {
+                return Err(JailError::NotRegular("a regular file, not a directory"))
+            }
+            other => return Err(JailError::NotRegular(describe(other))),
+        }
+        Ok(rustix::fs::openat2(
+            root.dir.as_fd(),
+            relative,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )?)
+    }
+
+    /// Opens the directory a tree is written into, beneath its root, creating it and its
+    /// missing parents one level at a time when `create`; `None` when it does not exist and
+    /// `create` is off. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`JailError::Escapes`], [`JailError::ParentNotDirectory`] or I/O.
+    pub fn prepare_dir(&self, path: &Confined, create: bool) -> Result<Option<OwnedFd>, JailError> {
+        let components: Vec<&str> = if path.relative.is_empty() {
+            Vec::new()
+        } else {
+            wire_path::components(&path.relative).collect()
+        };
+        self.open_dirs(&self.roots[path.root], &components, create)
+    }
+
+    /// Opens the directory `components` names beneath `root`, creating missing levels with
+    /// `mkdirat` in a directory that was itself opened beneath the root when `create`, so a
+    /// symlink swapped in at any moment cannot redirect the walk. `None` when a level is
+    /// missing and `create` is off.
+    fn open_dirs(
+        &self,
+        root: &Root,
+        components: &[&str],
+        create: bool,
+    ) -> Result<Option<OwnedFd>, JailError> {
+        let parents = components;
         let dir_flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
         let mut dir =
             rustix::fs::openat2(root.dir.as_fd(), ".", dir_flags, Mode::empty(), RESOLVE)?;
@@ -257,6 +367,7 @@ impl Jail {
                 RESOLVE,
             ) {
                 Ok(next) => dir = next,
+                Err(rustix::io::Errno::NOENT) if !create => return Ok(None),
                 Err(rustix::io::Errno::NOENT) => {
                     match rustix::fs::mkdirat(&dir, *component, Mode::from_raw_mode(0o755)) {
                         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
@@ -273,21 +384,53 @@ impl Jail {
                 Err(e) => return Err(e.into()),
             }
         }
-        match rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
-                // A link is replaced, never followed; a regular file (even one with other hard
-                // links) is replaced by a new inode, so its other names keep the old bytes.
-                FileType::RegularFile | FileType::Symlink => {}
-                other => return Err(JailError::NotRegular(describe(other))),
-            },
-            Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(e.into()),
-        }
-        Ok(TargetDir {
-            dir,
-            name: (*name).to_owned(),
-        })
+        Ok(Some(dir))
     }
+}
+
+/// Opens `name` beneath a tree's top directory `top` with `flags`, through no symbolic link,
+/// `..` or magic link: a component swapped for a link at any moment fails the open.
+///
+/// # Errors
+///
+/// [`JailError::Escapes`] for a link on the way, [`JailError::NotFound`], or I/O.
+pub fn open_in_tree(top: impl AsFd, name: &[u8], flags: OFlags) -> Result<OwnedFd, JailError> {
+    Ok(rustix::fs::openat2(
+        top,
+        name,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        RESOLVE_TREE,
+    )?)
+}
+
+/// Opens the regular file `name` beneath a tree's top for reading, as [`Jail::open_read`] opens
+/// a single file: never a FIFO, socket or device, never a file with other hard links, and
+/// through no symbolic link. Blocking.
+///
+/// # Errors
+///
+/// As [`open_in_tree`], and [`JailError::NotRegular`], [`JailError::HardLinked`].
+pub fn open_tree_file(top: impl AsFd, name: &[u8]) -> Result<OpenedFile, JailError> {
+    let top = top.as_fd();
+    let handle = open_in_tree(top, name, OFlags::PATH)?;
+    let stat = rustix::fs::fstat(&handle)?;
+    check_regular(&stat)?;
+    if stat.st_nlink > 1 {
+        return Err(JailError::HardLinked(stat.st_nlink as u64));
+    }
+    let fd = reopen(&handle, || {
+        open_in_tree(
+            top,
+            name,
+            OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK,
+        )
+    })?;
+    let stat = rustix::fs::fstat(&fd)?;
+    Ok(OpenedFile {
+        file: File::from(fd),
+        stat,
+    })
 }
 
 impl TargetDir {
@@ -415,18 +558,29 @@ fn reopen_for_reading(
     path: &Confined,
     handle: &OwnedFd,
 ) -> Result<OwnedFd, JailError> {
+    reopen(handle, || {
+        Ok(rustix::fs::openat2(
+            root.dir.as_fd(),
+            path.relative.as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            Mode::empty(),
+            RESOLVE,
+        )?)
+    })
+}
+
+/// Opens for reading the inode `handle` names through `/proc/self/fd`, or with `again` (which
+/// must not block) without `/proc`, refusing anything that is not the same regular file.
+fn reopen(
+    handle: &OwnedFd,
+    again: impl FnOnce() -> Result<OwnedFd, JailError>,
+) -> Result<OwnedFd, JailError> {
     use std::os::fd::AsRawFd;
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
     let magic = format!("/proc/self/fd/{}", handle.as_raw_fd());
     let fd = match rustix::fs::open(magic.as_str(), flags, Mode::empty()) {
         Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => rustix::fs::openat2(
-            root.dir.as_fd(),
-            path.relative.as_str(),
-            flags | OFlags::NONBLOCK,
-            Mode::empty(),
-            RESOLVE,
-        )?,
+        Err(rustix::io::Errno::NOENT) => again()?,
         Err(e) => return Err(e.into()),
     };
     let (was, now) = (rustix::fs::fstat(handle)?, rustix::fs::fstat(&fd)?);

@@ -49,6 +49,7 @@ mod replication;
 mod serve;
 mod star;
 mod startup;
+mod tree_serve;
 mod trust;
 mod udp;
 

@@ -23,6 +23,7 @@ mod driver;
 mod error;
 mod machine;
 mod registry;
+mod tree;
 mod writer;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use tracing::{info, warn, Instrument as _};
 
+use orbit_wire::tree::ReplicateTree;
 use orbit_wire::{ControlEvent, ErrorCode, ReplicateFile, WireError};
 
 pub(crate) use disk::Store;
@@ -43,7 +45,10 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use machine::{Machine, Replicated, Settings, Start, DEFAULT_TIMEOUT};
-use registry::{AdmitError, Admitted};
+use registry::{AdmitError, Admitted, What};
+
+/// A transfer's events beside progress, as one follower receives them.
+pub(crate) type Notes = tokio::sync::broadcast::Receiver<ControlEvent>;
 
 /// Why a replication was not started.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +118,54 @@ impl Replicator {
         })?;
         let (target, admitted) = admitted;
         Ok(self.launch(cmd, target, None, admitted, span))
+    }
+
+    /// Admits a tree replication and runs it in a task of its own, as [`Replicator::start`]
+    /// does a file. It takes one slot; its claim is on the target directory.
+    ///
+    /// # Errors
+    ///
+    /// As [`Replicator::start`].
+    pub(crate) fn start_tree(
+        self: &Arc<Self>,
+        cmd: ReplicateTree,
+    ) -> Result<(Arc<Transfer>, Notes), StartError> {
+        let span = tracing::info_span!("transfer", transfer_id = %cmd.transfer_id);
+        let _entered = span.enter();
+        if self.life.draining.is_cancelled() {
+            return Err(StartError::ShuttingDown(self.star.clone()));
+        }
+        let target = self
+            .store
+            .jail
+            .confine_target_dir(&cmd.target_path)
+            .map_err(|error| StartError::Target {
+                path: cmd.target_path.clone(),
+                error,
+            })?;
+        let what = What {
+            id: cmd.transfer_id,
+            source: &cmd.source,
+            source_path: &cmd.source_path,
+            target_path: &cmd.target_path,
+            // Every entry's item, with --itemize: a follower reading slowly still gets them all
+            // unless it falls this far behind.
+            notes: if cmd.itemize { 1 << 16 } else { 16 },
+        };
+        let admitted = self
+            .register
+            .admit_as(what, format!("tree:{}", target.key()), false)
+            .inspect_err(|e| {
+                let code = e.to_wire().code.name();
+                warn!(transfer = %cmd.transfer_id, code, "tree replication refused: {e}");
+            })?;
+        let transfer = admitted.transfer.clone();
+        // Subscribed before the tree starts, so that its first items reach the controller.
+        let notes = transfer.notes.subscribe();
+        drop(_entered);
+        let task = run_tree(self.clone(), cmd, target, admitted);
+        self.life.tracker.spawn(task.instrument(span));
+        Ok((transfer, notes))
     }
 
     fn admit(&self, cmd: &ReplicateFile, queue: bool) -> Result<(Confined, Admitted), StartError> {
@@ -222,6 +275,40 @@ async fn run(
         Err(error) => {
             let error = error.to_wire();
             warn!(transfer = %id, code = error.code.name(), "replication failed: {}", error.message);
+            ControlEvent::Failed(error)
+        }
+    };
+    replicator.register.finish(&transfer, event);
+}
+
+/// Runs a tree replication to its end and records its final event.
+async fn run_tree(
+    replicator: Arc<Replicator>,
+    cmd: ReplicateTree,
+    target: Confined,
+    admitted: Admitted,
+) {
+    let Admitted { transfer, slot } = admitted;
+    let _slot = slot;
+    tree::log_start(&cmd);
+    let result = tree::replicate(&replicator, &cmd, &target, &transfer).await;
+    let took = transfer.started.elapsed();
+    let event = match result {
+        Ok(summary) => {
+            replicator
+                .metrics
+                .transfer_done(summary.failed == 0, summary.bytes, took);
+            info!(
+                transfer = %cmd.transfer_id, copied = summary.copied, skipped = summary.skipped,
+                deleted = summary.deleted, failed = summary.failed, bytes = summary.bytes,
+                seconds = summary.seconds, target = %cmd.target_path, "tree replication completed"
+            );
+            ControlEvent::TreeDone(summary)
+        }
+        Err(error) => {
+            replicator.metrics.transfer_done(false, 0, took);
+            let error = error.to_wire();
+            warn!(transfer = %cmd.transfer_id, code = error.code.name(), "tree replication failed: {}", error.message);
             ControlEvent::Failed(error)
         }
     };

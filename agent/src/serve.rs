@@ -38,14 +38,14 @@ const ERROR_DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// of whole files already hashed.
 #[derive(Debug)]
 pub(crate) struct Reads {
-    max: u32,
-    slots: Arc<Semaphore>,
+    pub(crate) max: u32,
+    pub(crate) slots: Arc<Semaphore>,
     in_flight: watch::Sender<u32>,
-    digests: Digests,
+    pub(crate) digests: Digests,
 }
 
 /// One read counted in flight while it lives.
-struct InFlight<'a>(&'a Reads);
+pub(crate) struct InFlight<'a>(&'a Reads);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
@@ -69,7 +69,8 @@ impl Reads {
         *self.in_flight.borrow()
     }
 
-    fn track(&self) -> InFlight<'_> {
+    /// Counts a read in flight until the guard is dropped.
+    pub(crate) fn track(&self) -> InFlight<'_> {
         self.in_flight.send_modify(|n| *n += 1);
         InFlight(self)
     }
@@ -140,6 +141,12 @@ pub(crate) enum ServeError {
     /// A lost task.
     #[error("{0}")]
     Internal(String),
+    /// A name inside a tree that is not a plain relative name.
+    #[error("bad name in the tree: {0}")]
+    BadName(#[from] orbit_wire::tree::NameError),
+    /// A file of a tree that the token's filter leaves out.
+    #[error("the file is outside the tree token's filter")]
+    OutsideFilter,
 }
 
 impl ToWire for ServeError {
@@ -157,6 +164,8 @@ impl ToWire for ServeError {
             ServeError::Changed(_) => ErrorCode::FailedPrecondition,
             ServeError::Abandoned => ErrorCode::Cancelled,
             ServeError::Internal(_) => ErrorCode::Internal,
+            ServeError::BadName(_) => ErrorCode::InvalidArgument,
+            ServeError::OutsideFilter => ErrorCode::PermissionDenied,
         };
         WireError::new(code, self.to_string())
     }
@@ -168,7 +177,7 @@ impl From<rustix::io::Errno> for ServeError {
     }
 }
 
-fn lost_task(e: tokio::task::JoinError) -> ServeError {
+pub(crate) fn lost_task(e: tokio::task::JoinError) -> ServeError {
     ServeError::Internal(e.to_string())
 }
 
@@ -312,7 +321,7 @@ fn authorize(
 /// Sends an `Error` frame and finishes the stream, then waits (boundedly) until the peer has it,
 /// so that a connection closed right after, as at shutdown, does not swallow it. If the frame
 /// cannot be written, resets the stream with the code instead.
-async fn refuse(send: &mut SendStream, request_id: u64, error: WireError) {
+pub(crate) async fn refuse(send: &mut SendStream, request_id: u64, error: WireError) {
     let code = error.code;
     let frame = DataFrame::Error { request_id, error };
     if write_frame(send, &frame).await.is_err() || send.finish().is_err() {
@@ -322,7 +331,8 @@ async fn refuse(send: &mut SendStream, request_id: u64, error: WireError) {
     let _ = tokio::time::timeout(ERROR_DELIVERY_TIMEOUT, send.stopped()).await;
 }
 
-/// Opens the file, sends header, chunks and trailer. Returns the bytes sent.
+/// Opens the file, sends header, chunks and trailer, and waits until the peer has them all.
+/// Returns the bytes sent.
 async fn send_file(
     server: &Server,
     send: &mut SendStream,
@@ -334,11 +344,31 @@ async fn send_file(
     let opened = tokio::task::spawn_blocking(move || jail.open_read(&path))
         .await
         .map_err(lost_task)??;
+    tracing::debug!(key_id = read.token.claims().key_id, "sending");
+    let jail = server.jail.clone();
+    let reopen = move || jail.open_read(&read.path);
+    let size = stream_file(server, send, request_id, opened, read.range, reopen).await?;
+    send.finish().map_err(FramedError::from)?;
+    // Wait until the peer has everything, so a failure after this point is not silent.
+    let _ = send.stopped().await;
+    Ok(size)
+}
+
+/// Sends the bytes of `range` of the file `opened` on `send` as the answer to `request_id`:
+/// header, chunks and trailer. `reopen` opens the same name again at the end, to check that it
+/// still names the version sent. Returns the bytes sent; the stream stays open.
+pub(crate) async fn stream_file(
+    server: &Server,
+    send: &mut SendStream,
+    request_id: u64,
+    opened: OpenedFile,
+    range: ByteRange,
+    reopen: impl FnOnce() -> Result<OpenedFile, JailError> + Send + 'static,
+) -> Result<u64, ServeError> {
     let version = version_of(&opened);
-    let start = read.range.start.min(version.size);
-    let end = read.range.end.min(version.size);
+    let start = range.start.min(version.size);
+    let end = range.end.min(version.size);
     let size = end - start;
-    tracing::debug!(key_id = read.token.claims().key_id, size, "sending");
     write_frame(
         send,
         &DataFrame::Header {
@@ -379,8 +409,7 @@ async fn send_file(
     let (sha256, after) = reader.await.map_err(lost_task)??;
     // A file replaced (renamed over) while it was read leaves the open one intact; the path now
     // names another file, so what was sent is not what the path holds.
-    let jail = server.jail.clone();
-    let now = tokio::task::spawn_blocking(move || jail.open_read(&read.path))
+    let now = tokio::task::spawn_blocking(reopen)
         .await
         .map_err(lost_task)?;
     if !now.is_ok_and(|opened| version_of(&opened) == version) {
@@ -390,13 +419,11 @@ async fn send_file(
         server.reads.digests.insert(key, sha256);
     }
     write_frame(send, &DataFrame::Trailer { sha256 }).await?;
-    send.finish().map_err(FramedError::from)?;
-    // Wait until the peer has everything, so a failure after this point is not silent.
-    let _ = send.stopped().await;
     Ok(size)
 }
 
-fn version_of(opened: &OpenedFile) -> FileVersion {
+/// What identifies the version of an open file.
+pub(crate) fn version_of(opened: &OpenedFile) -> FileVersion {
     FileVersion {
         size: u64::try_from(opened.stat.st_size).unwrap_or(0),
         mtime_sec: opened.stat.st_mtime,

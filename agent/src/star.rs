@@ -124,6 +124,7 @@ impl Star {
             request_timeout: limits.request_timeout,
             replicator: replicator.clone(),
             reads: reads.clone(),
+            server: server.clone(),
         });
         let connections = Arc::new(Connections::default());
         let acceptor = Arc::new(Acceptor {

@@ -27,3 +27,4 @@ mod service;
 mod source_changes;
 mod special_files;
 mod tokens;
+mod tree;

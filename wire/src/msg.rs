@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::tree::{Item, ReplicateTree, TreeProgress, TreeSummary};
+use crate::tree::{FetchRequest, Item, ListRequest, ReplicateTree, TreeProgress, TreeSummary};
 use crate::{TransferId, WireError};
 
 /// A half-open range of byte offsets `[start, end)` in a file. `end == u64::MAX` means "to the end
@@ -59,6 +59,12 @@ pub enum ControlRequest {
     ReplicateTree(ReplicateTree),
     /// As `ReplicateTree`, answered at once with `Started`.
     StartTree(ReplicateTree),
+    /// From a destination star to a source star: list a tree, answered with
+    /// [`crate::tree::ListFrame`]s. Only a star may send it.
+    List(ListRequest),
+    /// From a destination star to a source star: send files of a tree, answered with
+    /// [`DataFrame`]s. Only a star may send it.
+    Fetch(FetchRequest),
 }
 
 /// Pull `source_path` from the star `source` at `source_addr` into `target_path` here.

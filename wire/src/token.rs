@@ -400,6 +400,16 @@ impl VerifiedTree {
     }
 }
 
+/// Decodes a tree token without checking anything: for the holder, which reads the filter it
+/// was given. Never act on it as a permission.
+///
+/// # Errors
+///
+/// [`TokenError::Malformed`], or `UnsupportedVersion` for a token that is not a tree token.
+pub fn decode_tree_unverified(token: &str) -> Result<TreeClaims, TokenError> {
+    split_as::<TreeClaims>(token, TREE_TOKEN_VERSION).map(|(claims, _, _)| claims)
+}
+
 /// Verifies a tree token under whichever key of `keys` its key id names. A single-file token
 /// is refused here (`UnsupportedVersion(1)`), and a tree token by [`verify_with`].
 ///

@@ -3,12 +3,12 @@
 //!
 //! A tree replication is one control command ([`ReplicateTree`]) and, between the stars, any
 //! number of bidirectional streams that the destination opens to the source, each carrying one
-//! [`PeerRequest`]:
+//! request (a `ControlRequest` variant only a star may send):
 //!
 //! | request | answer on the same stream |
 //! |---|---|
-//! | [`PeerRequest::List`] | [`ListFrame::Entries`] batches as the source walks, then [`ListFrame::End`]; or [`ListFrame::Error`] |
-//! | [`PeerRequest::Fetch`] | for each file asked for, in order: `DataFrame::Header` (its `request_id` is the file's index in the request), `Chunk`s, `Trailer`; or `DataFrame::Error` for that index, then the next file |
+//! | `ControlRequest::List` ([`ListRequest`]) | [`ListFrame::Entries`] batches as the source walks, then [`ListFrame::End`]; or [`ListFrame::Error`] |
+//! | `ControlRequest::Fetch` ([`FetchRequest`]) | for each file asked for, in order: `DataFrame::Header` (its `request_id` is the file's index in the request), `Chunk`s, `Trailer`; or `DataFrame::Error` for that index, then the next file. An `Error` with `request_id` [`WHOLE_REQUEST`] refuses the whole request |
 //!
 //! Both carry the tree's token, which the source checks when the stream opens. Names inside a
 //! tree are bytes ([`check_name`]), relative to the tree's top, so that every name a file
@@ -22,6 +22,8 @@ use crate::{FileVersion, TransferId, WireError, MAX_COMPONENT_LEN, MAX_PATH_LEN}
 pub const LIST_BATCH: usize = 256;
 /// How many files one [`FetchRequest`] may ask for.
 pub const MAX_FETCH_FILES: usize = 1024;
+/// The `request_id` of a `DataFrame::Error` that refuses a whole fetch, not one file of it.
+pub const WHOLE_REQUEST: u64 = u64::MAX;
 /// How many failed files a [`TreeSummary`] names; the count covers the rest.
 pub const MAX_FAILED_NAMED: usize = 100;
 
@@ -294,15 +296,6 @@ pub struct ReplicateTree {
     /// How long the destination keeps retrying without progress, in seconds; 0 means the
     /// star's default.
     pub timeout_secs: u32,
-}
-
-/// What a destination star asks of a source star on a bidirectional stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PeerRequest {
-    /// List the tree.
-    List(ListRequest),
-    /// Send files of the tree.
-    Fetch(FetchRequest),
 }
 
 /// List the tree at `path`.

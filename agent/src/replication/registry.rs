@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use orbit_wire::tree::TreeProgress;
 use orbit_wire::{ControlEvent, ErrorCode, ReplicateFile, TransferId, TransferStatus, WireError};
 
 /// How many finished transfers' results a star remembers.
@@ -32,6 +33,8 @@ pub(crate) struct Transfer {
     pub(crate) started: Instant,
     /// `(bytes received, total)`, written by the replication.
     pub(crate) progress: watch::Sender<(u64, u64)>,
+    /// A tree replication's progress; `None` for a file.
+    pub(crate) tree: watch::Sender<Option<TreeProgress>>,
     /// Events beside progress (retries, resumes), for whoever follows the transfer now.
     pub(crate) notes: tokio::sync::broadcast::Sender<ControlEvent>,
     /// The final event once the transfer has ended and cleaned up.
@@ -138,6 +141,20 @@ impl Drop for Slot {
     }
 }
 
+/// How many events beside progress a follower may fall behind by before it misses some.
+const NOTES: usize = 16;
+
+/// What the register records of a replication it admits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct What<'a> {
+    pub(crate) id: TransferId,
+    pub(crate) source: &'a str,
+    pub(crate) source_path: &'a str,
+    pub(crate) target_path: &'a str,
+    /// How many notes a follower may fall behind by.
+    pub(crate) notes: usize,
+}
+
 /// A replication admitted to the register: its record, the slot it runs in (or `None` while it
 /// waits for one), and its claim on the target, released when the replication finishes.
 #[derive(Debug)]
@@ -170,6 +187,27 @@ impl Replications {
         target_key: String,
         queue: bool,
     ) -> Result<Admitted, AdmitError> {
+        let what = What {
+            id: cmd.transfer_id,
+            source: &cmd.source,
+            source_path: &cmd.source_path,
+            target_path: &cmd.target_path,
+            notes: NOTES,
+        };
+        self.admit_as(what, target_key, queue)
+    }
+
+    /// As [`Replications::admit`], for any replication described by `what`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Replications::admit`].
+    pub(crate) fn admit_as(
+        self: &Arc<Self>,
+        what: What<'_>,
+        target_key: String,
+        queue: bool,
+    ) -> Result<Admitted, AdmitError> {
         let mut inner = self.lock();
         inner.prune(Instant::now());
         let free = inner.running < self.max;
@@ -179,20 +217,21 @@ impl Replications {
                 max: self.max,
             });
         }
-        if inner.by_id.contains_key(&cmd.transfer_id) {
-            return Err(AdmitError::Duplicate(cmd.transfer_id));
+        if inner.by_id.contains_key(&what.id) {
+            return Err(AdmitError::Duplicate(what.id));
         }
         if inner.claims.contains_key(&target_key) {
-            return Err(AdmitError::Busy(cmd.target_path.clone()));
+            return Err(AdmitError::Busy(what.target_path.to_owned()));
         }
         let transfer = Arc::new(Transfer {
-            id: cmd.transfer_id,
-            source: cmd.source.clone(),
-            source_path: cmd.source_path.clone(),
-            target_path: cmd.target_path.clone(),
+            id: what.id,
+            source: what.source.to_owned(),
+            source_path: what.source_path.to_owned(),
+            target_path: what.target_path.to_owned(),
             started: Instant::now(),
             progress: watch::channel((0, 0)).0,
-            notes: tokio::sync::broadcast::channel(16).0,
+            tree: watch::channel(None).0,
+            notes: tokio::sync::broadcast::channel(what.notes).0,
             outcome: watch::channel(None).0,
             cancel: CancellationToken::new(),
         });

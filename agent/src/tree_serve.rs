@@ -1,0 +1,552 @@
+//! The source side of a tree: a destination star opens a bidirectional stream and asks to list
+//! a directory or to send some of its files (`ControlRequest::List` and `Fetch`, see
+//! `orbit_wire::tree`).
+//!
+//! The tree token is checked when a stream opens: the first time on a connection in full (MAC,
+//! expiry, audience, holder, directory, lifetime cap), after that by its digest in the
+//! connection's [`Sessions`], so a tree that takes longer than its token's lifetime finishes on
+//! the connection it started on. Every name beneath the tree's top is resolved from the top's
+//! handle through no symbolic link (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`);
+//! the token's filter is applied here, to the listing and to every file asked for, so a
+//! destination cannot widen it. Only regular files with one name are sent, as for single files.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use quinn::SendStream;
+use rustix::fs::{AtFlags, FileType, OFlags};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use orbit_certs::{PeerIdentity, Role};
+use orbit_wire::token::{self, TreeClaims};
+use orbit_wire::tree::{
+    self, Entry, EntryKind, FetchRequest, ListFrame, ListRequest, LIST_BATCH, MAX_FETCH_FILES,
+    WHOLE_REQUEST,
+};
+use orbit_wire::{ByteRange, DataFrame, ErrorCode, TransferId, WireError};
+
+use crate::digests::FileKey;
+use crate::error::ToWire;
+use crate::framed::{write_frame, FramedError};
+use crate::jail::{open_in_tree, open_tree_file, JailError};
+use crate::serve::{lost_task, refuse, stream_file, ServeError, Server};
+
+/// How deep a tree may nest below its top: each level holds a directory open while it is
+/// walked.
+const MAX_DEPTH: usize = 256;
+/// Tree tokens a connection remembers as verified.
+const MAX_SESSIONS: usize = 64;
+
+/// The tree tokens verified on one connection, by the SHA-256 of the token. Dropped with the
+/// connection, so a revoked peer (whose connections are closed) loses them.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions(Mutex<HashMap<[u8; 32], Arc<TreeClaims>>>);
+
+impl Sessions {
+    fn get(&self, token: &str) -> Option<Arc<TreeClaims>> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.lock().get(&key).cloned()
+    }
+
+    fn insert(&self, token: &str, claims: Arc<TreeClaims>) {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut map = self.lock();
+        if map.len() >= MAX_SESSIONS {
+            map.clear();
+        }
+        map.insert(key, claims);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<TreeClaims>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A tree request that passed every check: the claims and the top directory, open.
+struct Authorized {
+    claims: Arc<TreeClaims>,
+    top: Arc<OwnedFd>,
+}
+
+/// A tree request, as `control` read it from a bidirectional stream.
+pub(crate) enum TreeRequest {
+    List(ListRequest),
+    Fetch(FetchRequest),
+}
+
+/// Answers one tree request from `peer` on `send`.
+pub(crate) async fn handle(
+    server: Arc<Server>,
+    sessions: Arc<Sessions>,
+    peer: PeerIdentity,
+    request: TreeRequest,
+    mut send: SendStream,
+) {
+    let (transfer, path, token, what) = match &request {
+        TreeRequest::List(r) => (r.transfer_id, &r.path, &r.token, "list"),
+        TreeRequest::Fetch(r) => (r.transfer_id, &r.path, &r.token, "fetch"),
+    };
+    tracing::Span::current().record("transfer_id", transfer.to_string().as_str());
+    let authorized = authorize(&server, &sessions, &peer, path, token).await;
+    // A slot is taken only once the request is authorised: an unauthorised peer holds none.
+    let slot = match authorized {
+        Ok(ok) => match server.reads.slots.clone().try_acquire_owned() {
+            Ok(slot) => Ok((ok, slot)),
+            Err(_) => Err(ServeError::Busy {
+                star: server.trust.name.clone(),
+                max: server.reads.max,
+            }),
+        },
+        Err(e) => Err(e),
+    };
+    let (authorized, _slot) = match slot {
+        Ok(ok) => ok,
+        Err(error) => {
+            warn!(%peer, %transfer, %path, "tree {what} refused: {error}");
+            server.metrics.reads_failed.inc();
+            let error = error.to_wire();
+            match request {
+                TreeRequest::List(_) => {
+                    let _ = write_frame(&mut send, &ListFrame::Error(error)).await;
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                }
+                TreeRequest::Fetch(_) => refuse(&mut send, WHOLE_REQUEST, error).await,
+            }
+            return;
+        }
+    };
+    let _in_flight = server.reads.track();
+    match request {
+        TreeRequest::List(request) => list(&server, &peer, authorized, request, &mut send).await,
+        TreeRequest::Fetch(request) => fetch(&server, &peer, authorized, request, &mut send).await,
+    }
+}
+
+/// Checks the peer is a star and the token allows reading the tree at `path`, and opens it.
+async fn authorize(
+    server: &Server,
+    sessions: &Sessions,
+    peer: &PeerIdentity,
+    path: &str,
+    token: &str,
+) -> Result<Authorized, ServeError> {
+    if peer.role != Role::Star {
+        return Err(ServeError::NotAStar(peer.clone()));
+    }
+    if server.life.draining.is_cancelled() {
+        return Err(ServeError::ShuttingDown(server.trust.name.clone()));
+    }
+    let claims = match sessions
+        .get(token)
+        .filter(|c| c.path == path && c.holder == peer.name)
+    {
+        Some(claims) => claims,
+        None => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let expected = token::ExpectedTree {
+                audience: &server.trust.name,
+                holder: &peer.name,
+                path,
+                now,
+            };
+            let verified = token::verify_tree(token, &server.trust.keys(), &expected)
+                .inspect_err(|_| server.metrics.token_errors.inc())?;
+            let lifetime = verified.claims().not_after.saturating_sub(now);
+            let cap = server.max_token_lifetime.as_secs();
+            if lifetime > cap {
+                server.metrics.token_errors.inc();
+                return Err(ServeError::TokenTooLong { lifetime, cap });
+            }
+            let claims = Arc::new(verified.claims().clone());
+            sessions.insert(token, claims.clone());
+            claims
+        }
+    };
+    let jail = server.jail.clone();
+    let path = path.to_owned();
+    let top = tokio::task::spawn_blocking(move || {
+        let dir = jail.confine_dir(&path)?;
+        jail.open_dir(&dir)
+    })
+    .await
+    .map_err(lost_task)??;
+    Ok(Authorized {
+        claims,
+        top: Arc::new(top),
+    })
+}
+
+/// Sends the listing: batches of entries as the walk finds them, then `End`.
+async fn list(
+    server: &Server,
+    peer: &PeerIdentity,
+    authorized: Authorized,
+    request: ListRequest,
+    send: &mut SendStream,
+) {
+    info!(%peer, transfer = %request.transfer_id, path = %request.path, "tree listing started");
+    let (tx, mut rx) = mpsc::channel::<Vec<Entry>>(4);
+    let reads = server.reads.clone();
+    let checksums = request.checksums;
+    let walker = tokio::task::spawn_blocking(move || {
+        let digests = |key: &FileKey| reads.digests.get(key);
+        let remember = |key: FileKey, sha: [u8; 32]| reads.digests.insert(key, sha);
+        walk(&authorized, checksums, &digests, &remember, &tx)
+    });
+    let mut entries = 0u64;
+    loop {
+        let batch = tokio::select! {
+            biased;
+            _ = server.life.cancel.cancelled() => {
+                let error = ServeError::ShuttingDown(server.trust.name.clone()).to_wire();
+                let _ = write_frame(send, &ListFrame::Error(error)).await;
+                let _ = send.finish();
+                return;
+            }
+            batch = rx.recv() => batch,
+        };
+        let Some(batch) = batch else { break };
+        entries += batch.len() as u64;
+        if let Err(e) = write_frame(send, &ListFrame::Entries(batch)).await {
+            warn!(%peer, transfer = %request.transfer_id, "tree listing abandoned: {e}");
+            return;
+        }
+    }
+    drop(rx);
+    let end = match walker.await.map_err(lost_task).and_then(|r| r) {
+        Ok(()) => {
+            info!(%peer, transfer = %request.transfer_id, entries, "tree listing sent");
+            ListFrame::End
+        }
+        Err(error) => {
+            warn!(%peer, transfer = %request.transfer_id, "tree listing failed: {error}");
+            ListFrame::Error(error.to_wire())
+        }
+    };
+    if write_frame(send, &end).await.is_ok() && send.finish().is_ok() {
+        let _ = send.stopped().await;
+    }
+}
+
+/// One directory being walked, and the name of its entries' parent (`""` at the top, else
+/// ending in `/`).
+struct Level {
+    dir: rustix::fs::Dir,
+    prefix: Vec<u8>,
+}
+
+/// Walks the tree depth first, parents before their contents, and sends the entries the filter
+/// admits in batches. Blocking.
+fn walk(
+    authorized: &Authorized,
+    checksums: bool,
+    known: &dyn Fn(&FileKey) -> Option<[u8; 32]>,
+    remember: &dyn Fn(FileKey, [u8; 32]),
+    tx: &mpsc::Sender<Vec<Entry>>,
+) -> Result<(), ServeError> {
+    let filter = &authorized.claims.filter;
+    let top = open_in_tree(
+        authorized.top.as_fd(),
+        b".",
+        OFlags::DIRECTORY | OFlags::RDONLY,
+    )?;
+    let mut stack = vec![Level {
+        dir: rustix::fs::Dir::new(top)?,
+        prefix: Vec::new(),
+    }];
+    let mut batch = Vec::with_capacity(LIST_BATCH);
+    loop {
+        let depth = stack.len();
+        let Some(level) = stack.last_mut() else { break };
+        let Some(next) = level.dir.next() else {
+            stack.pop();
+            continue;
+        };
+        let dirent = next?;
+        let file_name = dirent.file_name();
+        let bytes = file_name.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let name = [level.prefix.as_slice(), bytes].concat();
+        let dir = level.dir.fd()?;
+        let stat = match rustix::fs::statat(dir, file_name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            // Removed since it was read: not part of the tree any more.
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => {
+                let error = JailError::from(e).to_wire();
+                batch.push(Entry {
+                    name,
+                    kind: EntryKind::Skipped(error),
+                });
+                continue;
+            }
+        };
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        if !filter.admits(&name, kind == FileType::Directory) {
+            continue;
+        }
+        let mut descend = None;
+        let entry_kind = match kind {
+            FileType::Directory if depth > MAX_DEPTH => skipped(
+                ErrorCode::ResourceExhausted,
+                format!("deeper than {MAX_DEPTH} levels below the tree's top"),
+            ),
+            FileType::Directory => {
+                match open_in_tree(dir, bytes, OFlags::DIRECTORY | OFlags::RDONLY)
+                    .and_then(|fd| Ok(rustix::fs::Dir::new(fd)?))
+                {
+                    Ok(opened) => {
+                        let mut prefix = name.clone();
+                        prefix.push(b'/');
+                        descend = Some(Level {
+                            dir: opened,
+                            prefix,
+                        });
+                        EntryKind::Dir {
+                            mode: stat.st_mode & 0o7777,
+                            mtime_sec: stat.st_mtime,
+                            mtime_nsec: u32::try_from(stat.st_mtime_nsec).unwrap_or(0),
+                        }
+                    }
+                    Err(e) => EntryKind::Skipped(e.to_wire()),
+                }
+            }
+            FileType::RegularFile if stat.st_nlink > 1 => {
+                EntryKind::Skipped(JailError::HardLinked(stat.st_nlink as u64).to_wire())
+            }
+            FileType::RegularFile => {
+                let sha256 = if checksums {
+                    match digest(dir, bytes, known, remember) {
+                        Ok(sha) => Some(sha),
+                        Err(e) => {
+                            batch.push(Entry {
+                                name,
+                                kind: EntryKind::Skipped(e.to_wire()),
+                            });
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                EntryKind::File {
+                    version: orbit_wire::FileVersion {
+                        size: u64::try_from(stat.st_size).unwrap_or(0),
+                        mtime_sec: stat.st_mtime,
+                        mtime_nsec: u32::try_from(stat.st_mtime_nsec).unwrap_or(0),
+                        inode: stat.st_ino,
+                    },
+                    mode: stat.st_mode & 0o7777,
+                    sha256,
+                }
+            }
+            FileType::Symlink if filter.links => {
+                match rustix::fs::readlinkat(dir, file_name, Vec::new()) {
+                    Ok(target) if tree::link_stays_inside(&name, target.as_bytes()) => {
+                        EntryKind::Symlink {
+                            target: target.into_bytes(),
+                        }
+                    }
+                    Ok(_) => skipped(
+                        ErrorCode::PermissionDenied,
+                        "a symbolic link that leaves the tree".into(),
+                    ),
+                    Err(e) => EntryKind::Skipped(JailError::from(e).to_wire()),
+                }
+            }
+            FileType::Symlink => skipped(
+                ErrorCode::InvalidArgument,
+                "a symbolic link (sent only with --links copy)".into(),
+            ),
+            other => skipped(
+                ErrorCode::InvalidArgument,
+                format!("not a regular file ({})", describe(other)),
+            ),
+        };
+        batch.push(Entry {
+            name,
+            kind: entry_kind,
+        });
+        if let Some(level) = descend {
+            stack.push(level);
+        }
+        if batch.len() >= LIST_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH));
+            if tx.blocking_send(full).is_err() {
+                return Err(ServeError::Abandoned);
+            }
+        }
+    }
+    if !batch.is_empty() && tx.blocking_send(batch).is_err() {
+        return Err(ServeError::Abandoned);
+    }
+    Ok(())
+}
+
+fn skipped(code: ErrorCode, message: String) -> EntryKind {
+    EntryKind::Skipped(WireError::new(code, message))
+}
+
+fn describe(kind: FileType) -> &'static str {
+    match kind {
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        _ => "an unknown kind of file",
+    }
+}
+
+/// The SHA-256 of the file `name` in `dir`, from the cache of whole files already hashed when
+/// it holds this version. Blocking.
+fn digest(
+    dir: impl AsFd,
+    name: &[u8],
+    known: &dyn Fn(&FileKey) -> Option<[u8; 32]>,
+    remember: &dyn Fn(FileKey, [u8; 32]),
+) -> Result<[u8; 32], ServeError> {
+    let opened = open_tree_file(dir, name)?;
+    let key = FileKey::of(&opened.stat);
+    if let Some(sha) = known(&key) {
+        return Ok(sha);
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; orbit_wire::CHUNK_SIZE];
+    let mut file = &opened.file;
+    loop {
+        match std::io::Read::read(&mut file, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let sha: [u8; 32] = hasher.finalize().into();
+    let after = rustix::fs::fstat(&opened.file)?;
+    if FileKey::of(&after) == key {
+        remember(key, sha);
+    }
+    Ok(sha)
+}
+
+/// Sends the files asked for, in order, each as header, chunks and trailer, or an `Error` frame
+/// with its index; then finishes the stream.
+async fn fetch(
+    server: &Server,
+    peer: &PeerIdentity,
+    authorized: Authorized,
+    request: FetchRequest,
+    send: &mut SendStream,
+) {
+    let transfer: TransferId = request.transfer_id;
+    if request.files.len() > MAX_FETCH_FILES {
+        let error = WireError::new(
+            ErrorCode::InvalidArgument,
+            format!("a fetch asks for at most {MAX_FETCH_FILES} files"),
+        );
+        return refuse(send, WHOLE_REQUEST, error).await;
+    }
+    let (mut sent, mut bytes) = (0u64, 0u64);
+    for (index, file) in request.files.into_iter().enumerate() {
+        let index = index as u64;
+        let result = send_one(server, &authorized, index, &file.name, file.offset, send).await;
+        match result {
+            Ok(n) => {
+                sent += 1;
+                bytes += n;
+            }
+            Err(ServeError::Stream(e)) => {
+                warn!(%peer, %transfer, "tree fetch abandoned: {e}");
+                server.metrics.reads_failed.inc();
+                return;
+            }
+            Err(ServeError::ShuttingDown(star)) => {
+                let error = ServeError::ShuttingDown(star).to_wire();
+                return refuse(send, WHOLE_REQUEST, error).await;
+            }
+            Err(error) => {
+                let name = tree::display_name(&file.name);
+                warn!(%peer, %transfer, file = %name, "tree file refused: {error}");
+                server.metrics.reads_failed.inc();
+                let frame = DataFrame::Error {
+                    request_id: index,
+                    error: error.to_wire(),
+                };
+                if write_frame(send, &frame).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    server.metrics.reads_ok.add(sent);
+    server.metrics.bytes_sent.add(bytes);
+    tracing::debug!(%peer, %transfer, files = sent, bytes, "tree fetch sent");
+    if send.finish().map_err(FramedError::from).is_ok() {
+        let _ = send.stopped().await;
+    }
+}
+
+/// Sends one file of a fetch. Refuses names that are malformed or outside the token's filter.
+async fn send_one(
+    server: &Server,
+    authorized: &Authorized,
+    index: u64,
+    name: &[u8],
+    offset: u64,
+    send: &mut SendStream,
+) -> Result<u64, ServeError> {
+    tree::check_name(name)?;
+    if !within_filter(&authorized.claims.filter, name) {
+        return Err(ServeError::OutsideFilter);
+    }
+    let top = authorized.top.clone();
+    let owned = name.to_vec();
+    let opened = tokio::task::spawn_blocking(move || open_tree_file(top.as_fd(), &owned))
+        .await
+        .map_err(lost_task)??;
+    let (top, owned) = (authorized.top.clone(), name.to_vec());
+    let reopen = move || open_tree_file(top.as_fd(), &owned);
+    let range = ByteRange {
+        start: offset,
+        end: u64::MAX,
+    };
+    stream_file(server, send, index, opened, range, reopen).await
+}
+
+/// Whether the filter admits `name` as a file and each of its parents as a directory: a file
+/// the listing would not show is not sent either.
+fn within_filter(filter: &tree::Filter, name: &[u8]) -> bool {
+    let parents = name
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'/')
+        .map(|(i, _)| &name[..i]);
+    parents.into_iter().all(|dir| filter.admits(dir, true)) && filter.admits(name, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_covers_every_parent() {
+        let filter = tree::Filter {
+            exclude: vec!["cache/".into(), "*.tmp".into()],
+            include: vec![],
+            links: false,
+        };
+        assert!(within_filter(&filter, b"a/b/c"));
+        assert!(!within_filter(&filter, b"a/cache/c"));
+        assert!(!within_filter(&filter, b"cache/c"));
+        assert!(within_filter(&filter, b"a/cache"));
+        assert!(!within_filter(&filter, b"a/x.tmp"));
+    }
+}
