@@ -15,9 +15,10 @@
 //! | control | bidirectional | controller | one [`ControlRequest`], then [`ControlEvent`]s back until a final one |
 //! | read request | unidirectional | destination star | one [`ReadRequest`] |
 //! | data | unidirectional | source star | [`DataFrame`]s: `Header`, `Chunk`s in order, `Trailer`; or one `Error` |
+//! | tree | bidirectional | destination star | one `ControlRequest::List` or `Fetch`, then [`tree::ListFrame`]s or [`DataFrame`]s back ([`tree`]) |
 //!
-//! A star accepts control streams only from a controller certificate and read requests only from a
-//! star certificate. The data stream answering a read request starts with the request's
+//! A star accepts control streams only from a controller certificate, and read requests and tree
+//! requests only from a star certificate. The data stream answering a read request starts with the request's
 //! `request_id`, so the destination can match it to the request it sent.
 //!
 //! # Message order for one replication
@@ -36,6 +37,13 @@
 //! with `Following`, `Progress` events and the transfer's final event, also after it has ended:
 //! a destination keeps recent results) and `Cancel` (answered with the final event once the
 //! destination has stopped and removed its temporary file).
+//!
+//! # Trees
+//!
+//! `ControlRequest::ReplicateTree` replicates a directory: the destination lists it on one
+//! stream and fetches its files many to a stream, under one tree token (claims version
+//! [`token::TREE_TOKEN_VERSION`]) that names the directory and a filter. The destination reports
+//! `TreeProgress` (and `Item`s on request), then one `TreeDone` summary. See [`tree`].
 //!
 //! # Retries and resume
 //!

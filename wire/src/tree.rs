@@ -564,4 +564,135 @@ mod tests {
         .check()
         .is_err());
     }
+
+    /// The encoded body (without the length prefix) as hex.
+    fn golden<T: Serialize>(msg: &T) -> String {
+        hex::encode(&crate::encode_frame(msg).unwrap()[4..])
+    }
+
+    #[test]
+    fn golden_tree_messages() {
+        use crate::{ControlEvent, ControlRequest, ErrorCode};
+        let cmd = ReplicateTree {
+            transfer_id: TransferId(2),
+            source: "a".into(),
+            source_addr: "h:1".into(),
+            source_path: "/s".into(),
+            target_path: "/t".into(),
+            token: "T".into(),
+            sync: SyncLevel::Checksum,
+            delete: true,
+            max_delete: Some(5),
+            dry_run: false,
+            itemize: true,
+            timeout_secs: 0,
+        };
+        let body = "02016103683a31022f73022f74015403010105000100";
+        assert_eq!(
+            golden(&ControlRequest::ReplicateTree(cmd.clone())),
+            format!("05{body}")
+        );
+        assert_eq!(golden(&ControlRequest::StartTree(cmd)), format!("06{body}"));
+        let list = ListRequest {
+            transfer_id: TransferId(3),
+            path: "/s".into(),
+            token: "T".into(),
+            checksums: true,
+        };
+        assert_eq!(golden(&ControlRequest::List(list)), "0703022f73015401");
+        let fetch = FetchRequest {
+            transfer_id: TransferId(3),
+            path: "/s".into(),
+            token: "T".into(),
+            files: vec![FetchFile {
+                name: b"a\xff".to_vec(),
+                offset: 128,
+            }],
+        };
+        assert_eq!(
+            golden(&ControlRequest::Fetch(fetch)),
+            "0803022f7301540102 61ff 8001".replace(' ', "")
+        );
+        let entries = ListFrame::Entries(vec![
+            Entry {
+                name: b"d".to_vec(),
+                kind: EntryKind::Dir {
+                    mode: 0o755,
+                    mtime_sec: 1,
+                    mtime_nsec: 2,
+                },
+            },
+            Entry {
+                name: b"d/f".to_vec(),
+                kind: EntryKind::File {
+                    version: FileVersion {
+                        size: 3,
+                        mtime_sec: -1,
+                        mtime_nsec: 0,
+                        inode: 9,
+                    },
+                    mode: 0o644,
+                    sha256: None,
+                },
+            },
+            Entry {
+                name: b"l".to_vec(),
+                kind: EntryKind::Symlink {
+                    target: b"d".to_vec(),
+                },
+            },
+            Entry {
+                name: b"p".to_vec(),
+                kind: EntryKind::Skipped(WireError::new(ErrorCode::InvalidArgument, "x")),
+            },
+        ]);
+        assert_eq!(
+            golden(&entries),
+            "00 04 0164 01ed030202 03642f66 00 03010009 a40300 016c 02 0164 0170 03 03 0178"
+                .replace(' ', "")
+        );
+        assert_eq!(golden(&ListFrame::End), "01");
+        let progress = TreeProgress {
+            files_done: 1,
+            files_total: 2,
+            bytes_done: 3,
+            bytes_total: 4,
+            listed: true,
+        };
+        assert_eq!(
+            golden(&ControlEvent::TreeProgress(progress)),
+            "080102030401"
+        );
+        assert!(!ControlEvent::TreeProgress(progress).is_final());
+        let item = Item {
+            action: ItemAction::Deleted,
+            name: b"x".to_vec(),
+            kind: 'f',
+            size: 0,
+            error: None,
+        };
+        assert_eq!(
+            golden(&ControlEvent::Item(item.clone())),
+            "0902 0178 0166 00 00".replace(' ', "")
+        );
+        assert!(!ControlEvent::Item(item).is_final());
+        let done = ControlEvent::TreeDone(TreeSummary {
+            copied: 1,
+            failed: 1,
+            failures: vec![FailedFile {
+                name: b"f".to_vec(),
+                error: WireError::new(ErrorCode::NotFound, ""),
+            }],
+            ..TreeSummary::default()
+        });
+        assert_eq!(
+            golden(&done),
+            format!(
+                "0a 01 00 00 01 00 00 00 00 {} 01 0166 0200 00 00",
+                "0".repeat(16)
+            )
+            .replace(' ', "")
+        );
+        assert!(done.is_final());
+    }
 }
