@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -267,7 +267,6 @@ async fn walk(shared: &Shared<'_>, peer: &Arc<PeerConn>) -> Result<Seen, PullErr
     let slots = Arc::new(Semaphore::new(FETCH_STREAMS));
     let mut fetches = JoinSet::new();
     let mut batcher = Batcher::default();
-    let mut sequence = 0u64;
     loop {
         let frame = tokio::time::timeout(
             STALL,
@@ -317,8 +316,7 @@ async fn walk(shared: &Shared<'_>, peer: &Arc<PeerConn>) -> Result<Seen, PullErr
                 }
                 Decision::Copy(want) => {
                     for batch in batcher.push(want) {
-                        sequence += 1;
-                        spawn_fetch(shared, peer, &slots, &mut fetches, batch, sequence).await;
+                        spawn_fetch(shared, peer, &slots, &mut fetches, batch).await;
                         reap(shared, &mut fetches);
                     }
                 }
@@ -333,8 +331,7 @@ async fn walk(shared: &Shared<'_>, peer: &Arc<PeerConn>) -> Result<Seen, PullErr
     }
     shared.tally(|t| t.progress.listed = true);
     if let Some(batch) = batcher.flush() {
-        sequence += 1;
-        spawn_fetch(shared, peer, &slots, &mut fetches, batch, sequence).await;
+        spawn_fetch(shared, peer, &slots, &mut fetches, batch).await;
     }
     while let Some(done) = fetches.join_next().await {
         record(shared, done);
@@ -385,7 +382,6 @@ async fn spawn_fetch(
     slots: &Arc<Semaphore>,
     fetches: &mut JoinSet<Fetched>,
     batch: Vec<Want>,
-    sequence: u64,
 ) {
     let Ok(slot) = slots.clone().acquire_owned().await else {
         return;
@@ -397,7 +393,7 @@ async fn spawn_fetch(
     let peer = peer.clone();
     let progress = shared.transfer.tree.clone();
     fetches.spawn(async move {
-        let result = fetch(&peer, &cmd, top, batch, sequence, &progress).await;
+        let result = fetch(&peer, &cmd, top, batch, &progress).await;
         drop(slot);
         result
     });
@@ -432,13 +428,11 @@ async fn fetch(
     cmd: &ReplicateTree,
     top: Arc<OwnedFd>,
     batch: Vec<Want>,
-    sequence: u64,
     progress: &tokio::sync::watch::Sender<Option<TreeProgress>>,
 ) -> Fetched {
     let (tx, rx) = mpsc::channel::<WriteMsg>(16);
     let wants = batch.clone();
-    let tag = format!("{}-{sequence}", cmd.transfer_id);
-    let writer = tokio::task::spawn_blocking(move || write_batch(&top, &wants, &tag, rx));
+    let writer = tokio::task::spawn_blocking(move || write_batch(&top, &wants, rx));
     let stream_error = receive(peer, cmd, &batch, &tx, progress).await;
     if let Some(error) = &stream_error {
         let _ = tx.send(WriteMsg::Abort(error.clone())).await;
@@ -616,7 +610,6 @@ struct Writing {
 fn write_batch(
     top: &OwnedFd,
     wants: &[Want],
-    tag: &str,
     mut rx: mpsc::Receiver<WriteMsg>,
 ) -> Vec<Option<Result<(), WireError>>> {
     let mut results: Vec<Option<Result<(), WireError>>> = vec![None; wants.len()];
@@ -630,18 +623,9 @@ fn write_batch(
                 let want = &wants[index];
                 let (parent_name, _) = split_name(&want.name);
                 let begun = parents.open(top, parent_name).and_then(|parent| {
-                    let part = format!(".orbit-{tag}-{index}.part");
-                    let fd = rustix::fs::openat(
-                        parent.as_fd(),
-                        part.as_str(),
-                        OFlags::WRONLY
-                            | OFlags::CREATE
-                            | OFlags::EXCL
-                            | OFlags::NOFOLLOW
-                            | OFlags::CLOEXEC,
-                        Mode::from_raw_mode(0o600),
-                    )
-                    .map_err(|e| JailError::from(e).to_wire())?;
+                    let part = part_name(split_name(&want.name).1);
+                    let fd =
+                        create_part(&parent, &part).map_err(|e| JailError::from(e).to_wire())?;
                     let file = std::fs::File::from(fd);
                     if size > 0 {
                         let _ = rustix::fs::fallocate(
@@ -1088,10 +1072,12 @@ async fn delete(
     names: HashMap<Vec<u8>, bool>,
     filter: Filter,
 ) -> Result<(), PullError> {
-    let found =
-        tokio::task::spawn_blocking(move || absent(&top, &names, &filter).map(|f| (f, top)))
-            .await
-            .map_err(|e| PullError::Internal(e.to_string()))?;
+    let dry_run = shared.cmd.dry_run;
+    let found = tokio::task::spawn_blocking(move || {
+        absent(&top, &names, &filter, !dry_run).map(|f| (f, top))
+    })
+    .await
+    .map_err(|e| PullError::Internal(e.to_string()))?;
     let (found, top) = match found {
         Ok(found) => found,
         Err(e) => {
@@ -1166,6 +1152,7 @@ fn absent(
     top: &OwnedFd,
     names: &HashMap<Vec<u8>, bool>,
     filter: &Filter,
+    sweep: bool,
 ) -> Result<Vec<(Vec<u8>, bool)>, WireError> {
     let mut found = Vec::new();
     let mut pending: Vec<Vec<u8>> = vec![Vec::new()];
@@ -1173,10 +1160,14 @@ fn absent(
         let path: &[u8] = if dir_name.is_empty() { b"." } else { &dir_name };
         let dir =
             open_in_tree(top, path, OFlags::DIRECTORY | OFlags::RDONLY).map_err(|e| e.to_wire())?;
-        let mut entries = rustix::fs::Dir::new(dir).map_err(|e| JailError::from(e).to_wire())?;
-        for dirent in entries.by_ref() {
+        let entries = rustix::fs::Dir::read_from(&dir).map_err(|e| JailError::from(e).to_wire())?;
+        for dirent in entries {
             let dirent = dirent.map_err(|e| JailError::from(e).to_wire())?;
             let file_name = dirent.file_name().to_bytes();
+            if sweep && is_tree_part(file_name) {
+                let _ = rustix::fs::unlinkat(&dir, file_name, AtFlags::empty());
+                continue;
+            }
             if file_name == b"." || file_name == b".." || is_part(file_name) {
                 continue;
             }
@@ -1231,6 +1222,42 @@ fn subtree(top: &OwnedFd, name: &[u8], out: &mut Vec<(Vec<u8>, bool)>) -> Result
 /// Whether a name is one of Orbit's temporary files.
 fn is_part(name: &[u8]) -> bool {
     name.starts_with(b".orbit-") && name.ends_with(b".part")
+}
+
+/// Whether a name is a tree's temporary file: a crash leaves these behind, and the next run
+/// that writes the same file, or deletes with `--delete`, removes them.
+fn is_tree_part(name: &[u8]) -> bool {
+    name.starts_with(TREE_PART) && name.ends_with(b".part")
+}
+
+/// The start of every tree temporary file's name.
+const TREE_PART: &[u8] = b".orbit-tree-";
+
+/// The temporary file beside the file `last`: one name per target name, so that a run after a
+/// crash replaces the one the crash left.
+fn part_name(last: &[u8]) -> String {
+    let digest = Sha256::digest(last);
+    format!(".orbit-tree-{}.part", hex::encode(&digest[..8]))
+}
+
+/// Creates the temporary file `part` in `dir` afresh, never through a link: one left by an
+/// earlier run that crashed is removed first.
+fn create_part(dir: &OwnedFd, part: &str) -> rustix::io::Result<OwnedFd> {
+    let create = || {
+        rustix::fs::openat(
+            dir,
+            part,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+    };
+    match create() {
+        Err(rustix::io::Errno::EXIST) => {
+            rustix::fs::unlinkat(dir, part, AtFlags::empty())?;
+            create()
+        }
+        other => other,
+    }
 }
 
 /// When this tree replication began, for logs.
