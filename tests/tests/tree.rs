@@ -710,3 +710,108 @@ async fn a_hostile_listing_writes_nothing_outside_and_names_each_bad_file() {
     b.shutdown().await;
     endpoint.close(0u32.into(), b"done");
 }
+
+/// Swaps `a` and `b` atomically (`renameat2(RENAME_EXCHANGE)`) until the guard drops.
+struct Swapper(
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<std::sync::atomic::AtomicU64>,
+);
+
+impl Swapper {
+    fn start(a: PathBuf, b: PathBuf) -> Swapper {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swaps = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (s, n) = (stop.clone(), swaps.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &a,
+                    rustix::fs::CWD,
+                    &b,
+                    rustix::fs::RenameFlags::EXCHANGE,
+                )
+                .expect("renameat2(RENAME_EXCHANGE)");
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Swapper(stop, swaps)
+    }
+}
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// While trees are walked and written, a directory on each side keeps being swapped for a link
+/// that leads out of the root. Not one byte from outside is read, and nothing is written outside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_swapped_for_outside_links_mid_walk_never_leak_or_write_outside() {
+    const ROUNDS: usize = 150;
+    let p = Pair::new().await;
+    let src = p.source();
+    for i in 0..8 {
+        write(
+            &src.join(format!("sub/f{i}")),
+            b"inside",
+            0o644,
+            1_600_000_000,
+        );
+    }
+    write(&src.join("top"), b"inside", 0o644, 1_600_000_000);
+    // Outside both roots: files of the same names, holding a secret, and an empty directory.
+    let outside = tempfile::tempdir().unwrap();
+    for i in 0..8 {
+        write(
+            &outside.path().join(format!("secret/f{i}")),
+            b"secret",
+            0o644,
+            1_600_000_000,
+        );
+    }
+    std::fs::create_dir(outside.path().join("sink")).unwrap();
+    symlink(outside.path().join("secret"), src.join("sub-link")).unwrap();
+    std::fs::create_dir_all(p.target().join("sub")).unwrap();
+    symlink(outside.path().join("sink"), p.target().join("sub-link")).unwrap();
+    let source_swaps = Swapper::start(src.join("sub"), src.join("sub-link"));
+    let target_swaps = Swapper::start(p.target().join("sub"), p.target().join("sub-link"));
+    let mut copied = 0;
+    for round in 0..ROUNDS {
+        let mut cmd = p.command(Filter::default());
+        // Compared by content, so a file the swaps hid from an earlier round is sent now.
+        cmd.sync = SyncLevel::Checksum;
+        let (s, _) = p.run(cmd).await;
+        copied += s.copied;
+        for file in list_tree(p.dst.path()) {
+            let path = p.dst.path().join(&file);
+            if let Ok(bytes) = std::fs::read(&path) {
+                assert_ne!(
+                    bytes, b"secret",
+                    "round {round}: {file:?} holds outside bytes"
+                );
+            }
+        }
+        assert_eq!(
+            std::fs::read_dir(outside.path().join("sink"))
+                .unwrap()
+                .count(),
+            0,
+            "round {round}: something was written outside the root"
+        );
+    }
+    let swaps = (
+        source_swaps.1.load(std::sync::atomic::Ordering::Relaxed),
+        target_swaps.1.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    drop((source_swaps, target_swaps));
+    assert!(
+        swaps.0 > ROUNDS as u64 && swaps.1 > ROUNDS as u64,
+        "{swaps:?}"
+    );
+    // The control: files did get through between swaps.
+    assert!(copied > 0);
+    p.shutdown().await;
+}
