@@ -43,7 +43,7 @@ use super::Replicator;
 use crate::error::ToWire;
 use crate::framed::{self, write_frame, DataRead};
 use crate::jail::{open_in_tree, Confined, JailError};
-use crate::pool::PeerConn;
+use crate::pool::{PeerConn, Pool};
 
 /// Fetch streams in flight at once.
 const FETCH_STREAMS: usize = 4;
@@ -53,6 +53,10 @@ const BATCH_FILES: usize = 128;
 const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// A file this large travels on a stream of its own.
 const LARGE_FILE: u64 = 1024 * 1024;
+/// How many times files lost to the network are asked for again.
+const FETCH_RETRIES: u32 = 4;
+/// The wait before the first retry; it doubles with each.
+const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a fetch or listing stream may stay silent.
 const STALL: Duration = Duration::from_secs(30);
 /// Bytes of names a fetch request carries at most, to stay well inside a control frame.
@@ -76,6 +80,7 @@ struct Tally {
 /// What the tasks of one tree replication share.
 struct Shared<'a> {
     cmd: &'a ReplicateTree,
+    pool: Arc<Pool>,
     transfer: &'a Transfer,
     tally: Mutex<Tally>,
     top: Option<Arc<OwnedFd>>,
@@ -180,6 +185,7 @@ pub(crate) async fn replicate(
     let peer = replicator.pool.get(&cmd.source, &cmd.source_addr).await?;
     let shared = Shared {
         cmd,
+        pool: replicator.pool.clone(),
         transfer,
         tally: Mutex::default(),
         top: top.map(Arc::new),
@@ -390,12 +396,38 @@ async fn spawn_fetch(
         return;
     };
     let cmd = shared.cmd.clone();
-    let peer = peer.clone();
+    let (pool, mut peer) = (shared.pool.clone(), peer.clone());
     let progress = shared.transfer.tree.clone();
     fetches.spawn(async move {
-        let result = fetch(&peer, &cmd, top, batch, &progress).await;
+        let mut done = Vec::with_capacity(batch.len());
+        let mut batch = batch;
+        // Files lost to the network (a connection lost, the source restarting) are asked for
+        // again, on a connection dialled anew if need be; any other failure is final.
+        for attempt in 0..=FETCH_RETRIES {
+            let results = fetch(&peer, &cmd, top.clone(), batch, &progress).await;
+            let (again, over): (Fetched, Fetched) = results.into_iter().partition(|(_, r)| {
+                attempt < FETCH_RETRIES
+                    && r.as_ref().is_err_and(|e| {
+                        matches!(e.code, ErrorCode::Unavailable | ErrorCode::DeadlineExceeded)
+                    })
+            });
+            done.extend(over);
+            if again.is_empty() {
+                break;
+            }
+            tokio::time::sleep(RETRY_BACKOFF * 2u32.pow(attempt)).await;
+            match pool.get(&cmd.source, &cmd.source_addr).await {
+                Ok(fresh) => peer = fresh,
+                Err(e) => {
+                    let error = PullError::from(e).to_wire();
+                    done.extend(again.into_iter().map(|(w, _)| (w, Err(error.clone()))));
+                    break;
+                }
+            }
+            batch = again.into_iter().map(|(w, _)| w).collect();
+        }
         drop(slot);
-        result
+        done
     });
 }
 
