@@ -1,5 +1,6 @@
-//! `orbitctl cancel ID`: stops a transfer. The destination stops pulling, removes its temporary
-//! file and records the transfer as cancelled; this command returns once it has.
+//! `orbitctl cancel ID`: stops a transfer, of a file or a tree. The destination stops pulling,
+//! removes its temporary files and records the transfer as cancelled; this command returns once
+//! it has. Files of a tree published before the cancellation stay.
 
 use std::path::Path;
 
@@ -9,11 +10,12 @@ use serde::Serialize;
 use crate::grid::Grid;
 use crate::locate::{self, LocateError};
 
-/// Cancel a transfer; nothing is published at its target.
+/// Cancel a transfer; nothing is published at its target (a tree keeps the files published
+/// before).
 ///
 /// ID is the transfer id that `replicate --detach` printed. Every star of the grid is asked
 /// unless --star names the destination. Exits 0 once the destination has stopped and removed
-/// its temporary file (also if the transfer was cancelled already); 1 if the transfer had
+/// its temporary files (also if the transfer was cancelled already); 1 if the transfer had
 /// already ended otherwise, or no star knows it.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -134,6 +136,13 @@ async fn cancel(
         }) => Ok((located.star.clone(), status)),
         ControlEvent::Done { bytes, .. } => Err(ended(
             format!("completed ({bytes} bytes published)"),
+            ErrorCode::FailedPrecondition,
+        )),
+        ControlEvent::TreeDone(s) => Err(ended(
+            format!(
+                "completed ({} copied, {} skipped, {} deleted, {} failed)",
+                s.copied, s.skipped, s.deleted, s.failed
+            ),
             ErrorCode::FailedPrecondition,
         )),
         ControlEvent::Failed(error) => Err(ended(

@@ -1,6 +1,8 @@
 //! `orbitctl`: the command line of the Orbit controller. Thin on purpose: parse the arguments,
 //! set up logging, run the subcommand from the library, and turn its result into one line on
-//! stderr and an exit code (0 success, 1 failure, 2 usage error).
+//! stderr and an exit code: 0 success, 1 failure, 2 usage error, and for `replicate` and `wait`
+//! 3 when a tree was replicated with some files failed and 130 when Ctrl-C cancelled a
+//! replication (see `replicate::EXIT_*`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,15 +102,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// 130 when Ctrl-C cancelled a replication, as shells report a process ended by SIGINT; 1 for
-/// every other failure.
+/// The exit code a replication's failure calls for (`replicate` and `wait`: 3, 130, 2 or 1,
+/// see [`replicate::ReplicateError::exit_code`]); 1 for every other failure.
 fn exit_code(e: &anyhow::Error) -> ExitCode {
-    let interrupted =
-        |r: &replicate::ReplicateError| matches!(r, replicate::ReplicateError::Interrupted { .. });
-    match e.downcast_ref::<replicate::ReplicateError>() {
-        Some(r) if interrupted(r) => ExitCode::from(130),
-        _ => ExitCode::FAILURE,
-    }
+    let replication = e
+        .downcast_ref::<replicate::ReplicateError>()
+        .or_else(|| match e.downcast_ref::<wait::WaitError>() {
+            Some(wait::WaitError::Replicate(r)) => Some(r),
+            _ => None,
+        });
+    ExitCode::from(replication.map_or(replicate::EXIT_FAILED, |r| r.exit_code()))
 }
 
 /// The grid from --grid or ORBIT_GRID, or a usage error (exit code 2).

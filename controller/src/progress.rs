@@ -1,6 +1,7 @@
 //! How `replicate` and `wait` show a transfer while it runs: a one-line progress bar on a
-//! terminal's stderr (bytes, rate, ETA) that is erased before anything else is printed, NDJSON
-//! progress events on stdout for `--json`, or nothing (`--quiet`, or stderr is not a terminal).
+//! terminal's stderr (bytes, rate, ETA; for a tree also files) that is erased before anything
+//! else is printed, NDJSON progress events on stdout for `--json`, or nothing (`--quiet`, or
+//! stderr is not a terminal).
 //!
 //! The bar never wraps: it is cut to the terminal's width, so erasing one line erases all of it.
 //! It never writes to stdout, which stays for the result.
@@ -8,6 +9,7 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::time::Instant;
 
+use orbit_wire::tree::TreeProgress;
 use orbit_wire::TransferId;
 use serde::Serialize;
 
@@ -55,8 +57,8 @@ pub struct Progress {
     /// The first progress seen, as `(when, bytes)`: the rate counts from there, so a `wait`
     /// that joins late does not count bytes moved before it came.
     first: Option<(Instant, u64)>,
-    /// Whether a bar is on the screen.
-    drawn: bool,
+    /// The bar on the screen, if one is drawn.
+    drawn: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -68,6 +70,18 @@ struct ProgressJson<'a> {
     seconds: f64,
 }
 
+#[derive(Serialize)]
+struct TreeProgressJson<'a> {
+    event: &'static str,
+    transfer_id: &'a str,
+    files_done: u64,
+    files_total: u64,
+    bytes_done: u64,
+    bytes_total: u64,
+    listed: bool,
+    seconds: f64,
+}
+
 impl Progress {
     /// A display for the transfer `transfer_id` (16 hexadecimal digits).
     pub fn new(mode: Mode, transfer_id: TransferId) -> Progress {
@@ -76,49 +90,96 @@ impl Progress {
             transfer_id: transfer_id.to_string(),
             started: Instant::now(),
             first: None,
-            drawn: false,
+            drawn: None,
         }
     }
 
     /// Shows that `bytes` of `total` have arrived.
     pub fn update(&mut self, bytes: u64, total: u64) {
         let now = Instant::now();
-        let (since, base) = *self.first.get_or_insert((now, bytes));
         match self.mode {
             Mode::Silent => {}
-            Mode::Json => {
-                let json = ProgressJson {
-                    event: "progress",
-                    transfer_id: &self.transfer_id,
-                    bytes,
-                    total,
-                    seconds: now.duration_since(self.started).as_secs_f64(),
-                };
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{}", serde_json::to_string(&json).unwrap_or_default());
-                let _ = out.flush();
-            }
+            Mode::Json => json_line(&ProgressJson {
+                event: "progress",
+                transfer_id: &self.transfer_id,
+                bytes,
+                total,
+                seconds: now.duration_since(self.started).as_secs_f64(),
+            }),
             Mode::Bar => {
-                let elapsed = now.duration_since(since).as_secs_f64();
-                let rate = (elapsed > 0.0).then(|| bytes.saturating_sub(base) as f64 / elapsed);
-                let line = bar_line(bytes, total, rate, columns());
-                let mut err = std::io::stderr().lock();
-                let _ = write!(err, "{ERASE_LINE}{line}");
-                let _ = err.flush();
-                self.drawn = true;
+                let rate = self.rate(now, bytes);
+                self.draw(bar_line(bytes, total, rate, columns()));
             }
+        }
+    }
+
+    /// Shows a tree replication's progress: files and bytes done of the totals known so far.
+    pub fn update_tree(&mut self, progress: &TreeProgress) {
+        let now = Instant::now();
+        match self.mode {
+            Mode::Silent => {}
+            Mode::Json => json_line(&TreeProgressJson {
+                event: "progress",
+                transfer_id: &self.transfer_id,
+                files_done: progress.files_done,
+                files_total: progress.files_total,
+                bytes_done: progress.bytes_done,
+                bytes_total: progress.bytes_total,
+                listed: progress.listed,
+                seconds: now.duration_since(self.started).as_secs_f64(),
+            }),
+            Mode::Bar => {
+                let rate = self.rate(now, progress.bytes_done);
+                self.draw(tree_bar_line(progress, rate, columns()));
+            }
+        }
+    }
+
+    /// Prints `line` on stdout above the bar: the bar is erased first and drawn again after.
+    pub fn println(&mut self, line: &str) {
+        let bar = self.drawn.take();
+        if bar.is_some() {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "{ERASE_LINE}");
+            let _ = err.flush();
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        if let Some(bar) = bar {
+            self.draw(bar);
         }
     }
 
     /// Erases the bar, if one is drawn. Call it before printing anything else.
     pub fn clear(&mut self) {
-        if self.drawn {
+        if self.drawn.take().is_some() {
             let mut err = std::io::stderr().lock();
             let _ = write!(err, "{ERASE_LINE}");
             let _ = err.flush();
-            self.drawn = false;
         }
     }
+
+    /// Bytes per second since the first progress seen, once it can be known.
+    fn rate(&mut self, now: Instant, bytes: u64) -> Option<f64> {
+        let (since, base) = *self.first.get_or_insert((now, bytes));
+        let elapsed = now.duration_since(since).as_secs_f64();
+        (elapsed > 0.0).then(|| bytes.saturating_sub(base) as f64 / elapsed)
+    }
+
+    fn draw(&mut self, line: String) {
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "{ERASE_LINE}{line}");
+        let _ = err.flush();
+        self.drawn = Some(line);
+    }
+}
+
+/// Writes `json` as one line on stdout, at once.
+fn json_line(json: &impl Serialize) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", serde_json::to_string(json).unwrap_or_default());
+    let _ = out.flush();
 }
 
 impl Drop for Progress {
@@ -160,6 +221,52 @@ pub fn bar_line(bytes: u64, total: u64, rate: Option<f64>, columns: usize) -> St
         human::bytes(bytes),
         human::bytes(total)
     );
+    fit(fraction, &numbers, columns)
+}
+
+/// `[#######>            ]  42%  840/2000 files  13.1 MiB of 31.2 MiB  52.1 MiB/s  ETA 3s`, at
+/// most `columns - 1` characters. While the source is still listing, the totals are the ones
+/// known so far: they carry a `+` and there is no ETA. The fraction is of the bytes to copy, or
+/// of the files when there are no bytes to copy (a tree already up to date).
+pub fn tree_bar_line(progress: &TreeProgress, rate: Option<f64>, columns: usize) -> String {
+    let TreeProgress {
+        files_done,
+        files_total,
+        bytes_done,
+        bytes_total,
+        listed,
+    } = *progress;
+    let fraction = |done: u64, total: u64| (done as f64 / total as f64).clamp(0.0, 1.0);
+    let fraction = if bytes_total > 0 {
+        fraction(bytes_done, bytes_total)
+    } else if files_total > 0 {
+        fraction(files_done, files_total)
+    } else {
+        0.0
+    };
+    let more = if listed { "" } else { "+" };
+    let rate_text = match rate {
+        Some(r) if r > 0.0 => format!("{}/s", human::bytes(r as u64)),
+        _ => "-".to_owned(),
+    };
+    let eta = match rate {
+        Some(r) if listed && r > 0.0 && bytes_total >= bytes_done => {
+            human::uptime(((bytes_total - bytes_done) as f64 / r).ceil() as u64)
+        }
+        _ => "-".to_owned(),
+    };
+    let numbers = format!(
+        "{:>3}%  {files_done}/{files_total}{more} files  {} of {}{more}  {rate_text}  ETA {eta}",
+        (fraction * 100.0).floor() as u64,
+        human::bytes(bytes_done),
+        human::bytes(bytes_total),
+    );
+    fit(fraction, &numbers, columns)
+}
+
+/// `numbers` behind a bar filled to `fraction` when there is room for one, cut to
+/// `columns - 1` characters (the last column is left free, so no terminal wraps the line).
+fn fit(fraction: f64, numbers: &str, columns: usize) -> String {
     let room = columns.saturating_sub(1);
     let cells = room
         .saturating_sub(numbers.chars().count() + 3)
@@ -170,7 +277,7 @@ pub fn bar_line(bytes: u64, total: u64, rate: Option<f64>, columns: usize) -> St
         let rest = cells - full - head.len();
         format!("[{}{head}{}] {numbers}", "#".repeat(full), " ".repeat(rest))
     } else {
-        numbers
+        numbers.to_owned()
     };
     line.chars().take(room).collect()
 }
@@ -203,5 +310,46 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("100%") && line.ends_with("ETA 0s"), "{line}");
+    }
+
+    #[test]
+    fn the_tree_bar_shows_files_and_bytes_and_says_when_totals_may_grow() {
+        let mut progress = TreeProgress {
+            files_done: 840,
+            files_total: 2000,
+            bytes_done: 16 << 20,
+            bytes_total: 32 << 20,
+            listed: true,
+        };
+        let line = tree_bar_line(&progress, Some(8.0 * 1048576.0), 100);
+        assert!(line.starts_with("[####"), "{line}");
+        assert!(
+            line.ends_with(" 50%  840/2000 files  16.0 MiB of 32.0 MiB  8.0 MiB/s  ETA 2s"),
+            "{line}"
+        );
+        assert!(line.chars().count() < 100);
+
+        // Still listing: the totals may grow, so they say so and there is no ETA.
+        progress.listed = false;
+        let line = tree_bar_line(&progress, Some(8.0 * 1048576.0), 100);
+        assert!(
+            line.ends_with("840/2000+ files  16.0 MiB of 32.0 MiB+  8.0 MiB/s  ETA -"),
+            "{line}"
+        );
+
+        // Nothing to copy: the files tell how far it is.
+        let line = tree_bar_line(
+            &TreeProgress {
+                files_done: 5,
+                files_total: 10,
+                bytes_done: 0,
+                bytes_total: 0,
+                listed: true,
+            },
+            None,
+            30,
+        );
+        assert!(line.starts_with(" 50%  5/10 files"), "{line}");
+        assert!(line.chars().count() <= 29, "{line}");
     }
 }

@@ -1,10 +1,11 @@
-//! `orbitctl replicate`: tells the destination star to pull a file from the source star, and
-//! reports the verified result.
+//! `orbitctl replicate`: tells the destination star to pull a file, or with `--recursive` a
+//! directory tree ([`tree`]), from the source star, and reports the verified result.
 //!
 //! The controller mints a token for the source star naming the destination as holder, sends
-//! one `ReplicateFile` on a control stream to the destination, and waits for its final event.
-//! File data never passes through the controller; its traffic is a few kilobytes whatever the
-//! file's size. [`replicate_file`] is the one client code path, shared with `orbitctl demo`.
+//! one `ReplicateFile` (or `ReplicateTree`) on a control stream to the destination, and waits
+//! for its final event. File data never passes through the controller; its traffic is a few
+//! kilobytes whatever the file's size or the number of files. [`replicate_file`] is the one
+//! client code path for a file, shared with `orbitctl demo`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,10 +19,17 @@ use crate::connect::{self, ConnectError, StarConnection, StreamError, WireBytes}
 use crate::grid::{Grid, GridError};
 use crate::human;
 use crate::progress::{Mode, Progress};
-use crate::spec::{parse_sha256, parse_ttl, StarPath};
+use crate::spec::{parse_glob, parse_sha256, parse_ttl, star_path_text, SpecError, StarPath};
 use crate::token;
 
-/// Copy a file from one star to another, directly between the two stars.
+mod interrupt;
+pub mod report;
+pub mod tree;
+
+use interrupt::{interrupt_signal, Cancelling};
+
+/// Copy a file, or a directory tree with --recursive, from one star to another, directly
+/// between the two stars.
 ///
 /// The destination star pulls the file from the source star over QUIC, checks its size
 /// and SHA-256, writes it durably and only then renames it into place; orbitctl prints
@@ -36,26 +44,118 @@ use crate::token;
 ///   star-b: star-a:/srv/data/f.bin -> /srv/backup/f.bin: 268435456 bytes in 1.23 s (208.1 MiB/s), sha256 9f86d0...
 ///
 /// On a terminal, a progress bar (bytes, rate, ETA) shows on stderr until then. On failure it
-/// exits 1 and prints one line on stderr naming the star that failed and why. Ctrl-C cancels
-/// the transfer: the destination stops and removes its temporary file (exit code 130). If
-/// orbitctl dies or loses its connection, the destination carries on; `orbitctl wait ID` finds
-/// the result.
+/// prints one line on stderr naming the star that failed and why. Ctrl-C cancels the
+/// transfer: the destination stops and removes its temporary file. If orbitctl dies or loses
+/// its connection, the destination carries on; `orbitctl wait ID` finds the result.
+///
+/// With --recursive, SRC and DST are directories and the contents of SRC go into DST (created
+/// if missing), whether or not either ends with a slash, as with Globus and rclone (unlike
+/// rsync and cp, where a trailing slash changes the meaning):
+///
+///   orbitctl --grid /etc/orbit/grid replicate star-a:/srv/data star-b:/srv/backup --recursive
+///
+/// prints
+///
+///   star-b: star-a:/srv/data/ -> /srv/backup/: 2000 copied, 0 skipped, 0 deleted, 0 failed, 31.2 MiB in 0.21 s (148.6 MiB/s), transfer 3f9c...
+///
+/// and then, on stderr, one line per file that failed (`star-b: NAME: CODE: why`). Regular
+/// files, directories and (with --links copy) symbolic links are replicated with their
+/// permission bits and modification times; other entries are reported and skipped. Each file
+/// is published whole and verified, or not at all; a file that fails does not stop the others.
+/// Ctrl-C cancels the rest of the tree; files already published stay.
+///
+/// Exit codes:
+///
+///   0    done: the file, or every entry of the tree, is replicated (or, with --dry-run,
+///        was checked)
+///   1    failed: for a file, nothing was published; a tree stopped as a whole (files
+///        published before that stay)
+///   2    usage: a bad option, path or pattern; nothing was contacted
+///   3    partly done (trees only): the tree was walked to the end but some files failed,
+///        or --delete did not run
+///   130  interrupted with Ctrl-C: the transfer was cancelled
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The file to copy: the source star's name and the absolute path on it, e.g.
-    /// star-a:/srv/data/f.bin.
-    #[arg(value_name = "SRC:/abs/path", value_parser = StarPath::parse)]
-    pub source: StarPath,
+    /// What to copy: the source star's name and the absolute path on it, e.g.
+    /// star-a:/srv/data/f.bin, or with --recursive a directory, e.g. star-a:/srv/data.
+    #[arg(value_name = "SRC:/abs/path", value_parser = star_path_text)]
+    pub source: String,
 
     /// Where to put it: the destination star's name and the absolute path on it, e.g.
-    /// star-b:/srv/backup/f.bin. An existing file there is replaced only by a verified copy.
-    #[arg(value_name = "DST:/abs/path", value_parser = StarPath::parse)]
-    pub target: StarPath,
+    /// star-b:/srv/backup/f.bin, or with --recursive a directory, e.g. star-b:/srv/backup. An
+    /// existing file there is replaced only by a verified copy.
+    #[arg(value_name = "DST:/abs/path", value_parser = star_path_text)]
+    pub target: String,
+
+    /// Copy a directory tree: the contents of SRC go into DST, with or without a trailing
+    /// slash on either.
+    #[arg(long, short)]
+    pub recursive: bool,
+
+    /// Which files already at the target are left as they are (with --recursive).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "LEVEL",
+        default_value_t,
+        requires = "recursive"
+    )]
+    pub sync: tree::SyncArg,
+
+    /// Remove entries under DST that SRC does not have (with --recursive). It runs only after
+    /// every copy succeeded: after any error, nothing is deleted (exit code 3).
+    #[arg(long, requires = "recursive")]
+    pub delete: bool,
+
+    /// With --delete: if more than N entries would be removed, remove none and say so
+    /// (exit code 3).
+    #[arg(long, value_name = "N", requires = "delete")]
+    pub max_delete: Option<u64>,
+
+    /// Leave out entries whose name matches GLOB (with --recursive; repeatable). Names are
+    /// relative to SRC. A pattern without a `/` matches the last component at any depth
+    /// (`*.tmp`); one with a `/` matches the whole name from the top (`build/out`, or
+    /// `/build/out`: a leading `/` means the same). A trailing `/` matches directories only
+    /// (`cache/`). `*` matches within a component, `**` across components, `?` one byte,
+    /// `[a-z]` and `[!a-z]` a class; `\` escapes the next character. An excluded directory is
+    /// not walked at all. The source applies the filter: it is part of the token.
+    #[arg(long, value_name = "GLOB", requires = "recursive", value_parser = parse_glob)]
+    pub exclude: Vec<String>,
+
+    /// Keep entries whose name matches GLOB even when an --exclude matches them (with
+    /// --recursive; repeatable; the same pattern rules). An entry is left out only when an
+    /// --exclude matches it and no --include does; nothing under an excluded directory is
+    /// seen, so an --include cannot bring it back.
+    #[arg(long, value_name = "GLOB", requires = "recursive", value_parser = parse_glob)]
+    pub include: Vec<String>,
+
+    /// What to do with symbolic links (with --recursive). Links are never followed.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "HOW",
+        default_value_t,
+        requires = "recursive"
+    )]
+    pub links: tree::LinksArg,
+
+    /// Change nothing; report what would be copied, skipped and deleted (with --recursive).
+    #[arg(long, requires = "recursive")]
+    pub dry_run: bool,
+
+    /// Print one line per entry on stdout (with --recursive): ACTION KIND NAME, where ACTION is
+    /// copy, skip, delete, fail or unsupported; KIND is f (file), d (directory), l (link) or ?
+    /// (other); and fail and unsupported put the error code before the name, e.g.
+    /// `fail f PermissionDenied a/b.txt`. NAME is relative to DST; `\`, control characters
+    /// and bytes that are not UTF-8 are escaped (`\\`, `\n`, `\xff`). With --json, one
+    /// item event per entry instead.
+    #[arg(long, requires = "recursive", conflicts_with = "quiet")]
+    pub itemize: bool,
 
     /// Fail unless the file's SHA-256 is this (64 hexadecimal digits); nothing is published
     /// at the target if it differs.
-    #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
+    #[arg(long, value_name = "HEX", value_parser = parse_sha256, conflicts_with = "recursive")]
     pub expect_sha256: Option<[u8; 32]>,
 
     /// How long the source star accepts the read token, in seconds. Default: defaults.ttl_secs
@@ -65,7 +165,11 @@ pub struct Args {
 
     /// Print JSON on stdout instead of the progress bar and the summary line: one progress
     /// event per line ({"event":"progress","transfer_id":..,"bytes":..,"total":..,"seconds":..}),
-    /// then one result object ({"ok":true,..} or {"ok":false,"code":..,"message":..}).
+    /// then one result object ({"ok":true,..} or {"ok":false,"code":..,"message":..}). For a
+    /// tree, progress counts files and bytes ({"event":"progress",..,"files_done":..,
+    /// "files_total":..,"bytes_done":..,"bytes_total":..,"listed":..}), --itemize adds
+    /// {"event":"item","action":..,"kind":..,"name":..,..} events, and the result object
+    /// counts what was copied, skipped, deleted and failed, naming each failure.
     #[arg(long)]
     pub json: bool,
 
@@ -83,6 +187,45 @@ pub struct Args {
     #[arg(long)]
     pub detach: bool,
 }
+
+impl Args {
+    /// The source and the target: files, or directories with `--recursive` (one trailing `/`
+    /// dropped).
+    ///
+    /// # Errors
+    ///
+    /// [`SpecError`] for a path that is not a plain absolute path, such as a file path ending
+    /// in `/` without `--recursive`.
+    pub fn endpoints(&self) -> Result<(StarPath, StarPath), SpecError> {
+        let parse = |text: &str| {
+            if self.recursive {
+                return StarPath::parse_dir(text);
+            }
+            StarPath::parse(text).map_err(|e| match e {
+                SpecError::Path { path, reason } if path.ends_with('/') => SpecError::Path {
+                    path,
+                    reason: format!("{reason}; for a directory, add --recursive"),
+                },
+                e => e,
+            })
+        };
+        Ok((parse(&self.source)?, parse(&self.target)?))
+    }
+}
+
+/// `orbitctl replicate`'s exit code when it succeeded.
+pub const EXIT_OK: u8 = 0;
+/// The exit code when the replication failed: nothing published for a file, a tree stopped as
+/// a whole.
+pub const EXIT_FAILED: u8 = 1;
+/// The exit code of a usage error (also clap's): nothing was contacted.
+pub const EXIT_USAGE: u8 = 2;
+/// The exit code when a tree was walked to the end but some files failed or `--delete` did
+/// not run, so that scripts can tell "partly done" from "nothing happened".
+pub const EXIT_INCOMPLETE: u8 = 3;
+/// The exit code after Ctrl-C cancelled the transfer, as shells report a process ended by
+/// SIGINT.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// A new transfer id, drawn at random. From the operating system's generator: stars refuse an id
 /// they already know, and any number of controllers may start transfers on the same star.
@@ -159,6 +302,31 @@ pub enum ReplicateError {
         /// The target path.
         target: String,
     },
+    /// A tree replication was cancelled with Ctrl-C; the files published before stay.
+    #[error(
+        "{star}: tree replication cancelled (interrupted); files already published under \
+         {target} stay, no partial file is left"
+    )]
+    TreeInterrupted {
+        /// The destination star.
+        star: String,
+        /// The target directory.
+        target: String,
+    },
+    /// A tree was walked to the end, but some files failed or `--delete` did not run. The
+    /// summary and the failures have been printed.
+    #[error("{star}: {}", incomplete(*failed, delete_skipped))]
+    Incomplete {
+        /// The destination star.
+        star: String,
+        /// How many files failed.
+        failed: u64,
+        /// Why `--delete` did not run, if it did not.
+        delete_skipped: Option<WireError>,
+    },
+    /// A command-line value was refused before anything was contacted.
+    #[error(transparent)]
+    Usage(#[from] SpecError),
     /// The destination reported another digest than the one expected.
     #[error(
         "{star}: reported sha256 {} but {} was expected",
@@ -175,6 +343,20 @@ pub enum ReplicateError {
     },
 }
 
+/// `tree replicated, but 3 files failed and --delete did not run`.
+fn incomplete(failed: u64, delete_skipped: &Option<WireError>) -> String {
+    let files = if failed == 1 {
+        "1 file".to_owned()
+    } else {
+        format!("{failed} files")
+    };
+    match (failed, delete_skipped) {
+        (0, _) => "tree replicated, but --delete did not run".to_owned(),
+        (_, None) => format!("tree replicated, but {files} failed"),
+        (_, Some(_)) => format!("tree replicated, but {files} failed and --delete did not run"),
+    }
+}
+
 impl ReplicateError {
     /// The wire code for `--json` output.
     pub fn code(&self) -> ErrorCode {
@@ -185,7 +367,26 @@ impl ReplicateError {
             ReplicateError::Stream { error, .. } => error.code(),
             ReplicateError::Unexpected { .. } => ErrorCode::Internal,
             ReplicateError::DigestMismatch { .. } => ErrorCode::DataLoss,
-            ReplicateError::Interrupted { .. } => ErrorCode::Cancelled,
+            ReplicateError::Interrupted { .. } | ReplicateError::TreeInterrupted { .. } => {
+                ErrorCode::Cancelled
+            }
+            ReplicateError::Incomplete { delete_skipped, .. } => delete_skipped
+                .as_ref()
+                .map_or(ErrorCode::FailedPrecondition, |e| e.code),
+            ReplicateError::Usage(_) => ErrorCode::InvalidArgument,
+        }
+    }
+
+    /// The process exit code that reports this failure: [`EXIT_INCOMPLETE`],
+    /// [`EXIT_INTERRUPTED`], [`EXIT_USAGE`] or [`EXIT_FAILED`].
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ReplicateError::Incomplete { .. } => EXIT_INCOMPLETE,
+            ReplicateError::Interrupted { .. } | ReplicateError::TreeInterrupted { .. } => {
+                EXIT_INTERRUPTED
+            }
+            ReplicateError::Usage(_) => EXIT_USAGE,
+            _ => EXIT_FAILED,
         }
     }
 }
@@ -196,6 +397,9 @@ impl ReplicateError {
 ///
 /// [`ReplicateError`]; with `--json` the failure object has been printed already.
 pub async fn run(grid_dir: &Path, args: Args) -> Result<(), ReplicateError> {
+    if args.recursive {
+        return tree::run(grid_dir, &args).await;
+    }
     match execute(grid_dir, &args).await {
         Ok((job, Some(done))) => {
             if args.json {
@@ -229,8 +433,8 @@ async fn execute(
 ) -> Result<(ReplicateJob, Option<Replicated>), ReplicateError> {
     // From here on Ctrl-C cancels the transfer rather than killing orbitctl.
     let mut interrupt = interrupt_signal();
+    let (source, target) = args.endpoints()?;
     let grid = Grid::open(grid_dir)?;
-    let (source, target) = (&args.source, &args.target);
     let source_addr = grid.star(&source.star)?;
     let target_addr = grid.star(&target.star)?;
     let master = grid.master_key()?;
@@ -276,80 +480,25 @@ async fn execute(
     progress.clear();
     let done = match finished {
         Some(result) => result?,
-        None => cancel_interrupted(tls, &job, &mut interrupt).await?,
+        None => {
+            let interrupted = || ReplicateError::Interrupted {
+                star: job.destination.clone(),
+                target: job.command.target_path.clone(),
+            };
+            let cancelling = Cancelling {
+                tls,
+                destination: &job.destination,
+                addr: job.destination_addr,
+                transfer: job.command.transfer_id,
+            };
+            cancelling
+                .run(&mut interrupt, interrupted, |result, wire| {
+                    conclude(&job, result, wire, 0)
+                })
+                .await?
+        }
     };
     Ok((job, Some(done)))
-}
-
-/// SIGINT as a stream; if it cannot be installed, Ctrl-C keeps its default (it kills orbitctl,
-/// and the transfer carries on: `orbitctl cancel` still stops it).
-fn interrupt_signal() -> Interrupt {
-    use tokio::signal::unix::{signal, SignalKind};
-    Interrupt(signal(SignalKind::interrupt()).ok())
-}
-
-/// SIGINT, or nothing if it could not be caught.
-#[derive(Debug)]
-struct Interrupt(Option<tokio::signal::unix::Signal>);
-
-impl Interrupt {
-    async fn recv(&mut self) {
-        match &mut self.0 {
-            Some(signal) => {
-                signal.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    }
-}
-
-/// How long cancelling an interrupted transfer may take before orbitctl gives up on it.
-const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// After Ctrl-C: tells the destination to cancel the transfer and waits until it has cleaned up.
-/// A second Ctrl-C stops waiting.
-async fn cancel_interrupted(
-    tls: Arc<rustls::ClientConfig>,
-    job: &ReplicateJob,
-    interrupt: &mut Interrupt,
-) -> Result<Replicated, ReplicateError> {
-    let star = job.destination.clone();
-    let interrupted = || ReplicateError::Interrupted {
-        star: job.destination.clone(),
-        target: job.command.target_path.clone(),
-    };
-    let cancel = async {
-        let conn = StarConnection::connect(tls, &job.destination, job.destination_addr).await?;
-        let request = ControlRequest::Cancel {
-            transfer_id: job.command.transfer_id,
-        };
-        let result = conn.control(&request, |_, _| {}).await;
-        let wire = conn.wire_bytes();
-        conn.close().await;
-        match result {
-            // Nothing to cancel: the command never reached the star, or the transfer was
-            // cancelled already.
-            Ok(ControlEvent::Failed(error))
-                if matches!(error.code, ErrorCode::Cancelled | ErrorCode::NotFound) =>
-            {
-                Err(interrupted())
-            }
-            // Too late: the copy is complete and verified.
-            other => conclude(job, other, wire, 0),
-        }
-    };
-    tokio::select! {
-        result = tokio::time::timeout(CANCEL_TIMEOUT, cancel) => match result {
-            Ok(result) => result,
-            Err(_) => Err(ReplicateError::Failed {
-                star,
-                error: WireError::new(ErrorCode::DeadlineExceeded, format!(
-                    "interrupted, but the star did not confirm the cancellation within {} s: \
-                     check with orbitctl wait {}", CANCEL_TIMEOUT.as_secs(), job.command.transfer_id)),
-            }),
-        },
-        _ = interrupt.recv() => Err(interrupted()),
-    }
 }
 
 /// Sends `job` as `Start`: the destination begins the transfer and answers at once.
@@ -361,16 +510,33 @@ pub async fn start_detached(
     tls: Arc<rustls::ClientConfig>,
     job: &ReplicateJob,
 ) -> Result<(), ReplicateError> {
-    let conn = StarConnection::connect(tls, &job.destination, job.destination_addr).await?;
-    let result = conn
-        .control(&ControlRequest::Start(job.command.clone()), |_, _| {})
-        .await;
+    let request = ControlRequest::Start(job.command.clone());
+    let transfer = job.command.transfer_id;
+    start(
+        tls,
+        &job.destination,
+        job.destination_addr,
+        &request,
+        transfer,
+    )
+    .await
+}
+
+/// Sends `request` (`Start` or `StartTree` of `transfer`) to `destination`, which answers at
+/// once with `Started`.
+async fn start(
+    tls: Arc<rustls::ClientConfig>,
+    destination: &str,
+    addr: SocketAddr,
+    request: &ControlRequest,
+    transfer: TransferId,
+) -> Result<(), ReplicateError> {
+    let conn = StarConnection::connect(tls, destination, addr).await?;
+    let result = conn.control(request, |_, _| {}).await;
     conn.close().await;
-    let star = job.destination.clone();
+    let star = destination.to_owned();
     match result {
-        Ok(ControlEvent::Started { transfer_id }) if transfer_id == job.command.transfer_id => {
-            Ok(())
-        }
+        Ok(ControlEvent::Started { transfer_id }) if transfer_id == transfer => Ok(()),
         Ok(ControlEvent::Failed(error)) => Err(ReplicateError::Failed { star, error }),
         Ok(other) => Err(ReplicateError::Unexpected {
             star,

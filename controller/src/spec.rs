@@ -1,5 +1,5 @@
 //! The syntax of `orbitctl`'s command-line values: `NAME=HOST:PORT`, `STAR:/abs/path`, sizes,
-//! SHA-256 digests and token lifetimes.
+//! SHA-256 digests, token lifetimes and the glob patterns of a tree's filter.
 //!
 //! Every parser here is a pure function from text to a value, used by clap as a `value_parser`
 //! so that a malformed value is a usage error (exit code 2) before anything is read or written.
@@ -45,6 +45,9 @@ pub enum SpecError {
     /// A token lifetime that is not a positive number of seconds.
     #[error("bad ttl {0:?}: expected a whole number of seconds, at least 1")]
     Ttl(String),
+    /// A glob pattern the filter cannot apply.
+    #[error("bad pattern: {0}")]
+    Glob(String),
 }
 
 /// Where a star listens, as written in `grid.toml`: `HOST:PORT`, where `HOST` is an IPv4
@@ -223,6 +226,30 @@ impl StarPath {
     }
 }
 
+impl StarPath {
+    /// Parses `STAR:/abs/dir`, a directory: one trailing `/` is dropped before the checks of
+    /// [`parse`](Self::parse), so `star-a:/srv/data/` and `star-a:/srv/data` are the same.
+    ///
+    /// # Errors
+    ///
+    /// As [`parse`](Self::parse).
+    pub fn parse_dir(text: &str) -> Result<StarPath, SpecError> {
+        StarPath::parse(text.strip_suffix('/').unwrap_or(text))
+    }
+}
+
+/// Checks `STAR:/abs/path` for clap as a file or a directory (one trailing `/` allowed) and
+/// keeps the text: whether it must name a file depends on `--recursive`, which clap's value
+/// parsers cannot see.
+///
+/// # Errors
+///
+/// As [`StarPath::parse_dir`].
+pub fn star_path_text(text: &str) -> Result<String, SpecError> {
+    StarPath::parse_dir(text)?;
+    Ok(text.to_owned())
+}
+
 impl fmt::Display for StarPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.star, self.path)
@@ -283,6 +310,21 @@ pub fn parse_ttl(text: &str) -> Result<u64, SpecError> {
     }
 }
 
+/// Checks one glob pattern of `--exclude` or `--include` with the filter's own rules
+/// ([`orbit_wire::tree::Filter::check`]).
+///
+/// # Errors
+///
+/// [`SpecError::Glob`] for a pattern the filter refuses (empty, `/` alone, or with a NUL).
+pub fn parse_glob(text: &str) -> Result<String, SpecError> {
+    let filter = orbit_wire::tree::Filter {
+        exclude: vec![text.to_owned()],
+        ..Default::default()
+    };
+    filter.check().map_err(SpecError::Glob)?;
+    Ok(text.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +363,35 @@ mod tests {
             Err(SpecError::Name(_))
         ));
         assert!(matches!(StarPath::parse(":/f"), Err(SpecError::Name(_))));
+    }
+
+    #[test]
+    fn a_directory_may_end_with_one_slash() {
+        for text in ["star-a:/srv/data", "star-a:/srv/data/"] {
+            let p = StarPath::parse_dir(text).unwrap();
+            assert_eq!((p.star.as_str(), p.path.as_str()), ("star-a", "/srv/data"));
+            assert_eq!(star_path_text(text).unwrap(), text);
+        }
+        assert!(StarPath::parse("star-a:/srv/data/").is_err());
+        for bad in [
+            "star-a:/srv/data//",
+            "star-a:/",
+            "star-a:srv/",
+            "star-a:/a/../b/",
+        ] {
+            assert!(StarPath::parse_dir(bad).is_err(), "{bad}");
+            assert!(star_path_text(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn globs_are_checked_by_the_filter_rules() {
+        assert_eq!(parse_glob("*.tmp").unwrap(), "*.tmp");
+        assert_eq!(parse_glob("/build/**").unwrap(), "/build/**");
+        for bad in ["", "/", "a\0b"] {
+            let err = parse_glob(bad).unwrap_err();
+            assert!(err.to_string().starts_with("bad pattern: "), "{err}");
+        }
     }
 
     #[test]

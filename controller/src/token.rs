@@ -1,13 +1,17 @@
 //! Minting path tokens, and `orbitctl token`, which prints one for scripts.
 //!
 //! A token lets one star (the holder) read one path on another star (the audience, the source)
-//! until it expires. It is signed with the source star's token key, derived here from the
-//! master key; the master key itself never leaves the controller.
+//! until it expires; a tree token ([`mint_tree`]) lets it list and read the entries beneath one
+//! directory that its filter admits. It is signed with the source star's token key, derived here
+//! from the master key; the master key itself never leaves the controller.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use orbit_wire::token::{self, Claims, MasterKey, TokenKey, NONCE_LEN, TOKEN_VERSION};
+use orbit_wire::token::{
+    self, Claims, MasterKey, TokenKey, TreeClaims, NONCE_LEN, TOKEN_VERSION, TREE_TOKEN_VERSION,
+};
+use orbit_wire::tree::Filter;
 use orbit_wire::ByteRange;
 use rand::RngCore;
 
@@ -79,6 +83,50 @@ pub fn mint(master: &MasterKey, source: &str, holder: &str, path: &str, ttl_secs
     mint_with(master, &grant, nonce)
 }
 
+/// Signs a tree token for `grant`, whose path is the tree's top directory, under the source
+/// star's key derived from `master`, with the given nonce. Only the entries `filter` admits may
+/// be listed and read.
+pub fn mint_tree_with(
+    master: &MasterKey,
+    grant: &Grant<'_>,
+    filter: &Filter,
+    nonce: [u8; NONCE_LEN],
+) -> String {
+    let key = TokenKey::derive(master, grant.source);
+    let claims = TreeClaims {
+        version: TREE_TOKEN_VERSION,
+        key_id: key.key_id(),
+        audience: grant.source.to_owned(),
+        holder: grant.holder.to_owned(),
+        path: grant.path.to_owned(),
+        filter: filter.clone(),
+        not_after: grant.not_after,
+        nonce,
+    };
+    token::sign_tree(&claims, &key)
+}
+
+/// Signs a tree token for `holder` to list and read the directory `path` on `source` through
+/// `filter`, valid for `ttl_secs` from now, with a random nonce.
+pub fn mint_tree(
+    master: &MasterKey,
+    source: &str,
+    holder: &str,
+    path: &str,
+    filter: &Filter,
+    ttl_secs: u64,
+) -> String {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let grant = Grant {
+        source,
+        holder,
+        path,
+        not_after: unix_now().saturating_add(ttl_secs),
+    };
+    mint_tree_with(master, &grant, filter, nonce)
+}
+
 /// Seconds since the Unix epoch; 0 if the clock is set before it.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -106,7 +154,7 @@ pub fn run(grid_dir: &Path, args: Args) -> Result<(), GridError> {
 
 #[cfg(test)]
 mod tests {
-    use orbit_wire::token::{verify, Expected, TokenError};
+    use orbit_wire::token::{verify, verify_tree, Expected, ExpectedTree, KeyRing, TokenError};
 
     use super::*;
 
@@ -167,5 +215,51 @@ mod tests {
         assert_eq!(claims.audience, "a");
         assert_eq!(claims.holder, "b");
         assert_eq!(claims.not_after, 1_800_000_000);
+    }
+
+    #[test]
+    fn tree_tokens_bind_the_directory_and_the_filter() {
+        let master = MasterKey::from_bytes([3; 32]);
+        let now = unix_now();
+        let filter = Filter {
+            exclude: vec!["*.tmp".into()],
+            include: vec!["keep.tmp".into()],
+            links: true,
+        };
+        let tree = mint_tree(&master, "star-a", "star-b", "/srv/data", &filter, 60);
+        let ring = KeyRing::new(TokenKey::derive(&master, "star-a"), None);
+        let expected = ExpectedTree {
+            audience: "star-a",
+            holder: "star-b",
+            path: "/srv/data",
+            now,
+        };
+        let verified = verify_tree(&tree, &ring, &expected).unwrap();
+        let claims = verified.claims();
+        assert_eq!(claims.version, TREE_TOKEN_VERSION);
+        assert_eq!(claims.filter, filter);
+        assert!((now + 59..=now + 61).contains(&claims.not_after));
+
+        // Not for another directory, and not as a single-file token.
+        let elsewhere = ExpectedTree {
+            path: "/srv",
+            ..expected
+        };
+        assert!(matches!(
+            verify_tree(&tree, &ring, &elsewhere),
+            Err(TokenError::WrongPath)
+        ));
+        let as_file = Expected {
+            audience: "star-a",
+            holder: "star-b",
+            path: "/srv/data",
+            range: ByteRange::FULL,
+            now,
+        };
+        assert!(verify(&tree, ring.current(), &as_file).is_err());
+        assert_ne!(
+            tree,
+            mint_tree(&master, "star-a", "star-b", "/srv/data", &filter, 60)
+        );
     }
 }

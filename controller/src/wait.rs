@@ -1,7 +1,7 @@
 //! `orbitctl wait ID`: follows a transfer that runs without its controller (`replicate
 //! --detach`, or a controller that went away) and reports it exactly as `replicate` would: the
-//! same progress display, summary line, JSON and exit code. Ctrl-C stops waiting, not the
-//! transfer.
+//! same progress display, summary line, JSON and exit code, for a file or a tree. Ctrl-C stops
+//! waiting, not the transfer.
 
 use std::path::Path;
 
@@ -12,14 +12,17 @@ use orbit_wire::{
 use crate::grid::Grid;
 use crate::locate::{self, LocateError};
 use crate::progress::{Mode, Progress};
-use crate::replicate::{self, ReplicateError, ReplicateJob};
+use crate::replicate::tree::{self, Output, TreeDone, TreeJob};
+use crate::replicate::{self, report, ReplicateError, ReplicateJob};
 
 /// Wait for a transfer to end and report it as `replicate` does.
 ///
 /// ID is the transfer id that `replicate --detach` printed (also in `replicate --json`'s
 /// events and in both stars' logs). Every star of the grid is asked unless --star names the
 /// destination. Works while the transfer runs and for an hour after it ended. Exits 0 only if
-/// the transfer produced a verified copy. Ctrl-C stops waiting; the transfer carries on.
+/// the transfer produced a verified copy (for a tree: of every file), 3 if a tree ended with
+/// some files failed or its --delete not run, 1 otherwise. Ctrl-C stops waiting; the transfer
+/// carries on.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The transfer id (16 hexadecimal digits).
@@ -31,7 +34,8 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub star: Option<String>,
 
-    /// Print NDJSON progress events, then the result object, as `replicate --json` does.
+    /// Print NDJSON progress events (and a tree's item events, if it was started with
+    /// --itemize), then the result object, as `replicate --json` does.
     #[arg(long)]
     pub json: bool,
 
@@ -61,27 +65,46 @@ impl WaitError {
     }
 }
 
+/// How a followed transfer ended: a file's verified copy, or a tree that ran to its end.
+#[derive(Debug)]
+enum Outcome {
+    File(ReplicateJob, replicate::Replicated),
+    Tree(TreeJob, TreeDone),
+}
+
 /// Runs `orbitctl wait` on the grid at `grid_dir`.
 ///
 /// # Errors
 ///
 /// [`WaitError`]; with `--json` the failure object has been printed already.
 pub async fn run(grid_dir: &Path, args: Args) -> Result<(), WaitError> {
-    let result = follow(grid_dir, &args).await;
-    match &result {
-        Ok((job, done)) if args.json => println!("{}", replicate::success_json(job, done)),
-        Ok((job, done)) if !args.quiet => println!("{}", replicate::summary_line(job, done)),
-        Ok(_) => {}
-        Err(e) if args.json => println!("{}", replicate::failure_json(e.code(), &e.to_string())),
-        Err(_) => {}
+    let output = Output {
+        json: args.json,
+        quiet: args.quiet,
+    };
+    match follow(grid_dir, &args, output).await {
+        Ok(Outcome::File(job, done)) => {
+            if args.json {
+                println!("{}", replicate::success_json(&job, &done));
+            } else if !args.quiet {
+                println!("{}", replicate::summary_line(&job, &done));
+            }
+            Ok(())
+        }
+        Ok(Outcome::Tree(job, done)) => {
+            report::print(&job, &done, output);
+            Ok(report::outcome(&job.destination, &done.summary)?)
+        }
+        Err(e) => {
+            if args.json {
+                println!("{}", replicate::failure_json(e.code(), &e.to_string()));
+            }
+            Err(e)
+        }
     }
-    result.map(drop)
 }
 
-async fn follow(
-    grid_dir: &Path,
-    args: &Args,
-) -> Result<(ReplicateJob, replicate::Replicated), WaitError> {
+async fn follow(grid_dir: &Path, args: &Args, output: Output) -> Result<Outcome, WaitError> {
     let grid = Grid::open(grid_dir).map_err(LocateError::from)?;
     let mut progress = Progress::new(Mode::choose(args.json, args.quiet), args.id);
     let mut following: Option<TransferStatus> = None;
@@ -96,14 +119,24 @@ async fn follow(
             following = Some(status.clone());
         }
         ControlEvent::Progress { bytes, total } => progress.update(*bytes, *total),
-        _ => {}
+        other => {
+            tree::show(&mut progress, args.id, other, output);
+        }
     })
     .await;
     progress.clear();
     let located = located?;
+    if let ControlEvent::TreeDone(summary) = located.event {
+        let job = tree::job_of(args.id, &located.star, located.addr, following);
+        let done = TreeDone {
+            summary,
+            wire: located.wire,
+        };
+        return Ok(Outcome::Tree(job, done));
+    }
     let job = job_of(args.id, &located.star, located.addr, following);
     let done = replicate::conclude(&job, Ok(located.event), located.wire, 0)?;
-    Ok((job, done))
+    Ok(Outcome::File(job, done))
 }
 
 /// The job a transfer's status describes, so the summary reads as `replicate`'s.
