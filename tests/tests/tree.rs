@@ -250,6 +250,8 @@ async fn a_mixed_tree_arrives_identical_and_a_second_run_copies_nothing() {
     let (summary, _) = p.run(p.command(Filter::default())).await;
     assert_eq!(summary.failed, 0, "{:?}", summary.failures);
     assert_eq!(summary.copied, files as u64);
+    // sizes, large, with space, odd, 20 nested, many, empty-dir and the one inside it.
+    assert_eq!(summary.dirs, 27);
     assert_eq!(snapshot(&p.target()), snapshot(&p.source()));
     assert_eq!(part_files(&p.target()), Vec::<PathBuf>::new());
 

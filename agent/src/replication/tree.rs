@@ -326,7 +326,13 @@ async fn walk(shared: &Shared<'_>, peer: &Arc<PeerConn>) -> Result<Seen, PullErr
                         reap(shared, &mut fetches);
                     }
                 }
-                Decision::Dir(name, mode, mtime) => {
+                Decision::Dir(name, mode, mtime, made) => {
+                    let action = if made {
+                        ItemAction::Copied
+                    } else {
+                        ItemAction::Skipped
+                    };
+                    shared.item(action, &name, 'd', 0, None);
                     seen.dirs.push((name, mode, mtime));
                 }
                 Decision::Item(action, name, kind, size, error) => {
@@ -854,8 +860,8 @@ impl Parents {
 enum Decision {
     /// Fetch this file.
     Copy(Want),
-    /// A directory made or present, for its mode and time at the end.
-    Dir(Vec<u8>, u32, Timespec),
+    /// A directory made (`true`) or present, for its mode and time at the end.
+    Dir(Vec<u8>, u32, Timespec, bool),
     /// Done with: report it.
     Item(ItemAction, Vec<u8>, char, u64, Option<WireError>),
 }
@@ -935,7 +941,7 @@ fn decide(
                 tv_nsec: mtime_nsec.into(),
             };
             match now_kind {
-                Some(FileType::Directory) => Decision::Dir(name, mode, mtime),
+                Some(FileType::Directory) => Decision::Dir(name, mode, mtime, false),
                 Some(_) => fail(
                     name,
                     WireError::new(
@@ -949,7 +955,7 @@ fn decide(
                     match rustix::fs::mkdirat(&*parent, last, Mode::from_raw_mode(0o700)) {
                         Ok(()) | Err(rustix::io::Errno::EXIST) => {
                             // Reported now; its mode and time are set once its contents are in.
-                            Decision::Dir(name, mode, mtime)
+                            Decision::Dir(name, mode, mtime, true)
                         }
                         Err(e) => fail(name, JailError::from(e).to_wire()),
                     }
