@@ -28,3 +28,4 @@ mod source_changes;
 mod special_files;
 mod tokens;
 mod tree;
+mod tree_cli;

@@ -38,6 +38,7 @@ use orbit_wire::tree::{
 use orbit_wire::{ControlEvent, ControlRequest, DataFrame, ErrorCode, FileVersion, WireError};
 
 use super::error::PullError;
+use super::machine::{backoff, DEFAULT_TIMEOUT};
 use super::registry::Transfer;
 use super::Replicator;
 use crate::error::ToWire;
@@ -182,7 +183,6 @@ pub(crate) async fn replicate(
             path: cmd.target_path.clone(),
             cause: super::error::Local(e.to_wire()),
         })?;
-    let peer = replicator.pool.get(&cmd.source, &cmd.source_addr).await?;
     let shared = Shared {
         cmd,
         pool: replicator.pool.clone(),
@@ -190,7 +190,6 @@ pub(crate) async fn replicate(
         tally: Mutex::default(),
         top: top.map(Arc::new),
     };
-    shared.tally(|t| t.summary.dry_run = cmd.dry_run);
     let cancelled = async {
         tokio::select! {
             _ = transfer.cancel.cancelled() => PullError::Cancelled,
@@ -203,7 +202,7 @@ pub(crate) async fn replicate(
     let seen = tokio::select! {
         biased;
         e = cancelled => return Err(e),
-        seen = walk(&shared, &peer) => seen?,
+        seen = attempts(&shared) => seen?,
     };
     let top = shared.top.clone();
     if let Some(top) = top.clone().filter(|_| !cmd.dry_run) {
@@ -232,6 +231,59 @@ pub(crate) async fn replicate(
     let mut tally = shared.tally.lock().unwrap_or_else(|e| e.into_inner());
     tally.summary.seconds = transfer.started.elapsed().as_secs_f64();
     Ok(std::mem::take(&mut tally.summary))
+}
+
+/// Lists and copies the tree, starting over when the listing is lost to the network (a
+/// connection lost, the source restarting): a new attempt is a re-sync, which skips what the
+/// earlier ones copied. Gives up once the command's timeout passes without an attempt that
+/// listed anything.
+async fn attempts(shared: &Shared<'_>) -> Result<Seen, PullError> {
+    let cmd = shared.cmd;
+    let window = match cmd.timeout_secs {
+        0 => DEFAULT_TIMEOUT,
+        secs => Duration::from_secs(secs.into()),
+    };
+    let mut progress_at = std::time::Instant::now();
+    let mut attempt = 0;
+    loop {
+        // Each attempt counts afresh; the bytes already copied stay counted.
+        shared.tally(|t| {
+            let bytes = t.summary.bytes;
+            *t = Tally::default();
+            t.summary.bytes = bytes;
+            t.summary.dry_run = cmd.dry_run;
+        });
+        let result = match shared.pool.get(&cmd.source, &cmd.source_addr).await {
+            Ok(peer) => walk(shared, &peer).await,
+            Err(e) => Err(e.into()),
+        };
+        let error = match result {
+            Ok(seen) => return Ok(seen),
+            Err(e) if e.is_transient() => e,
+            Err(e) => return Err(e),
+        };
+        let listed = shared
+            .tally
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .progress
+            .files_total;
+        if listed > 0 {
+            progress_at = std::time::Instant::now();
+        }
+        if progress_at.elapsed() >= window {
+            return Err(error);
+        }
+        attempt += 1;
+        let after = backoff(attempt, rand::random::<f64>());
+        warn!(transfer = %cmd.transfer_id, attempt, "tree listing lost, starting over in {after:?}: {error}");
+        let _ = shared.transfer.notes.send(ControlEvent::Retrying {
+            attempt,
+            after_ms: after.as_millis() as u64,
+            reason: format!("{error}; the tree starts over and skips what was copied"),
+        });
+        tokio::time::sleep(after).await;
+    }
 }
 
 /// What the listing showed, for after the copies.
