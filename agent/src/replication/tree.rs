@@ -963,7 +963,14 @@ fn decide(
         return fail(name, error);
     }
     if let EntryKind::Skipped(error) = kind {
-        return Decision::Item(ItemAction::Unsupported, name, letter, 0, Some(error));
+        // What the source does not send by design (a kind of file it never sends, a link that
+        // leaves the tree, a file with other names) is reported; what it could not read is a
+        // failure, and stops --delete.
+        let action = match error.code {
+            ErrorCode::InvalidArgument | ErrorCode::PermissionDenied => ItemAction::Unsupported,
+            _ => ItemAction::Failed,
+        };
+        return Decision::Item(action, name, letter, 0, Some(error));
     }
     let (parent_name, last) = split_name(&name);
     let (parent_name, last) = (parent_name.to_vec(), last.to_vec());
