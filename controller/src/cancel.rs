@@ -93,7 +93,9 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), CancelError> {
                 println!("{}", serde_json::to_string(&json).unwrap_or_default());
             } else {
                 println!(
-                    "{star}: transfer {} cancelled; nothing was published{}",
+                    // True of a file (nothing published) and of a tree (the files published
+                    // before the cancel stay, each whole).
+                    "{star}: transfer {} cancelled; no partial file was left{}",
                     args.id,
                     target.map(|t| format!(" at {t}")).unwrap_or_default()
                 );
