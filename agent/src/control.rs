@@ -112,6 +112,10 @@ pub(crate) async fn handle(
             let request = TreeRequest::Fetch(fetch);
             return tree_serve::handle(server, sessions, peer, request, send).await;
         }
+        ControlRequest::Prefix(prefix) => {
+            let request = TreeRequest::Prefix(prefix);
+            return tree_serve::handle(server, sessions, peer, request, send).await;
+        }
         _ if peer.role != Role::Controller => {
             warn!(%peer, "control command refused: the peer is not a controller");
             let error = ControlError::NotAController {

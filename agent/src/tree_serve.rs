@@ -23,8 +23,8 @@ use tracing::{info, warn};
 use orbit_certs::{PeerIdentity, Role};
 use orbit_wire::token::{self, TreeClaims};
 use orbit_wire::tree::{
-    self, Entry, EntryKind, FetchRequest, ListFrame, ListRequest, LIST_BATCH, MAX_FETCH_FILES,
-    WHOLE_REQUEST,
+    self, Entry, EntryKind, FetchRequest, ListFrame, ListRequest, PrefixFrame, PrefixRequest,
+    LIST_BATCH, MAX_FETCH_FILES, WHOLE_REQUEST,
 };
 use orbit_wire::{ByteRange, DataFrame, ErrorCode, TransferId, WireError};
 
@@ -75,6 +75,7 @@ struct Authorized {
 pub(crate) enum TreeRequest {
     List(ListRequest),
     Fetch(FetchRequest),
+    Prefix(PrefixRequest),
 }
 
 /// Answers one tree request from `peer` on `send`.
@@ -88,6 +89,7 @@ pub(crate) async fn handle(
     let (transfer, path, token, what) = match &request {
         TreeRequest::List(r) => (r.transfer_id, &r.path, &r.token, "list"),
         TreeRequest::Fetch(r) => (r.transfer_id, &r.path, &r.token, "fetch"),
+        TreeRequest::Prefix(r) => (r.transfer_id, &r.path, &r.token, "prefix"),
     };
     tracing::Span::current().record("transfer_id", transfer.to_string().as_str());
     let authorized = authorize(&server, &sessions, &peer, path, token).await;
@@ -115,6 +117,11 @@ pub(crate) async fn handle(
                     let _ = send.stopped().await;
                 }
                 TreeRequest::Fetch(_) => refuse(&mut send, WHOLE_REQUEST, error).await,
+                TreeRequest::Prefix(_) => {
+                    let _ = write_frame(&mut send, &PrefixFrame::Error(error)).await;
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                }
             }
             return;
         }
@@ -123,6 +130,18 @@ pub(crate) async fn handle(
     match request {
         TreeRequest::List(request) => list(&server, &peer, authorized, request, &mut send).await,
         TreeRequest::Fetch(request) => fetch(&server, &peer, authorized, request, &mut send).await,
+        TreeRequest::Prefix(request) => {
+            let answer = match prefix(&authorized, request.name, request.len).await {
+                Ok((version, sha256)) => PrefixFrame::Digest { version, sha256 },
+                Err(error) => {
+                    warn!(%peer, %transfer, "tree prefix refused: {error}");
+                    PrefixFrame::Error(error.to_wire())
+                }
+            };
+            if write_frame(&mut send, &answer).await.is_ok() && send.finish().is_ok() {
+                let _ = send.stopped().await;
+            }
+        }
     }
 }
 
@@ -519,6 +538,55 @@ async fn send_one(
         end: u64::MAX,
     };
     stream_file(server, send, index, opened, range, reopen).await
+}
+
+/// The version of the file `name` of the tree and the SHA-256 of its first `len` bytes, read
+/// while the file did not change. Refuses what a fetch would refuse.
+async fn prefix(
+    authorized: &Authorized,
+    name: Vec<u8>,
+    len: u64,
+) -> Result<(orbit_wire::FileVersion, [u8; 32]), ServeError> {
+    tree::check_name(&name)?;
+    if !within_filter(&authorized.claims.filter, &name) {
+        return Err(ServeError::OutsideFilter);
+    }
+    let top = authorized.top.clone();
+    tokio::task::spawn_blocking(move || {
+        let opened = open_tree_file(top.as_fd(), &name)?;
+        let version = crate::serve::version_of(&opened);
+        if len > version.size {
+            return Err(ServeError::Changed(
+                "it is shorter than the bytes asked for",
+            ));
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; orbit_wire::CHUNK_SIZE];
+        let mut at = 0u64;
+        while at < len {
+            let want = (len - at).min(buf.len() as u64) as usize;
+            match rustix::io::pread(&opened.file, &mut buf[..want], at) {
+                Ok(0) => return Err(ServeError::Changed("it became shorter")),
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    at += n as u64;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let after = rustix::fs::fstat(&opened.file)?;
+        let now = crate::serve::version_of(&crate::jail::OpenedFile {
+            file: opened.file,
+            stat: after,
+        });
+        if now != version {
+            return Err(ServeError::Changed("it was modified"));
+        }
+        Ok((version, hasher.finalize().into()))
+    })
+    .await
+    .map_err(lost_task)?
 }
 
 /// Whether the filter admits `name` as a file and each of its parents as a directory: a file

@@ -212,11 +212,13 @@ fn killing_either_star_at_random_moments_of_a_tree_never_leaves_a_partial_file()
     let mut cli = Cli::start();
     let mut rng = rand::thread_rng();
     for i in 0..150 {
-        let bytes: Vec<u8> = (0..40_000).map(|_| rng.gen()).collect();
+        let mut bytes = vec![0u8; 40_000];
+        rng.fill(&mut bytes[..]);
         put(&cli.data().join(format!("d{}/f{i}", i % 7)), &bytes);
     }
     for i in 0..3 {
-        let bytes: Vec<u8> = (0..3_000_000).map(|_| rng.gen()).collect();
+        let mut bytes = vec![0u8; 3_000_000];
+        rng.fill(&mut bytes[..]);
         put(&cli.data().join(format!("big{i}")), &bytes);
     }
     let source = files(&cli.data());
@@ -279,4 +281,83 @@ fn killing_either_star_at_random_moments_of_a_tree_never_leaves_a_partial_file()
         assert_eq!(files(&cli.backup()), source, "round {round}");
     }
     assert!(landed > 0, "no kill landed inside a tree");
+}
+
+/// The temporary files beneath `dir`, with their sizes.
+fn parts(dir: &Path) -> Vec<(PathBuf, u64)> {
+    list_tree(dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".orbit-tree-"))
+        .map(|p| {
+            let len = std::fs::metadata(dir.join(&p)).map_or(0, |m| m.len());
+            (p, len)
+        })
+        .collect()
+}
+
+/// Waits until a temporary file beneath `dir` holds at least `len` bytes.
+fn part_reaches(dir: &Path, len: u64) {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while !parts(dir).iter().any(|(_, n)| *n >= len) {
+        assert!(
+            Instant::now() < deadline,
+            "no temporary file reached {len} bytes"
+        );
+        // A file's size has no event to wait for; poll it.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// A large file of a tree, cut short by a kill of the destination, resumes from the bytes its
+/// temporary file holds once they are checked against the source; bytes that do not match are
+/// sent again.
+#[test]
+fn a_large_file_resumes_from_what_a_killed_destination_left() {
+    const SIZE: usize = 48 * 1024 * 1024;
+    const MIB: u64 = 1024 * 1024;
+    let mut cli = Cli::start();
+    let mut rng = rand::thread_rng();
+    let mut bytes = vec![0u8; SIZE];
+    rng.fill(&mut bytes[..]);
+    put(&cli.data().join("big/model.bin"), &bytes);
+    put(&cli.data().join("small"), b"small");
+    let json = |out: &process::Output| -> serde_json::Value {
+        serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap()
+    };
+
+    for corrupt in [false, true] {
+        let _ = std::fs::remove_dir_all(cli.backup());
+        let out = cli.tree(&["--detach"]);
+        assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+        part_reaches(&cli.backup(), 8 * MIB);
+        drop(cli.b.take()); // SIGKILL
+        let left = parts(&cli.backup());
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(!cli.backup().join("big/model.bin").exists());
+        if corrupt {
+            // The bytes left behind are not the source's: they are not kept.
+            let path = cli.backup().join(&left[0].0);
+            let mut kept = std::fs::read(&path).unwrap();
+            kept[100] ^= 0xff;
+            std::fs::write(&path, kept).unwrap();
+        }
+        cli.b = Some(cli.star("star-b"));
+        let out = cli.tree(&["--json"]);
+        assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+        let result = json(&out);
+        let resumed = result["resumed"].as_u64().unwrap();
+        if corrupt {
+            assert_eq!(resumed, 0, "{result}");
+        } else {
+            assert!(resumed >= 8 * MIB && resumed % (64 * 1024) == 0, "{result}");
+            // The small file may have been published before the kill.
+            let small = if result["copied"] == 2 { 5 } else { 0 };
+            assert_eq!(
+                result["bytes"].as_u64().unwrap() + resumed,
+                SIZE as u64 + small
+            );
+        }
+        assert!(std::fs::read(cli.backup().join("big/model.bin")).unwrap() == bytes);
+        assert_eq!(parts(&cli.backup()), Vec::new());
+    }
 }

@@ -4,7 +4,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::tree::{FetchRequest, Item, ListRequest, ReplicateTree, TreeProgress, TreeSummary};
+use crate::tree::{
+    FetchRequest, Item, ListRequest, PrefixRequest, ReplicateTree, TreeProgress, TreeSummary,
+};
 use crate::{TransferId, WireError};
 
 /// A half-open range of byte offsets `[start, end)` in a file. `end == u64::MAX` means "to the end
@@ -65,6 +67,9 @@ pub enum ControlRequest {
     /// From a destination star to a source star: send files of a tree, answered with
     /// [`DataFrame`]s. Only a star may send it.
     Fetch(FetchRequest),
+    /// From a destination star to a source star: the digest of the start of one file of a
+    /// tree, answered with one [`crate::tree::PrefixFrame`]. Only a star may send it.
+    Prefix(PrefixRequest),
 }
 
 /// Pull `source_path` from the star `source` at `source_addr` into `target_path` here.

@@ -8,6 +8,7 @@
 //! | request | answer on the same stream |
 //! |---|---|
 //! | `ControlRequest::List` ([`ListRequest`]) | [`ListFrame::Entries`] batches as the source walks, then [`ListFrame::End`]; or [`ListFrame::Error`] |
+//! | `ControlRequest::Prefix` ([`PrefixRequest`]) | one [`PrefixFrame`] |
 //! | `ControlRequest::Fetch` ([`FetchRequest`]) | for each file asked for, in order: `DataFrame::Header` (its `request_id` is the file's index in the request), `Chunk`s, `Trailer`; or `DataFrame::Error` for that index, then the next file. An `Error` with `request_id` [`WHOLE_REQUEST`] refuses the whole request |
 //!
 //! Both carry the tree's token, which the source checks when the stream opens. Names inside a
@@ -324,6 +325,37 @@ pub struct FetchRequest {
     pub files: Vec<FetchFile>,
 }
 
+/// Ask for the SHA-256 of the first `len` bytes of one file of the tree, to resume a large file
+/// from a temporary file an interrupted run left: answered with one [`PrefixFrame`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixRequest {
+    /// The controller's transfer id, for the source's logs.
+    pub transfer_id: TransferId,
+    /// The tree's top directory on the source, as the token names it.
+    pub path: String,
+    /// The tree token.
+    pub token: String,
+    /// The file's name under the tree's top.
+    pub name: Vec<u8>,
+    /// How many bytes from the start; at most the file's size.
+    pub len: u64,
+}
+
+/// The answer to a [`PrefixRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrefixFrame {
+    /// The digest of the first `len` bytes of the file at `version`, which did not change while
+    /// they were read.
+    Digest {
+        /// The file's version.
+        version: FileVersion,
+        /// SHA-256 of its first `len` bytes.
+        sha256: [u8; 32],
+    },
+    /// Refused or failed.
+    Error(WireError),
+}
+
 /// One file asked for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchFile {
@@ -457,6 +489,9 @@ pub struct TreeSummary {
     pub unsupported: u64,
     /// Bytes copied.
     pub bytes: u64,
+    /// Bytes of large files that an interrupted run had already written and that were checked
+    /// against the source and not sent again.
+    pub resumed: u64,
     /// Wall time on the destination.
     pub seconds: f64,
     /// The first [`MAX_FAILED_NAMED`] failed files with their errors.
@@ -688,7 +723,7 @@ mod tests {
         assert_eq!(
             golden(&done),
             format!(
-                "0a 01 00 00 01 00 00 00 00 {} 01 0166 0200 00 00",
+                "0a 01 00 00 01 00 00 00 00 00 {} 01 0166 0200 00 00",
                 "0".repeat(16)
             )
             .replace(' ', "")

@@ -27,13 +27,14 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use orbit_wire::token;
 use orbit_wire::tree::{
     self, Entry, EntryKind, FailedFile, FetchFile, FetchRequest, Filter, Item, ItemAction,
-    ListFrame, ListRequest, ReplicateTree, SyncLevel, TreeProgress, TreeSummary, MAX_FAILED_NAMED,
-    WHOLE_REQUEST,
+    ListFrame, ListRequest, PrefixFrame, PrefixRequest, ReplicateTree, SyncLevel, TreeProgress,
+    TreeSummary, MAX_FAILED_NAMED, WHOLE_REQUEST,
 };
 use orbit_wire::{ControlEvent, ControlRequest, DataFrame, ErrorCode, FileVersion, WireError};
 
@@ -54,6 +55,9 @@ const BATCH_FILES: usize = 128;
 const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// A file this large travels on a stream of its own.
 const LARGE_FILE: u64 = 1024 * 1024;
+/// A file this large resumes from the temporary file an interrupted run left, once the bytes in
+/// it are checked against the source; smaller ones are sent again whole.
+const RESUME_MIN: u64 = 8 * 1024 * 1024;
 /// How many times files lost to the network are asked for again.
 const FETCH_RETRIES: u32 = 4;
 /// The wait before the first retry; it doubles with each.
@@ -69,6 +73,9 @@ struct Want {
     name: Vec<u8>,
     size: u64,
     mode: u32,
+    /// Where to resume from: the bytes a temporary file an interrupted run left may hold, a
+    /// whole number of chunks; 0 to start afresh. Checked against the source before use.
+    offset: u64,
 }
 
 /// The counts of a tree replication, shared by its tasks.
@@ -370,6 +377,8 @@ async fn walk(shared: &Shared<'_>, peer: &Arc<PeerConn>) -> Result<Seen, PullErr
         for decision in planned {
             match decision {
                 Decision::Copy(want) if cmd.dry_run => {
+                    let size = want.size;
+                    shared.tally(|t| t.summary.bytes += size);
                     shared.item(ItemAction::Copied, &want.name, 'f', want.size, None);
                 }
                 Decision::Copy(want) => {
@@ -456,13 +465,14 @@ async fn spawn_fetch(
     let cmd = shared.cmd.clone();
     let (pool, mut peer) = (shared.pool.clone(), peer.clone());
     let progress = shared.transfer.tree.clone();
+    let cancelled = shared.transfer.cancel.clone();
     fetches.spawn(async move {
         let mut done = Vec::with_capacity(batch.len());
         let mut batch = batch;
         // Files lost to the network (a connection lost, the source restarting) are asked for
         // again, on a connection dialled anew if need be; any other failure is final.
         for attempt in 0..=FETCH_RETRIES {
-            let results = fetch(&peer, &cmd, top.clone(), batch, &progress).await;
+            let results = fetch(&peer, &cmd, top.clone(), batch, &progress, &cancelled).await;
             let (again, over): (Fetched, Fetched) = results.into_iter().partition(|(_, r)| {
                 attempt < FETCH_RETRIES
                     && r.as_ref().is_err_and(|e| {
@@ -503,8 +513,11 @@ fn record(shared: &Shared<'_>, done: Result<Fetched, tokio::task::JoinError>) {
     for (want, result) in results {
         match result {
             Ok(()) => {
-                let size = want.size;
-                shared.tally(|t| t.summary.bytes += size);
+                let (sent, resumed) = (want.size - want.offset, want.offset);
+                shared.tally(|t| {
+                    t.summary.bytes += sent;
+                    t.summary.resumed += resumed;
+                });
                 shared.item(ItemAction::Copied, &want.name, 'f', want.size, None);
             }
             Err(error) => shared.item(ItemAction::Failed, &want.name, 'f', want.size, Some(error)),
@@ -519,11 +532,31 @@ async fn fetch(
     top: Arc<OwnedFd>,
     batch: Vec<Want>,
     progress: &tokio::sync::watch::Sender<Option<TreeProgress>>,
+    cancelled: &CancellationToken,
 ) -> Fetched {
+    let mut batch = batch;
+    // A resumed file travels alone; its bytes on disk must match the source's before any is kept.
+    let mut expect = None;
+    if let [want] = batch.as_mut_slice() {
+        if want.offset > 0 {
+            expect = check_resume(peer, cmd, &top, want).await;
+            if expect.is_none() {
+                want.offset = 0;
+            } else {
+                let resumed = want.offset;
+                progress.send_modify(|p| {
+                    if let Some(p) = p {
+                        p.bytes_done += resumed;
+                    }
+                });
+            }
+        }
+    }
     let (tx, rx) = mpsc::channel::<WriteMsg>(16);
     let wants = batch.clone();
-    let writer = tokio::task::spawn_blocking(move || write_batch(&top, &wants, rx));
-    let stream_error = receive(peer, cmd, &batch, &tx, progress).await;
+    let cancelled = cancelled.clone();
+    let writer = tokio::task::spawn_blocking(move || write_batch(&top, &wants, &cancelled, rx));
+    let stream_error = receive(peer, cmd, &batch, expect, &tx, progress).await;
     if let Some(error) = &stream_error {
         let _ = tx.send(WriteMsg::Abort(error.clone())).await;
     }
@@ -545,8 +578,9 @@ async fn fetch(
 
 /// What the network side tells the blocking writer.
 enum WriteMsg {
-    /// File `index` begins: this many bytes, this version.
-    Begin(usize, u64, FileVersion),
+    /// File `index` begins: this many bytes, this version, from this offset (the bytes before
+    /// it are in its temporary file, checked).
+    Begin(usize, u64, FileVersion, u64),
     /// Its next bytes.
     Data(Vec<Bytes>),
     /// Its end, with the source's SHA-256.
@@ -563,6 +597,7 @@ async fn receive(
     peer: &PeerConn,
     cmd: &ReplicateTree,
     batch: &[Want],
+    expect: Option<FileVersion>,
     tx: &mpsc::Sender<WriteMsg>,
     progress: &tokio::sync::watch::Sender<Option<TreeProgress>>,
 ) -> Option<WireError> {
@@ -579,7 +614,7 @@ async fn receive(
             .iter()
             .map(|w| FetchFile {
                 name: w.name.clone(),
-                offset: 0,
+                offset: w.offset,
             })
             .collect(),
     });
@@ -593,8 +628,9 @@ async fn receive(
             format!("{} broke the protocol: {what}", cmd.source),
         ))
     };
-    // The file being received: its index, size and bytes so far.
-    let mut current: Option<(usize, u64, u64)> = None;
+    // The file being received: its index, the bytes the stream carries, the bytes so far and the
+    // offset they start at.
+    let mut current: Option<(usize, u64, u64, u64)> = None;
     let mut next = 0usize;
     loop {
         let read = match tokio::time::timeout(STALL, framed::read_data_frame(&mut recv)).await {
@@ -612,11 +648,11 @@ async fn receive(
             }
             Err(e) => return Some(e.to_wire()),
             Ok(DataRead::Chunk { offset, payload }) => {
-                let Some((_, size, got)) = &mut current else {
+                let Some((_, size, got, base)) = &mut current else {
                     return protocol("a chunk outside a file".into());
                 };
                 let len = payload.len() as u64;
-                if offset != *got || *got + len > *size {
+                if offset != *base + *got || *got + len > *size {
                     return protocol("a chunk out of order or past the file's end".into());
                 }
                 *got += len;
@@ -635,11 +671,24 @@ async fn receive(
                 if current.is_some() || request_id != next as u64 {
                     return protocol(format!("a header for file {request_id} out of turn"));
                 }
-                current = Some((next, size, 0));
-                WriteMsg::Begin(next, size, version)
+                let base = batch[next].offset;
+                if base > 0 && Some(version) != expect {
+                    return Some(WireError::new(
+                        ErrorCode::FailedPrecondition,
+                        format!(
+                            "the source file changed on {} since the resume was checked",
+                            cmd.source
+                        ),
+                    ));
+                }
+                if base + size != batch[next].size && base > 0 {
+                    return protocol(format!("a resumed file of {size} bytes from {base}"));
+                }
+                current = Some((next, size, 0, base));
+                WriteMsg::Begin(next, size, version, base)
             }
             Ok(DataRead::Frame(DataFrame::Trailer { sha256 })) => {
-                let Some((_, size, got)) = current.take() else {
+                let Some((_, size, got, _)) = current.take() else {
                     return protocol("a trailer outside a file".into());
                 };
                 if got != size {
@@ -656,7 +705,7 @@ async fn receive(
                     return Some(error);
                 }
                 match current.take() {
-                    Some((index, _, _)) if index as u64 == request_id => {}
+                    Some((index, ..)) if index as u64 == request_id => {}
                     None if request_id == next as u64 => {}
                     _ => return protocol(format!("an error for file {request_id} out of turn")),
                 }
@@ -700,8 +749,18 @@ struct Writing {
 fn write_batch(
     top: &OwnedFd,
     wants: &[Want],
+    cancelled: &CancellationToken,
     mut rx: mpsc::Receiver<WriteMsg>,
 ) -> Vec<Option<Result<(), WireError>>> {
+    // A large file cut short keeps its temporary file for the next attempt or run to resume
+    // from, unless a controller cancelled the tree.
+    let stop = |w: Writing| {
+        if wants[w.index].size >= RESUME_MIN && !cancelled.is_cancelled() {
+            drop(w.file);
+        } else {
+            remove_part(&w.parent, &w.part);
+        }
+    };
     let mut results: Vec<Option<Result<(), WireError>>> = vec![None; wants.len()];
     let mut parents = Parents::default();
     let mut ready: Vec<Ready> = Vec::new();
@@ -709,19 +768,23 @@ fn write_batch(
     let local = |e: std::io::Error| e.to_wire();
     while let Some(msg) = rx.blocking_recv() {
         match msg {
-            WriteMsg::Begin(index, size, version) => {
+            WriteMsg::Begin(index, size, version, from) => {
                 let want = &wants[index];
                 let (parent_name, _) = split_name(&want.name);
                 let begun = parents.open(top, parent_name).and_then(|parent| {
                     let part = part_name(split_name(&want.name).1);
-                    let fd =
-                        create_part(&parent, &part).map_err(|e| JailError::from(e).to_wire())?;
-                    let file = std::fs::File::from(fd);
+                    let opened = if from > 0 {
+                        reopen_part(&parent, &part, from)
+                    } else {
+                        create_part(&parent, &part)
+                    };
+                    let file =
+                        std::fs::File::from(opened.map_err(|e| JailError::from(e).to_wire())?);
                     if size > 0 {
                         let _ = rustix::fs::fallocate(
                             &file,
                             rustix::fs::FallocateFlags::KEEP_SIZE,
-                            0,
+                            from,
                             size,
                         );
                     }
@@ -803,14 +866,14 @@ fn write_batch(
             }
             WriteMsg::Abort(error) => {
                 if let Some(w) = writing.take() {
-                    remove_part(&w.parent, &w.part);
                     results[w.index] = Some(Err(error));
+                    stop(w);
                 }
             }
         }
     }
     if let Some(w) = writing.take() {
-        remove_part(&w.parent, &w.part);
+        stop(w);
     }
     publish(ready, &mut results);
     results
@@ -1026,10 +1089,15 @@ fn decide(
             mode,
             sha256,
         } => {
+            let offset = match (&parent, version.size >= RESUME_MIN) {
+                (Some(parent), true) => left_behind(parent, last, version.size),
+                _ => 0,
+            };
             let want = Want {
                 name,
                 size: version.size,
                 mode,
+                offset,
             };
             let same = match (now_kind, &now) {
                 (Some(FileType::RegularFile), Some(stat)) => match sync {
@@ -1335,6 +1403,89 @@ const TREE_PART: &[u8] = b".orbit-tree-";
 fn part_name(last: &[u8]) -> String {
     let digest = Sha256::digest(last);
     format!(".orbit-tree-{}.part", hex::encode(&digest[..8]))
+}
+
+/// Opens the temporary file `part` an interrupted run left in `dir` to go on writing at `from`:
+/// a regular file, never through a link, cut to `from`.
+fn reopen_part(dir: &OwnedFd, part: &str, from: u64) -> rustix::io::Result<OwnedFd> {
+    let fd = rustix::fs::openat(
+        dir,
+        part,
+        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+        return Err(rustix::io::Errno::INVAL);
+    }
+    rustix::fs::ftruncate(&fd, from)?;
+    rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(from))?;
+    Ok(fd)
+}
+
+/// How many bytes of `last`'s temporary file in `dir` may be reused: what it holds, in whole
+/// chunks, up to the file's `size`; 0 when there is none. Blocking.
+fn left_behind(dir: &OwnedFd, last: &[u8], size: u64) -> u64 {
+    let part = part_name(last);
+    match rustix::fs::statat(dir, part.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile => {
+            let chunk = orbit_wire::CHUNK_SIZE as u64;
+            (stat.st_size as u64).min(size) / chunk * chunk
+        }
+        _ => 0,
+    }
+}
+
+/// Whether the first `want.offset` bytes of `want`'s temporary file are the source's: hashes
+/// them here, asks the source for the digest of the same bytes, and returns the source file's
+/// version when they match.
+async fn check_resume(
+    peer: &PeerConn,
+    cmd: &ReplicateTree,
+    top: &Arc<OwnedFd>,
+    want: &Want,
+) -> Option<FileVersion> {
+    let (top, name, len) = (top.clone(), want.name.clone(), want.offset);
+    let local = tokio::task::spawn_blocking(move || {
+        let (parent, last) = split_name(&name);
+        let path: &[u8] = if parent.is_empty() { b"." } else { parent };
+        let dir = open_in_tree(&*top, path, OFlags::DIRECTORY | OFlags::RDONLY).ok()?;
+        let fd = rustix::fs::openat(
+            &dir,
+            part_name(last).as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let mut file = std::io::Read::take(std::fs::File::from(fd), len);
+        let mut hasher = Sha256::new();
+        let copied = std::io::copy(&mut file, &mut hasher).ok()?;
+        (copied == len).then(|| <[u8; 32]>::from(hasher.finalize()))
+    });
+    let request = ControlRequest::Prefix(PrefixRequest {
+        transfer_id: cmd.transfer_id,
+        path: cmd.source_path.clone(),
+        token: cmd.token.clone(),
+        name: want.name.clone(),
+        len: want.offset,
+    });
+    let remote = async {
+        let (mut send, mut recv) = peer.conn.open_bi().await.ok()?;
+        write_frame(&mut send, &request).await.ok()?;
+        let _ = send.finish();
+        let read = framed::read_frame::<PrefixFrame>(&mut recv, orbit_wire::MAX_CONTROL_FRAME);
+        tokio::time::timeout(STALL, read).await.ok()?.ok()
+    };
+    let (local, remote) = tokio::join!(local, remote);
+    match (local.ok().flatten(), remote) {
+        (Some(here), Some(PrefixFrame::Digest { version, sha256 })) if here == sha256 => {
+            info!(
+                transfer = %cmd.transfer_id, file = %tree::display_name(&want.name),
+                offset = want.offset, "resuming a large file from what an interrupted run left"
+            );
+            Some(version)
+        }
+        _ => None,
+    }
 }
 
 /// Creates the temporary file `part` in `dir` afresh, never through a link: one left by an

@@ -55,6 +55,10 @@ pub fn summary_line(job: &TreeJob, summary: &TreeSummary) -> String {
         0 => String::new(),
         n => format!(", {n} not supported"),
     };
+    let resumed = match s.resumed {
+        0 => String::new(),
+        n => format!(", {} resumed", human::bytes(n)),
+    };
     let counts = if s.dry_run {
         format!(
             "dry run, nothing was changed: would copy {} ({}), skip {}, delete {}; {} failed{unsupported}",
@@ -66,7 +70,7 @@ pub fn summary_line(job: &TreeJob, summary: &TreeSummary) -> String {
         )
     } else {
         format!(
-            "{} copied, {} skipped, {} deleted, {} failed{unsupported}, {} in {:.2} s ({})",
+            "{} copied, {} skipped, {} deleted, {} failed{unsupported}, {} in {:.2} s ({}){resumed}",
             s.copied,
             s.skipped,
             s.deleted,
@@ -278,6 +282,7 @@ struct ResultJson<'a> {
     links: u64,
     unsupported: u64,
     bytes: u64,
+    resumed: u64,
     seconds: f64,
     dry_run: bool,
     failures: Vec<FailureJson<'a>>,
@@ -307,6 +312,7 @@ pub fn result_json(job: &TreeJob, done: &TreeDone) -> String {
         links: s.links,
         unsupported: s.unsupported,
         bytes: s.bytes,
+        resumed: s.resumed,
         seconds: s.seconds,
         dry_run: s.dry_run,
         failures: s
@@ -392,6 +398,7 @@ mod tests {
             links: 1,
             unsupported: 0,
             bytes: 32 << 20,
+            resumed: 0,
             seconds: 0.25,
             failures: vec![
                 FailedFile {
