@@ -687,6 +687,30 @@ mod tests {
                 .replace(' ', "")
         );
         assert_eq!(golden(&ListFrame::End), "01");
+        let prefix = PrefixRequest {
+            transfer_id: TransferId(3),
+            path: "/s".into(),
+            token: "T".into(),
+            name: b"f".to_vec(),
+            len: 128,
+        };
+        assert_eq!(
+            golden(&ControlRequest::Prefix(prefix)),
+            "0903022f730154016680 01".replace(' ', "")
+        );
+        let digest = PrefixFrame::Digest {
+            version: FileVersion {
+                size: 1,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                inode: 2,
+            },
+            sha256: [7; 32],
+        };
+        assert_eq!(
+            golden(&digest),
+            format!("00 01000002 {}", "07".repeat(32)).replace(' ', "")
+        );
         let progress = TreeProgress {
             files_done: 1,
             files_total: 2,
