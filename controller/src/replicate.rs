@@ -5,7 +5,8 @@
 //! one `ReplicateFile` (or `ReplicateTree`) on a control stream to the destination, and waits
 //! for its final event. File data never passes through the controller; its traffic is a few
 //! kilobytes whatever the file's size or the number of files. [`replicate_file`] is the one
-//! client code path for a file, shared with `orbitctl demo`.
+//! client code path for a file, shared with `orbitctl demo`; what a file's replication prints
+//! is in `file_report` (re-exported here), a tree's in [`report`].
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,19 +14,19 @@ use std::sync::Arc;
 
 use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile, TransferId, WireError};
 use rand::RngCore;
-use serde::Serialize;
 
 use crate::connect::{self, ConnectError, StarConnection, StreamError, WireBytes};
 use crate::grid::{Grid, GridError};
-use crate::human;
 use crate::progress::{Mode, Progress};
 use crate::spec::{parse_glob, parse_sha256, parse_ttl, star_path_text, SpecError, StarPath};
 use crate::token;
 
+mod file_report;
 mod interrupt;
 pub mod report;
 pub mod tree;
 
+pub use file_report::{detached_json, event_line, failure_json, success_json, summary_line};
 use interrupt::{interrupt_signal, Cancelling};
 
 /// Copy a file, or a directory tree with --recursive, from one star to another, directly
@@ -573,25 +574,6 @@ pub async fn replicate_file(
     .await
 }
 
-/// The line a person sees for an event that is neither progress nor final: a retry, or a
-/// resume (`star-b: retrying (attempt 1) in 0.2 s: ...`).
-pub fn event_line(destination: &str, event: &ControlEvent) -> Option<String> {
-    match event {
-        ControlEvent::Retrying {
-            attempt,
-            after_ms,
-            reason,
-        } => Some(format!(
-            "{destination}: retrying (attempt {attempt}) in {:.1} s: {reason}",
-            *after_ms as f64 / 1000.0
-        )),
-        ControlEvent::Resumed { offset, total } => Some(format!(
-            "{destination}: resuming at byte {offset} of {total}"
-        )),
-        _ => None,
-    }
-}
-
 /// As [`replicate_file`], with `on_event` called on every event that is not final (progress,
 /// retries, resumes).
 ///
@@ -670,108 +652,6 @@ pub fn conclude(
         }),
         Err(error) => Err(ReplicateError::Stream { star, error }),
     }
-}
-
-/// The one-line summary of a successful replication:
-/// `star-b: star-a:/srv/data/f.bin -> /srv/backup/f.bin: 268435456 bytes in 1.23 s (208.1 MiB/s), sha256 <hex>, transfer <id>`.
-/// The transfer id is the one both stars' log lines for this replication carry.
-pub fn summary_line(job: &ReplicateJob, done: &Replicated) -> String {
-    format!(
-        "{}: {}:{} -> {}: {} bytes in {:.2} s ({}), sha256 {}, transfer {}",
-        job.destination,
-        job.command.source,
-        job.command.source_path,
-        job.command.target_path,
-        done.bytes,
-        done.seconds,
-        human::rate(done.bytes, done.seconds),
-        hex::encode(done.sha256),
-        job.command.transfer_id
-    )
-}
-
-#[derive(Serialize)]
-struct SuccessJson<'a> {
-    ok: bool,
-    transfer_id: String,
-    source: &'a str,
-    destination: &'a str,
-    source_path: &'a str,
-    target_path: &'a str,
-    bytes: u64,
-    sha256: String,
-    seconds: f64,
-    rate_bytes_per_sec: f64,
-    controller_bytes_sent: u64,
-    controller_bytes_received: u64,
-    resumed_bytes: u64,
-}
-
-#[derive(Serialize)]
-struct FailureJson<'a> {
-    ok: bool,
-    code: &'static str,
-    message: &'a str,
-}
-
-/// The `--json` object of a successful replication, on one line.
-pub fn success_json(job: &ReplicateJob, done: &Replicated) -> String {
-    let rate = if done.seconds > 0.0 {
-        done.bytes as f64 / done.seconds
-    } else {
-        0.0
-    };
-    let json = SuccessJson {
-        ok: true,
-        transfer_id: job.command.transfer_id.to_string(),
-        source: &job.command.source,
-        destination: &job.destination,
-        source_path: &job.command.source_path,
-        target_path: &job.command.target_path,
-        bytes: done.bytes,
-        sha256: hex::encode(done.sha256),
-        seconds: done.seconds,
-        rate_bytes_per_sec: rate,
-        controller_bytes_sent: done.wire.sent,
-        controller_bytes_received: done.wire.received,
-        resumed_bytes: done.resumed_bytes,
-    };
-    serde_json::to_string(&json).unwrap_or_default()
-}
-
-#[derive(Serialize)]
-struct DetachedJson<'a> {
-    ok: bool,
-    detached: bool,
-    transfer_id: String,
-    source: &'a str,
-    destination: &'a str,
-    source_path: &'a str,
-    target_path: &'a str,
-}
-
-/// The `--json` object of a detached start, on one line.
-pub fn detached_json(job: &ReplicateJob) -> String {
-    let json = DetachedJson {
-        ok: true,
-        detached: true,
-        transfer_id: job.command.transfer_id.to_string(),
-        source: &job.command.source,
-        destination: &job.destination,
-        source_path: &job.command.source_path,
-        target_path: &job.command.target_path,
-    };
-    serde_json::to_string(&json).unwrap_or_default()
-}
-
-/// The `--json` object of a failure, on one line.
-pub fn failure_json(code: ErrorCode, message: &str) -> String {
-    let json = FailureJson {
-        ok: false,
-        code: code.name(),
-        message,
-    };
-    serde_json::to_string(&json).unwrap_or_default()
 }
 
 #[cfg(test)]

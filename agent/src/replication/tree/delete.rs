@@ -1,0 +1,196 @@
+//! After a tree's last file: each directory's mode and time, then `--delete`, which removes
+//! what the target holds and the source did not list.
+//!
+//! It removes nothing outside the target's top, nothing the token's filter leaves out, and
+//! nothing at all when there is more to remove than `--max-delete`; whether anything failed
+//! (which also stops `--delete`) is the caller's check. Blocking work runs on blocking threads.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+
+use orbit_wire::tree::{Filter, ItemAction};
+use orbit_wire::{ErrorCode, WireError};
+
+use super::write::{is_part, is_tree_part};
+use super::{split_name, Shared};
+use crate::error::ToWire;
+use crate::jail::{open_in_tree, JailError};
+use crate::replication::error::PullError;
+
+/// Sets each directory's mode and modification time, deepest first, now that its contents are
+/// in, and makes the new directories durable. Blocking.
+pub(super) fn finish_dirs(top: &OwnedFd, dirs: &[(Vec<u8>, u32, Timespec)]) {
+    for (name, mode, mtime) in dirs.iter().rev() {
+        let Ok(dir) = open_in_tree(top, name, OFlags::DIRECTORY | OFlags::RDONLY) else {
+            continue;
+        };
+        let _ = rustix::fs::fsync(&dir);
+        let _ = rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode & 0o777));
+        let _ = rustix::fs::futimens(
+            &dir,
+            &Timestamps {
+                last_access: *mtime,
+                last_modification: *mtime,
+            },
+        );
+    }
+    let _ = rustix::fs::fsync(top);
+}
+
+/// Removes what the target holds beneath its top and the source did not list, within the
+/// filter's scope; first counts it, and removes nothing when it is more than `--max-delete`.
+pub(super) async fn delete(
+    shared: &Shared<'_>,
+    top: Arc<OwnedFd>,
+    names: HashMap<Vec<u8>, bool>,
+    filter: Filter,
+) -> Result<(), PullError> {
+    let dry_run = shared.cmd.dry_run;
+    let found = tokio::task::spawn_blocking(move || {
+        absent(&top, &names, &filter, !dry_run).map(|f| (f, top))
+    })
+    .await
+    .map_err(|e| PullError::Internal(e.to_string()))?;
+    let (found, top) = match found {
+        Ok(found) => found,
+        Err(e) => {
+            let why = WireError::new(e.code, format!("nothing was deleted: {}", e.message));
+            shared.tally(|t| t.summary.delete_skipped = Some(why));
+            return Ok(());
+        }
+    };
+    if let Some(max) = shared.cmd.max_delete {
+        if found.len() as u64 > max {
+            let why = WireError::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "nothing was deleted: {} entries are absent at the source, over --max-delete {max}",
+                    found.len()
+                ),
+            );
+            shared.tally(|t| t.summary.delete_skipped = Some(why));
+            return Ok(());
+        }
+    }
+    if shared.cmd.dry_run {
+        for (name, is_dir) in &found {
+            shared.item(
+                ItemAction::Deleted,
+                name,
+                if *is_dir { 'd' } else { 'f' },
+                0,
+                None,
+            );
+        }
+        return Ok(());
+    }
+    let removed = tokio::task::spawn_blocking(move || {
+        found
+            .into_iter()
+            .map(|(name, is_dir)| {
+                let (parent, last) = split_name(&name);
+                let path: &[u8] = if parent.is_empty() { b"." } else { parent };
+                let result = open_in_tree(&*top, path, OFlags::DIRECTORY | OFlags::RDONLY)
+                    .map_err(|e| e.to_wire())
+                    .and_then(|dir| {
+                        let flags = if is_dir {
+                            AtFlags::REMOVEDIR
+                        } else {
+                            AtFlags::empty()
+                        };
+                        rustix::fs::unlinkat(&dir, last, flags)
+                            .map_err(|e| JailError::from(e).to_wire())?;
+                        rustix::fs::fsync(&dir).map_err(|e| JailError::from(e).to_wire())
+                    });
+                (name, is_dir, result)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| PullError::Internal(e.to_string()))?;
+    for (name, is_dir, result) in removed {
+        let kind = if is_dir { 'd' } else { 'f' };
+        match result {
+            Ok(()) => shared.item(ItemAction::Deleted, &name, kind, 0, None),
+            Err(e) => shared.item(ItemAction::Failed, &name, kind, 0, Some(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The entries beneath `top` that the source did not list, contents before their directory,
+/// each with whether it is a directory. Entries the filter leaves out are out of scope and
+/// kept, and so is everything inside a directory the source did not list as one. Blocking.
+fn absent(
+    top: &OwnedFd,
+    names: &HashMap<Vec<u8>, bool>,
+    filter: &Filter,
+    sweep: bool,
+) -> Result<Vec<(Vec<u8>, bool)>, WireError> {
+    let mut found = Vec::new();
+    let mut pending: Vec<Vec<u8>> = vec![Vec::new()];
+    while let Some(dir_name) = pending.pop() {
+        let path: &[u8] = if dir_name.is_empty() { b"." } else { &dir_name };
+        let dir =
+            open_in_tree(top, path, OFlags::DIRECTORY | OFlags::RDONLY).map_err(|e| e.to_wire())?;
+        let entries = rustix::fs::Dir::read_from(&dir).map_err(|e| JailError::from(e).to_wire())?;
+        for dirent in entries {
+            let dirent = dirent.map_err(|e| JailError::from(e).to_wire())?;
+            let file_name = dirent.file_name().to_bytes();
+            if sweep && is_tree_part(file_name) {
+                let _ = rustix::fs::unlinkat(&dir, file_name, AtFlags::empty());
+                continue;
+            }
+            if file_name == b"." || file_name == b".." || is_part(file_name) {
+                continue;
+            }
+            let name = if dir_name.is_empty() {
+                file_name.to_vec()
+            } else {
+                [dir_name.as_slice(), b"/", file_name].concat()
+            };
+            let is_dir = dirent.file_type() == FileType::Directory;
+            if !filter.admits(&name, is_dir) {
+                continue;
+            }
+            match names.get(&name) {
+                Some(true) if is_dir => pending.push(name),
+                Some(_) => {}
+                None if is_dir => {
+                    // The whole subtree goes, contents first.
+                    let mut inner = Vec::new();
+                    subtree(top, &name, &mut inner)?;
+                    found.extend(inner);
+                    found.push((name, true));
+                }
+                None => found.push((name, false)),
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Every entry beneath directory `name`, contents before their directory. Blocking.
+fn subtree(top: &OwnedFd, name: &[u8], out: &mut Vec<(Vec<u8>, bool)>) -> Result<(), WireError> {
+    let dir =
+        open_in_tree(top, name, OFlags::DIRECTORY | OFlags::RDONLY).map_err(|e| e.to_wire())?;
+    let entries = rustix::fs::Dir::new(dir).map_err(|e| JailError::from(e).to_wire())?;
+    for dirent in entries {
+        let dirent = dirent.map_err(|e| JailError::from(e).to_wire())?;
+        let file_name = dirent.file_name().to_bytes();
+        if file_name == b"." || file_name == b".." {
+            continue;
+        }
+        let child = [name, b"/", file_name].concat();
+        if dirent.file_type() == FileType::Directory {
+            subtree(top, &child, out)?;
+            out.push((child, true));
+        } else {
+            out.push((child, false));
+        }
+    }
+    Ok(())
+}
