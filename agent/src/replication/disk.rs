@@ -25,7 +25,7 @@ use crate::journal::{Entry, Journal};
 /// file at once: on tmpfs a reservation allocates the memory pages, about 0.4 s per GiB here, and
 /// the whole file's at the start would stall the transfer for that long with the window full
 /// (bench/RESULTS.md). The free space for the whole file is checked at the start all the same.
-const RESERVE_AHEAD: u64 = 64 * 1024 * 1024;
+pub(super) const RESERVE_AHEAD: u64 = 64 * 1024 * 1024;
 
 /// What the disk needs from the star: where it may write, and where it journals.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ fn target_error(cmd_target: &str) -> impl Fn(WireError) -> PullError + '_ {
 }
 
 /// Writes all of `pieces`, in order, with as few system calls as the file takes.
-fn write_all_pieces(file: &mut File, pieces: &[bytes::Bytes]) -> std::io::Result<()> {
+pub(super) fn write_all_pieces(file: &mut File, pieces: &[bytes::Bytes]) -> std::io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
