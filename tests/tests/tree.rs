@@ -267,6 +267,25 @@ async fn a_mixed_tree_arrives_identical_and_a_second_run_copies_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permission_bits_arrive_but_never_setuid_setgid_or_sticky() {
+    let p = Pair::new().await;
+    let src = p.source();
+    write(&src.join("suid"), b"s", 0o4755, 1_600_000_000);
+    write(&src.join("sgid"), b"g", 0o2750, 1_600_000_000);
+    write(&src.join("plain"), b"p", 0o640, 1_600_000_000);
+    std::fs::create_dir_all(src.join("sticky")).unwrap();
+    std::fs::set_permissions(src.join("sticky"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (s, _) = p.run(p.command(Filter::default())).await;
+    assert_eq!(s.failed, 0, "{:?}", s.failures);
+    let mode = |n: &str| std::fs::metadata(p.target().join(n)).unwrap().mode() & 0o7777;
+    assert_eq!(
+        (mode("suid"), mode("sgid"), mode("plain"), mode("sticky")),
+        (0o755, 0o750, 0o640, 0o777)
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_sync_level_copies_a_changed_file_as_defined() {
     let p = Pair::new().await;
     let src = p.source();
@@ -400,10 +419,20 @@ async fn links_are_skipped_or_recreated_but_never_followed_out_of_the_tree() {
         1_600_000_000,
     );
     symlink("../outside-dir", src.join("dir-out")).unwrap();
+    // A FIFO and a socket are reported and skipped, never opened.
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &src.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(src.join("socket")).unwrap();
 
     // Skipped by default: only the regular file arrives.
     let (s, _) = p.run(p.command(Filter::default())).await;
-    assert_eq!((s.copied, s.unsupported, s.failed), (1, 4, 0));
+    assert_eq!((s.copied, s.unsupported, s.failed), (1, 6, 0));
     let names: Vec<PathBuf> = snapshot(&p.target()).into_keys().collect();
     assert_eq!(names, vec![PathBuf::from("real")]);
 
@@ -413,7 +442,7 @@ async fn links_are_skipped_or_recreated_but_never_followed_out_of_the_tree() {
         ..Filter::default()
     };
     let (s, _) = p.run(p.command(links)).await;
-    assert_eq!((s.links, s.unsupported, s.failed), (1, 3, 0));
+    assert_eq!((s.links, s.unsupported, s.failed), (1, 5, 0));
     let dst = p.target();
     assert_eq!(
         std::fs::read_link(dst.join("inside-link")).unwrap(),
