@@ -422,7 +422,7 @@ async fn links_are_skipped_or_recreated_but_never_followed_out_of_the_tree() {
     // A FIFO and a socket are reported and skipped, never opened.
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("fifo"),
+        src.join("fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o644),
         0,
