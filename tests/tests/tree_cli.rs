@@ -361,3 +361,35 @@ fn a_large_file_resumes_from_what_a_killed_destination_left() {
         assert_eq!(parts(&cli.backup()), Vec::new());
     }
 }
+
+/// `orbitctl cancel` stops a tree: the files published before it stay whole, nothing partial is
+/// left, and no temporary file either (a cancelled tree does not keep one to resume).
+#[test]
+fn a_cancelled_tree_leaves_no_partial_or_temporary_file() {
+    // Large enough that the cancel lands while the file is in flight.
+    const SIZE: usize = 128 * 1024 * 1024;
+    let cli = Cli::start();
+    let mut bytes = vec![0u8; SIZE];
+    rand::thread_rng().fill(&mut bytes[..]);
+    put(&cli.data().join("big.bin"), &bytes);
+    put(&cli.data().join("small"), b"small");
+    let out = cli.tree(&["--detach"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let id = out.stdout.trim().to_owned();
+    part_reaches(&cli.backup(), 1024 * 1024);
+    let grid = wire(&cli.grid);
+    let out = orbitctl(&["--grid", &grid, "cancel", &id, "--star", "star-b"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("cancelled"), "{}", out.stdout);
+    let out = orbitctl(&["--grid", &grid, "wait", &id, "--star", "star-b"]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("cancelled"), "{}", out.stderr);
+    assert_eq!(parts(&cli.backup()), Vec::new());
+    for (name, copied) in files(&cli.backup()) {
+        assert_eq!(
+            Some(&copied),
+            files(&cli.data()).get(&name),
+            "{name:?} is partial"
+        );
+    }
+}
