@@ -658,7 +658,9 @@ async fn a_hostile_listing_writes_nothing_outside_and_names_each_bad_file() {
         quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
     let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
     let bad_names: Vec<&[u8]> = vec![b"../escape", b"/etc/evil", b"a//b", b"ok/../../x", b".."];
-    let names: Vec<Vec<u8>> = bad_names.iter().map(|n| n.to_vec()).collect();
+    // And one good name, whose data stream then claims a petabyte where 4 bytes were listed.
+    let mut names: Vec<Vec<u8>> = bad_names.iter().map(|n| n.to_vec()).collect();
+    names.push(b"good".to_vec());
     let ep = endpoint.clone();
     tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
@@ -694,6 +696,25 @@ async fn a_hostile_listing_writes_nothing_outside_and_names_each_bad_file() {
                                 ]
                                 .concat()
                             }
+                            ControlRequest::Fetch(_) => [
+                                orbit_wire::encode_frame(&DataFrame::Header {
+                                    request_id: 0,
+                                    size: 1 << 50,
+                                    version: orbit_wire::FileVersion {
+                                        size: 1 << 50,
+                                        mtime_sec: 0,
+                                        mtime_nsec: 0,
+                                        inode: 1,
+                                    },
+                                })
+                                .unwrap(),
+                                orbit_wire::encode_frame(&DataFrame::Chunk {
+                                    offset: 0,
+                                    data: bytes::Bytes::from_static(&[0u8; 1024]),
+                                })
+                                .unwrap(),
+                            ]
+                            .concat(),
                             _ => Vec::new(),
                         };
                         let _ = send.write_all(&out).await;
@@ -728,12 +749,19 @@ async fn a_hostile_listing_writes_nothing_outside_and_names_each_bad_file() {
     let ControlEvent::TreeDone(s) = events.pop().unwrap() else {
         panic!("expected TreeDone")
     };
-    assert_eq!((s.copied, s.failed), (0, bad_names.len() as u64));
-    let failed: Vec<&[u8]> = s.failures.iter().map(|f| f.name.as_slice()).collect();
-    assert_eq!(failed, bad_names);
-    for f in &s.failures {
-        assert_eq!(f.error.code, ErrorCode::InvalidArgument, "{}", f.error);
-    }
+    assert_eq!((s.copied, s.failed), (0, bad_names.len() as u64 + 1));
+    let failed: Vec<(&[u8], ErrorCode)> = s
+        .failures
+        .iter()
+        .map(|f| (f.name.as_slice(), f.error.code))
+        .collect();
+    let mut want: Vec<(&[u8], ErrorCode)> = bad_names
+        .iter()
+        .map(|n| (*n, ErrorCode::InvalidArgument))
+        .collect();
+    // The size the listing gave bounds what is written.
+    want.push((b"good", ErrorCode::FailedPrecondition));
+    assert_eq!(failed, want);
     assert!(s.delete_skipped.is_some(), "delete ran after failures");
     assert_eq!(list_tree(&target), Vec::<PathBuf>::new());
     assert_eq!(list_all(dst.path()), vec![target.clone()]);

@@ -257,8 +257,24 @@ async fn receive(
                         ),
                     ));
                 }
-                if base + size != batch[next].size && base > 0 {
-                    return protocol(format!("a resumed file of {size} bytes from {base}"));
+                // The size listed bounds what is written: a file that changed since (or a
+                // source that lies about it) fails alone, and the files after it are asked for
+                // again on a new stream.
+                if base + size != batch[next].size {
+                    let changed = WireError::new(
+                        ErrorCode::FailedPrecondition,
+                        format!(
+                            "the file changed on {} since it was listed ({} bytes, now {})",
+                            cmd.source,
+                            batch[next].size,
+                            base.saturating_add(size)
+                        ),
+                    );
+                    let _ = tx.send(WriteMsg::Failed(next, changed)).await;
+                    return Some(WireError::new(
+                        ErrorCode::Unavailable,
+                        format!("not sent yet: a file before it changed on {}", cmd.source),
+                    ));
                 }
                 current = Some((next, size, 0, base));
                 WriteMsg::Begin(next, size, version, base)
