@@ -388,6 +388,12 @@ impl Jail {
     }
 }
 
+/// Whether a file name is an Orbit temporary file (`.orbit-*.part`): a replication in progress,
+/// or one interrupted. Never served as part of a tree, never taken from one.
+pub fn is_temporary(name: &[u8]) -> bool {
+    name.starts_with(b".orbit-") && name.ends_with(b".part")
+}
+
 /// Opens `name` beneath a tree's top directory `top` with `flags`, through no symbolic link,
 /// `..` or magic link: a component swapped for a link at any moment fails the open.
 ///

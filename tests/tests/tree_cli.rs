@@ -285,6 +285,10 @@ fn killing_either_star_at_random_moments_of_a_tree_never_leaves_a_partial_file()
 
 /// The temporary files beneath `dir`, with their sizes.
 fn parts(dir: &Path) -> Vec<(PathBuf, u64)> {
+    // The target directory may not have been made yet.
+    if !dir.exists() {
+        return Vec::new();
+    }
     list_tree(dir)
         .into_iter()
         .filter(|p| p.to_string_lossy().contains(".orbit-tree-"))

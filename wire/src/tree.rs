@@ -21,6 +21,9 @@ use crate::{FileVersion, TransferId, WireError, MAX_COMPONENT_LEN, MAX_PATH_LEN}
 
 /// How many entries a source puts in one [`ListFrame::Entries`] at most.
 pub const LIST_BATCH: usize = 256;
+/// How many bytes of names and link texts a source puts in one [`ListFrame::Entries`] at most,
+/// so that a batch stays well inside a control frame whatever the names' length.
+pub const LIST_BATCH_BYTES: usize = 32 * 1024;
 /// How many files one [`FetchRequest`] may ask for.
 pub const MAX_FETCH_FILES: usize = 1024;
 /// The `request_id` of a `DataFrame::Error` that refuses a whole fetch, not one file of it.
@@ -92,26 +95,26 @@ pub fn display_name(name: &[u8]) -> String {
 }
 
 /// Whether the text of a symbolic link at `name` stays inside the tree when resolved where the
-/// link is: relative, and never climbing above the top with `..`.
+/// link is, whatever the other links in the tree point at: relative, with every `..` before the
+/// first name (`../../a/b`, never `a/../b`, since `a` may itself be a link) and no more of them
+/// than the link's depth below the top.
 pub fn link_stays_inside(name: &[u8], target: &[u8]) -> bool {
     if target.is_empty() || target.starts_with(b"/") || target.contains(&0) {
         return false;
     }
     // The depth of the directory holding the link.
-    let mut depth = name.split(|&b| b == b'/').count() as i64 - 1;
+    let depth = name.split(|&b| b == b'/').count() - 1;
+    let mut ups = 0;
+    let mut named = false;
     for component in target.split(|&b| b == b'/') {
         match component {
             b"" | b"." => {}
-            b".." => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            _ => depth += 1,
+            b".." if named => return false,
+            b".." => ups += 1,
+            _ => named = true,
         }
     }
-    true
+    ups <= depth
 }
 
 /// Which files of a tree a token allows: glob patterns, and whether symbolic links are sent.
@@ -411,9 +414,12 @@ pub enum EntryKind {
         /// The link's text.
         target: Vec<u8>,
     },
-    /// Something the source does not send (a FIFO, socket or device, a file with other hard
-    /// links, a link leaving the tree), and why.
-    Skipped(WireError),
+    /// Something the source does not send by design (a FIFO, socket or device, a file with
+    /// other hard links, a link leaving the tree or not asked for), and why.
+    Unsupported(WireError),
+    /// Something the source could not read (no permission, an I/O error, too deep): a failure,
+    /// which stops `--delete`.
+    Unreadable(WireError),
 }
 
 /// A tree replication's progress: what is done of what is known so far.
@@ -549,7 +555,14 @@ mod tests {
         assert!(link_stays_inside(b"l", b"f"));
         assert!(link_stays_inside(b"a/l", b"../f"));
         assert!(link_stays_inside(b"a/b/l", b"../../f"));
-        assert!(link_stays_inside(b"a/l", b"./b/../c"));
+        assert!(!link_stays_inside(b"a/l", b"./b/../c"));
+        assert!(link_stays_inside(b"a/l", b"./b/./c"));
+        // `up` may be a link to `..`: nothing after a name may climb.
+        assert!(!link_stays_inside(
+            b"x",
+            b"a/up/a/up/../../../../etc/hostname"
+        ));
+        assert!(!link_stays_inside(b"a/b/l", b"../c/../../x"));
         assert!(!link_stays_inside(b"l", b"../f"));
         assert!(!link_stays_inside(b"a/l", b"../../f"));
         assert!(!link_stays_inside(b"a/l", b"/etc/passwd"));
@@ -678,7 +691,7 @@ mod tests {
             },
             Entry {
                 name: b"p".to_vec(),
-                kind: EntryKind::Skipped(WireError::new(ErrorCode::InvalidArgument, "x")),
+                kind: EntryKind::Unsupported(WireError::new(ErrorCode::InvalidArgument, "x")),
             },
         ]);
         assert_eq!(

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | the listing, one stream | `tree.rs` | [`replicate`] and [`walk`] read `ListFrame`s; [`plan::plan`] decides each entry (blocking) |
 //! | directories and links | `tree/plan.rs` | made by [`plan::plan`] at once, one level at a time beneath the target's handle |
-//! | files | `tree.rs`, `tree/fetch.rs`, `tree/write.rs` | batched by [`Batcher`], fetched by [`fetch::spawn_fetch`] on [`FETCH_STREAMS`] streams; written, verified and published by [`write::write_batch`] (blocking) |
+//! | files | `tree.rs`, `tree/fetch.rs`, `tree/write.rs` | batched by [`Batcher`], fetched by [`fetch::Fetches`] on [`FETCH_STREAMS`] streams; written, verified and published by [`write::write_batch`] (blocking) |
 //! | after the last file | `tree/delete.rs` | directory modes and times ([`delete::finish_dirs`]), then `--delete` ([`delete::delete`]) |
 //!
 //! Every name is checked (`orbit_wire::tree::check_name`) before it is used, and everything is
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use rustix::fs::{OFlags, Timespec};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use orbit_wire::token;
@@ -48,7 +48,7 @@ mod plan;
 mod write;
 
 use self::delete::{delete, finish_dirs};
-use self::fetch::{reap, record, spawn_fetch};
+use self::fetch::Fetches;
 use self::plan::{plan, Decision};
 
 /// Fetch streams in flight at once.
@@ -92,15 +92,23 @@ struct Shared<'a> {
     transfer: &'a Transfer,
     tally: Mutex<Tally>,
     top: Option<Arc<OwnedFd>>,
+    /// Cancelled when a controller cancels the tree or the star shuts down: every task of the
+    /// tree stops, and is waited for, before the tree reports its end.
+    stop: CancellationToken,
 }
 
 impl Shared<'_> {
+    /// Updates the counts and publishes the progress. The bytes done are counted by the fetches
+    /// themselves, on the progress watch, and kept.
     fn tally(&self, f: impl FnOnce(&mut Tally)) {
         let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut tally);
-        let progress = tally.progress;
+        let mut progress = tally.progress;
         drop(tally);
-        self.transfer.tree.send_replace(Some(progress));
+        self.transfer.tree.send_modify(|now| {
+            progress.bytes_done = now.map_or(0, |p| p.bytes_done);
+            *now = Some(progress);
+        });
     }
 
     /// Records what happened to one entry, and reports it with `itemize`.
@@ -196,21 +204,33 @@ pub(crate) async fn replicate(
         transfer,
         tally: Mutex::default(),
         top: top.map(Arc::new),
+        stop: CancellationToken::new(),
     };
-    let cancelled = async {
+    // A cancel or a shutdown stops the tree's tasks; the tree still waits for them all (their
+    // writers included) before it reports, so nothing writes after its end.
+    let watch = async {
         tokio::select! {
-            _ = transfer.cancel.cancelled() => PullError::Cancelled,
-            _ = replicator.life.cancel.cancelled() => PullError::ShuttingDown {
+            _ = transfer.cancel.cancelled() => {}
+            _ = replicator.life.cancel.cancelled() => {}
+        }
+        shared.stop.cancel();
+        std::future::pending::<()>().await
+    };
+    let result = tokio::select! {
+        result = attempts(&shared) => result,
+        () = watch => Err(PullError::Internal("the tree's watch ended".into())),
+    };
+    if shared.stop.is_cancelled() {
+        return Err(if transfer.cancel.is_cancelled() {
+            PullError::Cancelled
+        } else {
+            PullError::ShuttingDown {
                 star: replicator.star.clone(),
                 resumes: false,
-            },
-        }
-    };
-    let seen = tokio::select! {
-        biased;
-        e = cancelled => return Err(e),
-        seen = attempts(&shared) => seen?,
-    };
+            }
+        });
+    }
+    let seen = result?;
     let top = shared.top.clone();
     if let Some(top) = top.clone().filter(|_| !cmd.dry_run) {
         let dirs = seen.dirs;
@@ -255,11 +275,16 @@ async fn attempts(shared: &Shared<'_>) -> Result<Seen, PullError> {
     loop {
         // Each attempt counts afresh; the bytes already copied stay counted.
         shared.tally(|t| {
-            let bytes = t.summary.bytes;
+            let (bytes, resumed) = (t.summary.bytes, t.summary.resumed);
             *t = Tally::default();
             t.summary.bytes = bytes;
+            t.summary.resumed = resumed;
             t.summary.dry_run = cmd.dry_run;
         });
+        shared
+            .transfer
+            .tree
+            .send_replace(Some(TreeProgress::default()));
         let result = match shared.pool.get(&cmd.source, &cmd.source_addr).await {
             Ok(peer) => walk(shared, &peer).await,
             Err(e) => Err(e.into()),
@@ -278,7 +303,7 @@ async fn attempts(shared: &Shared<'_>) -> Result<Seen, PullError> {
         if listed > 0 {
             progress_at = std::time::Instant::now();
         }
-        if progress_at.elapsed() >= window {
+        if progress_at.elapsed() >= window || shared.stop.is_cancelled() {
             return Err(error);
         }
         attempt += 1;
@@ -289,7 +314,10 @@ async fn attempts(shared: &Shared<'_>) -> Result<Seen, PullError> {
             after_ms: after.as_millis() as u64,
             reason: format!("{error}; the tree starts over and skips what was copied"),
         });
-        tokio::time::sleep(after).await;
+        tokio::select! {
+            _ = shared.stop.cancelled() => return Err(error),
+            _ = tokio::time::sleep(after) => {}
+        }
     }
 }
 
@@ -302,8 +330,27 @@ struct Seen {
     dirs: Vec<(Vec<u8>, u32, Timespec)>,
 }
 
-/// Reads the listing and plans each batch, fetching files as the batches fill.
+/// Reads the listing and plans each batch, fetching files as the batches fill; then waits for
+/// every fetch, also when the listing failed (whose fetches are stopped first), so that no
+/// writer outlives the attempt.
 async fn walk(shared: &Shared<'_>, peer: &Arc<PeerConn>) -> Result<Seen, PullError> {
+    let stop = shared.stop.child_token();
+    let mut fetches = Fetches::default();
+    let result = list(shared, peer, &mut fetches, &stop).await;
+    if result.is_err() {
+        stop.cancel();
+    }
+    fetches.drain(shared).await;
+    result
+}
+
+/// The listing itself, for [`walk`].
+async fn list(
+    shared: &Shared<'_>,
+    peer: &Arc<PeerConn>,
+    fetches: &mut Fetches,
+    stop: &CancellationToken,
+) -> Result<Seen, PullError> {
     let cmd = shared.cmd;
     let source = &cmd.source;
     let lost = |what: &'static str, e: WireError| PullError::Lost {
@@ -330,21 +377,24 @@ async fn walk(shared: &Shared<'_>, peer: &Arc<PeerConn>) -> Result<Seen, PullErr
     let _ = send.finish();
     let mut seen = Seen::default();
     let slots = Arc::new(Semaphore::new(FETCH_STREAMS));
-    let mut fetches = JoinSet::new();
     let mut batcher = Batcher::default();
     loop {
-        let frame = tokio::time::timeout(
+        let read = tokio::time::timeout(
             STALL,
             framed::read_frame::<ListFrame>(&mut recv, orbit_wire::MAX_CONTROL_FRAME),
-        )
-        .await
-        .map_err(|_| PullError::Stalled {
-            source_star: source.clone(),
-            offset: 0,
-            total: 0,
-            seconds: STALL.as_secs_f64(),
-        })?
-        .map_err(|e| lost("listing", e.to_wire()))?;
+        );
+        let frame = tokio::select! {
+            _ = stop.cancelled() => return Err(PullError::Cancelled),
+            frame = read => frame,
+        };
+        let frame = frame
+            .map_err(|_| PullError::Stalled {
+                source_star: source.clone(),
+                offset: 0,
+                total: 0,
+                seconds: STALL.as_secs_f64(),
+            })?
+            .map_err(|e| lost("listing", e.to_wire()))?;
         let entries = match frame {
             ListFrame::Entries(entries) => entries,
             ListFrame::End => break,
@@ -383,8 +433,8 @@ async fn walk(shared: &Shared<'_>, peer: &Arc<PeerConn>) -> Result<Seen, PullErr
                 }
                 Decision::Copy(want) => {
                     for batch in batcher.push(want) {
-                        spawn_fetch(shared, peer, &slots, &mut fetches, batch).await;
-                        reap(shared, &mut fetches);
+                        fetches.spawn(shared, peer, &slots, batch, stop).await;
+                        fetches.reap(shared);
                     }
                 }
                 Decision::Dir(name, mode, mtime, made) => {
@@ -404,10 +454,7 @@ async fn walk(shared: &Shared<'_>, peer: &Arc<PeerConn>) -> Result<Seen, PullErr
     }
     shared.tally(|t| t.progress.listed = true);
     if let Some(batch) = batcher.flush() {
-        spawn_fetch(shared, peer, &slots, &mut fetches, batch).await;
-    }
-    while let Some(done) = fetches.join_next().await {
-        record(shared, done);
+        fetches.spawn(shared, peer, &slots, batch, stop).await;
     }
     Ok(seen)
 }

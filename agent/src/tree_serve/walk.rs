@@ -10,13 +10,13 @@ use rustix::fs::{AtFlags, FileType, OFlags};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use orbit_wire::tree::{self, Entry, EntryKind, LIST_BATCH};
+use orbit_wire::tree::{self, Entry, EntryKind, LIST_BATCH, LIST_BATCH_BYTES};
 use orbit_wire::{ErrorCode, WireError};
 
 use super::Authorized;
 use crate::digests::FileKey;
 use crate::error::ToWire;
-use crate::jail::{open_in_tree, open_tree_file, JailError};
+use crate::jail::{is_temporary, open_in_tree, open_tree_file, JailError};
 use crate::serve::ServeError;
 
 /// How deep a tree may nest below its top: each level holds a directory open while it is
@@ -50,6 +50,7 @@ pub(super) fn walk(
         prefix: Vec::new(),
     }];
     let mut batch = Vec::with_capacity(LIST_BATCH);
+    let mut batch_bytes = 0;
     loop {
         let depth = stack.len();
         let Some(level) = stack.last_mut() else { break };
@@ -60,7 +61,9 @@ pub(super) fn walk(
         let dirent = next?;
         let file_name = dirent.file_name();
         let bytes = file_name.to_bytes();
-        if bytes == b"." || bytes == b".." {
+        // Orbit's own temporary files (an interrupted replication's) are never part of a tree:
+        // sent on, one could collide with the destination's temporary for a sibling.
+        if bytes == b"." || bytes == b".." || is_temporary(bytes) {
             continue;
         }
         let name = [level.prefix.as_slice(), bytes].concat();
@@ -73,7 +76,7 @@ pub(super) fn walk(
                 let error = JailError::from(e).to_wire();
                 batch.push(Entry {
                     name,
-                    kind: EntryKind::Skipped(error),
+                    kind: EntryKind::Unreadable(error),
                 });
                 continue;
             }
@@ -84,10 +87,10 @@ pub(super) fn walk(
         }
         let mut descend = None;
         let entry_kind = match kind {
-            FileType::Directory if depth > MAX_DEPTH => skipped(
+            FileType::Directory if depth > MAX_DEPTH => EntryKind::Unreadable(WireError::new(
                 ErrorCode::ResourceExhausted,
                 format!("deeper than {MAX_DEPTH} levels below the tree's top"),
-            ),
+            )),
             FileType::Directory => {
                 match open_in_tree(dir, bytes, OFlags::DIRECTORY | OFlags::RDONLY)
                     .and_then(|fd| Ok(rustix::fs::Dir::new(fd)?))
@@ -105,11 +108,13 @@ pub(super) fn walk(
                             mtime_nsec: u32::try_from(stat.st_mtime_nsec).unwrap_or(0),
                         }
                     }
-                    Err(e) => EntryKind::Skipped(e.to_wire()),
+                    // Swapped for a link since it was read: a link is not followed.
+                    Err(e @ JailError::Escapes) => EntryKind::Unsupported(e.to_wire()),
+                    Err(e) => EntryKind::Unreadable(e.to_wire()),
                 }
             }
             FileType::RegularFile if stat.st_nlink > 1 => {
-                EntryKind::Skipped(JailError::HardLinked(stat.st_nlink as u64).to_wire())
+                EntryKind::Unsupported(JailError::HardLinked(stat.st_nlink as u64).to_wire())
             }
             FileType::RegularFile => {
                 let sha256 = if checksums {
@@ -118,7 +123,7 @@ pub(super) fn walk(
                         Err(e) => {
                             batch.push(Entry {
                                 name,
-                                kind: EntryKind::Skipped(e.to_wire()),
+                                kind: EntryKind::Unreadable(e.to_wire()),
                             });
                             continue;
                         }
@@ -148,7 +153,7 @@ pub(super) fn walk(
                         ErrorCode::PermissionDenied,
                         "a symbolic link that leaves the tree".into(),
                     ),
-                    Err(e) => EntryKind::Skipped(JailError::from(e).to_wire()),
+                    Err(e) => EntryKind::Unreadable(JailError::from(e).to_wire()),
                 }
             }
             FileType::Symlink => skipped(
@@ -160,6 +165,13 @@ pub(super) fn walk(
                 format!("not a regular file ({})", describe(other)),
             ),
         };
+        batch_bytes += name.len()
+            + match &entry_kind {
+                EntryKind::Symlink { target } => target.len(),
+                EntryKind::Unsupported(e) | EntryKind::Unreadable(e) => e.message.len(),
+                _ => 0,
+            }
+            + ENTRY_OVERHEAD;
         batch.push(Entry {
             name,
             kind: entry_kind,
@@ -167,7 +179,8 @@ pub(super) fn walk(
         if let Some(level) = descend {
             stack.push(level);
         }
-        if batch.len() >= LIST_BATCH {
+        if batch.len() >= LIST_BATCH || batch_bytes >= LIST_BATCH_BYTES {
+            batch_bytes = 0;
             let full = std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH));
             if tx.blocking_send(full).is_err() {
                 return Err(ServeError::Abandoned);
@@ -180,8 +193,13 @@ pub(super) fn walk(
     Ok(())
 }
 
+/// An entry the source does not send by design.
+/// What an entry costs in a batch beside its name, link text or error message: its kind,
+/// version, mode and digest, rounded up.
+const ENTRY_OVERHEAD: usize = 128;
+
 fn skipped(code: ErrorCode, message: String) -> EntryKind {
-    EntryKind::Skipped(WireError::new(code, message))
+    EntryKind::Unsupported(WireError::new(code, message))
 }
 
 fn describe(kind: FileType) -> &'static str {

@@ -14,10 +14,10 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use orbit_wire::tree::{Filter, ItemAction};
 use orbit_wire::{ErrorCode, WireError};
 
-use super::write::{is_part, is_tree_part};
+use super::write::is_tree_part;
 use super::{split_name, Shared};
 use crate::error::ToWire;
-use crate::jail::{open_in_tree, JailError};
+use crate::jail::{is_temporary, open_in_tree, JailError};
 use crate::replication::error::PullError;
 
 /// Sets each directory's mode and modification time, deepest first, now that its contents are
@@ -144,7 +144,7 @@ fn absent(
                 let _ = rustix::fs::unlinkat(&dir, file_name, AtFlags::empty());
                 continue;
             }
-            if file_name == b"." || file_name == b".." || is_part(file_name) {
+            if file_name == b"." || file_name == b".." || is_temporary(file_name) {
                 continue;
             }
             let name = if dir_name.is_empty() {

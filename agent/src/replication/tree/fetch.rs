@@ -6,9 +6,10 @@
 //! It never writes to the target or hashes on an async worker: the writer and the hashing of a
 //! leftover temporary file run on blocking threads.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
@@ -23,108 +24,211 @@ use orbit_wire::tree::{
 };
 use orbit_wire::{ControlRequest, DataFrame, ErrorCode, FileVersion, WireError};
 
+use super::plan::left_behind;
 use super::write::{part_name, write_batch, WriteMsg};
-use super::{split_name, Shared, Want, STALL};
+use super::{split_name, Shared, Want, RESUME_MIN, STALL};
 use crate::error::ToWire;
 use crate::framed::{self, write_frame, DataRead};
 use crate::jail::open_in_tree;
-use crate::pool::PeerConn;
+use crate::pool::{PeerConn, Pool};
 use crate::replication::error::PullError;
-
-/// How many times files lost to the network are asked for again.
-const FETCH_RETRIES: u32 = 4;
-/// The wait before the first retry; it doubles with each.
-const RETRY_BACKOFF: Duration = Duration::from_millis(500);
+use crate::replication::machine::{backoff, DEFAULT_TIMEOUT};
 
 /// What one fetch did to each of its files.
 type Fetched = Vec<(Want, Result<(), WireError>)>;
 
-/// Starts a fetch once a stream slot is free.
-pub(super) async fn spawn_fetch(
-    shared: &Shared<'_>,
-    peer: &Arc<PeerConn>,
-    slots: &Arc<Semaphore>,
-    fetches: &mut JoinSet<Fetched>,
-    batch: Vec<Want>,
-) {
-    let Ok(slot) = slots.clone().acquire_owned().await else {
-        return;
-    };
-    let Some(top) = shared.top.clone() else {
-        return;
-    };
-    let cmd = shared.cmd.clone();
-    let (pool, mut peer) = (shared.pool.clone(), peer.clone());
-    let progress = shared.transfer.tree.clone();
-    let cancelled = shared.transfer.cancel.clone();
-    fetches.spawn(async move {
+/// The fetches of one attempt in flight, with the files each carries, so that a task lost to a
+/// panic still counts its files as failed.
+#[derive(Default)]
+pub(super) struct Fetches {
+    set: JoinSet<Fetched>,
+    files: HashMap<tokio::task::Id, Vec<Want>>,
+}
+
+impl Fetches {
+    /// Starts a fetch of `batch` once one of `slots` is free.
+    pub(super) async fn spawn(
+        &mut self,
+        shared: &Shared<'_>,
+        peer: &Arc<PeerConn>,
+        slots: &Arc<Semaphore>,
+        batch: Vec<Want>,
+        stop: &CancellationToken,
+    ) {
+        let slot = tokio::select! {
+            _ = stop.cancelled() => return,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        let (Ok(slot), Some(top)) = (slot, shared.top.clone()) else {
+            return;
+        };
+        let task = Task {
+            cmd: shared.cmd.clone(),
+            pool: shared.pool.clone(),
+            peer: peer.clone(),
+            top,
+            progress: shared.transfer.tree.clone(),
+            cancelled: shared.transfer.cancel.clone(),
+            stop: stop.clone(),
+        };
+        let files = batch.clone();
+        let handle = self.set.spawn(async move {
+            let done = task.run(batch).await;
+            drop(slot);
+            done
+        });
+        self.files.insert(handle.id(), files);
+    }
+
+    /// Records the fetches that have ended, without waiting.
+    pub(super) fn reap(&mut self, shared: &Shared<'_>) {
+        while let Some(done) = self.set.try_join_next_with_id() {
+            self.record(shared, done);
+        }
+    }
+
+    /// Waits for every fetch, and records each.
+    pub(super) async fn drain(&mut self, shared: &Shared<'_>) {
+        while let Some(done) = self.set.join_next_with_id().await {
+            self.record(shared, done);
+        }
+    }
+
+    fn record(
+        &mut self,
+        shared: &Shared<'_>,
+        done: Result<(tokio::task::Id, Fetched), tokio::task::JoinError>,
+    ) {
+        let results = match done {
+            Ok((id, results)) => {
+                self.files.remove(&id);
+                results
+            }
+            Err(e) => {
+                warn!("a fetch task was lost: {e}");
+                let lost = WireError::new(ErrorCode::Internal, format!("the fetch was lost: {e}"));
+                let files = self.files.remove(&e.id()).unwrap_or_default();
+                files.into_iter().map(|w| (w, Err(lost.clone()))).collect()
+            }
+        };
+        for (want, result) in results {
+            match result {
+                Ok(()) => {
+                    let (sent, resumed) = (want.size - want.offset, want.offset);
+                    shared.tally(|t| {
+                        t.summary.bytes += sent;
+                        t.summary.resumed += resumed;
+                    });
+                    shared.item(ItemAction::Copied, &want.name, 'f', want.size, None);
+                }
+                Err(error) => {
+                    shared.item(ItemAction::Failed, &want.name, 'f', want.size, Some(error))
+                }
+            }
+        }
+    }
+}
+
+/// What one fetch task needs.
+struct Task {
+    cmd: ReplicateTree,
+    pool: Arc<Pool>,
+    peer: Arc<PeerConn>,
+    top: Arc<OwnedFd>,
+    progress: tokio::sync::watch::Sender<Option<TreeProgress>>,
+    /// A controller's cancel: a cut-short large file keeps no temporary file.
+    cancelled: CancellationToken,
+    /// The attempt's stop.
+    stop: CancellationToken,
+}
+
+impl Task {
+    /// Fetches `batch`. Files lost to the network, or refused by a busy source, are asked for
+    /// again (a large one from what its temporary file holds), on a connection dialled anew if
+    /// need be, until the command's timeout passes without a file arriving; any other failure
+    /// is final.
+    async fn run(self, batch: Vec<Want>) -> Fetched {
+        let window = match self.cmd.timeout_secs {
+            0 => DEFAULT_TIMEOUT,
+            secs => Duration::from_secs(secs.into()),
+        };
+        let mut progress_at = Instant::now();
         let mut done = Vec::with_capacity(batch.len());
         let mut batch = batch;
-        // Files lost to the network (a connection lost, the source restarting) are asked for
-        // again, on a connection dialled anew if need be; any other failure is final.
-        for attempt in 0..=FETCH_RETRIES {
-            let results = fetch(&peer, &cmd, top.clone(), batch, &progress, &cancelled).await;
+        let mut peer = self.peer.clone();
+        for attempt in 1.. {
+            let results = fetch(&peer, &self, batch).await;
+            if results.iter().any(|(_, r)| r.is_ok()) {
+                progress_at = Instant::now();
+            }
+            let retry = !self.stop.is_cancelled() && progress_at.elapsed() < window;
             let (again, over): (Fetched, Fetched) = results.into_iter().partition(|(_, r)| {
-                attempt < FETCH_RETRIES
+                retry
                     && r.as_ref().is_err_and(|e| {
-                        matches!(e.code, ErrorCode::Unavailable | ErrorCode::DeadlineExceeded)
+                        matches!(
+                            e.code,
+                            ErrorCode::Unavailable
+                                | ErrorCode::DeadlineExceeded
+                                | ErrorCode::ResourceExhausted
+                        )
                     })
             });
             done.extend(over);
             if again.is_empty() {
                 break;
             }
-            tokio::time::sleep(RETRY_BACKOFF * 2u32.pow(attempt)).await;
-            match pool.get(&cmd.source, &cmd.source_addr).await {
-                Ok(fresh) => peer = fresh,
+            tokio::select! {
+                _ = self.stop.cancelled() => {}
+                _ = tokio::time::sleep(backoff(attempt, rand::random::<f64>())) => {}
+            }
+            match self.pool.get(&self.cmd.source, &self.cmd.source_addr).await {
+                Ok(fresh) if !self.stop.is_cancelled() => peer = fresh,
+                Ok(_) => {
+                    let stopped = WireError::new(ErrorCode::Cancelled, "the tree stopped");
+                    done.extend(again.into_iter().map(|(w, _)| (w, Err(stopped.clone()))));
+                    break;
+                }
                 Err(e) => {
                     let error = PullError::from(e).to_wire();
                     done.extend(again.into_iter().map(|(w, _)| (w, Err(error.clone()))));
                     break;
                 }
             }
-            batch = again.into_iter().map(|(w, _)| w).collect();
+            // A large file goes on from what its temporary file holds now.
+            let top = self.top.clone();
+            let wants: Vec<Want> = again.into_iter().map(|(w, _)| w).collect();
+            batch = tokio::task::spawn_blocking(move || {
+                wants
+                    .into_iter()
+                    .map(|mut w| {
+                        if w.size >= RESUME_MIN {
+                            w.offset = leftover(&top, &w);
+                        }
+                        w
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
         }
-        drop(slot);
         done
-    });
-}
-
-/// Records the fetches that have ended, without waiting.
-pub(super) fn reap(shared: &Shared<'_>, fetches: &mut JoinSet<Fetched>) {
-    while let Some(done) = fetches.try_join_next() {
-        record(shared, done);
     }
 }
 
-pub(super) fn record(shared: &Shared<'_>, done: Result<Fetched, tokio::task::JoinError>) {
-    let Ok(results) = done else {
-        return warn!("a fetch task was lost");
-    };
-    for (want, result) in results {
-        match result {
-            Ok(()) => {
-                let (sent, resumed) = (want.size - want.offset, want.offset);
-                shared.tally(|t| {
-                    t.summary.bytes += sent;
-                    t.summary.resumed += resumed;
-                });
-                shared.item(ItemAction::Copied, &want.name, 'f', want.size, None);
-            }
-            Err(error) => shared.item(ItemAction::Failed, &want.name, 'f', want.size, Some(error)),
-        }
+/// What the temporary file of `want` holds that a resume may keep (see `left_behind`).
+/// Blocking.
+fn leftover(top: &OwnedFd, want: &Want) -> u64 {
+    let (parent, last) = split_name(&want.name);
+    let path: &[u8] = if parent.is_empty() { b"." } else { parent };
+    match open_in_tree(top, path, OFlags::DIRECTORY | OFlags::RDONLY) {
+        Ok(dir) => left_behind(&dir, last, want.size),
+        Err(_) => 0,
     }
 }
 
 /// Fetches `batch` on one stream and publishes each file that arrives intact.
-async fn fetch(
-    peer: &PeerConn,
-    cmd: &ReplicateTree,
-    top: Arc<OwnedFd>,
-    batch: Vec<Want>,
-    progress: &tokio::sync::watch::Sender<Option<TreeProgress>>,
-    cancelled: &CancellationToken,
-) -> Fetched {
+async fn fetch(peer: &PeerConn, task: &Task, batch: Vec<Want>) -> Fetched {
+    let (cmd, top, progress) = (&task.cmd, task.top.clone(), &task.progress);
     let mut batch = batch;
     // A resumed file travels alone; its bytes on disk must match the source's before any is kept.
     let mut expect = None;
@@ -145,9 +249,9 @@ async fn fetch(
     }
     let (tx, rx) = mpsc::channel::<WriteMsg>(16);
     let wants = batch.clone();
-    let cancelled = cancelled.clone();
+    let cancelled = task.cancelled.clone();
     let writer = tokio::task::spawn_blocking(move || write_batch(&top, &wants, &cancelled, rx));
-    let stream_error = receive(peer, cmd, &batch, expect, &tx, progress).await;
+    let stream_error = receive(peer, cmd, &batch, expect, &tx, progress, &task.stop).await;
     if let Some(error) = &stream_error {
         let _ = tx.send(WriteMsg::Abort(error.clone())).await;
     }
@@ -176,6 +280,7 @@ async fn receive(
     expect: Option<FileVersion>,
     tx: &mpsc::Sender<WriteMsg>,
     progress: &tokio::sync::watch::Sender<Option<TreeProgress>>,
+    stop: &CancellationToken,
 ) -> Option<WireError> {
     let unavailable = |e: String| Some(WireError::new(ErrorCode::Unavailable, e));
     let (mut send, mut recv) = match peer.conn.open_bi().await {
@@ -209,7 +314,14 @@ async fn receive(
     let mut current: Option<(usize, u64, u64, u64)> = None;
     let mut next = 0usize;
     loop {
-        let read = match tokio::time::timeout(STALL, framed::read_data_frame(&mut recv)).await {
+        let read = tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = recv.stop(crate::error::varint(ErrorCode::Cancelled));
+                return Some(WireError::new(ErrorCode::Cancelled, "the tree stopped"));
+            }
+            read = tokio::time::timeout(STALL, framed::read_data_frame(&mut recv)) => read,
+        };
+        let read = match read {
             Ok(read) => read,
             Err(_) => {
                 return Some(WireError::new(
@@ -244,7 +356,7 @@ async fn receive(
                 size,
                 version,
             })) => {
-                if current.is_some() || request_id != next as u64 {
+                if current.is_some() || request_id != next as u64 || next >= batch.len() {
                     return protocol(format!("a header for file {request_id} out of turn"));
                 }
                 let base = batch[next].offset;

@@ -15,7 +15,7 @@ use orbit_wire::{ErrorCode, WireError};
 use super::write::part_name;
 use super::{split_name, Parents, Want, RESUME_MIN};
 use crate::error::ToWire;
-use crate::jail::{open_in_tree, JailError};
+use crate::jail::{is_temporary, open_in_tree, JailError};
 
 /// What to do with one listed entry.
 pub(super) enum Decision {
@@ -55,7 +55,7 @@ fn decide(
         EntryKind::File { .. } => 'f',
         EntryKind::Dir { .. } => 'd',
         EntryKind::Symlink { .. } => 'l',
-        EntryKind::Skipped(_) => '?',
+        EntryKind::Unsupported(_) | EntryKind::Unreadable(_) => '?',
     };
     let size = match &kind {
         EntryKind::File { version, .. } => version.size,
@@ -71,15 +71,24 @@ fn decide(
         );
         return fail(name, error);
     }
-    if let EntryKind::Skipped(error) = kind {
-        // What the source does not send by design (a kind of file it never sends, a link that
-        // leaves the tree, a file with other names) is reported; what it could not read is a
-        // failure, and stops --delete.
-        let action = match error.code {
-            ErrorCode::InvalidArgument | ErrorCode::PermissionDenied => ItemAction::Unsupported,
-            _ => ItemAction::Failed,
-        };
-        return Decision::Item(action, name, letter, 0, Some(error));
+    // What the source does not send by design is reported; what it could not read is a failure,
+    // and stops --delete. An Orbit temporary file is never taken from a source: it could collide
+    // with this star's own temporary for a sibling.
+    match kind {
+        EntryKind::Unsupported(error) => {
+            return Decision::Item(ItemAction::Unsupported, name, letter, 0, Some(error))
+        }
+        EntryKind::Unreadable(error) => {
+            return Decision::Item(ItemAction::Failed, name, letter, 0, Some(error))
+        }
+        _ if is_temporary(split_name(&name).1) => {
+            let error = WireError::new(
+                ErrorCode::InvalidArgument,
+                "the source sent an Orbit temporary file's name",
+            );
+            return fail(name, error);
+        }
+        _ => {}
     }
     let (parent_name, last) = split_name(&name);
     let (parent_name, last) = (parent_name.to_vec(), last.to_vec());
@@ -239,7 +248,7 @@ fn decide(
             }
         }
         // Answered before the target is looked at.
-        EntryKind::Skipped(error) => {
+        EntryKind::Unsupported(error) | EntryKind::Unreadable(error) => {
             Decision::Item(ItemAction::Unsupported, name, '?', 0, Some(error))
         }
     }
@@ -257,7 +266,7 @@ fn hash_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<[u8; 32]> {
 
 /// How many bytes of `last`'s temporary file in `dir` may be reused: what it holds, in whole
 /// chunks, up to the file's `size`; 0 when there is none. Blocking.
-fn left_behind(dir: &OwnedFd, last: &[u8], size: u64) -> u64 {
+pub(super) fn left_behind(dir: &OwnedFd, last: &[u8], size: u64) -> u64 {
     let part = part_name(last);
     match rustix::fs::statat(dir, part.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
         Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile => {

@@ -286,11 +286,6 @@ fn remove_part(dir: &OwnedFd, part: &str) {
     let _ = rustix::fs::unlinkat(dir, part, AtFlags::empty());
 }
 
-/// Whether a name is one of Orbit's temporary files.
-pub(super) fn is_part(name: &[u8]) -> bool {
-    name.starts_with(b".orbit-") && name.ends_with(b".part")
-}
-
 /// Whether a name is a tree's temporary file: a crash leaves these behind, and the next run
 /// that writes the same file, or deletes with `--delete`, removes them.
 pub(super) fn is_tree_part(name: &[u8]) -> bool {
