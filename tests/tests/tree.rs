@@ -419,6 +419,11 @@ async fn links_are_skipped_or_recreated_but_never_followed_out_of_the_tree() {
         1_600_000_000,
     );
     symlink("../outside-dir", src.join("dir-out")).unwrap();
+    // `a/up` points at the top, inside; through it, `x` would climb out, though its `..` are
+    // no more than the names before them.
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    symlink("..", src.join("a/up")).unwrap();
+    symlink("a/up/a/up/../../../../etc/hostname", src.join("x")).unwrap();
     // A FIFO and a socket are reported and skipped, never opened.
     rustix::fs::mknodat(
         rustix::fs::CWD,
@@ -432,9 +437,9 @@ async fn links_are_skipped_or_recreated_but_never_followed_out_of_the_tree() {
 
     // Skipped by default: only the regular file arrives.
     let (s, _) = p.run(p.command(Filter::default())).await;
-    assert_eq!((s.copied, s.unsupported, s.failed), (1, 6, 0));
+    assert_eq!((s.copied, s.unsupported, s.failed), (1, 8, 0));
     let names: Vec<PathBuf> = snapshot(&p.target()).into_keys().collect();
-    assert_eq!(names, vec![PathBuf::from("real")]);
+    assert_eq!(names, vec![PathBuf::from("a"), PathBuf::from("real")]);
 
     // With links: the one inside is recreated as a link; those leaving are not.
     let links = Filter {
@@ -442,13 +447,17 @@ async fn links_are_skipped_or_recreated_but_never_followed_out_of_the_tree() {
         ..Filter::default()
     };
     let (s, _) = p.run(p.command(links)).await;
-    assert_eq!((s.links, s.unsupported, s.failed), (1, 5, 0));
+    assert_eq!((s.links, s.unsupported, s.failed), (2, 6, 0));
     let dst = p.target();
     assert_eq!(
         std::fs::read_link(dst.join("inside-link")).unwrap(),
         Path::new("real")
     );
-    for gone in ["absolute-out", "relative-out", "dir-out"] {
+    assert_eq!(
+        std::fs::read_link(dst.join("a/up")).unwrap(),
+        Path::new("..")
+    );
+    for gone in ["absolute-out", "relative-out", "dir-out", "x"] {
         assert!(std::fs::symlink_metadata(dst.join(gone)).is_err(), "{gone}");
     }
     assert!(!list_tree(p.dst.path())
@@ -872,5 +881,61 @@ async fn directories_swapped_for_outside_links_mid_walk_never_leak_or_write_outs
     );
     // The control: files did get through between swaps.
     assert!(copied > 0);
+    p.shutdown().await;
+}
+
+/// Names long enough that 256 entries would overflow a frame still list, in smaller batches;
+/// Orbit's own temporary files at the source are not part of the tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_names_list_in_batches_and_temporaries_are_not_sent() {
+    let p = Pair::new().await;
+    let src = p.source();
+    for i in 0..300 {
+        let name = format!("{i:03}-{}", "n".repeat(240));
+        write(&src.join("long").join(name), b"x", 0o644, 1_600_000_000);
+    }
+    write(
+        &src.join(".orbit-tree-0123.part"),
+        b"half",
+        0o600,
+        1_600_000_000,
+    );
+    write(
+        &src.join("d/.orbit-abc.part"),
+        b"half",
+        0o600,
+        1_600_000_000,
+    );
+    let (s, _) = p.run(p.command(Filter::default())).await;
+    assert_eq!((s.copied, s.failed), (300, 0), "{:?}", s.failures);
+    assert!(!p.target().join(".orbit-tree-0123.part").exists());
+    assert!(!p.target().join("d/.orbit-abc.part").exists());
+    p.shutdown().await;
+}
+
+/// `--delete` of a directory the source no longer has keeps what the filter leaves out of
+/// scope inside it, and the directories holding that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_keeps_excluded_files_inside_a_directory_gone_at_the_source() {
+    let p = Pair::new().await;
+    write(&p.source().join("keep"), b"k", 0o644, 1_600_000_000);
+    let dst = p.target();
+    write(&dst.join("old/host.keep"), b"mine", 0o644, 1_600_000_000);
+    write(&dst.join("old/stale"), b"stale", 0o644, 1_600_000_000);
+    write(&dst.join("old/sub/stale"), b"stale", 0o644, 1_600_000_000);
+    write(&dst.join("gone/stale"), b"stale", 0o644, 1_600_000_000);
+    let mut cmd = p.command(Filter {
+        exclude: vec!["*.keep".into()],
+        ..Filter::default()
+    });
+    cmd.delete = true;
+    let (s, _) = p.run(cmd).await;
+    assert_eq!((s.failed, s.deleted), (0, 5), "{:?}", s.failures);
+    let left: Vec<PathBuf> = contents(&dst).into_keys().collect();
+    let want: Vec<PathBuf> = ["keep", "old", "old/host.keep"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(left, want);
     p.shutdown().await;
 }

@@ -152,7 +152,7 @@ fn absent(
             } else {
                 [dir_name.as_slice(), b"/", file_name].concat()
             };
-            let is_dir = dirent.file_type() == FileType::Directory;
+            let is_dir = is_dir(&dir, &dirent);
             if !filter.admits(&name, is_dir) {
                 continue;
             }
@@ -160,11 +160,14 @@ fn absent(
                 Some(true) if is_dir => pending.push(name),
                 Some(_) => {}
                 None if is_dir => {
-                    // The whole subtree goes, contents first.
+                    // The whole subtree goes, contents first, but for what the filter keeps
+                    // out of scope: a directory holding some of that stays.
                     let mut inner = Vec::new();
-                    subtree(top, &name, &mut inner)?;
+                    let all = subtree(top, &name, filter, &mut inner)?;
                     found.extend(inner);
-                    found.push((name, true));
+                    if all {
+                        found.push((name, true));
+                    }
                 }
                 None => found.push((name, false)),
             }
@@ -173,11 +176,19 @@ fn absent(
     Ok(found)
 }
 
-/// Every entry beneath directory `name`, contents before their directory. Blocking.
-fn subtree(top: &OwnedFd, name: &[u8], out: &mut Vec<(Vec<u8>, bool)>) -> Result<(), WireError> {
+/// The entries beneath directory `name` that the filter admits, contents before their
+/// directory, in `out`. Returns whether all of the directory goes: false when it holds something
+/// the filter keeps out of scope, which stays with the directories above it. Blocking.
+fn subtree(
+    top: &OwnedFd,
+    name: &[u8],
+    filter: &Filter,
+    out: &mut Vec<(Vec<u8>, bool)>,
+) -> Result<bool, WireError> {
     let dir =
         open_in_tree(top, name, OFlags::DIRECTORY | OFlags::RDONLY).map_err(|e| e.to_wire())?;
-    let entries = rustix::fs::Dir::new(dir).map_err(|e| JailError::from(e).to_wire())?;
+    let entries = rustix::fs::Dir::read_from(&dir).map_err(|e| JailError::from(e).to_wire())?;
+    let mut all = true;
     for dirent in entries {
         let dirent = dirent.map_err(|e| JailError::from(e).to_wire())?;
         let file_name = dirent.file_name().to_bytes();
@@ -185,12 +196,32 @@ fn subtree(top: &OwnedFd, name: &[u8], out: &mut Vec<(Vec<u8>, bool)>) -> Result
             continue;
         }
         let child = [name, b"/", file_name].concat();
-        if dirent.file_type() == FileType::Directory {
-            subtree(top, &child, out)?;
-            out.push((child, true));
+        let child_is_dir = is_dir(&dir, &dirent);
+        if !filter.admits(&child, child_is_dir) {
+            all = false;
+            continue;
+        }
+        if child_is_dir {
+            let mut inner = Vec::new();
+            if subtree(top, &child, filter, &mut inner)? {
+                inner.push((child, true));
+            } else {
+                all = false;
+            }
+            out.extend(inner);
         } else {
             out.push((child, false));
         }
     }
-    Ok(())
+    Ok(all)
+}
+
+/// Whether a directory entry is a directory, asking the file system when the entry does not say
+/// (`DT_UNKNOWN`), never following a link.
+fn is_dir(dir: &OwnedFd, dirent: &rustix::fs::DirEntry) -> bool {
+    match dirent.file_type() {
+        FileType::Unknown => rustix::fs::statat(dir, dirent.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory),
+        kind => kind == FileType::Directory,
+    }
 }

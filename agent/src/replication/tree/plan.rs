@@ -269,7 +269,10 @@ fn hash_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<[u8; 32]> {
 pub(super) fn left_behind(dir: &OwnedFd, last: &[u8], size: u64) -> u64 {
     let part = part_name(last);
     match rustix::fs::statat(dir, part.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile => {
+        Ok(stat)
+            if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+                && stat.st_nlink == 1 =>
+        {
             let chunk = orbit_wire::CHUNK_SIZE as u64;
             (stat.st_size as u64).min(size) / chunk * chunk
         }

@@ -6,7 +6,7 @@
 //! match: a target path holds its old file or the verified new one, never a partial one.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -216,17 +216,17 @@ pub(super) fn write_batch(
 fn publish(ready: Vec<Ready>, results: &mut [Option<Result<(), WireError>>]) {
     let mut synced = Vec::with_capacity(ready.len());
     let whole_fs = ready.len() > 1;
-    let batch_synced = match ready.first() {
-        Some(first) if whole_fs => {
-            rustix::fs::syncfs(&first.file).map_err(|e| std::io::Error::from(e).to_wire())
-        }
-        _ => Ok(()),
+    // One syncfs per file system the batch wrote to: a target tree may hold a mount point.
+    let batch_synced = if whole_fs {
+        sync_each_fs(ready.iter().map(|r| r.file.as_fd()))
+    } else {
+        HashMap::new()
     };
     for r in ready {
-        let result = match &batch_synced {
-            Ok(()) if whole_fs => Ok(()),
-            Ok(()) => r.file.sync_all().map_err(|e| e.to_wire()),
-            Err(e) => Err(e.clone()),
+        let result = if whole_fs {
+            device(r.file.as_fd()).and_then(|dev| batch_synced.get(&dev).cloned().unwrap_or(Ok(())))
+        } else {
+            r.file.sync_all().map_err(|e| e.to_wire())
         };
         match result {
             Ok(()) => synced.push(r),
@@ -263,16 +263,19 @@ fn publish(ready: Vec<Ready>, results: &mut [Option<Result<(), WireError>>]) {
     }
     // Each directory touched is synced once (all at once with syncfs when there are several); a
     // file is done only when its directory is.
-    let whole = (dirs.len() > 1).then(|| {
-        let any = dirs.values().next().expect("several directories");
-        rustix::fs::syncfs(&**any).map_err(|e| std::io::Error::from(e).to_wire())
-    });
+    let whole = dirs.len() > 1;
+    let fs_synced = if whole {
+        sync_each_fs(dirs.values().map(|d| d.as_fd()))
+    } else {
+        HashMap::new()
+    };
     let synced_dirs: HashMap<Vec<u8>, Result<(), WireError>> = dirs
         .into_iter()
         .map(|(name, dir)| {
-            let result = match &whole {
-                Some(result) => result.clone(),
-                None => rustix::fs::fsync(&*dir).map_err(|e| std::io::Error::from(e).to_wire()),
+            let result = if whole {
+                device(dir.as_fd()).and_then(|dev| fs_synced.get(&dev).cloned().unwrap_or(Ok(())))
+            } else {
+                rustix::fs::fsync(&*dir).map_err(|e| std::io::Error::from(e).to_wire())
             };
             (name, result)
         })
@@ -280,6 +283,28 @@ fn publish(ready: Vec<Ready>, results: &mut [Option<Result<(), WireError>>]) {
     for (index, dir) in published {
         results[index] = Some(synced_dirs[&dir].clone());
     }
+}
+
+/// The device of an open file or directory.
+fn device(fd: BorrowedFd<'_>) -> Result<u64, WireError> {
+    rustix::fs::fstat(fd)
+        .map(|s| s.st_dev)
+        .map_err(|e| std::io::Error::from(e).to_wire())
+}
+
+/// Syncs each file system the descriptors are on once, by device.
+fn sync_each_fs<'a>(
+    fds: impl Iterator<Item = BorrowedFd<'a>>,
+) -> HashMap<u64, Result<(), WireError>> {
+    let mut synced = HashMap::new();
+    for fd in fds {
+        if let Ok(dev) = device(fd) {
+            synced.entry(dev).or_insert_with(|| {
+                rustix::fs::syncfs(fd).map_err(|e| std::io::Error::from(e).to_wire())
+            });
+        }
+    }
+    synced
 }
 
 fn remove_part(dir: &OwnedFd, part: &str) {
@@ -298,8 +323,8 @@ const TREE_PART: &[u8] = b".orbit-tree-";
 /// The temporary file beside the file `last`: one name per target name, so that a run after a
 /// crash replaces the one the crash left.
 pub(super) fn part_name(last: &[u8]) -> String {
-    let digest = Sha256::digest(last);
-    format!(".orbit-tree-{}.part", hex::encode(&digest[..8]))
+    // The whole digest: two names of one directory must never share a temporary file.
+    format!(".orbit-tree-{}.part", hex::encode(Sha256::digest(last)))
 }
 
 /// Opens the temporary file `part` an interrupted run left in `dir` to go on writing at `from`:
@@ -311,7 +336,10 @@ fn reopen_part(dir: &OwnedFd, part: &str, from: u64) -> rustix::io::Result<Owned
         OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+    // Ours only: a regular file with no other name (one planted with a hard link elsewhere
+    // would be written through).
+    let stat = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile || stat.st_nlink != 1 {
         return Err(rustix::io::Errno::INVAL);
     }
     rustix::fs::ftruncate(&fd, from)?;
