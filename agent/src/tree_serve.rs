@@ -66,6 +66,10 @@ impl Sessions {
     }
 }
 
+/// How long the listing may go without a batch before an empty one is sent, well inside the
+/// destination's 30 s stall timeout.
+const KEEP_LISTING: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A tree request that passed every check: the claims and the top directory, open.
 struct Authorized {
     claims: Arc<TreeClaims>,
@@ -229,8 +233,11 @@ async fn list(
                 let _ = send.finish();
                 return;
             }
-            batch = rx.recv() => batch,
+            batch = tokio::time::timeout(KEEP_LISTING, rx.recv()) => batch,
         };
+        // The walk is slow here (hashing a large file, crossing many excluded entries): an
+        // empty batch tells the destination the listing is alive.
+        let batch = batch.unwrap_or(Some(Vec::new()));
         let Some(batch) = batch else { break };
         entries += batch.len() as u64;
         if let Err(e) = write_frame(send, &ListFrame::Entries(batch)).await {
@@ -321,14 +328,17 @@ async fn send_one(
     send: &mut SendStream,
 ) -> Result<u64, ServeError> {
     tree::check_name(name)?;
-    if !within_filter(&authorized.claims.filter, name) {
-        return Err(ServeError::OutsideFilter);
-    }
-    let top = authorized.top.clone();
+    let (top, claims) = (authorized.top.clone(), authorized.claims.clone());
     let owned = name.to_vec();
-    let read = tokio::task::spawn_blocking(move || read_small(top.as_fd(), &owned, offset))
-        .await
-        .map_err(lost_task)??;
+    // The filter's globs run here too, off the async workers: a name may have many parents.
+    let read = tokio::task::spawn_blocking(move || {
+        if !within_filter(&claims.filter, &owned) {
+            return Err(ServeError::OutsideFilter);
+        }
+        read_small(top.as_fd(), &owned, offset)
+    })
+    .await
+    .map_err(lost_task)??;
     let opened = match read {
         Read::Whole {
             version,

@@ -271,6 +271,7 @@ async fn attempts(shared: &Shared<'_>) -> Result<Seen, PullError> {
         secs => Duration::from_secs(secs.into()),
     };
     let mut progress_at = std::time::Instant::now();
+    let mut furthest = 0;
     let mut attempt = 0;
     loop {
         // Each attempt counts afresh; the bytes already copied stay counted.
@@ -300,7 +301,10 @@ async fn attempts(shared: &Shared<'_>) -> Result<Seen, PullError> {
             .unwrap_or_else(|e| e.into_inner())
             .progress
             .files_total;
-        if listed > 0 {
+        // Progress is listing further than any attempt before: a listing that breaks at the
+        // same place each time gives up once the timeout passes.
+        if listed > furthest {
+            furthest = listed;
             progress_at = std::time::Instant::now();
         }
         if progress_at.elapsed() >= window || shared.stop.is_cancelled() {
