@@ -334,8 +334,8 @@ fn a_large_file_resumes_from_what_a_killed_destination_left() {
         let out = cli.tree(&["--detach"]);
         assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
         part_reaches(&cli.backup(), 8 * MIB);
-        drop(cli.b.take()); // SIGKILL
-        // The large file's temporary, and perhaps the small one's, not yet published.
+        // SIGKILL. What it leaves: the large file's temporary, and perhaps the small one's.
+        drop(cli.b.take());
         let left: Vec<_> = parts(&cli.backup())
             .into_iter()
             .filter(|(p, _)| p.starts_with("big"))
