@@ -234,9 +234,14 @@ pub(crate) async fn replicate(
     let top = shared.top.clone();
     if let Some(top) = top.clone().filter(|_| !cmd.dry_run) {
         let dirs = seen.dirs;
-        tokio::task::spawn_blocking(move || finish_dirs(&top, &dirs))
+        let failed = tokio::task::spawn_blocking(move || finish_dirs(&top, &dirs))
             .await
             .map_err(|e| PullError::Internal(e.to_string()))?;
+        for (name, error) in failed {
+            // The top itself when the name is empty: its file system could not be synced.
+            let name = if name.is_empty() { b".".to_vec() } else { name };
+            shared.item(ItemAction::Failed, &name, 'd', 0, Some(error));
+        }
     }
     if cmd.delete {
         let failed = shared

@@ -6,7 +6,7 @@
 //! (which also stops `--delete`) is the caller's check. Blocking work runs on blocking threads.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
@@ -14,30 +14,51 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use orbit_wire::tree::{Filter, ItemAction};
 use orbit_wire::{ErrorCode, WireError};
 
-use super::write::is_tree_part;
+use super::write::{is_tree_part, sync_each_fs};
 use super::{split_name, Shared};
 use crate::error::ToWire;
 use crate::jail::{is_temporary, open_in_tree, JailError};
 use crate::replication::error::PullError;
 
 /// Sets each directory's mode and modification time, deepest first, now that its contents are
-/// in, and makes the new directories durable. Blocking.
-pub(super) fn finish_dirs(top: &OwnedFd, dirs: &[(Vec<u8>, u32, Timespec)]) {
+/// in, and makes the new directories durable: one `syncfs` per file system. Returns the
+/// directories that could not be finished, with why. Blocking.
+pub(super) fn finish_dirs(
+    top: &OwnedFd,
+    dirs: &[(Vec<u8>, u32, Timespec)],
+) -> Vec<(Vec<u8>, WireError)> {
+    let mut failed = Vec::new();
+    let mut opened = Vec::new();
     for (name, mode, mtime) in dirs.iter().rev() {
-        let Ok(dir) = open_in_tree(top, name, OFlags::DIRECTORY | OFlags::RDONLY) else {
-            continue;
-        };
-        let _ = rustix::fs::fsync(&dir);
-        let _ = rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode & 0o777));
-        let _ = rustix::fs::futimens(
-            &dir,
-            &Timestamps {
-                last_access: *mtime,
-                last_modification: *mtime,
-            },
-        );
+        let finished = open_in_tree(top, name, OFlags::DIRECTORY | OFlags::RDONLY)
+            .map_err(|e| e.to_wire())
+            .and_then(|dir| {
+                rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode & 0o777))
+                    .and_then(|()| {
+                        let times = Timestamps {
+                            last_access: *mtime,
+                            last_modification: *mtime,
+                        };
+                        rustix::fs::futimens(&dir, &times)
+                    })
+                    .map_err(|e| JailError::from(e).to_wire())?;
+                Ok(dir)
+            });
+        match finished {
+            Ok(dir) => opened.push(dir),
+            Err(e) => failed.push((name.clone(), e)),
+        }
     }
-    let _ = rustix::fs::fsync(top);
+    let synced = sync_each_fs(
+        opened
+            .iter()
+            .map(|d| d.as_fd())
+            .chain(std::iter::once(top.as_fd())),
+    );
+    if let Some(Err(e)) = synced.into_values().find(Result::is_err) {
+        failed.push((Vec::new(), e));
+    }
+    failed
 }
 
 /// Removes what the target holds beneath its top and the source did not list, within the

@@ -293,7 +293,7 @@ fn device(fd: BorrowedFd<'_>) -> Result<u64, WireError> {
 }
 
 /// Syncs each file system the descriptors are on once, by device.
-fn sync_each_fs<'a>(
+pub(super) fn sync_each_fs<'a>(
     fds: impl Iterator<Item = BorrowedFd<'a>>,
 ) -> HashMap<u64, Result<(), WireError>> {
     let mut synced = HashMap::new();
