@@ -206,6 +206,11 @@ pub struct Claims {
 
 /// Signs `claims` with `key` into the printable token string.
 pub fn sign(claims: &Claims, key: &TokenKey) -> String {
+    sign_any(claims, key)
+}
+
+/// `base64url(postcard(claims) || HMAC(key, postcard(claims)))`, for either format.
+fn sign_any<C: Serialize>(claims: &C, key: &TokenKey) -> String {
     let mut bytes = postcard::to_allocvec(claims).expect("claims always serialize");
     let tag = key.mac().chain_update(&bytes).finalize().into_bytes();
     bytes.extend_from_slice(&tag);
@@ -332,6 +337,39 @@ fn split_as<C: serde::de::DeserializeOwned>(
     Ok((claims, bytes, body_len))
 }
 
+/// What both claims formats bind a token to, checked in this order: expiry, audience, holder,
+/// path.
+struct Bound<'a> {
+    not_after: u64,
+    audience: &'a str,
+    holder: &'a str,
+    path: &'a str,
+}
+
+impl Bound<'_> {
+    fn check(&self, now: u64, audience: &str, holder: &str, path: &str) -> Result<(), TokenError> {
+        if now >= self.not_after {
+            return Err(TokenError::Expired(now - self.not_after));
+        }
+        if self.audience != audience {
+            return Err(TokenError::WrongAudience {
+                expected: audience.to_owned(),
+                got: self.audience.to_owned(),
+            });
+        }
+        if self.holder != holder {
+            return Err(TokenError::WrongHolder {
+                holder: self.holder.to_owned(),
+                peer: holder.to_owned(),
+            });
+        }
+        if self.path != path {
+            return Err(TokenError::WrongPath);
+        }
+        Ok(())
+    }
+}
+
 /// Checks the tag under the key the token names.
 fn check_tag(keys: &KeyRing, key_id: u32, bytes: &[u8], body_len: usize) -> Result<(), TokenError> {
     let key = keys.by_id(key_id).ok_or(TokenError::UnknownKey(key_id))?;
@@ -368,10 +406,7 @@ pub struct TreeClaims {
 
 /// Signs tree `claims` with `key` into the printable token string.
 pub fn sign_tree(claims: &TreeClaims, key: &TokenKey) -> String {
-    let mut bytes = postcard::to_allocvec(claims).expect("claims always serialize");
-    let tag = key.mac().chain_update(&bytes).finalize().into_bytes();
-    bytes.extend_from_slice(&tag);
-    URL_SAFE_NO_PAD.encode(bytes)
+    sign_any(claims, key)
 }
 
 /// What a source knows independently of a tree token.
@@ -427,24 +462,18 @@ pub fn verify_tree(
         return Err(TokenError::UnsupportedVersion(claims.version));
     }
     check_tag(keys, claims.key_id, &bytes, body_len)?;
-    if expected.now >= claims.not_after {
-        return Err(TokenError::Expired(expected.now - claims.not_after));
-    }
-    if claims.audience != expected.audience {
-        return Err(TokenError::WrongAudience {
-            expected: expected.audience.to_owned(),
-            got: claims.audience,
-        });
-    }
-    if claims.holder != expected.holder {
-        return Err(TokenError::WrongHolder {
-            holder: claims.holder,
-            peer: expected.holder.to_owned(),
-        });
-    }
-    if claims.path != expected.path {
-        return Err(TokenError::WrongPath);
-    }
+    let bound = Bound {
+        not_after: claims.not_after,
+        audience: &claims.audience,
+        holder: &claims.holder,
+        path: &claims.path,
+    };
+    bound.check(
+        expected.now,
+        expected.audience,
+        expected.holder,
+        expected.path,
+    )?;
     Ok(VerifiedTree { claims })
 }
 
@@ -478,24 +507,18 @@ pub fn verify_with(
         return Err(TokenError::UnsupportedVersion(claims.version));
     }
     check_tag(keys, claims.key_id, &bytes, body_len)?;
-    if expected.now >= claims.not_after {
-        return Err(TokenError::Expired(expected.now - claims.not_after));
-    }
-    if claims.audience != expected.audience {
-        return Err(TokenError::WrongAudience {
-            expected: expected.audience.to_owned(),
-            got: claims.audience,
-        });
-    }
-    if claims.holder != expected.holder {
-        return Err(TokenError::WrongHolder {
-            holder: claims.holder,
-            peer: expected.holder.to_owned(),
-        });
-    }
-    if claims.path != expected.path {
-        return Err(TokenError::WrongPath);
-    }
+    let bound = Bound {
+        not_after: claims.not_after,
+        audience: &claims.audience,
+        holder: &claims.holder,
+        path: &claims.path,
+    };
+    bound.check(
+        expected.now,
+        expected.audience,
+        expected.holder,
+        expected.path,
+    )?;
     if !expected.range.is_within(&claims.range) {
         return Err(TokenError::RangeOutside {
             start: expected.range.start,
