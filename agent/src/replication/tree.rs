@@ -501,6 +501,13 @@ impl Batcher {
     }
 }
 
+/// Opens the directory `name` beneath the target's `top` (the top itself when `name` is empty),
+/// through no link. Blocking.
+fn open_dir(top: &OwnedFd, name: &[u8]) -> Result<OwnedFd, JailError> {
+    let path: &[u8] = if name.is_empty() { b"." } else { name };
+    open_in_tree(top, path, OFlags::DIRECTORY | OFlags::RDONLY)
+}
+
 /// `(parent, last component)` of a name; the parent is empty at the top.
 fn split_name(name: &[u8]) -> (&[u8], &[u8]) {
     match name.iter().rposition(|&b| b == b'/') {
@@ -523,15 +530,13 @@ impl Parents {
                 return Ok(fd.clone());
             }
         }
-        let path: &[u8] = if name.is_empty() { b"." } else { name };
-        let fd =
-            open_in_tree(top, path, OFlags::DIRECTORY | OFlags::RDONLY).map_err(|e| match e {
-                JailError::Escapes => WireError::new(
-                    ErrorCode::PermissionDenied,
-                    "a directory on the way at the target is a symbolic link",
-                ),
-                e => e.to_wire(),
-            })?;
+        let fd = open_dir(top, name).map_err(|e| match e {
+            JailError::Escapes => WireError::new(
+                ErrorCode::PermissionDenied,
+                "a directory on the way at the target is a symbolic link",
+            ),
+            e => e.to_wire(),
+        })?;
         let fd = Arc::new(fd);
         self.last = Some((name.to_vec(), fd.clone()));
         Ok(fd)

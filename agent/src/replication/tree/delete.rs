@@ -15,7 +15,7 @@ use orbit_wire::tree::{Filter, ItemAction};
 use orbit_wire::{ErrorCode, WireError};
 
 use super::write::{is_tree_part, sync_each_fs};
-use super::{split_name, Shared};
+use super::{open_dir, split_name, Shared};
 use crate::error::ToWire;
 use crate::jail::{is_temporary, open_in_tree, JailError};
 use crate::replication::error::PullError;
@@ -113,8 +113,7 @@ pub(super) async fn delete(
             .into_iter()
             .map(|(name, is_dir)| {
                 let (parent, last) = split_name(&name);
-                let path: &[u8] = if parent.is_empty() { b"." } else { parent };
-                let result = open_in_tree(&*top, path, OFlags::DIRECTORY | OFlags::RDONLY)
+                let result = open_dir(&top, parent)
                     .map_err(|e| e.to_wire())
                     .and_then(|dir| {
                         let flags = if is_dir {
@@ -154,9 +153,7 @@ fn absent(
     let mut found = Vec::new();
     let mut pending: Vec<Vec<u8>> = vec![Vec::new()];
     while let Some(dir_name) = pending.pop() {
-        let path: &[u8] = if dir_name.is_empty() { b"." } else { &dir_name };
-        let dir =
-            open_in_tree(top, path, OFlags::DIRECTORY | OFlags::RDONLY).map_err(|e| e.to_wire())?;
+        let dir = open_dir(top, &dir_name).map_err(|e| e.to_wire())?;
         let entries = rustix::fs::Dir::read_from(&dir).map_err(|e| JailError::from(e).to_wire())?;
         for dirent in entries {
             let dirent = dirent.map_err(|e| JailError::from(e).to_wire())?;

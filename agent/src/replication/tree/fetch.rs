@@ -26,10 +26,9 @@ use orbit_wire::{ControlRequest, DataFrame, ErrorCode, FileVersion, WireError};
 
 use super::plan::left_behind;
 use super::write::{part_name, write_batch, WriteMsg};
-use super::{split_name, Shared, Want, RESUME_MIN, STALL};
+use super::{open_dir, split_name, Shared, Want, RESUME_MIN, STALL};
 use crate::error::ToWire;
 use crate::framed::{self, write_frame, DataRead};
-use crate::jail::open_in_tree;
 use crate::pool::{PeerConn, Pool};
 use crate::replication::error::PullError;
 use crate::replication::machine::{backoff, DEFAULT_TIMEOUT};
@@ -219,8 +218,7 @@ impl Task {
 /// Blocking.
 fn leftover(top: &OwnedFd, want: &Want) -> u64 {
     let (parent, last) = split_name(&want.name);
-    let path: &[u8] = if parent.is_empty() { b"." } else { parent };
-    match open_in_tree(top, path, OFlags::DIRECTORY | OFlags::RDONLY) {
+    match open_dir(top, parent) {
         Ok(dir) => left_behind(&dir, last, want.size),
         Err(_) => 0,
     }
@@ -438,8 +436,7 @@ async fn check_resume(
     let (top, name, len) = (top.clone(), want.name.clone(), want.offset);
     let local = tokio::task::spawn_blocking(move || {
         let (parent, last) = split_name(&name);
-        let path: &[u8] = if parent.is_empty() { b"." } else { parent };
-        let dir = open_in_tree(&*top, path, OFlags::DIRECTORY | OFlags::RDONLY).ok()?;
+        let dir = open_dir(&top, parent).ok()?;
         let fd = rustix::fs::openat(
             &dir,
             part_name(last).as_str(),
