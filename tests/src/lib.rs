@@ -222,6 +222,72 @@ impl Grid {
     }
 }
 
+/// Swaps two paths (one a directory, the other a symlink) atomically with
+/// `renameat2(RENAME_EXCHANGE)`, over and over on a thread of its own, until it is stopped or
+/// dropped (also when an assertion fails).
+#[derive(Debug)]
+pub struct Swapper {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    swaps: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Swapper {
+    /// Starts swapping `a` and `b`.
+    pub fn start(a: PathBuf, b: PathBuf) -> Swapper {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let swaps = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), swaps.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &a,
+                    rustix::fs::CWD,
+                    &b,
+                    rustix::fs::RenameFlags::EXCHANGE,
+                )
+                .expect("renameat2(RENAME_EXCHANGE)");
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Swapper { stop, swaps }
+    }
+
+    /// Stops swapping.
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many swaps so far.
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A QUIC server endpoint on 127.0.0.1:0 with a real certificate of the grid for star `name`:
+/// for tests that play a star themselves.
+pub fn star_server(grid: &Grid, name: &str) -> Endpoint {
+    let cert = grid.ca.issue(Role::Star, name).expect("star cert");
+    let tls = orbit_certs::server_config(
+        &grid.ca.cert_pem(),
+        &cert.cert_pem,
+        &cert.key_pem,
+        orbit_wire::ALPN,
+    )
+    .expect("server TLS config");
+    let server = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("QUIC server config"),
+    ));
+    Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).expect("server endpoint")
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -11,11 +11,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use quinn::crypto::rustls::QuicServerConfig;
 use quinn::Endpoint;
 use sha2::{Digest, Sha256};
 
-use orbit_certs::Role;
 use orbit_tests::*;
 use orbit_wire::{
     ControlRequest, DataFrame, ErrorCode, FileVersion, ReadRequest, ReplicateFile, CHUNK_SIZE,
@@ -185,17 +183,7 @@ struct FakeSource {
 
 impl FakeSource {
     fn spawn(grid: &Grid) -> FakeSource {
-        let cert = grid.ca.issue(Role::Star, "star-a").unwrap();
-        let tls = orbit_certs::server_config(
-            &grid.ca.cert_pem(),
-            &cert.cert_pem,
-            &cert.key_pem,
-            orbit_wire::ALPN,
-        )
-        .unwrap();
-        let server =
-            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
-        let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let endpoint = star_server(grid, "star-a");
         let scripts: Arc<Mutex<HashMap<u64, Script>>> = Arc::default();
         let (ep, table) = (endpoint.clone(), scripts.clone());
         tokio::spawn(async move {

@@ -64,18 +64,7 @@ async fn a_token_with_a_lifetime_over_the_cap_is_refused() {
 /// A star-a that completes handshakes and then never answers: a replication from it stays in
 /// flight at the destination until the connection is closed.
 fn silent_source(grid: &Grid) -> quinn::Endpoint {
-    use quinn::crypto::rustls::QuicServerConfig;
-    let cert = grid.ca.issue(Role::Star, "star-a").unwrap();
-    let tls = orbit_certs::server_config(
-        &grid.ca.cert_pem(),
-        &cert.cert_pem,
-        &cert.key_pem,
-        orbit_wire::ALPN,
-    )
-    .unwrap();
-    let server =
-        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
-    let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let endpoint = star_server(grid, "star-a");
     let ep = endpoint.clone();
     tokio::spawn(async move {
         let mut held = Vec::new();

@@ -9,8 +9,6 @@
 //! printed (run with `--nocapture` to see it).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use orbit_tests::*;
@@ -20,32 +18,6 @@ use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile, MAX_CON
 const ROUNDS: usize = 10_000;
 /// Replications on the destination side.
 const DEST_ROUNDS: usize = 10_000;
-
-/// Swaps `a` and `b` (one a directory, the other a symlink) until `stop`, counting the swaps.
-fn swapper(a: PathBuf, b: PathBuf, stop: Arc<AtomicBool>, swaps: Arc<AtomicU64>) {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                &a,
-                rustix::fs::CWD,
-                &b,
-                rustix::fs::RenameFlags::EXCHANGE,
-            )
-            .expect("renameat2(RENAME_EXCHANGE)");
-            swaps.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-}
-
-/// Stops the swapper when dropped, even when an assertion fails.
-struct Stop(Arc<AtomicBool>);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
 
 /// Every file under `dir`, with its contents.
 fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
@@ -82,17 +54,7 @@ async fn a_directory_swapped_for_an_outside_symlink_never_serves_outside_bytes()
     let token = grid.token("star-a", "star-b", &path);
     let request = read_request(&path, token);
 
-    let (stop, swaps) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let _stop = Stop(stop.clone());
-    swapper(
-        root.join("dir"),
-        root.join("alt"),
-        stop.clone(),
-        swaps.clone(),
-    );
+    let swapper = Swapper::start(root.join("dir"), root.join("alt"));
     let started = Instant::now();
     let (mut served, mut refused) = (0, 0);
     for i in 0..ROUNDS {
@@ -124,11 +86,11 @@ async fn a_directory_swapped_for_an_outside_symlink_never_serves_outside_bytes()
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
+    swapper.stop();
     let took = started.elapsed();
     println!(
         "source: {ROUNDS} reads in {took:?} ({served} served, {refused} refused, {} swaps)",
-        swaps.load(Ordering::Relaxed)
+        swapper.swaps()
     );
     // Both states were hit, or the test proved nothing.
     assert!(
@@ -163,17 +125,7 @@ async fn a_target_parent_swapped_for_an_outside_symlink_never_writes_outside() {
     let source = wire(&src.join("file.bin"));
     let target = wire(&dst.join("dir/copy.bin"));
 
-    let (stop, swaps) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let _stop = Stop(stop.clone());
-    swapper(
-        dst.join("dir"),
-        dst.join("alt"),
-        stop.clone(),
-        swaps.clone(),
-    );
+    let swapper = Swapper::start(dst.join("dir"), dst.join("alt"));
     let started = Instant::now();
     let (mut done, mut refused) = (0, 0);
     for i in 0..DEST_ROUNDS {
@@ -200,11 +152,11 @@ async fn a_target_parent_swapped_for_an_outside_symlink_never_writes_outside() {
             other => panic!("replication {i}: {other:?}"),
         }
     }
-    stop.store(true, Ordering::Relaxed);
+    swapper.stop();
     let took = started.elapsed();
     println!(
         "destination: {DEST_ROUNDS} replications in {took:?} ({done} done, {refused} refused, {} swaps)",
-        swaps.load(Ordering::Relaxed)
+        swapper.swaps()
     );
     assert_eq!(contents(&outside), before, "something was written outside");
     assert!(done > 0 && refused > 0, "done {done}, refused {refused}");

@@ -7,7 +7,6 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use orbit_agent::Star;
 use orbit_tests::*;
@@ -649,23 +648,12 @@ async fn a_directory_outside_the_roots_or_a_file_is_refused_whole() {
 /// The listing a hostile source sends: names that climb out, are absolute, or hold `//`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_listing_writes_nothing_outside_and_names_each_bad_file() {
-    use quinn::crypto::rustls::QuicServerConfig;
     let grid = Grid::new();
     let dst = tempfile::tempdir().unwrap();
     let target = dst.path().join("in");
     let b = grid.spawn_star("star-b", &[dst.path()]).await;
-    // A fake star-a with a real certificate: lists bad names, then serves any file as "evil".
-    let cert = grid.ca.issue(orbit_certs::Role::Star, "star-a").unwrap();
-    let tls = orbit_certs::server_config(
-        &grid.ca.cert_pem(),
-        &cert.cert_pem,
-        &cert.key_pem,
-        orbit_wire::ALPN,
-    )
-    .unwrap();
-    let server =
-        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
-    let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    // A fake star-a with a real certificate: lists bad names, then lies about a file's size.
+    let endpoint = star_server(&grid, "star-a");
     let bad_names: Vec<&[u8]> = vec![b"../escape", b"/etc/evil", b"a//b", b"ok/../../x", b".."];
     // And one good name, whose data stream then claims a petabyte where 4 bytes were listed.
     let mut names: Vec<Vec<u8>> = bad_names.iter().map(|n| n.to_vec()).collect();
@@ -779,41 +767,6 @@ async fn a_hostile_listing_writes_nothing_outside_and_names_each_bad_file() {
     endpoint.close(0u32.into(), b"done");
 }
 
-/// Swaps `a` and `b` atomically (`renameat2(RENAME_EXCHANGE)`) until the guard drops.
-struct Swapper(
-    Arc<std::sync::atomic::AtomicBool>,
-    Arc<std::sync::atomic::AtomicU64>,
-);
-
-impl Swapper {
-    fn start(a: PathBuf, b: PathBuf) -> Swapper {
-        use std::sync::atomic::Ordering;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let swaps = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (s, n) = (stop.clone(), swaps.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                rustix::fs::renameat_with(
-                    rustix::fs::CWD,
-                    &a,
-                    rustix::fs::CWD,
-                    &b,
-                    rustix::fs::RenameFlags::EXCHANGE,
-                )
-                .expect("renameat2(RENAME_EXCHANGE)");
-                n.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        Swapper(stop, swaps)
-    }
-}
-
-impl Drop for Swapper {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// While trees are walked and written, a directory on each side keeps being swapped for a link
 /// that leads out of the root. Not one byte from outside is read, and nothing is written outside.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -870,10 +823,7 @@ async fn directories_swapped_for_outside_links_mid_walk_never_leak_or_write_outs
             "round {round}: something was written outside the root"
         );
     }
-    let swaps = (
-        source_swaps.1.load(std::sync::atomic::Ordering::Relaxed),
-        target_swaps.1.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    let swaps = (source_swaps.swaps(), target_swaps.swaps());
     drop((source_swaps, target_swaps));
     assert!(
         swaps.0 > ROUNDS as u64 && swaps.1 > ROUNDS as u64,
