@@ -40,6 +40,7 @@ mod crl;
 mod error;
 mod identity;
 mod secret;
+mod sign;
 mod tls;
 
 pub use ca::{GridCa, IssueOptions, IssuedCert};
@@ -47,6 +48,7 @@ pub use crl::{serial_of, RevocationList};
 pub use error::CertError;
 pub use identity::{peer_identity, validate_name, PeerIdentity, Role};
 pub use secret::{read_secret_file, SecretFileError};
+pub use sign::{Attester, SignatureError, Signed};
 pub use tls::{
     client_config, client_config_with_crl, load_certs, load_key, server_config,
     server_config_with_crl,

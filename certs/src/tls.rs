@@ -21,7 +21,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A root store holding exactly the one grid CA certificate in `ca_pem`.
-fn grid_roots(ca_pem: &str) -> Result<Arc<RootCertStore>, CertError> {
+pub(crate) fn grid_roots(ca_pem: &str) -> Result<Arc<RootCertStore>, CertError> {
     let certs = load_certs(ca_pem)?;
     let [ca] = <[_; 1]>::try_from(certs).map_err(|certs| {
         CertError::Pem(format!(

@@ -16,6 +16,7 @@
 //! | read request | unidirectional | destination star | one [`ReadRequest`] |
 //! | data | unidirectional | source star | [`DataFrame`]s: `Header`, `Chunk`s in order, `Trailer`; or one `Error` |
 //! | tree | bidirectional | destination star | one `ControlRequest::List` or `Fetch`, then [`tree::ListFrame`]s or [`DataFrame`]s back ([`tree`]) |
+//! | relay | bidirectional | destination star | one `ControlRequest::Relay`, then [`DataFrame`]s back ([`fanout`]) |
 //!
 //! A star accepts control streams only from a controller certificate, and read requests and tree
 //! requests only from a star certificate. The data stream answering a read request starts with the request's
@@ -76,6 +77,7 @@
 //! in this crate pin the exact encoding of every message.
 
 mod code;
+pub mod fanout;
 mod frame;
 mod id;
 mod msg;

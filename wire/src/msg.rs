@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::fanout::{Attestation, RelayRequest, ReplicateFanout};
 use crate::tree::{
     FetchRequest, Item, ListRequest, PrefixRequest, ReplicateTree, TreeProgress, TreeSummary,
 };
@@ -70,6 +71,15 @@ pub enum ControlRequest {
     /// From a destination star to a source star: the digest of the start of one file of a
     /// tree, answered with one [`crate::tree::PrefixFrame`]. Only a star may send it.
     Prefix(PrefixRequest),
+    /// Replicate one file as a destination of a fan-out: pull it from the upstreams, in order,
+    /// then the origin, and publish it only under the origin's attestation. Events as for
+    /// `Replicate`. See [`crate::fanout`].
+    ReplicateFanout(ReplicateFanout),
+    /// As `ReplicateFanout`, answered at once with `Started`.
+    StartFanout(ReplicateFanout),
+    /// From a destination star to an upstream or the origin: send the file and the origin's
+    /// attestation, answered with [`DataFrame`]s. Only a star may send it.
+    Relay(RelayRequest),
 }
 
 /// Pull `source_path` from the star `source` at `source_addr` into `target_path` here.
@@ -266,6 +276,8 @@ pub enum DataFrame {
         /// Why.
         error: WireError,
     },
+    /// On a relay stream, before the `Trailer`: the origin's signed digest of the whole file.
+    Attested(Attestation),
 }
 
 #[cfg(test)]
