@@ -118,6 +118,7 @@ enum DataFrameRef<'a> {
         request_id: u64,
         error: WireError,
     },
+    Attested(crate::fanout::Attestation),
 }
 
 /// Decodes a data stream frame body; a chunk's payload is a slice of `body`, not a copy.
@@ -146,6 +147,7 @@ pub fn decode_data_frame(body: Bytes) -> Result<DataFrame, FrameError> {
         },
         DataFrameRef::Trailer { sha256 } => DataFrame::Trailer { sha256 },
         DataFrameRef::Error { request_id, error } => DataFrame::Error { request_id, error },
+        DataFrameRef::Attested(attestation) => DataFrame::Attested(attestation),
     })
 }
 
