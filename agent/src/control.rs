@@ -116,6 +116,10 @@ pub(crate) async fn handle(
             let request = TreeRequest::Prefix(prefix);
             return tree_serve::handle(server, sessions, peer, request, send).await;
         }
+        ControlRequest::Relay(relay) => {
+            let register = replicator.register.clone();
+            return crate::relay::handle(server, register, peer, relay, send).await;
+        }
         _ if peer.role != Role::Controller => {
             warn!(%peer, "control command refused: the peer is not a controller");
             let error = ControlError::NotAController {
@@ -130,6 +134,16 @@ pub(crate) async fn handle(
             Err(e) => Some(ControlEvent::Failed(e.to_wire())),
         },
         ControlRequest::Start(cmd) => Some(match replicator.start(cmd) {
+            Ok(transfer) => ControlEvent::Started {
+                transfer_id: transfer.id,
+            },
+            Err(e) => ControlEvent::Failed(e.to_wire()),
+        }),
+        ControlRequest::ReplicateFanout(cmd) => match replicator.start_fanout(cmd) {
+            Ok(transfer) => follow(&transfer, &mut send, false, None).await,
+            Err(e) => Some(ControlEvent::Failed(e.to_wire())),
+        },
+        ControlRequest::StartFanout(cmd) => Some(match replicator.start_fanout(cmd) {
             Ok(transfer) => ControlEvent::Started {
                 transfer_id: transfer.id,
             },

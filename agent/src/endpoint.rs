@@ -49,6 +49,20 @@ pub(crate) fn quic_configs(
     Ok((server, client))
 }
 
+/// What signs this star's attestations and checks other stars' against the grid's CA and
+/// revocation list.
+pub(crate) fn attester(
+    config: &StarConfig,
+    crl: Option<&orbit_certs::RevocationList>,
+) -> Result<orbit_certs::Attester, SpawnError> {
+    Ok(orbit_certs::Attester::new(
+        &config.ca_pem,
+        &config.cert_pem,
+        &config.key_pem,
+        crl,
+    )?)
+}
+
 /// A flow-control window as QUIC carries it; `Limits::validate` keeps it far below the cap.
 fn window(bytes: u64) -> quinn::VarInt {
     quinn::VarInt::from_u64(bytes).unwrap_or(quinn::VarInt::MAX)

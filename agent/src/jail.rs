@@ -451,7 +451,8 @@ impl TargetDir {
         let fd = rustix::fs::openat(
             &self.dir,
             part.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            // Readable too: a fan-out destination serves it to the stars that relay from it.
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o644),
         )?;
         Ok((File::from(fd), part))

@@ -32,6 +32,10 @@ pub(crate) struct Entry {
     pub(crate) verified: u64,
     /// SHA-256 of those bytes, hex, to check the temporary file before resuming from it.
     pub(crate) prefix_sha256: String,
+    /// For a fan-out destination, the stars it pulls from before the origin; it publishes
+    /// only under the origin's attestation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) upstreams: Option<Vec<orbit_wire::fanout::Upstream>>,
 }
 
 /// The journal of one star.
@@ -133,6 +137,7 @@ mod tests {
                 expect_sha256: Some([1; 32]),
                 timeout_secs: 5,
             },
+            upstreams: None,
             part: ".orbit-x.part".into(),
             version: None,
             verified: 7,

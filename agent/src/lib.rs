@@ -44,6 +44,7 @@ pub mod limits;
 pub mod metrics;
 pub mod notify;
 mod pool;
+mod relay;
 mod reload;
 mod replication;
 mod serve;

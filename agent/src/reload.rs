@@ -70,12 +70,14 @@ pub(crate) fn reload(parts: Parts<'_>, config: &StarConfig) -> Result<Reloaded, 
     check_certificate_names(config)?;
     let crl = revocation_list(config)?;
     let (server, client) = quic_configs(config, crl.as_ref())?;
+    let attester = crate::endpoint::attester(config, crl.as_ref())?;
 
     // Everything is built: swap it in. New handshakes see the new list from here on.
     parts.endpoint.set_server_config(Some(server));
     trust.replace(
         KeyRing::new(config.token_key.clone(), config.previous_token_key.clone()),
         client,
+        attester,
     );
 
     let mut closed = 0;

@@ -31,12 +31,13 @@ use std::time::Duration;
 
 use tracing::{info, warn, Instrument as _};
 
+use orbit_wire::fanout::{ReplicateFanout, Upstream, MAX_UPSTREAMS};
 use orbit_wire::tree::ReplicateTree;
 use orbit_wire::{ControlEvent, ErrorCode, ReplicateFile, WireError};
 
 pub(crate) use disk::Store;
 pub(crate) use error::PullError;
-pub(crate) use registry::{Replications, Transfer, KEEP_FOR};
+pub(crate) use registry::{Feed, Replications, Transfer, KEEP_FOR};
 
 use crate::error::ToWire;
 use crate::jail::{Confined, JailError};
@@ -46,6 +47,16 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use machine::{Machine, Replicated, Settings, Start, DEFAULT_TIMEOUT};
 use registry::{AdmitError, Admitted, What};
+
+/// What a fan-out destination adds to a replication: the stars to pull from before the origin,
+/// and the feed it tells the stars relaying from it what it has.
+#[derive(Debug, Clone)]
+pub(crate) struct Fanout {
+    /// Parent first; the origin is the command's source.
+    pub(crate) upstreams: Vec<Upstream>,
+    /// The transfer's own feed.
+    pub(crate) feed: tokio::sync::watch::Sender<Feed>,
+}
 
 /// A transfer's events beside progress, as one follower receives them.
 pub(crate) type Notes = tokio::sync::broadcast::Receiver<ControlEvent>;
@@ -67,6 +78,9 @@ pub(crate) enum StartError {
     /// The register refused it.
     #[error(transparent)]
     Admit(#[from] AdmitError),
+    /// A fan-out command names more upstreams than a star takes.
+    #[error("{0} upstreams, more than the {MAX_UPSTREAMS} a star takes")]
+    TooManyUpstreams(usize),
 }
 
 impl StartError {
@@ -79,6 +93,9 @@ impl StartError {
                 WireError::new(e.code, format!("target {path}: {}", e.message))
             }
             StartError::Admit(e) => e.to_wire(),
+            StartError::TooManyUpstreams(_) => {
+                WireError::new(ErrorCode::InvalidArgument, self.to_string())
+            }
         }
     }
 }
@@ -92,6 +109,8 @@ pub(crate) struct Replicator {
     pub(crate) store: Store,
     /// Connections to source stars.
     pub(crate) pool: Arc<Pool>,
+    /// What checks a fan-out origin's attestation.
+    pub(crate) trust: Arc<crate::trust::Trust>,
     /// The replications, running and recent.
     pub(crate) register: Arc<Replications>,
     pub(crate) metrics: Arc<Metrics>,
@@ -117,7 +136,36 @@ impl Replicator {
             admitted
         })?;
         let (target, admitted) = admitted;
-        Ok(self.launch(cmd, target, None, admitted, span))
+        Ok(self.launch(cmd, None, target, None, admitted, span))
+    }
+
+    /// Admits one destination of a fan-out and runs it as [`Replicator::start`] does a file:
+    /// pulled from the upstreams, parent first, then the origin, and published only under the
+    /// origin's attestation. Stars relaying from this one read its feed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Replicator::start`], and `InvalidArgument` for more than
+    /// [`MAX_UPSTREAMS`] upstreams.
+    pub(crate) fn start_fanout(
+        self: &Arc<Self>,
+        cmd: ReplicateFanout,
+    ) -> Result<Arc<Transfer>, StartError> {
+        let ReplicateFanout { file, upstreams } = cmd;
+        if upstreams.len() > MAX_UPSTREAMS {
+            return Err(StartError::TooManyUpstreams(upstreams.len()));
+        }
+        let span = tracing::info_span!("transfer", transfer_id = %file.transfer_id);
+        let admitted = span.in_scope(|| {
+            let admitted = self.admit(&file, false);
+            if let Err(e) = &admitted {
+                let code = e.to_wire().code.name();
+                warn!(transfer = %file.transfer_id, code, "fan-out replication refused: {e}");
+            }
+            admitted
+        })?;
+        let (target, admitted) = admitted;
+        Ok(self.launch(file, Some(upstreams), target, None, admitted, span))
     }
 
     /// Admits a tree replication and runs it in a task of its own, as [`Replicator::start`]
@@ -189,13 +237,22 @@ impl Replicator {
     fn launch(
         self: &Arc<Self>,
         cmd: ReplicateFile,
+        upstreams: Option<Vec<Upstream>>,
         target: Confined,
         resume: Option<Entry>,
         admitted: Admitted,
         span: tracing::Span,
     ) -> Arc<Transfer> {
         let transfer = admitted.transfer.clone();
-        let task = run(self.clone(), cmd, target, resume, admitted);
+        let fanout = upstreams.map(|upstreams| {
+            let origin = cmd.source.clone();
+            transfer.feed.send_modify(|f| f.origin = Some(origin));
+            Fanout {
+                upstreams,
+                feed: transfer.feed.clone(),
+            }
+        });
+        let task = run(self.clone(), cmd, fanout, target, resume, admitted);
         self.life.tracker.spawn(task.instrument(span));
         transfer
     }
@@ -216,7 +273,8 @@ impl Replicator {
             match self.admit(&cmd, true) {
                 Ok((target, admitted)) => {
                     drop(_entered);
-                    self.launch(cmd, target, Some(entry), admitted, span.clone());
+                    let upstreams = entry.upstreams.clone();
+                    self.launch(cmd, upstreams, target, Some(entry), admitted, span.clone());
                 }
                 Err(e) => {
                     let code = e.to_wire().code.name();
@@ -232,6 +290,7 @@ impl Replicator {
 async fn run(
     replicator: Arc<Replicator>,
     cmd: ReplicateFile,
+    fanout: Option<Fanout>,
     target: Confined,
     resume: Option<Entry>,
     admitted: Admitted,
@@ -253,7 +312,19 @@ async fn run(
         transfer = %id, source = %cmd.source, source_path = %cmd.source_path, target = %cmd.target_path,
         "replication started"
     );
-    let result = replicate(&replicator, &cmd, &target, resume, &transfer).await;
+    let result = replicate(
+        &replicator,
+        &cmd,
+        fanout.as_ref(),
+        &target,
+        resume,
+        &transfer,
+    )
+    .await;
+    if let (Some(fanout), Err(error)) = (&fanout, &result) {
+        let error = error.to_wire();
+        fanout.feed.send_modify(|f| f.failed = Some(error));
+    }
     let took = transfer.started.elapsed();
     let bytes = result.as_ref().map_or(0, |done| done.bytes);
     replicator
@@ -327,6 +398,7 @@ async fn discard(store: &Store, entry: Entry) {
 async fn replicate(
     replicator: &Replicator,
     cmd: &ReplicateFile,
+    fanout: Option<&Fanout>,
     target: &Confined,
     resume: Option<Entry>,
     transfer: &Transfer,
@@ -344,7 +416,7 @@ async fn replicate(
     let mut writer = None;
     if let Some(entry) = resume {
         let version = entry.version;
-        match writer::Writer::resume(store, target, entry.clone()).await {
+        match writer::Writer::resume(store, target, entry.clone(), fanout).await {
             Ok((resumed, offset)) => {
                 start = Start { offset, version };
                 writer = Some(resumed);
@@ -355,19 +427,53 @@ async fn replicate(
             }
         }
     }
-    let settings = Settings {
-        source: cmd.source.clone(),
-        star: replicator.star.clone(),
-        window: match cmd.timeout_secs {
-            0 => DEFAULT_TIMEOUT,
-            secs => Duration::from_secs(secs.into()),
-        },
-        journaled: store.journal.is_some(),
-        jitter: Box::new(rand::random::<f64>),
-    };
-    let machine = Machine::new(settings, start, std::time::Instant::now());
-    let driver = driver::Driver::new(&replicator.pool, store, cmd, target, transfer, writer);
-    driver
-        .run(machine, &transfer.cancel, &replicator.life.cancel)
-        .await
+    // Relays whose bytes did not add up to the origin's digest: the file starts over without
+    // them.
+    let mut excluded = std::collections::BTreeSet::new();
+    loop {
+        let settings = Settings {
+            source: cmd.source.clone(),
+            star: replicator.star.clone(),
+            window: match cmd.timeout_secs {
+                0 => DEFAULT_TIMEOUT,
+                secs => Duration::from_secs(secs.into()),
+            },
+            journaled: store.journal.is_some(),
+            jitter: Box::new(rand::random::<f64>),
+        };
+        let machine = Machine::new(settings, start, std::time::Instant::now());
+        let relayed = fanout.map(|fanout| {
+            driver::Relayed::new(fanout, replicator.trust.attester(), cmd, &excluded)
+        });
+        let driver = driver::Driver::new(
+            &replicator.pool,
+            store,
+            cmd,
+            target,
+            transfer,
+            writer.take(),
+            relayed,
+        );
+        let (result, relays) = driver
+            .run(machine, &transfer.cancel, &replicator.life.cancel)
+            .await;
+        match result {
+            Err(PullError::Mismatch(why)) if !relays.is_empty() => {
+                let named = relays.iter().cloned().collect::<Vec<_>>().join(", ");
+                let reason = format!(
+                    "the bytes relayed by {named} do not match the origin's attestation ({why}); \
+                     nothing was published, starting again without {named}"
+                );
+                warn!(transfer = %cmd.transfer_id, "{reason}");
+                let _ = transfer.notes.send(ControlEvent::Retrying {
+                    attempt: 0,
+                    after_ms: 0,
+                    reason,
+                });
+                excluded.extend(relays);
+                start = Start::default();
+            }
+            other => return other,
+        }
+    }
 }

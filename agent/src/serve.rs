@@ -147,6 +147,25 @@ pub(crate) enum ServeError {
     /// A file of a tree that the token's filter leaves out.
     #[error("the file is outside the tree token's filter")]
     OutsideFilter,
+    /// A relay request for a transfer this star does not receive (any more), and it is not
+    /// the origin.
+    #[error("star {star} is not receiving {path} in transfer {transfer}, and is not its origin")]
+    NotRelaying {
+        /// This star.
+        star: String,
+        /// The path asked for.
+        path: String,
+        /// The transfer.
+        transfer: orbit_wire::TransferId,
+    },
+    /// This star's own copy of a relayed file failed.
+    #[error("star {star}'s own copy failed: {error}")]
+    RelayFailed {
+        /// This star.
+        star: String,
+        /// Why.
+        error: WireError,
+    },
 }
 
 impl ToWire for ServeError {
@@ -166,6 +185,8 @@ impl ToWire for ServeError {
             ServeError::Internal(_) => ErrorCode::Internal,
             ServeError::BadName(_) => ErrorCode::InvalidArgument,
             ServeError::OutsideFilter => ErrorCode::PermissionDenied,
+            ServeError::NotRelaying { .. } => ErrorCode::FailedPrecondition,
+            ServeError::RelayFailed { .. } => ErrorCode::Unavailable,
         };
         WireError::new(code, self.to_string())
     }
@@ -185,8 +206,8 @@ pub(crate) fn lost_task(e: tokio::task::JoinError) -> ServeError {
 #[derive(Debug)]
 pub(crate) struct VerifiedRead {
     token: VerifiedToken,
-    path: Confined,
-    range: ByteRange,
+    pub(crate) path: Confined,
+    pub(crate) range: ByteRange,
 }
 
 /// Handles one read request stream from `peer`.
@@ -282,7 +303,7 @@ pub(crate) async fn handle(
 
 /// Checks, in order: the peer is a star; the token (MAC, expiry, audience, holder, path, range);
 /// the path lies under a root.
-fn authorize(
+pub(crate) fn authorize(
     server: &Server,
     peer: &PeerIdentity,
     request: &ReadRequest,

@@ -78,6 +78,7 @@ impl Star {
 
         let crl = revocation_list(&config)?;
         let (server_config, client_config) = quic_configs(&config, crl.as_ref())?;
+        let attester = crate::endpoint::attester(&config, crl.as_ref())?;
         let endpoint = bind(config.listen, server_config, client_config.clone())?;
         let addr = endpoint.local_addr().map_err(|error| SpawnError::Bind {
             addr: config.listen,
@@ -90,7 +91,7 @@ impl Star {
         let metrics = Arc::new(Metrics::default());
         let jail = Arc::new(jail);
         let keys = KeyRing::new(config.token_key, config.previous_token_key);
-        let trust = Arc::new(Trust::new(name.clone(), keys, client_config));
+        let trust = Arc::new(Trust::new(name.clone(), keys, client_config, attester));
         let pool = Arc::new(Pool::new(
             endpoint.clone(),
             trust.clone(),
@@ -105,6 +106,7 @@ impl Star {
                 journal,
             },
             pool: pool.clone(),
+            trust: trust.clone(),
             register: register.clone(),
             metrics: metrics.clone(),
             life: life.clone(),

@@ -3,9 +3,9 @@
 //! revocation list), and who a connection's peer proved to be. The server side lives in the
 //! endpoint itself.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
-use orbit_certs::PeerIdentity;
+use orbit_certs::{Attester, PeerIdentity};
 use quinn::Connection;
 
 use orbit_wire::token::KeyRing;
@@ -17,15 +17,31 @@ pub(crate) struct Trust {
     pub(crate) name: String,
     keys: RwLock<KeyRing>,
     client_config: RwLock<quinn::ClientConfig>,
+    /// Signs this star's attestations and checks other stars' against the grid's CA.
+    attester: RwLock<Arc<Attester>>,
 }
 
 impl Trust {
-    pub(crate) fn new(name: String, keys: KeyRing, client_config: quinn::ClientConfig) -> Trust {
+    pub(crate) fn new(
+        name: String,
+        keys: KeyRing,
+        client_config: quinn::ClientConfig,
+        attester: Attester,
+    ) -> Trust {
         Trust {
             name,
             keys: RwLock::new(keys),
             client_config: RwLock::new(client_config),
+            attester: RwLock::new(Arc::new(attester)),
         }
+    }
+
+    /// What signs and checks attestations now.
+    pub(crate) fn attester(&self) -> Arc<Attester> {
+        self.attester
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The token keys accepted now.
@@ -41,8 +57,14 @@ impl Trust {
             .clone()
     }
 
-    /// Swaps in new keys and a new client configuration.
-    pub(crate) fn replace(&self, keys: KeyRing, client_config: quinn::ClientConfig) {
+    /// Swaps in new keys, a new client configuration and a new attester.
+    pub(crate) fn replace(
+        &self,
+        keys: KeyRing,
+        client_config: quinn::ClientConfig,
+        attester: Attester,
+    ) {
+        *self.attester.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(attester);
         *self
             .client_config
             .write()

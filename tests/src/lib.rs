@@ -402,6 +402,7 @@ impl Client {
                     outcome.error = Some(error);
                     return Ok(outcome);
                 }
+                DataFrame::Attested(_) => anyhow::bail!("an attestation on a read stream"),
             }
         }
     }
@@ -431,7 +432,11 @@ pub fn read_request(path: &str, token: String) -> ReadRequest {
     }
 }
 
-async fn write_frame<T: serde::Serialize>(send: &mut SendStream, msg: &T) -> anyhow::Result<()> {
+/// Writes one frame: length prefix and postcard body.
+pub async fn write_frame<T: serde::Serialize>(
+    send: &mut SendStream,
+    msg: &T,
+) -> anyhow::Result<()> {
     send.write_all(&orbit_wire::encode_frame(msg)?).await?;
     Ok(())
 }
@@ -445,7 +450,8 @@ async fn read_body(recv: &mut RecvStream, cap: usize) -> anyhow::Result<BytesMut
     Ok(body)
 }
 
-async fn read_frame<T: serde::de::DeserializeOwned>(
+/// Reads one frame of at most `max` bytes.
+pub async fn read_frame<T: serde::de::DeserializeOwned>(
     recv: &mut RecvStream,
     cap: usize,
 ) -> anyhow::Result<T> {

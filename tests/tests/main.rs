@@ -10,6 +10,7 @@ mod dial;
 mod disk;
 mod drain;
 mod face;
+mod fanout;
 mod frames;
 mod interrupted;
 mod keys;

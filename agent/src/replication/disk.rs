@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use orbit_wire::{ErrorCode, FileVersion, ReplicateFile, WireError};
 
 use super::error::{Local, PullError};
+use super::registry::Feed;
 use crate::error::ToWire;
 use crate::framed::Payload;
 use crate::jail::{Confined, Jail, TargetDir};
@@ -69,6 +70,8 @@ pub(crate) struct Disk {
     size: u64,
     /// The checkpoint being synced on its own thread while this one goes on writing.
     pending: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// Where a fan-out destination tells its relay reads what is written.
+    feed: Option<tokio::sync::watch::Sender<Feed>>,
 }
 
 fn disk_error(what: &str) -> impl Fn(std::io::Error) -> PullError + '_ {
@@ -127,6 +130,7 @@ impl Disk {
         store: Store,
         target: &Confined,
         cmd: ReplicateFile,
+        upstreams: Option<Vec<orbit_wire::fanout::Upstream>>,
     ) -> Result<Disk, PullError> {
         let target_path = cmd.target_path.clone();
         let dir = store
@@ -142,6 +146,7 @@ impl Disk {
                 version: None,
                 verified: 0,
                 prefix_sha256: hex::encode(Sha256::digest(b"")),
+                upstreams,
             };
             // Written before the file exists, so that every temporary file has an entry.
             match journal.write(&entry) {
@@ -186,7 +191,7 @@ impl Disk {
             .map_err(|e| target_error(&entry.command.target_path)(e.to_wire()))?;
         let Ok(file) = dir.open_part(&entry.part) else {
             dir.remove_part(&entry.part);
-            return Disk::create(store, target, entry.command);
+            return Disk::create(store, target, entry.command, entry.upstreams);
         };
         let verified = entry.verified;
         let expect = entry.prefix_sha256.clone();
@@ -217,7 +222,23 @@ impl Disk {
             reserved: 0,
             size: 0,
             pending: None,
+            feed: None,
         }
+    }
+
+    /// From now on, tells `feed` what is written, for relay reads: the file to read, how much
+    /// of it is written and from which version.
+    pub(crate) fn attach_feed(&mut self, feed: tokio::sync::watch::Sender<Feed>) {
+        let file = self.file.try_clone().ok().map(Arc::new);
+        let written = self.written;
+        let version = self.entry.as_ref().and_then(|e| e.version);
+        feed.send_modify(|f| {
+            f.epoch += 1;
+            f.file = file;
+            f.written = written;
+            f.version = version.filter(|_| written > 0);
+        });
+        self.feed = Some(feed);
     }
 
     /// Bytes written so far, in order from byte 0.
@@ -251,6 +272,17 @@ impl Disk {
     /// When `start` is not where the file ends; I/O errors, no space among them.
     pub(crate) fn segment(&mut self, start: u64, version: FileVersion) -> Result<(), PullError> {
         let io = disk_error("writing the temporary file");
+        if let Some(feed) = &self.feed {
+            // Relay reads learn that the bytes are going before they go.
+            let restart = start == 0 && self.written > 0;
+            feed.send_modify(|f| {
+                if restart || f.version.is_some_and(|v| v != version) {
+                    f.epoch += 1;
+                }
+                f.version = Some(version);
+                f.written = start;
+            });
+        }
         if start == 0 && self.written > 0 {
             self.file.set_len(0).map_err(&io)?;
             self.file.seek(SeekFrom::Start(0)).map_err(&io)?;
@@ -291,6 +323,10 @@ impl Disk {
         }
         write_all_pieces(&mut self.file, data.pieces()).map_err(&io)?;
         self.written += data.len() as u64;
+        if let Some(feed) = &self.feed {
+            let written = self.written;
+            feed.send_modify(|f| f.written = written);
+        }
         if self.written + RESERVE_AHEAD / 2 > self.reserved {
             self.reserve_ahead().map_err(&io)?;
         }
@@ -496,7 +532,7 @@ mod tests {
         let cmd = cmd(&w.root, name);
         let target = w.store.jail.confine_target(&cmd.target_path).unwrap();
         (
-            Disk::create(w.store.clone(), &target, cmd.clone()).unwrap(),
+            Disk::create(w.store.clone(), &target, cmd.clone(), None).unwrap(),
             cmd,
         )
     }

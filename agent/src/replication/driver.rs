@@ -9,17 +9,25 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::collections::BTreeSet;
+
 use quinn::RecvStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use orbit_wire::{ByteRange, ControlEvent, DataFrame, ErrorCode, ReadRequest, ReplicateFile};
+use orbit_certs::{Attester, Signed};
+use orbit_wire::fanout::{Attestation, RelayRequest, Upstream};
+use orbit_wire::{
+    ByteRange, ControlEvent, ControlRequest, DataFrame, ErrorCode, FileVersion, ReadRequest,
+    ReplicateFile,
+};
 
 use super::disk::{Commit, Store};
 use super::error::PullError;
 use super::machine::{Action, Event, Machine, Note, Replicated};
 use super::registry::Transfer;
 use super::writer::{WriteMsg, Writer};
+use super::Fanout;
 use crate::error::{connection_lost, varint, ToWire};
 use crate::framed::{self, write_frame, DataRead, Payload};
 use crate::jail::Confined;
@@ -54,6 +62,106 @@ pub(super) struct Driver<'a> {
     payload: Option<Payload>,
     /// The source's digest of this attempt's bytes, once its trailer came.
     trailer: Option<[u8; 32]>,
+    /// A fan-out destination's upstreams and what it checks.
+    relayed: Option<Relayed<'a>>,
+    /// The attestation that came after this attempt's trailer, not yet checked.
+    attested: Option<Attestation>,
+}
+
+/// What a fan-out destination adds to a replication: where else the file may come from, and
+/// the origin's attestation it must have before it publishes.
+pub(super) struct Relayed<'a> {
+    fanout: &'a Fanout,
+    attester: Arc<Attester>,
+    /// The upstreams still trusted, parent first, then the origin: the order to ask them in.
+    sources: Vec<Upstream>,
+    /// Which is asked now.
+    current: usize,
+    /// The attestation of the bytes received, checked.
+    attestation: Option<Attestation>,
+    /// The origin's version of the bytes being written.
+    version: Option<FileVersion>,
+    /// The relays (not the origin) that sent bytes of the file being written.
+    contributors: BTreeSet<String>,
+}
+
+impl<'a> Relayed<'a> {
+    /// Asks `fanout`'s upstreams but those `excluded`, then the origin `cmd` names.
+    pub(super) fn new(
+        fanout: &'a Fanout,
+        attester: Arc<Attester>,
+        cmd: &ReplicateFile,
+        excluded: &BTreeSet<String>,
+    ) -> Relayed<'a> {
+        let mut sources: Vec<Upstream> = fanout
+            .upstreams
+            .iter()
+            .filter(|u| !excluded.contains(&u.star) && u.star != cmd.source)
+            .cloned()
+            .collect();
+        sources.push(Upstream {
+            star: cmd.source.clone(),
+            addr: cmd.source_addr.clone(),
+            path: cmd.source_path.clone(),
+            token: cmd.token.clone(),
+        });
+        Relayed {
+            fanout,
+            attester,
+            sources,
+            current: 0,
+            attestation: None,
+            version: None,
+            contributors: BTreeSet::new(),
+        }
+    }
+
+    fn asked(&self) -> &Upstream {
+        &self.sources[self.current]
+    }
+
+    fn asking_the_origin(&self) -> bool {
+        self.current + 1 == self.sources.len()
+    }
+
+    /// Moves on to the next source, round the list.
+    fn next(&mut self) {
+        self.current = (self.current + 1) % self.sources.len();
+    }
+
+    /// Checks that `attestation` vouches for this transfer's file, in the version received,
+    /// signed by the origin with a certificate of this grid.
+    fn check(&self, attestation: &Attestation, cmd: &ReplicateFile) -> Result<(), String> {
+        let claims = &attestation.claims;
+        if claims.transfer_id != cmd.transfer_id {
+            return Err(format!("it is for transfer {}", claims.transfer_id));
+        }
+        if claims.origin != cmd.source || claims.path != cmd.source_path {
+            return Err(format!(
+                "it is for {}:{}, not {}:{}",
+                claims.origin, claims.path, cmd.source, cmd.source_path
+            ));
+        }
+        if Some(claims.version) != self.version {
+            return Err("it is for another version of the file".into());
+        }
+        let signed = Signed {
+            scheme: attestation.scheme,
+            signature: attestation.signature.to_vec(),
+            certificate: attestation.certificate.to_vec(),
+        };
+        let signer = self
+            .attester
+            .verify(&claims.signed_bytes(), &signed)
+            .map_err(|e| e.to_string())?;
+        if signer.name != cmd.source {
+            return Err(format!(
+                "it is signed by {}, not by the origin",
+                signer.name
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl<'a> Driver<'a> {
@@ -64,6 +172,7 @@ impl<'a> Driver<'a> {
         target: &'a Confined,
         transfer: &'a Transfer,
         writer: Option<Writer>,
+        relayed: Option<Relayed<'a>>,
     ) -> Driver<'a> {
         Driver {
             pool,
@@ -75,6 +184,8 @@ impl<'a> Driver<'a> {
             io: Io::Idle,
             payload: None,
             trailer: None,
+            relayed,
+            attested: None,
         }
     }
 
@@ -84,18 +195,24 @@ impl<'a> Driver<'a> {
     /// # Errors
     ///
     /// Why nothing was published.
+    /// With it, the relays that sent bytes of the file it ended with.
     pub(super) async fn run(
         mut self,
         mut machine: Machine,
         cancel: &CancellationToken,
         shutdown: &CancellationToken,
-    ) -> Result<Replicated, PullError> {
+    ) -> (Result<Replicated, PullError>, BTreeSet<String>) {
         let mut actions = machine.start(Instant::now());
         loop {
             let mut event = None;
             for action in actions {
                 if let Action::Finish { result, keep } = action {
-                    return self.finish(result, keep).await;
+                    let relays = self
+                        .relayed
+                        .as_mut()
+                        .map(|r| std::mem::take(&mut r.contributors))
+                        .unwrap_or_default();
+                    return (self.finish(result, keep).await, relays);
                 }
                 event = self.perform(action, &machine).await;
                 if event.is_some() {
@@ -117,16 +234,32 @@ impl<'a> Driver<'a> {
             Action::Request { offset } => {
                 self.stop(ErrorCode::Cancelled);
                 let (pool, cmd) = (self.pool.clone(), self.cmd.clone());
-                self.io =
-                    Io::Requesting(Box::pin(async move { request(&pool, &cmd, offset).await }));
+                self.io = match &self.relayed {
+                    Some(relayed) => {
+                        let from = relayed.asked().clone();
+                        Io::Requesting(Box::pin(async move {
+                            relay_request(&pool, &cmd, &from, offset).await
+                        }))
+                    }
+                    None => {
+                        Io::Requesting(Box::pin(async move { request(&pool, &cmd, offset).await }))
+                    }
+                };
                 None
             }
             Action::Segment { start, version } => {
                 self.transfer.progress.send_replace((start, version.size));
+                if let Some(relayed) = &mut self.relayed {
+                    relayed.version = Some(version);
+                    if start == 0 {
+                        relayed.contributors.clear();
+                    }
+                }
                 if self.writer.is_none() {
                     // Only now, with the source's answer in hand, touch the destination's disk:
                     // a refused read leaves not even an empty parent directory behind.
-                    match Writer::create(self.store, self.target, self.cmd).await {
+                    let fanout = self.relayed.as_ref().map(|r| r.fanout);
+                    match Writer::create(self.store, self.target, self.cmd, fanout).await {
                         Ok(writer) => self.writer = Some(writer),
                         Err(e) => return Some(Event::Failed(e)),
                     }
@@ -144,13 +277,43 @@ impl<'a> Driver<'a> {
             Action::Checkpoint => self.write(WriteMsg::Checkpoint).await,
             Action::Commit { size } => {
                 let writer = self.writer.take()?;
+                let mut expect = self.cmd.expect_sha256;
+                let mut attestation = None;
+                if let Some(relayed) = &mut self.relayed {
+                    let Some(attested) = relayed.attestation.take() else {
+                        return Some(Event::Failed(PullError::Internal(
+                            "no attestation came with the trailer".into(),
+                        )));
+                    };
+                    let origin = attested.claims.sha256;
+                    if expect.is_some_and(|e| e != origin) {
+                        let _ = writer.abandon(false).await;
+                        return Some(Event::Failed(PullError::Mismatch(format!(
+                            "the origin attests SHA-256 {}, the command expects {}",
+                            hex::encode(origin),
+                            hex::encode(expect.unwrap_or_default())
+                        ))));
+                    }
+                    expect = Some(origin);
+                    attestation = Some(attested);
+                }
                 let commit = Commit {
                     size,
                     trailer: self.trailer.take().unwrap_or_default(),
-                    expect: self.cmd.expect_sha256,
+                    expect,
                 };
                 Some(match writer.commit(commit).await {
-                    Ok(sha256) => Event::Published { sha256 },
+                    Ok(sha256) => {
+                        if let (Some(relayed), Some(attested)) = (&self.relayed, attestation) {
+                            // Published: the stars relaying from here may finish.
+                            let attested = Arc::new(attested);
+                            relayed
+                                .fanout
+                                .feed
+                                .send_modify(|f| f.attestation = Some(attested));
+                        }
+                        Event::Published { sha256 }
+                    }
                     Err(e) => Event::Failed(e),
                 })
             }
@@ -158,6 +321,9 @@ impl<'a> Driver<'a> {
                 if let Io::Receiving { peer, .. } = &self.io {
                     peer.conn
                         .close(varint(ErrorCode::Unavailable), b"no data from the source");
+                }
+                if let Some(relayed) = &mut self.relayed {
+                    relayed.next();
                 }
                 None
             }
@@ -211,11 +377,16 @@ impl<'a> Driver<'a> {
                 None => std::future::pending().await,
             }
         };
-        let source = &self.cmd.source;
+        let source = match &self.relayed {
+            Some(relayed) => &relayed.asked().star,
+            None => &self.cmd.source,
+        };
+        let relaying = self.relayed.is_some();
         let (offset, total) = (machine.offset(), machine.total());
         let io = &mut self.io;
         let payload = &mut self.payload;
         let trailer = &mut self.trailer;
+        let attested = &mut self.attested;
         let network = async move {
             match io {
                 Io::Idle => std::future::pending().await,
@@ -240,7 +411,30 @@ impl<'a> Driver<'a> {
                     }
                     Ok(DataRead::Frame(DataFrame::Trailer { sha256 })) => {
                         *trailer = Some(sha256);
-                        Event::Trailer
+                        if !relaying {
+                            return Event::Trailer;
+                        }
+                        // A relay stream ends with the origin's attestation.
+                        match framed::read_data_frame(recv).await {
+                            Ok(DataRead::Frame(DataFrame::Attested(attestation))) => {
+                                *attested = Some(attestation);
+                                Event::Trailer
+                            }
+                            Ok(_) => Event::Failed(PullError::Protocol {
+                                source_star: source.clone(),
+                                what: "no attestation after the trailer".into(),
+                            }),
+                            Err(e) => {
+                                let e = e.to_wire();
+                                Event::Failed(PullError::Broken {
+                                    source_star: source.clone(),
+                                    offset,
+                                    total,
+                                    code: e.code,
+                                    message: e.message,
+                                })
+                            }
+                        }
                     }
                     Ok(DataRead::Frame(frame)) => from_frame(source, frame, false),
                     Err(e) => {
@@ -258,12 +452,61 @@ impl<'a> Driver<'a> {
         };
         // A frame read cut short by another branch is never resumed: every other branch ends
         // the attempt or the replication, and with it this stream.
-        tokio::select! {
-            _ = cancel.cancelled() => Event::Cancel,
-            _ = shutdown.cancelled() => Event::Shutdown,
-            _ = timer => Event::Timer,
-            event = network => event,
+        let (event, from_network) = tokio::select! {
+            _ = cancel.cancelled() => (Event::Cancel, false),
+            _ = shutdown.cancelled() => (Event::Shutdown, false),
+            _ = timer => (Event::Timer, false),
+            event = network => (event, true),
+        };
+        match from_network {
+            true => self.screen(event),
+            false => event,
         }
+    }
+
+    /// For a fan-out destination, what the network's `event` means: the attestation is checked
+    /// at the trailer, bytes are credited to the relay that sent them, and a relay's failure
+    /// is one to retry from the next upstream.
+    fn screen(&mut self, event: Event) -> Event {
+        let Some(relayed) = &mut self.relayed else {
+            return event;
+        };
+        let star = relayed.asked().star.clone();
+        let event = match event {
+            Event::Trailer => match self.attested.take() {
+                Some(attestation) => match relayed.check(&attestation, self.cmd) {
+                    Ok(()) => {
+                        relayed.attestation = Some(attestation);
+                        Event::Trailer
+                    }
+                    Err(why) => Event::Failed(PullError::BadAttestation {
+                        star: star.clone(),
+                        why,
+                    }),
+                },
+                None => Event::Trailer,
+            },
+            Event::Chunk { len, .. } if len > 0 && !relayed.asking_the_origin() => {
+                relayed.contributors.insert(star.clone());
+                event
+            }
+            other => other,
+        };
+        let Event::Failed(error) = event else {
+            return event;
+        };
+        if relayed.asking_the_origin() {
+            if error.is_transient() && relayed.sources.len() > 1 {
+                relayed.next();
+            }
+            return Event::Failed(error);
+        }
+        warn!(transfer = %self.cmd.transfer_id, relay = %star, "relay failed, asking the next upstream: {error}");
+        relayed.next();
+        Event::Failed(PullError::Upstream {
+            star,
+            cause: Box::new(error),
+        })
     }
 
     /// Abandons the data stream, if any, telling the source why.
@@ -317,6 +560,10 @@ fn from_frame(source: &str, frame: DataFrame, first: bool) -> Event {
             offset,
             len: data.len() as u64,
         },
+        DataFrame::Attested(_) => Event::Failed(PullError::Protocol {
+            source_star,
+            what: "an attestation out of place".into(),
+        }),
     }
 }
 
@@ -367,5 +614,51 @@ async fn request(pool: &Arc<Pool>, cmd: &ReplicateFile, start: u64) -> Result<An
             }),
         },
         e = peer.conn.closed() => Err(lost("lost the connection", connection_lost(&e))),
+    }
+}
+
+/// Sends a relay request to `from` (an upstream, or the origin) for the bytes from `start` and
+/// waits for the stream's first frame. Cancel-safe as [`request`] is.
+async fn relay_request(
+    pool: &Arc<Pool>,
+    cmd: &ReplicateFile,
+    from: &Upstream,
+    start: u64,
+) -> Result<Answer, PullError> {
+    let star = &from.star;
+    let peer = pool.get(star, &from.addr).await?;
+    let lost = |what: &'static str, e: orbit_wire::WireError| PullError::Lost {
+        source_star: star.clone(),
+        what,
+        code: e.code,
+        message: e.message,
+    };
+    let request = ControlRequest::Relay(RelayRequest {
+        request_id: 0,
+        transfer_id: cmd.transfer_id,
+        origin: cmd.source.clone(),
+        path: from.path.clone(),
+        token: from.token.clone(),
+        range: ByteRange {
+            start,
+            end: u64::MAX,
+        },
+    });
+    let (mut send, mut recv) = peer
+        .conn
+        .open_bi()
+        .await
+        .map_err(|e| lost("could not send the relay request", connection_lost(&e)))?;
+    write_frame(&mut send, &request)
+        .await
+        .map_err(|e| lost("could not send the relay request", e.to_wire()))?;
+    let _ = send.finish();
+    match framed::read_data_frame(&mut recv).await {
+        Ok(DataRead::Frame(first)) => Ok((first, recv, peer)),
+        Ok(DataRead::Chunk { .. }) => Err(PullError::Protocol {
+            source_star: star.clone(),
+            what: "a chunk before the header".into(),
+        }),
+        Err(e) => Err(lost("no answer to the relay request", e.to_wire())),
     }
 }

@@ -103,6 +103,22 @@ pub(crate) enum PullError {
         /// What it did.
         what: String,
     },
+    /// A fan-out upstream other than the origin failed; the next upstream is asked.
+    #[error("relay {star}: {cause}")]
+    Upstream {
+        /// The upstream star.
+        star: String,
+        /// What went wrong with it.
+        cause: Box<PullError>,
+    },
+    /// A fan-out upstream passed along an attestation that does not vouch for this file.
+    #[error("{star} passed along an attestation that does not hold: {why}")]
+    BadAttestation {
+        /// The upstream star.
+        star: String,
+        /// What does not hold.
+        why: String,
+    },
     /// A controller cancelled the replication.
     #[error("the replication was cancelled")]
     Cancelled,
@@ -152,7 +168,10 @@ impl PullError {
         match self {
             PullError::BadSourcePath(_) => ErrorCode::InvalidArgument,
             PullError::Target { cause, .. } | PullError::Disk(cause) => cause.0.code,
-            PullError::Mismatch(_) | PullError::Protocol { .. } => ErrorCode::DataLoss,
+            PullError::Mismatch(_)
+            | PullError::Protocol { .. }
+            | PullError::BadAttestation { .. } => ErrorCode::DataLoss,
+            PullError::Upstream { .. } => ErrorCode::Unavailable,
             PullError::Dial(DialError::Unreachable { .. }) | PullError::Stalled { .. } => {
                 ErrorCode::Unavailable
             }
@@ -176,7 +195,8 @@ impl PullError {
         match self {
             PullError::Dial(DialError::Unreachable { .. })
             | PullError::NoAnswer(_)
-            | PullError::Stalled { .. } => true,
+            | PullError::Stalled { .. }
+            | PullError::Upstream { .. } => true,
             PullError::Lost { code, .. } | PullError::Broken { code, .. } => {
                 peer_says_transient(*code)
             }
@@ -189,6 +209,7 @@ impl PullError {
             | PullError::Mismatch(_)
             | PullError::Dial(DialError::NotThatStar { .. })
             | PullError::Protocol { .. }
+            | PullError::BadAttestation { .. }
             | PullError::Cancelled
             | PullError::ShuttingDown { .. }
             | PullError::GaveUp { .. }

@@ -42,6 +42,32 @@ pub(crate) struct Transfer {
     /// Cancelled by a controller's `Cancel` only: a transfer stopped by the star's shutdown keeps
     /// its temporary file to resume, and a cancelled one does not.
     pub(crate) cancel: CancellationToken,
+    /// What a fan-out destination has received, for the stars that relay from it.
+    pub(crate) feed: watch::Sender<Feed>,
+}
+
+/// A fan-out destination's file as it arrives, for relay reads: where it is, how much of it is
+/// written, and, once verified and published, the origin's attestation. Written by the disk
+/// thread and the replication; read by [`crate::relay`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Feed {
+    /// The fan-out's origin; `None` for a replication that is not part of a fan-out, which is
+    /// never relayed.
+    pub(crate) origin: Option<String>,
+    /// Bumped whenever the temporary file starts over (a new file, or the origin's file changed):
+    /// bytes read under an older epoch may be gone.
+    pub(crate) epoch: u64,
+    /// The origin's version of the file being received, once its header came.
+    pub(crate) version: Option<orbit_wire::FileVersion>,
+    /// Bytes from 0 written to the file.
+    pub(crate) written: u64,
+    /// A read handle on the temporary file (after the publish, the published file).
+    pub(crate) file: Option<Arc<std::fs::File>>,
+    /// The origin's attestation, once this star has verified the whole file against it and
+    /// published it.
+    pub(crate) attestation: Option<Arc<orbit_wire::fanout::Attestation>>,
+    /// Why this star's own replication failed, once it has.
+    pub(crate) failed: Option<WireError>,
 }
 
 impl Transfer {
@@ -116,6 +142,9 @@ pub(crate) struct Replications {
     inner: Mutex<Inner>,
     /// How many hold a slot; waiters for a slot and the shutdown's drain watch it.
     running: watch::Sender<u32>,
+    /// How many transfers were ever admitted; a relay read waiting for its transfer to arrive
+    /// watches it.
+    admitted: watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -171,7 +200,30 @@ impl Replications {
             max,
             inner: Mutex::default(),
             running: watch::channel(0).0,
+            admitted: watch::channel(0).0,
         }
+    }
+
+    /// The transfer `id`, waiting up to `patience` for it to be admitted: the stars of a fan-out
+    /// get their commands at about the same time, and a star may be asked to relay a transfer
+    /// a moment before its own command arrives.
+    pub(crate) async fn get_soon(
+        &self,
+        id: TransferId,
+        patience: Duration,
+    ) -> Option<Arc<Transfer>> {
+        let mut admitted = self.admitted.subscribe();
+        let wait = async {
+            loop {
+                if let Some(transfer) = self.get(id) {
+                    return transfer;
+                }
+                if admitted.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        };
+        tokio::time::timeout(patience, wait).await.ok()
     }
 
     /// Admits `cmd`, whose target is `target_key`: registers it, claims its target and takes a
@@ -234,8 +286,10 @@ impl Replications {
             notes: tokio::sync::broadcast::channel(what.notes).0,
             outcome: watch::channel(None).0,
             cancel: CancellationToken::new(),
+            feed: watch::channel(Feed::default()).0,
         });
         inner.by_id.insert(transfer.id, transfer.clone());
+        self.admitted.send_modify(|n| *n += 1);
         inner.claims.insert(target_key, transfer.id);
         let slot = free.then(|| self.take_slot(&mut inner));
         Ok(Admitted { transfer, slot })

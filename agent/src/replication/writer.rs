@@ -9,6 +9,7 @@ use orbit_wire::ReplicateFile;
 
 use super::disk::{Commit, Disk, Store};
 use super::error::{Local, PullError};
+use super::Fanout;
 use crate::error::ToWire;
 use crate::framed::Payload;
 use crate::jail::Confined;
@@ -63,9 +64,19 @@ impl Writer {
         store: &Store,
         target: &Confined,
         cmd: &ReplicateFile,
+        fanout: Option<&Fanout>,
     ) -> Result<Writer, PullError> {
         let (store, target, cmd) = (store.clone(), target.clone(), cmd.clone());
-        let disk = blocking(move || Disk::create(store, &target, cmd)).await?;
+        let upstreams = fanout.map(|f| f.upstreams.clone());
+        let feed = fanout.map(|f| f.feed.clone());
+        let disk = blocking(move || {
+            let mut disk = Disk::create(store, &target, cmd, upstreams)?;
+            if let Some(feed) = feed {
+                disk.attach_feed(feed);
+            }
+            Ok(disk)
+        })
+        .await?;
         Ok(Writer::start(disk))
     }
 
@@ -79,9 +90,18 @@ impl Writer {
         store: &Store,
         target: &Confined,
         entry: Entry,
+        fanout: Option<&Fanout>,
     ) -> Result<(Writer, u64), PullError> {
         let (store, target) = (store.clone(), target.clone());
-        let disk = blocking(move || Disk::reopen(store, &target, entry)).await?;
+        let feed = fanout.map(|f| f.feed.clone());
+        let disk = blocking(move || {
+            let mut disk = Disk::reopen(store, &target, entry)?;
+            if let Some(feed) = feed {
+                disk.attach_feed(feed);
+            }
+            Ok(disk)
+        })
+        .await?;
         let offset = disk.written();
         Ok((Writer::start(disk), offset))
     }

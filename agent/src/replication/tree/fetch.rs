@@ -333,6 +333,9 @@ async fn receive(
                 return None
             }
             Err(e) => return Some(e.to_wire()),
+            Ok(DataRead::Frame(DataFrame::Attested(_))) => {
+                return protocol("an attestation in a tree's fetch".into())
+            }
             Ok(DataRead::Chunk { offset, payload }) => {
                 let Some((_, size, got, base)) = &mut current else {
                     return protocol("a chunk outside a file".into());

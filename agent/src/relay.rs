@@ -1,0 +1,337 @@
+//! The serving side of fan-out: a star answers a [`RelayRequest`] from another star.
+//!
+//! - If this star is receiving the path asked for in the same transfer (it is a destination of
+//!   the fan-out), it **follows** its own copy: it sends the origin's version in the header, then
+//!   the bytes of its temporary file as far as they are written, waiting for more, and once it
+//!   has verified and published the file itself, the origin's attestation. A slow reader holds
+//!   up no one: the bytes come from the file, not from the stream this star receives on.
+//! - Otherwise, if the request names this star as the origin, it **originates**: it sends its
+//!   file as for a read request, then signs an attestation of the file's version and SHA-256.
+//!
+//! Either way the request passes the checks of a read request first (a star's certificate, the
+//! token for this path and range, the path under a root) and takes one read slot.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::SendStream;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use orbit_certs::PeerIdentity;
+use orbit_wire::fanout::{AttestClaims, Attestation, RelayRequest};
+use orbit_wire::{ByteRange, DataFrame, FileVersion, ReadRequest, CHUNK_SIZE};
+
+use crate::digests::FileKey;
+use crate::error::ToWire;
+use crate::framed::{write_chunk, write_frame, FramedError};
+use crate::replication::{Feed, Replications, Transfer};
+use crate::serve::{
+    authorize, lost_task, refuse, stream_file, version_of, ServeError, Server, VerifiedRead,
+};
+
+/// How long a relay request waits for its transfer's command to reach this star.
+const RELAY_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Bytes read from the file per trip to a blocking thread: 16 chunks.
+const BATCH: u64 = 16 * CHUNK_SIZE as u64;
+
+/// Handles one relay request from `peer`, answering on `send`.
+pub(crate) async fn handle(
+    server: Arc<Server>,
+    register: Arc<Replications>,
+    peer: PeerIdentity,
+    request: RelayRequest,
+    mut send: SendStream,
+) {
+    let id = request.request_id;
+    let transfer = request.transfer_id.to_string();
+    let read = ReadRequest {
+        request_id: id,
+        transfer_id: request.transfer_id,
+        path: request.path.clone(),
+        token: request.token.clone(),
+        range: request.range,
+    };
+    let star = &server.trust.name;
+    let authorized = if server.life.draining.is_cancelled() {
+        Err(ServeError::ShuttingDown(star.clone()))
+    } else {
+        authorize(&server, &peer, &read)
+    };
+    let verified = match authorized {
+        Ok(verified) => verified,
+        Err(error) => {
+            warn!(%peer, transfer, path = %request.path, "relay read refused: {error}");
+            server.metrics.reads_failed.inc();
+            return refuse(&mut send, id, error.to_wire()).await;
+        }
+    };
+    // Taken only once the peer has shown it may read, so that no one else can fill the slots.
+    let Ok(_slot) = server.reads.slots.clone().try_acquire_owned() else {
+        let max = server.reads.max;
+        warn!(%peer, transfer, path = %request.path, "relay read refused: {max} already in flight (max_transfers)");
+        let error = ServeError::Busy {
+            star: star.clone(),
+            max,
+        };
+        return refuse(&mut send, id, error.to_wire()).await;
+    };
+    // A star not the origin is a destination whose own command may be a moment behind.
+    let patience = match request.origin == *star {
+        true => Duration::ZERO,
+        false => RELAY_PATIENCE,
+    };
+    let following = register
+        .get_soon(request.transfer_id, patience)
+        .await
+        .filter(|t| {
+            t.target_path == request.path
+                && t.feed.borrow().origin.as_deref() == Some(request.origin.as_str())
+        });
+    let in_flight = server.reads.track();
+    let result = match following {
+        Some(transfer) => {
+            info!(%peer, transfer = %request.transfer_id, path = %request.path, "relaying the file this star receives");
+            follow(&server, &mut send, id, &transfer, request.range).await
+        }
+        None if request.origin == *star => {
+            info!(%peer, transfer = %request.transfer_id, path = %request.path, "sending the file as the fan-out's origin");
+            originate(&server, &mut send, &request, verified).await
+        }
+        None => Err(ServeError::NotRelaying {
+            star: star.clone(),
+            path: request.path.clone(),
+            transfer: request.transfer_id,
+        }),
+    };
+    drop(in_flight);
+    match result {
+        Ok(bytes) => {
+            server.metrics.reads_ok.inc();
+            server.metrics.bytes_sent.add(bytes);
+            info!(%peer, transfer, path = %request.path, bytes, "relay read completed");
+        }
+        Err(error) => {
+            server.metrics.reads_failed.inc();
+            let error = error.to_wire();
+            warn!(%peer, transfer, path = %request.path, "relay read failed: {error}");
+            refuse(&mut send, id, error).await;
+        }
+    }
+}
+
+/// Sends this star's own file, then its attestation. Returns the bytes sent.
+async fn originate(
+    server: &Server,
+    send: &mut SendStream,
+    request: &RelayRequest,
+    read: VerifiedRead,
+) -> Result<u64, ServeError> {
+    let jail = server.jail.clone();
+    let path = read.path.clone();
+    let opened = tokio::task::spawn_blocking(move || jail.open_read(&path))
+        .await
+        .map_err(lost_task)??;
+    let version = version_of(&opened);
+    let key = FileKey::of(&opened.stat);
+    let jail = server.jail.clone();
+    let again = read.path.clone();
+    let reopen = move || jail.open_read(&again);
+    let bytes = stream_file(server, send, request.request_id, opened, read.range, reopen).await?;
+    // A whole read has just put the digest in the cache; a resumed one hashes the whole file.
+    let sha256 = match server.reads.digests.get(&key) {
+        Some(sha256) => sha256,
+        None => {
+            let jail = server.jail.clone();
+            let path = read.path.clone();
+            tokio::task::spawn_blocking(move || {
+                let opened = jail.open_read(&path)?;
+                if version_of(&opened) != version {
+                    return Err(ServeError::Changed("it was replaced"));
+                }
+                let mut hasher = Sha256::new();
+                let mut offset = 0;
+                while offset < version.size {
+                    let want = (version.size - offset).min(BATCH);
+                    read_chunks(&opened.file, offset, want, &mut hasher)?;
+                    offset += want;
+                }
+                Ok(<[u8; 32]>::from(hasher.finalize()))
+            })
+            .await
+            .map_err(lost_task)??
+        }
+    };
+    let claims = AttestClaims {
+        transfer_id: request.transfer_id,
+        origin: server.trust.name.clone(),
+        path: request.path.clone(),
+        version,
+        sha256,
+    };
+    let signed = server
+        .trust
+        .attester()
+        .sign(&claims.signed_bytes())
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    let attestation = Attestation {
+        claims,
+        scheme: signed.scheme,
+        signature: signed.signature.into(),
+        certificate: signed.certificate.into(),
+    };
+    write_frame(send, &DataFrame::Attested(attestation)).await?;
+    send.finish().map_err(FramedError::from)?;
+    let _ = send.stopped().await;
+    Ok(bytes)
+}
+
+/// Sends the file `transfer` is receiving here as it arrives, then the origin's attestation
+/// once this star has published it. Returns the bytes sent.
+async fn follow(
+    server: &Server,
+    send: &mut SendStream,
+    request_id: u64,
+    transfer: &Transfer,
+    range: ByteRange,
+) -> Result<u64, ServeError> {
+    let star = &server.trust.name;
+    let mut feed = transfer.feed.subscribe();
+    let (epoch, version, file) = loop {
+        {
+            let now = feed.borrow_and_update();
+            still_good(&now, None, star)?;
+            if let (Some(version), Some(file)) = (now.version, &now.file) {
+                break (now.epoch, version, file.clone());
+            }
+        }
+        changed(server, &mut feed).await?;
+    };
+    let (start, end) = (range.start.min(version.size), range.end.min(version.size));
+    write_frame(
+        send,
+        &DataFrame::Header {
+            request_id,
+            size: end - start,
+            version,
+        },
+    )
+    .await?;
+    let mut offset = start;
+    let mut hasher = Sha256::new();
+    while offset < end {
+        let written = {
+            let now = feed.borrow_and_update();
+            still_good(&now, Some((epoch, version)), star)?;
+            now.written.min(end)
+        };
+        if written <= offset {
+            changed(server, &mut feed).await?;
+            continue;
+        }
+        let want = (written - offset).min(BATCH);
+        let file = file.clone();
+        let (chunks, kept) = tokio::task::spawn_blocking(move || {
+            let chunks = read_chunks(&file, offset, want, &mut hasher);
+            (chunks, hasher)
+        })
+        .await
+        .map_err(lost_task)?;
+        hasher = kept;
+        let chunks = chunks?;
+        // What was read is good only if the file did not start over meanwhile.
+        still_good(&feed.borrow(), Some((epoch, version)), star)?;
+        for chunk in chunks {
+            let len = chunk.len() as u64;
+            tokio::select! {
+                biased;
+                _ = server.life.cancel.cancelled() => return Err(ServeError::ShuttingDown(star.clone())),
+                written = write_chunk(send, offset, chunk) => written?,
+            }
+            offset += len;
+        }
+    }
+    write_frame(
+        send,
+        &DataFrame::Trailer {
+            sha256: hasher.finalize().into(),
+        },
+    )
+    .await?;
+    let attestation = loop {
+        {
+            let now = feed.borrow_and_update();
+            still_good(&now, Some((epoch, version)), star)?;
+            if let Some(attestation) = &now.attestation {
+                break attestation.clone();
+            }
+        }
+        changed(server, &mut feed).await?;
+    };
+    write_frame(send, &DataFrame::Attested((*attestation).clone())).await?;
+    send.finish().map_err(FramedError::from)?;
+    let _ = send.stopped().await;
+    Ok(end - start)
+}
+
+/// Whether the feed still holds the bytes being relayed: this star's own copy has not failed
+/// and, once started, the file has not started over.
+fn still_good(
+    feed: &Feed,
+    started: Option<(u64, FileVersion)>,
+    star: &str,
+) -> Result<(), ServeError> {
+    if let Some(error) = &feed.failed {
+        return Err(ServeError::RelayFailed {
+            star: star.to_owned(),
+            error: error.clone(),
+        });
+    }
+    match started {
+        Some((epoch, version)) if feed.epoch != epoch || feed.version != Some(version) => Err(
+            ServeError::Changed("the relaying star started the file over"),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Waits for the feed to move, or the star to stop.
+async fn changed(server: &Server, feed: &mut watch::Receiver<Feed>) -> Result<(), ServeError> {
+    tokio::select! {
+        _ = server.life.cancel.cancelled() => Err(ServeError::ShuttingDown(server.trust.name.clone())),
+        moved = feed.changed() => moved.map_err(|_| ServeError::Internal("the transfer is gone".into())),
+    }
+}
+
+/// Reads `len` bytes from `offset` in chunks, hashing them. Runs on a blocking thread.
+fn read_chunks(
+    file: &File,
+    mut offset: u64,
+    len: u64,
+    hasher: &mut Sha256,
+) -> Result<Vec<Bytes>, ServeError> {
+    let end = offset + len;
+    let mut chunks = Vec::new();
+    while offset < end {
+        let want = (end - offset).min(CHUNK_SIZE as u64) as usize;
+        let mut buf = Vec::with_capacity(want);
+        while buf.len() < want {
+            let at = offset + buf.len() as u64;
+            match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+                Ok(0) => return Err(ServeError::Changed("it became shorter")),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(want);
+        hasher.update(&buf);
+        offset += want as u64;
+        chunks.push(Bytes::from(buf));
+    }
+    Ok(chunks)
+}

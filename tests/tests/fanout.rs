@@ -1,0 +1,394 @@
+//! Fan-out: one file to many stars, each pulling from a star still receiving it (relay reads),
+//! under the origin's signed digest. Real stars on 127.0.0.1:0; the commands go to each
+//! destination as `ControlRequest::ReplicateFanout`, as orbitctl sends them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use orbit_agent::Star;
+use orbit_tests::*;
+use orbit_wire::fanout::{AttestClaims, Attestation, RelayRequest, ReplicateFanout, Upstream};
+use orbit_wire::{
+    ByteRange, ControlEvent, ControlRequest, DataFrame, ErrorCode, FileVersion, ReplicateFile,
+    TransferId, MAX_CONTROL_FRAME,
+};
+
+const MIB: usize = 1024 * 1024;
+
+/// An origin star-a holding `src/f`, and destinations star-1.. each with a root of its own.
+struct Fan {
+    grid: Grid,
+    src: tempfile::TempDir,
+    origin: Star,
+    /// The destinations, `None` once a test has taken one away to stop it.
+    stars: Vec<Option<Star>>,
+    dirs: Vec<tempfile::TempDir>,
+    names: Vec<String>,
+    addrs: Vec<SocketAddr>,
+    transfer: TransferId,
+}
+
+impl Fan {
+    async fn new(destinations: usize, size: usize) -> (Fan, [u8; 32]) {
+        let grid = Grid::new();
+        let src = tempfile::tempdir().unwrap();
+        let sha = random_file(&src.path().join("f"), size);
+        let origin = grid.spawn_star("star-a", &[src.path()]).await;
+        let (mut stars, mut dirs, mut names, mut addrs) = (vec![], vec![], vec![], vec![]);
+        for i in 1..=destinations {
+            let dir = tempfile::tempdir().unwrap();
+            let star = grid.spawn_star(&format!("star-{i}"), &[dir.path()]).await;
+            names.push(star.name().to_owned());
+            addrs.push(star.local_addr());
+            stars.push(Some(star));
+            dirs.push(dir);
+        }
+        let fan = Fan {
+            grid,
+            src,
+            origin,
+            stars,
+            dirs,
+            names,
+            addrs,
+            transfer: TransferId(rand::random()),
+        };
+        (fan, sha)
+    }
+
+    fn source(&self) -> String {
+        wire(&self.src.path().join("f"))
+    }
+
+    fn target(&self, i: usize) -> PathBuf {
+        self.dirs[i].path().join("f")
+    }
+
+    fn name(&self, i: usize) -> String {
+        self.names[i].clone()
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.addrs[i]
+    }
+
+    fn star(&self, i: usize) -> &Star {
+        self.stars[i].as_ref().expect("the star runs")
+    }
+
+    fn sent(&self, i: usize) -> u64 {
+        self.star(i).metrics().bytes_sent.get()
+    }
+
+    /// The command for destination `i`, pulling from destinations `upstreams` (parent first)
+    /// before the origin.
+    fn command(&self, i: usize, upstreams: &[usize]) -> ReplicateFanout {
+        let holder = self.name(i);
+        let upstreams = upstreams
+            .iter()
+            .map(|&u| Upstream {
+                star: self.name(u),
+                addr: self.addr(u).to_string(),
+                path: wire(&self.target(u)),
+                token: self
+                    .grid
+                    .token(&self.name(u), &holder, &wire(&self.target(u))),
+            })
+            .collect();
+        ReplicateFanout {
+            file: ReplicateFile {
+                transfer_id: self.transfer,
+                source: "star-a".into(),
+                source_addr: self.origin.local_addr().to_string(),
+                source_path: self.source(),
+                target_path: wire(&self.target(i)),
+                token: self.grid.token("star-a", &holder, &self.source()),
+                expect_sha256: None,
+                timeout_secs: 20,
+            },
+            upstreams,
+        }
+    }
+
+    /// Sends every destination its command at once, and returns each one's events.
+    async fn run(&self, plan: &[Vec<usize>]) -> Vec<Vec<ControlEvent>> {
+        let mut runs = tokio::task::JoinSet::new();
+        for (i, upstreams) in plan.iter().enumerate() {
+            let request = ControlRequest::ReplicateFanout(self.command(i, upstreams));
+            let client = self.grid.controller_client();
+            let (addr, name) = (self.addr(i), self.name(i));
+            runs.spawn(async move {
+                let events = client.control_at(addr, &name, &request).await.unwrap();
+                (i, events)
+            });
+        }
+        let mut all = vec![Vec::new(); plan.len()];
+        within("the fan-out", async {
+            while let Some(done) = runs.join_next().await {
+                let (i, events) = done.unwrap();
+                all[i] = events;
+            }
+        })
+        .await;
+        all
+    }
+}
+
+/// A chain: destination i pulls from i-1, i-2, i-3, then the origin.
+fn chain(n: usize) -> Vec<Vec<usize>> {
+    (0..n)
+        .map(|i| (1..=3).filter(|d| *d <= i).map(|d| i - d).collect())
+        .collect()
+}
+
+/// Every copy is the origin's file, and no temporary file is left anywhere.
+fn assert_all_verified(fan: &Fan, events: &[Vec<ControlEvent>], sha: [u8; 32], size: usize) {
+    for (i, events) in events.iter().enumerate() {
+        let (bytes, digest) = expect_done(events.last().unwrap().clone());
+        assert_eq!((bytes, digest), (size as u64, sha), "{}", fan.name(i));
+        assert_eq!(sha256_file(&fan.target(i)), sha, "{}", fan.name(i));
+        assert!(part_files(fan.dirs[i].path()).is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chain_of_five_gets_the_file_with_the_origin_sending_it_once() {
+    let size = 24 * MIB;
+    let (fan, sha) = Fan::new(5, size).await;
+    let events = fan.run(&chain(5)).await;
+    assert_all_verified(&fan, &events, sha, size);
+    // The origin sent the file's bytes once, to the head of the chain; every other star got
+    // them from the one before it.
+    assert_eq!(fan.origin.metrics().bytes_sent.get(), size as u64);
+    for i in 0..4 {
+        assert_eq!(
+            fan.sent(i),
+            size as u64,
+            "{} relayed the file once",
+            fan.name(i)
+        );
+    }
+    assert_eq!(fan.sent(4), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tree_of_fan_out_two_sends_from_the_origin_twice() {
+    let size = 8 * MIB;
+    let (fan, sha) = Fan::new(5, size).await;
+    // Origin -> 1, 2; 1 -> 3, 4; 2 -> 5 (indices from 0 here).
+    let plan = vec![vec![], vec![], vec![0], vec![0], vec![1]];
+    let events = fan.run(&plan).await;
+    assert_all_verified(&fan, &events, sha, size);
+    assert_eq!(fan.origin.metrics().bytes_sent.get(), 2 * size as u64);
+    assert_eq!(fan.sent(0), 2 * size as u64);
+    assert_eq!(fan.sent(1), size as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_that_stops_midway_leaves_its_children_to_the_next_upstream() {
+    let size = 16 * MIB;
+    let (mut fan, sha) = Fan::new(3, size).await;
+    // The middle star stops once the last one has bytes from it; the last goes on from the
+    // next upstream on its list.
+    let middle = fan.stars[1].take().unwrap();
+    let plan = chain(3);
+    let run = fan.run(&plan);
+    tokio::pin!(run);
+    first_bytes(fan.dirs[2].path(), run.as_mut()).await;
+    middle.shutdown().await;
+    let events = run.await;
+    for i in [0, 2] {
+        let (bytes, digest) = expect_done(events[i].last().unwrap().clone());
+        assert_eq!((bytes, digest), (size as u64, sha));
+        assert_eq!(sha256_file(&fan.target(i)), sha);
+    }
+    // The stopped star either finished first or published nothing.
+    let middle = fan.target(1);
+    assert!(!middle.exists() || sha256_file(&middle) == sha);
+}
+
+/// A star that answers relay requests with bytes of its own: what a broken-into relay does.
+async fn lying_relay(
+    grid: &Grid,
+    name: &str,
+    origin_attestation: Option<Attestation>,
+) -> SocketAddr {
+    let endpoint = star_server(grid, name);
+    let addr = endpoint.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let attestation = origin_attestation.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let Ok(ControlRequest::Relay(request)) =
+                        read_frame::<ControlRequest>(&mut recv, MAX_CONTROL_FRAME).await
+                    else {
+                        continue;
+                    };
+                    let size = 2 * MIB as u64;
+                    let version = attestation.as_ref().map_or(
+                        FileVersion {
+                            size,
+                            mtime_sec: 1,
+                            mtime_nsec: 0,
+                            inode: 1,
+                        },
+                        |a| a.claims.version,
+                    );
+                    let size = version.size;
+                    let start = request.range.start.min(size);
+                    let header = DataFrame::Header {
+                        request_id: request.request_id,
+                        size: size - start,
+                        version,
+                    };
+                    let _ = write_frame(&mut send, &header).await;
+                    let mut offset = start;
+                    let data = bytes::Bytes::from(vec![0x5a; 64 * 1024]);
+                    while offset < size {
+                        let len = (size - offset).min(data.len() as u64) as usize;
+                        let chunk = DataFrame::Chunk {
+                            offset,
+                            data: data.slice(..len),
+                        };
+                        let _ = write_frame(&mut send, &chunk).await;
+                        offset += len as u64;
+                    }
+                    let trailer = DataFrame::Trailer { sha256: [0; 32] };
+                    let _ = write_frame(&mut send, &trailer).await;
+                    let forged = attestation.clone().unwrap_or_else(|| Attestation {
+                        claims: AttestClaims {
+                            transfer_id: request.transfer_id,
+                            origin: request.origin.clone(),
+                            path: String::new(),
+                            version,
+                            sha256: [0; 32],
+                        },
+                        scheme: 0x0403,
+                        signature: bytes::Bytes::from_static(b"not a signature"),
+                        certificate: bytes::Bytes::new(),
+                    });
+                    let _ = write_frame(&mut send, &DataFrame::Attested(forged)).await;
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_that_sends_wrong_bytes_is_named_and_nothing_wrong_is_published() {
+    let size = 2 * MIB;
+    let (fan, sha) = Fan::new(1, size).await;
+    // The origin's real attestation of its file, taken with a relay request as a star would.
+    let attestation = {
+        let client = fan.grid.star_client("star-1");
+        let conn = client
+            .connect(fan.origin.local_addr(), "star-a")
+            .await
+            .unwrap();
+        let request = ControlRequest::Relay(RelayRequest {
+            request_id: 0,
+            transfer_id: fan.transfer,
+            origin: "star-a".into(),
+            path: fan.source(),
+            token: fan.grid.token("star-a", "star-1", &fan.source()),
+            range: ByteRange::FULL,
+        });
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        write_frame(&mut send, &request).await.unwrap();
+        send.finish().unwrap();
+        let mut attested = None;
+        while let Ok(frame) = read_frame::<DataFrame>(&mut recv, 1 << 20).await {
+            if let DataFrame::Attested(a) = frame {
+                attested = Some(a);
+                break;
+            }
+        }
+        attested.expect("the origin attests its file")
+    };
+    assert_eq!(attestation.claims.sha256, sha);
+    // The liar passes the origin's true attestation along with bytes of its own, then a forged
+    // one: both are caught.
+    for genuine in [true, false] {
+        let liar = lying_relay(&fan.grid, "star-x", genuine.then(|| attestation.clone())).await;
+        let mut cmd = fan.command(0, &[]);
+        if !genuine {
+            cmd.file.transfer_id = TransferId(rand::random());
+        }
+        cmd.upstreams.push(Upstream {
+            star: "star-x".into(),
+            addr: liar.to_string(),
+            path: "/anything".into(),
+            token: "unused".into(),
+        });
+        let _ = std::fs::remove_file(fan.target(0));
+        let events = within(
+            "a fan-out through a liar",
+            fan.grid
+                .controller_client()
+                .control(fan.star(0), &ControlRequest::ReplicateFanout(cmd)),
+        )
+        .await
+        .unwrap();
+        let (bytes, digest) = expect_done(events.last().unwrap().clone());
+        assert_eq!((bytes, digest), (size as u64, sha));
+        assert_eq!(sha256_file(&fan.target(0)), sha);
+        let named = events.iter().any(
+            |e| matches!(e, ControlEvent::Retrying { reason, .. } if reason.contains("star-x")),
+        );
+        assert!(named, "no event names the lying relay: {events:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_destination_listed_twice_or_the_origin_as_its_own_target_is_refused_cleanly() {
+    let size = MIB;
+    let (fan, sha) = Fan::new(1, size).await;
+    let cmd = fan.command(0, &[]);
+    let request = ControlRequest::ReplicateFanout(cmd.clone());
+    let client = fan.grid.controller_client();
+    let (first, second) = tokio::join!(
+        client.control(fan.star(0), &request),
+        client.control(fan.star(0), &request)
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let ends = [
+        first.last().unwrap().clone(),
+        second.last().unwrap().clone(),
+    ];
+    let done = ends
+        .iter()
+        .filter(|e| matches!(e, ControlEvent::Done { .. }))
+        .count();
+    let refused = ends
+        .iter()
+        .filter(|e| matches!(e, ControlEvent::Failed(w) if w.code == ErrorCode::AlreadyExists))
+        .count();
+    assert_eq!((done, refused), (1, 1), "{ends:?}");
+    assert_eq!(sha256_file(&fan.target(0)), sha);
+    // Too many upstreams: refused before anything is touched.
+    let mut crowded = fan.command(0, &[]);
+    crowded.file.transfer_id = TransferId(rand::random());
+    crowded.upstreams = vec![crowded_upstream(); orbit_wire::fanout::MAX_UPSTREAMS + 1];
+    let events = client
+        .control(fan.star(0), &ControlRequest::ReplicateFanout(crowded))
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_failed(events.last().unwrap().clone()).code,
+        ErrorCode::InvalidArgument
+    );
+}
+
+fn crowded_upstream() -> Upstream {
+    Upstream {
+        star: "star-z".into(),
+        addr: "127.0.0.1:9".into(),
+        path: "/x".into(),
+        token: "t".into(),
+    }
+}
