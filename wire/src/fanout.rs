@@ -51,6 +51,25 @@ pub struct ReplicateFanout {
     pub upstreams: Vec<Upstream>,
 }
 
+/// The controller's command to a destination that takes one file from several sources at once.
+/// The destination first asks every source for its attestation of the file (a `Relay` request
+/// for the empty range at byte 0, each source its own origin) and refuses to start unless they
+/// all have the same size and SHA-256; then it splits the file into pieces of `piece_size` and
+/// takes each piece from whichever source is free, and publishes the file once its SHA-256 is
+/// the sources' one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicateMany {
+    /// The transfer, the first source, the target here, and a token for the first source.
+    pub file: ReplicateFile,
+    /// The other sources, each with a token for its path.
+    pub also: Vec<Upstream>,
+    /// Bytes per piece; 0 means [`DEFAULT_PIECE`].
+    pub piece_size: u64,
+}
+
+/// The size of the pieces a file from several sources is split into.
+pub const DEFAULT_PIECE: u64 = 8 * 1024 * 1024;
+
 /// From a destination star to one of its upstreams (or the origin): send the file, with the
 /// origin's attestation at the end.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +141,19 @@ mod tests {
             mtime_sec: 1,
             mtime_nsec: 2,
             inode: 4,
+        }
+    }
+
+    fn fanout_file() -> ReplicateFile {
+        ReplicateFile {
+            transfer_id: TransferId(1),
+            source: "a".into(),
+            source_addr: "h:1".into(),
+            source_path: "/s".into(),
+            target_path: "/t".into(),
+            token: "T".into(),
+            expect_sha256: None,
+            timeout_secs: 0,
         }
     }
 

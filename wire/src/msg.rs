@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::fanout::{Attestation, RelayRequest, ReplicateFanout};
+use crate::fanout::{Attestation, RelayRequest, ReplicateFanout, ReplicateMany};
 use crate::tree::{
     FetchRequest, Item, ListRequest, PrefixRequest, ReplicateTree, TreeProgress, TreeSummary,
 };
@@ -80,6 +80,11 @@ pub enum ControlRequest {
     /// From a destination star to an upstream or the origin: send the file and the origin's
     /// attestation, answered with [`DataFrame`]s. Only a star may send it.
     Relay(RelayRequest),
+    /// Replicate one file from several sources at once, piece by piece. Events as for
+    /// `Replicate`. See [`crate::fanout::ReplicateMany`].
+    ReplicateMany(ReplicateMany),
+    /// As `ReplicateMany`, answered at once with `Started`.
+    StartMany(ReplicateMany),
 }
 
 /// Pull `source_path` from the star `source` at `source_addr` into `target_path` here.
