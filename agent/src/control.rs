@@ -149,6 +149,16 @@ pub(crate) async fn handle(
             },
             Err(e) => ControlEvent::Failed(e.to_wire()),
         }),
+        ControlRequest::ReplicateMany(cmd) => match replicator.start_many(cmd) {
+            Ok(transfer) => follow(&transfer, &mut send, false, None).await,
+            Err(e) => Some(ControlEvent::Failed(e.to_wire())),
+        },
+        ControlRequest::StartMany(cmd) => Some(match replicator.start_many(cmd) {
+            Ok(transfer) => ControlEvent::Started {
+                transfer_id: transfer.id,
+            },
+            Err(e) => ControlEvent::Failed(e.to_wire()),
+        }),
         ControlRequest::ReplicateTree(cmd) => match replicator.start_tree(cmd) {
             Ok((transfer, notes)) => follow(&transfer, &mut send, false, Some(notes)).await,
             Err(e) => Some(ControlEvent::Failed(e.to_wire())),

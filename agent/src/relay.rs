@@ -111,8 +111,11 @@ pub(crate) async fn handle(
     drop(in_flight);
     match result {
         Ok(bytes) => {
+            // Counted once everything is written, before the peer acknowledges it: a peer that
+            // has the last frame and says so (its transfer done) finds it counted.
             server.metrics.reads_ok.inc();
             server.metrics.bytes_sent.add(bytes);
+            let _ = send.stopped().await;
             info!(%peer, transfer, path = %request.path, bytes, "relay read completed");
         }
         Err(error) => {
@@ -186,7 +189,6 @@ async fn originate(
     };
     write_frame(send, &DataFrame::Attested(attestation)).await?;
     send.finish().map_err(FramedError::from)?;
-    let _ = send.stopped().await;
     Ok(bytes)
 }
 
@@ -274,7 +276,6 @@ async fn follow(
     };
     write_frame(send, &DataFrame::Attested((*attestation).clone())).await?;
     send.finish().map_err(FramedError::from)?;
-    let _ = send.stopped().await;
     Ok(end - start)
 }
 

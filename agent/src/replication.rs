@@ -22,6 +22,7 @@ mod disk;
 mod driver;
 mod error;
 mod machine;
+mod many;
 mod registry;
 mod tree;
 mod writer;
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use tracing::{info, warn, Instrument as _};
 
-use orbit_wire::fanout::{ReplicateFanout, Upstream, MAX_UPSTREAMS};
+use orbit_wire::fanout::{ReplicateFanout, ReplicateMany, Upstream, MAX_UPSTREAMS};
 use orbit_wire::tree::ReplicateTree;
 use orbit_wire::{ControlEvent, ErrorCode, ReplicateFile, WireError};
 
@@ -137,6 +138,36 @@ impl Replicator {
         })?;
         let (target, admitted) = admitted;
         Ok(self.launch(cmd, None, target, None, admitted, span))
+    }
+
+    /// Admits a file from several sources and runs it in a task of its own, as
+    /// [`Replicator::start`] does a file.
+    ///
+    /// # Errors
+    ///
+    /// As [`Replicator::start`], and `InvalidArgument` for more than [`MAX_UPSTREAMS`] other
+    /// sources.
+    pub(crate) fn start_many(
+        self: &Arc<Self>,
+        cmd: ReplicateMany,
+    ) -> Result<Arc<Transfer>, StartError> {
+        if cmd.also.len() > MAX_UPSTREAMS {
+            return Err(StartError::TooManyUpstreams(cmd.also.len()));
+        }
+        let span = tracing::info_span!("transfer", transfer_id = %cmd.file.transfer_id);
+        let admitted = span.in_scope(|| {
+            let admitted = self.admit(&cmd.file, false);
+            if let Err(e) = &admitted {
+                let code = e.to_wire().code.name();
+                warn!(transfer = %cmd.file.transfer_id, code, "replication from several sources refused: {e}");
+            }
+            admitted
+        })?;
+        let (target, admitted) = admitted;
+        let transfer = admitted.transfer.clone();
+        let task = run_many(self.clone(), cmd, target, admitted);
+        self.life.tracker.spawn(task.instrument(span));
+        Ok(transfer)
     }
 
     /// Admits one destination of a fan-out and runs it as [`Replicator::start`] does a file:
@@ -341,6 +372,47 @@ async fn run(
                 bytes: done.bytes,
                 sha256: done.sha256,
                 seconds,
+            }
+        }
+        Err(error) => {
+            let error = error.to_wire();
+            warn!(transfer = %id, code = error.code.name(), "replication failed: {}", error.message);
+            ControlEvent::Failed(error)
+        }
+    };
+    replicator.register.finish(&transfer, event);
+}
+
+/// Runs a replication from several sources to its end and records its final event.
+async fn run_many(
+    replicator: Arc<Replicator>,
+    cmd: ReplicateMany,
+    target: Confined,
+    admitted: Admitted,
+) {
+    let Admitted { transfer, slot } = admitted;
+    let _slot = slot;
+    let id = cmd.file.transfer_id;
+    info!(
+        transfer = %id, source = %cmd.file.source, also = cmd.also.len(),
+        target = %cmd.file.target_path, "replication from several sources started"
+    );
+    let result = many::replicate(&replicator, &cmd, &target, &transfer).await;
+    let took = transfer.started.elapsed();
+    let bytes = result.as_ref().map_or(0, |done| done.bytes);
+    replicator
+        .metrics
+        .transfer_done(result.is_ok(), bytes, took);
+    let event = match result {
+        Ok(done) => {
+            info!(
+                transfer = %id, bytes = done.bytes, sha256 = %hex::encode(done.sha256),
+                target = %cmd.file.target_path, "replication completed"
+            );
+            ControlEvent::Done {
+                bytes: done.bytes,
+                sha256: done.sha256,
+                seconds: took.as_secs_f64(),
             }
         }
         Err(error) => {

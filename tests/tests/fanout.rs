@@ -195,7 +195,7 @@ async fn a_relay_that_stops_midway_leaves_its_children_to_the_next_upstream() {
     let run = fan.run(&plan);
     tokio::pin!(run);
     first_bytes(fan.dirs[2].path(), run.as_mut()).await;
-    middle.shutdown().await;
+    middle.shutdown_with_drain(std::time::Duration::ZERO).await;
     let events = run.await;
     for i in [0, 2] {
         let (bytes, digest) = expect_done(events[i].last().unwrap().clone());
@@ -391,4 +391,163 @@ fn crowded_upstream() -> Upstream {
         path: "/x".into(),
         token: "t".into(),
     }
+}
+
+/// Stars star-a, star-b, ... each holding `f` with the same bytes (or not), and star-d, the
+/// destination.
+struct Many {
+    grid: Grid,
+    sources: Vec<Option<Star>>,
+    addrs: Vec<SocketAddr>,
+    src_dirs: Vec<tempfile::TempDir>,
+    dest: Star,
+    dst: tempfile::TempDir,
+}
+
+impl Many {
+    async fn new(sources: usize, bytes: &[u8]) -> Many {
+        let grid = Grid::new();
+        let (mut stars, mut addrs, mut src_dirs) = (vec![], vec![], vec![]);
+        for i in 0..sources {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("f"), bytes).unwrap();
+            let star = grid.spawn_star(&format!("src-{i}"), &[dir.path()]).await;
+            addrs.push(star.local_addr());
+            stars.push(Some(star));
+            src_dirs.push(dir);
+        }
+        let dst = tempfile::tempdir().unwrap();
+        let dest = grid.spawn_star("star-b", &[dst.path()]).await;
+        Many {
+            grid,
+            sources: stars,
+            addrs,
+            src_dirs,
+            dest,
+            dst,
+        }
+    }
+
+    fn path(&self, i: usize) -> String {
+        wire(&self.src_dirs[i].path().join("f"))
+    }
+
+    fn command(&self, piece_size: u64) -> ControlRequest {
+        let also = (1..self.addrs.len())
+            .map(|i| Upstream {
+                star: format!("src-{i}"),
+                addr: self.addrs[i].to_string(),
+                path: self.path(i),
+                token: self
+                    .grid
+                    .token(&format!("src-{i}"), "star-b", &self.path(i)),
+            })
+            .collect();
+        ControlRequest::ReplicateMany(orbit_wire::fanout::ReplicateMany {
+            file: ReplicateFile {
+                transfer_id: TransferId(rand::random()),
+                source: "src-0".into(),
+                source_addr: self.addrs[0].to_string(),
+                source_path: self.path(0),
+                target_path: wire(&self.target()),
+                token: self.grid.token("src-0", "star-b", &self.path(0)),
+                expect_sha256: None,
+                timeout_secs: 20,
+            },
+            also,
+            piece_size,
+        })
+    }
+
+    fn target(&self) -> PathBuf {
+        self.dst.path().join("f")
+    }
+
+    fn sent(&self, i: usize) -> u64 {
+        self.sources[i].as_ref().unwrap().metrics().bytes_sent.get()
+    }
+}
+
+fn random_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|_| rand::random::<u8>()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_from_three_sources_takes_pieces_from_each_and_is_verified_whole() {
+    let bytes = random_bytes(24 * MIB);
+    let sha: [u8; 32] =
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).into();
+    let many = Many::new(3, &bytes).await;
+    let events = within(
+        "a file from three sources",
+        many.grid
+            .controller_client()
+            .control(&many.dest, &many.command(MIB as u64)),
+    )
+    .await
+    .unwrap();
+    let (size, digest) = expect_done(events.last().unwrap().clone());
+    assert_eq!((size, digest), (bytes.len() as u64, sha));
+    assert_eq!(sha256_file(&many.target()), sha);
+    let sent: Vec<u64> = (0..3).map(|i| many.sent(i)).collect();
+    // Every byte once, but for the last pieces, which the endgame may take twice.
+    let total: u64 = sent.iter().sum();
+    let endgame = (3 * 2 * MIB) as u64;
+    assert!(
+        total >= bytes.len() as u64 && total <= bytes.len() as u64 + endgame,
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter().all(|s| *s > 0),
+        "every source sent pieces: {sent:?}"
+    );
+    assert!(part_files(many.dst.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sources_that_disagree_are_refused_before_any_byte_is_written() {
+    let bytes = random_bytes(2 * MIB);
+    let many = Many::new(2, &bytes).await;
+    let mut other = bytes.clone();
+    other[MIB] ^= 1;
+    std::fs::write(many.src_dirs[1].path().join("f"), &other).unwrap();
+    let events = within(
+        "sources that disagree",
+        many.grid
+            .controller_client()
+            .control(&many.dest, &many.command(0)),
+    )
+    .await
+    .unwrap();
+    let error = expect_failed(events.last().unwrap().clone());
+    assert_eq!(error.code, ErrorCode::FailedPrecondition, "{error}");
+    assert!(
+        error.message.contains("src-0") && error.message.contains("src-1"),
+        "{error}"
+    );
+    assert!(!many.target().exists());
+    assert!(part_files(many.dst.path()).is_empty());
+    assert_eq!(many.sent(0) + many.sent(1), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_that_disappears_mid_file_leaves_the_others_to_finish_it() {
+    let bytes = random_bytes(48 * MIB);
+    let sha: [u8; 32] =
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).into();
+    let mut many = Many::new(2, &bytes).await;
+    let request = many.command(MIB as u64);
+    let client = many.grid.controller_client();
+    let (addr, dest_dir) = (many.dest.local_addr(), many.dst.path().to_owned());
+    let leaving = many.sources[1].take().unwrap();
+    let run = client.control_at(addr, "star-b", &request);
+    tokio::pin!(run);
+    first_bytes(&dest_dir, run.as_mut()).await;
+    let gone = tokio::spawn(leaving.shutdown_with_drain(std::time::Duration::ZERO));
+    let events = within("the rest of the file", run).await.unwrap();
+    gone.await.unwrap();
+    let (size, digest) = expect_done(events.last().unwrap().clone());
+    assert_eq!((size, digest), (bytes.len() as u64, sha));
+    assert_eq!(sha256_file(&many.target()), sha);
+    assert!(part_files(&dest_dir).is_empty());
 }

@@ -33,7 +33,7 @@ use crate::framed::{self, write_frame, DataRead, Payload};
 use crate::jail::Confined;
 use crate::pool::{PeerConn, Pool};
 
-type Answer = (DataFrame, RecvStream, Arc<PeerConn>);
+pub(super) type Answer = (DataFrame, RecvStream, Arc<PeerConn>);
 
 /// What the network is doing for the replication now.
 enum Io {
@@ -132,33 +132,15 @@ impl<'a> Relayed<'a> {
     /// Checks that `attestation` vouches for this transfer's file, in the version received,
     /// signed by the origin with a certificate of this grid.
     fn check(&self, attestation: &Attestation, cmd: &ReplicateFile) -> Result<(), String> {
-        let claims = &attestation.claims;
-        if claims.transfer_id != cmd.transfer_id {
-            return Err(format!("it is for transfer {}", claims.transfer_id));
-        }
-        if claims.origin != cmd.source || claims.path != cmd.source_path {
-            return Err(format!(
-                "it is for {}:{}, not {}:{}",
-                claims.origin, claims.path, cmd.source, cmd.source_path
-            ));
-        }
-        if Some(claims.version) != self.version {
-            return Err("it is for another version of the file".into());
-        }
-        let signed = Signed {
-            scheme: attestation.scheme,
-            signature: attestation.signature.to_vec(),
-            certificate: attestation.certificate.to_vec(),
+        let origin = Upstream {
+            star: cmd.source.clone(),
+            addr: String::new(),
+            path: cmd.source_path.clone(),
+            token: String::new(),
         };
-        let signer = self
-            .attester
-            .verify(&claims.signed_bytes(), &signed)
-            .map_err(|e| e.to_string())?;
-        if signer.name != cmd.source {
-            return Err(format!(
-                "it is signed by {}, not by the origin",
-                signer.name
-            ));
+        check_attestation(&self.attester, attestation, cmd.transfer_id, &origin)?;
+        if Some(attestation.claims.version) != self.version {
+            return Err("it is for another version of the file".into());
         }
         Ok(())
     }
@@ -617,6 +599,41 @@ async fn request(pool: &Arc<Pool>, cmd: &ReplicateFile, start: u64) -> Result<An
     }
 }
 
+/// Checks that `attestation` is `origin`'s, for its path in transfer `id`, signed with a star
+/// certificate of this grid that names `origin`.
+pub(super) fn check_attestation(
+    attester: &Attester,
+    attestation: &Attestation,
+    id: orbit_wire::TransferId,
+    origin: &Upstream,
+) -> Result<(), String> {
+    let claims = &attestation.claims;
+    if claims.transfer_id != id {
+        return Err(format!("it is for transfer {}", claims.transfer_id));
+    }
+    if claims.origin != origin.star || claims.path != origin.path {
+        return Err(format!(
+            "it is for {}:{}, not {}:{}",
+            claims.origin, claims.path, origin.star, origin.path
+        ));
+    }
+    let signed = Signed {
+        scheme: attestation.scheme,
+        signature: attestation.signature.to_vec(),
+        certificate: attestation.certificate.to_vec(),
+    };
+    let signer = attester
+        .verify(&claims.signed_bytes(), &signed)
+        .map_err(|e| e.to_string())?;
+    if signer.name != origin.star {
+        return Err(format!(
+            "it is signed by {}, not by {}",
+            signer.name, origin.star
+        ));
+    }
+    Ok(())
+}
+
 /// Sends a relay request to `from` (an upstream, or the origin) for the bytes from `start` and
 /// waits for the stream's first frame. Cancel-safe as [`request`] is.
 async fn relay_request(
@@ -624,6 +641,22 @@ async fn relay_request(
     cmd: &ReplicateFile,
     from: &Upstream,
     start: u64,
+) -> Result<Answer, PullError> {
+    let range = ByteRange {
+        start,
+        end: u64::MAX,
+    };
+    open_relay(pool, cmd.transfer_id, &cmd.source, from, range).await
+}
+
+/// Sends `from` a relay request for `range` of its file in transfer `id` from `origin`, and
+/// waits for the stream's first frame.
+pub(super) async fn open_relay(
+    pool: &Arc<Pool>,
+    id: orbit_wire::TransferId,
+    origin: &str,
+    from: &Upstream,
+    range: ByteRange,
 ) -> Result<Answer, PullError> {
     let star = &from.star;
     let peer = pool.get(star, &from.addr).await?;
@@ -635,14 +668,11 @@ async fn relay_request(
     };
     let request = ControlRequest::Relay(RelayRequest {
         request_id: 0,
-        transfer_id: cmd.transfer_id,
-        origin: cmd.source.clone(),
+        transfer_id: id,
+        origin: origin.to_owned(),
         path: from.path.clone(),
         token: from.token.clone(),
-        range: ByteRange {
-            start,
-            end: u64::MAX,
-        },
+        range,
     });
     let (mut send, mut recv) = peer
         .conn

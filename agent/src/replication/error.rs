@@ -119,6 +119,9 @@ pub(crate) enum PullError {
         /// What does not hold.
         why: String,
     },
+    /// The sources of a file from several sources do not hold the same file.
+    #[error("the sources disagree: {0}")]
+    Disagree(String),
     /// A controller cancelled the replication.
     #[error("the replication was cancelled")]
     Cancelled,
@@ -172,6 +175,7 @@ impl PullError {
             | PullError::Protocol { .. }
             | PullError::BadAttestation { .. } => ErrorCode::DataLoss,
             PullError::Upstream { .. } => ErrorCode::Unavailable,
+            PullError::Disagree(_) => ErrorCode::FailedPrecondition,
             PullError::Dial(DialError::Unreachable { .. }) | PullError::Stalled { .. } => {
                 ErrorCode::Unavailable
             }
@@ -210,6 +214,7 @@ impl PullError {
             | PullError::Dial(DialError::NotThatStar { .. })
             | PullError::Protocol { .. }
             | PullError::BadAttestation { .. }
+            | PullError::Disagree(_)
             | PullError::Cancelled
             | PullError::ShuttingDown { .. }
             | PullError::GaveUp { .. }
