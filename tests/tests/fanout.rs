@@ -551,3 +551,46 @@ async fn a_source_that_disappears_mid_file_leaves_the_others_to_finish_it() {
     assert_eq!(sha256_file(&many.target()), sha);
     assert!(part_files(&dest_dir).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_middle_star_resumes_its_copy_from_its_journal_after_a_restart() {
+    let size = 48 * MIB;
+    let (mut fan, sha) = Fan::new(3, size).await;
+    // star-2 keeps a journal: stopped in the middle, it keeps what it has for its next start.
+    let state = tempfile::tempdir().unwrap();
+    let mut config = fan.grid.star_config("star-2", &[fan.dirs[1].path()]);
+    config.state_dir = Some(state.path().to_owned());
+    let journaled = Star::spawn(config.clone()).await.unwrap();
+    fan.addrs[1] = journaled.local_addr();
+    drop(fan.stars[1].replace(journaled));
+    let middle = fan.stars[1].take().unwrap();
+    let plan = chain(3);
+    let run = fan.run(&plan);
+    tokio::pin!(run);
+    first_bytes(fan.dirs[1].path(), run.as_mut()).await;
+    let stopped = tokio::spawn(middle.shutdown_with_drain(std::time::Duration::ZERO));
+    let events = run.await;
+    stopped.await.unwrap();
+    for i in [0, 2] {
+        let (bytes, digest) = expect_done(events[i].last().unwrap().clone());
+        assert_eq!((bytes, digest), (size as u64, sha));
+    }
+    let middle = fan.target(1);
+    assert!(!middle.exists(), "star-2 finished before it was stopped");
+    assert_eq!(part_files(fan.dirs[1].path()).len(), 1, "kept to resume");
+    // Back again, it finishes the copy it journaled, still under the origin's attestation.
+    let back = Star::spawn(config).await.unwrap();
+    let wait = ControlRequest::Wait {
+        transfer_id: fan.transfer,
+    };
+    let events = within(
+        "the resumed copy",
+        fan.grid.controller_client().control(&back, &wait),
+    )
+    .await
+    .unwrap();
+    let (bytes, digest) = expect_done(events.last().unwrap().clone());
+    assert_eq!((bytes, digest), (size as u64, sha));
+    assert_eq!(sha256_file(&middle), sha);
+    assert!(part_files(fan.dirs[1].path()).is_empty());
+}
