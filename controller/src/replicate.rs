@@ -23,6 +23,7 @@ use crate::token;
 
 mod file_report;
 mod interrupt;
+pub mod plan;
 pub mod report;
 pub mod tree;
 

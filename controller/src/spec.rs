@@ -195,7 +195,7 @@ impl StarSpec {
 }
 
 /// A file on a star, from `STAR:/abs/path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StarPath {
     /// The star's name.
     pub star: String,
