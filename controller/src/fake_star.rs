@@ -49,7 +49,16 @@ impl FakeStar {
         name: &str,
         respond: impl Fn(&ControlRequest) -> Vec<ControlEvent> + Send + Sync + 'static,
     ) -> FakeStar {
-        let ca = GridCa::generate("fake").unwrap();
+        FakeStar::spawn_in(GridCa::generate("fake").unwrap(), name, respond).await
+    }
+
+    /// As [`FakeStar::spawn`], in the grid of `ca`, so that one controller configuration
+    /// reaches several stand-in stars.
+    pub(crate) async fn spawn_in(
+        ca: GridCa,
+        name: &str,
+        respond: impl Fn(&ControlRequest) -> Vec<ControlEvent> + Send + Sync + 'static,
+    ) -> FakeStar {
         let issued = ca.issue(Role::Star, name).unwrap();
         let tls = orbit_certs::server_config(
             &ca.cert_pem(),

@@ -1,5 +1,7 @@
 //! `orbitctl replicate`: tells the destination star to pull a file, or with `--recursive` a
-//! directory tree ([`tree`]), from the source star, and reports the verified result.
+//! directory tree ([`tree`]), from the source star, and reports the verified result. With
+//! several destinations, the file goes to all of them at once ([`fanout`], planned by
+//! [`plan`]).
 //!
 //! The controller mints a token for the source star naming the destination as holder, sends
 //! one `ReplicateFile` (or `ReplicateTree`) on a control stream to the destination, and waits
@@ -9,7 +11,7 @@
 //! is in `file_report` (re-exported here), a tree's in [`report`].
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile, TransferId, WireError};
@@ -21,6 +23,8 @@ use crate::progress::{Mode, Progress};
 use crate::spec::{parse_glob, parse_sha256, parse_ttl, star_path_text, SpecError, StarPath};
 use crate::token;
 
+pub mod fanout;
+mod fanout_report;
 mod file_report;
 mod interrupt;
 pub mod plan;
@@ -29,6 +33,7 @@ pub mod tree;
 
 pub use file_report::{detached_json, event_line, failure_json, success_json, summary_line};
 use interrupt::{interrupt_signal, Cancelling};
+use plan::Topology;
 
 /// Copy a file, or a directory tree with --recursive, from one star to another, directly
 /// between the two stars.
@@ -66,12 +71,37 @@ use interrupt::{interrupt_signal, Cancelling};
 /// is published whole and verified, or not at all; a file that fails does not stop the others.
 /// Ctrl-C cancels the rest of the tree; files already published stay.
 ///
+/// With several destinations, the file goes to all of them at once (a fan-out):
+///
+///   orbitctl --grid /etc/orbit/grid replicate star-a:/srv/data/f.bin star-b:/srv/f.bin star-c:/srv/f.bin star-d:/srv/f.bin
+///   orbitctl --grid /etc/orbit/grid replicate star-a:/srv/data/f.bin --to-file hosts.txt
+///
+/// Each destination pulls the file from destinations that are still receiving it (see
+/// --topology), from the source last, and checks the source's signed SHA-256 before it
+/// publishes. orbitctl prints on stdout one line per destination as it ends, then a summary:
+///
+///   star-b:/srv/f.bin  verified  1.0 GiB  sha256 9f86d081884c…  12.3 s
+///   star-c:/srv/f.bin  FAILED  PermissionDenied: /srv/f.bin is outside the allowed roots
+///   star-d:/srv/f.bin  verified  1.0 GiB  sha256 9f86d081884c…  12.9 s
+///   2 of 3 destinations verified (needed 3) in 13.0 s, sha256 9f86d0..., transfer 3f9c...
+///
+/// so `grep FAILED` lists the failures. On a terminal, one progress bar on stderr counts every
+/// destination's bytes together. Retries go to stderr, naming the star that failed to send
+/// (`star-c: retrying (attempt 1) in 0.2 s: ...`). One destination failing never stops
+/// the others; the command succeeds when at least --min-success of them (default: all)
+/// verified the file. Ctrl-C cancels every destination still running. With --detach it prints
+/// the transfer id, then one line per destination (`started`, or FAILED); `orbitctl wait ID
+/// --star star-b --star star-c ...` (or --to-file) follows them all and reports as above, and
+/// `orbitctl cancel` takes the same stars. A fan-out copies one file: --recursive takes one
+/// destination.
+///
 /// Exit codes:
 ///
 ///   0    done: the file, or every entry of the tree, is replicated (or, with --dry-run,
-///        was checked)
+///        was checked); for a fan-out, at least --min-success destinations verified it
 ///   1    failed: for a file, nothing was published; a tree stopped as a whole (files
-///        published before that stay)
+///        published before that stay); a fan-out verified fewer than --min-success
+///        destinations (those verified keep the file), or two reported different digests
 ///   2    usage: a bad option, path or pattern; nothing was contacted
 ///   3    partly done (trees only): the tree was walked to the end but some files failed,
 ///        or --delete did not run
@@ -86,9 +116,14 @@ pub struct Args {
 
     /// Where to put it: the destination star's name and the absolute path on it, e.g.
     /// star-b:/srv/backup/f.bin, or with --recursive a directory, e.g. star-b:/srv/backup. An
-    /// existing file there is replaced only by a verified copy.
-    #[arg(value_name = "DST:/abs/path", value_parser = star_path_text)]
-    pub target: String,
+    /// existing file there is replaced only by a verified copy. Give several to copy the file
+    /// to all of them at once.
+    #[arg(
+        value_name = "DST:/abs/path",
+        value_parser = star_path_text,
+        required_unless_present_any = ["to", "to_file"]
+    )]
+    pub targets: Vec<String>,
 
     /// Copy a directory tree: the contents of SRC go into DST, with or without a trailing
     /// slash on either.
@@ -171,7 +206,12 @@ pub struct Args {
     /// tree, progress counts files and bytes ({"event":"progress",..,"files_done":..,
     /// "files_total":..,"bytes_done":..,"bytes_total":..,"listed":..}), --itemize adds
     /// {"event":"item","action":..,"kind":..,"name":..,..} events, and the result object
-    /// counts what was copied, skipped, deleted and failed, naming each failure.
+    /// counts what was copied, skipped, deleted and failed, naming each failure. For a
+    /// fan-out, progress events add "destination" and "path"; each destination ends with
+    /// {"destination":..,"path":..,"ok":true,"bytes":..,"sha256":..,"seconds":..} or
+    /// {"destination":..,"path":..,"ok":false,"code":..,"message":..}; and the last line is
+    /// {"fanout":true,"ok":..,"verified":..,"failed":..,"min_success":..,"transfer_id":..,
+    /// "sha256":..,"digests_differ":..,"seconds":..}.
     #[arg(long)]
     pub json: bool,
 
@@ -180,7 +220,8 @@ pub struct Args {
     /// is shown on stderr; a retry resumes from the bytes already received.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
     pub timeout: u32,
-    /// Print nothing but errors: no progress bar, no summary line. The exit code tells.
+    /// Print nothing but errors: no progress bar, no summary line (for a fan-out, only the
+    /// FAILED lines). The exit code tells.
     #[arg(long, short, conflicts_with = "json")]
     pub quiet: bool,
 
@@ -188,6 +229,30 @@ pub struct Args {
     /// carries on alone. Follow it with `orbitctl wait ID`, stop it with `orbitctl cancel ID`.
     #[arg(long)]
     pub detach: bool,
+
+    /// Another destination, as DST (repeatable). Destinations are taken in this order: the
+    /// DST arguments, then each --to, then the lines of --to-file.
+    #[arg(long = "to", value_name = "DST:/abs/path", value_parser = star_path_text)]
+    pub to: Vec<String>,
+
+    /// Read destinations from FILE: one STAR:/abs/path per line. Blank lines and lines
+    /// starting with # are ignored; anything else on a line is part of its path.
+    #[arg(long, value_name = "FILE")]
+    pub to_file: Option<PathBuf>,
+
+    /// With several destinations, who pulls from whom besides the source: chain (each
+    /// destination from the one before it, then the two before that), tree:K (the source
+    /// feeds the first K destinations, the first destination the next K, and so on; each
+    /// pulls from its parent, then the parent's parent, up to three), or auto (chain up to
+    /// 32 destinations, tree:2 beyond). A destination never pulls from another on its own
+    /// star. One whose upstream fails goes on from the next one, and from the source last.
+    #[arg(long, value_name = "SHAPE", default_value = "auto", value_parser = Topology::parse)]
+    pub topology: Topology,
+
+    /// With several destinations, succeed (exit 0) when at least N of them verified the file.
+    /// Default: all of them.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_success: Option<u32>,
 }
 
 impl Args {
@@ -211,7 +276,8 @@ impl Args {
                 e => e,
             })
         };
-        Ok((parse(&self.source)?, parse(&self.target)?))
+        let target = self.targets.first().map_or("", String::as_str);
+        Ok((parse(&self.source)?, parse(target)?))
     }
 }
 
@@ -329,6 +395,9 @@ pub enum ReplicateError {
     /// A command-line value was refused before anything was contacted.
     #[error(transparent)]
     Usage(#[from] SpecError),
+    /// A fan-out could not be planned, or failed as a whole.
+    #[error(transparent)]
+    Fanout(#[from] fanout::FanoutError),
     /// The destination reported another digest than the one expected.
     #[error(
         "{star}: reported sha256 {} but {} was expected",
@@ -376,6 +445,7 @@ impl ReplicateError {
                 .as_ref()
                 .map_or(ErrorCode::FailedPrecondition, |e| e.code),
             ReplicateError::Usage(_) => ErrorCode::InvalidArgument,
+            ReplicateError::Fanout(e) => e.code(),
         }
     }
 
@@ -388,6 +458,7 @@ impl ReplicateError {
                 EXIT_INTERRUPTED
             }
             ReplicateError::Usage(_) => EXIT_USAGE,
+            ReplicateError::Fanout(e) => e.exit_code(),
             _ => EXIT_FAILED,
         }
     }
@@ -398,7 +469,18 @@ impl ReplicateError {
 /// # Errors
 ///
 /// [`ReplicateError`]; with `--json` the failure object has been printed already.
-pub async fn run(grid_dir: &Path, args: Args) -> Result<(), ReplicateError> {
+pub async fn run(grid_dir: &Path, mut args: Args) -> Result<(), ReplicateError> {
+    match fanout_destinations(&mut args) {
+        Ok(Some(destinations)) => return fanout::run(grid_dir, &args, destinations).await,
+        Ok(None) => {}
+        Err(e) => {
+            let e = ReplicateError::from(fanout::FanoutError::from(e));
+            if args.json {
+                println!("{}", failure_json(e.code(), &e.to_string()));
+            }
+            return Err(e);
+        }
+    }
     if args.recursive {
         return tree::run(grid_dir, &args).await;
     }
@@ -426,6 +508,24 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), ReplicateError> {
             Err(e)
         }
     }
+}
+
+/// The destinations of a fan-out, or `None` for a single replication; then `args.targets`
+/// holds its one destination, however it was given. A single DST argument is left exactly as
+/// it always was.
+fn fanout_destinations(args: &mut Args) -> Result<Option<Vec<StarPath>>, plan::PlanError> {
+    let plain = args.targets.len() == 1 && args.to.is_empty() && args.to_file.is_none();
+    if !plain {
+        let destinations = fanout::destinations(args)?;
+        if destinations.len() > 1 {
+            return Ok(Some(destinations));
+        }
+        args.targets = destinations.iter().map(ToString::to_string).collect();
+        args.to.clear();
+        args.to_file = None;
+    }
+    plan::check_min_success(args.min_success, 1)?;
+    Ok(None)
 }
 
 /// Runs the replication `args` describe; `None` when detached.

@@ -22,6 +22,12 @@ pub(super) fn interrupt_signal() -> Interrupt {
 pub(super) struct Interrupt(Option<tokio::signal::unix::Signal>);
 
 impl Interrupt {
+    /// An interrupt that never comes, for work whose Ctrl-C another task watches.
+    pub(super) fn never() -> Interrupt {
+        Interrupt(None)
+    }
+
+    /// Completes when Ctrl-C is pressed; never, if it could not be caught. Cancel-safe.
     pub(super) async fn recv(&mut self) {
         match &mut self.0 {
             Some(signal) => {

@@ -127,7 +127,7 @@ fn error_text(error: &WireError) -> String {
 }
 
 /// `text` with its control characters escaped, so that it stays on one line.
-fn one_line(text: &str) -> String {
+pub(super) fn one_line(text: &str) -> String {
     text.chars()
         .flat_map(|c| {
             let escaped: Vec<char> = if c.is_control() {
