@@ -103,8 +103,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The exit code a replication's failure calls for (`replicate` and `wait`: 3, 130, 2 or 1,
-/// see [`replicate::ReplicateError::exit_code`]); 1 for every other failure.
+/// see [`replicate::ReplicateError::exit_code`]); 2 for a `cancel` whose `--to-file` is
+/// unusable; 1 for every other failure.
 fn exit_code(e: &anyhow::Error) -> ExitCode {
+    if let Some(cancel::CancelError::Usage(usage)) = e.downcast_ref::<cancel::CancelError>() {
+        return ExitCode::from(usage.exit_code());
+    }
     let replication = e
         .downcast_ref::<replicate::ReplicateError>()
         .or_else(|| match e.downcast_ref::<wait::WaitError>() {

@@ -1,9 +1,9 @@
 //! `orbitctl wait ID`: follows a transfer that runs without its controller (`replicate
 //! --detach`, or a controller that went away) and reports it exactly as `replicate` would: the
-//! same progress display, summary line, JSON and exit code, for a file or a tree. Ctrl-C stops
-//! waiting, not the transfer.
+//! same progress display, summary line, JSON and exit code, for a file or a tree; with several
+//! stars, a fan-out as `replicate` reports one. Ctrl-C stops waiting, not the transfer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use orbit_wire::{
     ControlEvent, ControlRequest, ErrorCode, ReplicateFile, TransferId, TransferStatus,
@@ -12,6 +12,8 @@ use orbit_wire::{
 use crate::grid::Grid;
 use crate::locate::{self, LocateError};
 use crate::progress::{Mode, Progress};
+use crate::replicate::fanout::{self, FanoutError};
+use crate::replicate::plan::check_min_success;
 use crate::replicate::tree::{self, Output, TreeDone, TreeJob};
 use crate::replicate::{self, report, ReplicateError, ReplicateJob};
 
@@ -23,6 +25,12 @@ use crate::replicate::{self, report, ReplicateError, ReplicateJob};
 /// the transfer produced a verified copy (for a tree: of every file), 3 if a tree ended with
 /// some files failed or its --delete not run, 1 otherwise. Ctrl-C stops waiting; the transfer
 /// carries on.
+///
+/// For a fan-out, name every destination: --star once per star, or --to-file with the file
+/// given to `replicate --to-file`. All are followed at once and reported as `replicate` reports
+/// a fan-out: one line per destination on stdout as it ends (`verified`, or FAILED with the
+/// code and why), then the summary; exits 0 when at least --min-success of them (default: all)
+/// verified the file, 1 otherwise.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The transfer id (16 hexadecimal digits).
@@ -30,9 +38,20 @@ pub struct Args {
     #[arg(value_name = "ID")]
     pub id: TransferId,
 
-    /// The destination star that runs the transfer. Default: ask every star.
+    /// The destination star that runs the transfer (repeatable: every destination of a
+    /// fan-out). Default: ask every star.
     #[arg(long, value_name = "NAME")]
-    pub star: Option<String>,
+    pub star: Vec<String>,
+
+    /// Follow the transfer on every star FILE lists: one STAR:/abs/path per line, as
+    /// `replicate --to-file` reads it.
+    #[arg(long, value_name = "FILE")]
+    pub to_file: Option<PathBuf>,
+
+    /// With several stars, succeed (exit 0) when at least N of them verified the file.
+    /// Default: all of them.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_success: Option<u32>,
 
     /// Print NDJSON progress events (and a tree's item events, if it was started with
     /// --itemize), then the result object, as `replicate --json` does.
@@ -82,7 +101,25 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), WaitError> {
         json: args.json,
         quiet: args.quiet,
     };
-    match follow(grid_dir, &args, output).await {
+    let stars = fanout::stars_of(&args.star, args.to_file.as_deref())
+        .and_then(|stars| {
+            let count = stars.len().max(1);
+            check_min_success(args.min_success, count).map(|_| stars)
+        })
+        .map_err(|e| ReplicateError::from(FanoutError::from(e)));
+    let stars = match stars {
+        Ok(stars) => stars,
+        Err(e) => {
+            if args.json {
+                println!("{}", replicate::failure_json(e.code(), &e.to_string()));
+            }
+            return Err(e.into());
+        }
+    };
+    if stars.len() > 1 {
+        return Ok(fanout::wait(grid_dir, args.id, &stars, args.min_success, output).await?);
+    }
+    match follow(grid_dir, &args, stars.first().map(String::as_str), output).await {
         Ok(Outcome::File(job, done)) => {
             if args.json {
                 println!("{}", replicate::success_json(&job, &done));
@@ -104,14 +141,19 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), WaitError> {
     }
 }
 
-async fn follow(grid_dir: &Path, args: &Args, output: Output) -> Result<Outcome, WaitError> {
+async fn follow(
+    grid_dir: &Path,
+    args: &Args,
+    star: Option<&str>,
+    output: Output,
+) -> Result<Outcome, WaitError> {
     let grid = Grid::open(grid_dir).map_err(LocateError::from)?;
     let mut progress = Progress::new(Mode::choose(args.json, args.quiet), args.id);
     let mut following: Option<TransferStatus> = None;
     let request = ControlRequest::Wait {
         transfer_id: args.id,
     };
-    let located = locate::ask(&grid, args.star.as_deref(), request, |event| match event {
+    let located = locate::ask(&grid, star, request, |event| match event {
         ControlEvent::Following(status) => {
             if status.total > 0 {
                 progress.update(status.bytes, status.total);
