@@ -11,6 +11,7 @@ mod disk;
 mod drain;
 mod face;
 mod fanout;
+mod fanout_cli;
 mod frames;
 mod interrupted;
 mod keys;
