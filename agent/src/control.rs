@@ -24,6 +24,9 @@ use crate::tree_serve::{self, Sessions, TreeRequest};
 
 /// How often progress is reported while bytes move.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a fan-out destination reports it: a controller follows hundreds of them at once,
+/// and its traffic should stay a few kilobytes per destination.
+const FANOUT_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// How long the final event may wait for the controller to read it.
 const FINAL_EVENT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -247,7 +250,11 @@ async fn follow(
     }
     let outcome = transfer.outcome();
     tokio::pin!(outcome);
-    let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+    let every = match transfer.feed.borrow().origin.is_some() {
+        true => FANOUT_PROGRESS_INTERVAL,
+        false => PROGRESS_INTERVAL,
+    };
+    let mut ticker = tokio::time::interval(every);
     loop {
         tokio::select! {
             event = &mut outcome => {

@@ -222,6 +222,7 @@ async fn replicate_between(
             expect_sha256: Some(written),
             timeout_secs: 0,
         },
+        also: Vec::new(),
     };
     println!("  replicate asking star-b to pull the file from star-a...");
     let done = replicate_file(grid.client_tls()?, &job).await?;

@@ -253,6 +253,20 @@ pub struct Args {
     /// Default: all of them.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub min_success: Option<u32>,
+
+    /// Another star holding the same file (repeatable). The destination first checks that
+    /// every source has the same size and SHA-256 (each signs its own) and refuses to start
+    /// otherwise; then it takes the file in 8 MiB pieces from whichever source is free, so
+    /// that several sources add up their uplinks, and checks the whole file before it
+    /// publishes it. A source that fails is left to the others. One destination only; not
+    /// with --recursive. Not resumable: a destination stopped midway starts over.
+    #[arg(
+        long = "also-from",
+        value_name = "STAR:/abs/path",
+        value_parser = star_path_text,
+        conflicts_with = "recursive"
+    )]
+    pub also_from: Vec<String>,
 }
 
 impl Args {
@@ -310,6 +324,31 @@ pub struct ReplicateJob {
     pub destination_addr: SocketAddr,
     /// The command, exactly as it goes on the wire.
     pub command: ReplicateFile,
+    /// Other sources of the same file (`--also-from`), each with a token; none for a
+    /// replication from one source.
+    pub also: Vec<orbit_wire::fanout::Upstream>,
+}
+
+impl ReplicateJob {
+    /// The request that starts the job: `Replicate`, or `ReplicateMany` with other sources;
+    /// with `detach`, their `Start` forms.
+    pub fn request(&self, detach: bool) -> ControlRequest {
+        if self.also.is_empty() {
+            return match detach {
+                true => ControlRequest::Start(self.command.clone()),
+                false => ControlRequest::Replicate(self.command.clone()),
+            };
+        }
+        let many = orbit_wire::fanout::ReplicateMany {
+            file: self.command.clone(),
+            also: self.also.clone(),
+            piece_size: 0,
+        };
+        match detach {
+            true => ControlRequest::StartMany(many),
+            false => ControlRequest::ReplicateMany(many),
+        }
+    }
 }
 
 /// A verified, durable copy, as the destination reported it.
@@ -543,6 +582,16 @@ async fn execute(
     let tls = grid.client_tls()?;
     let ttl = args.ttl.unwrap_or(grid.ttl_secs());
     let token = token::mint(&master, &source.star, &target.star, &source.path, ttl);
+    let mut also = Vec::new();
+    for text in &args.also_from {
+        let other = StarPath::parse(text)?;
+        also.push(orbit_wire::fanout::Upstream {
+            addr: grid.star(&other.star)?.to_string(),
+            token: token::mint(&master, &other.star, &target.star, &other.path, ttl),
+            star: other.star,
+            path: other.path,
+        });
+    }
     let destination_addr = connect::resolve(&target.star, target_addr).await?;
     let job = ReplicateJob {
         destination: target.star.clone(),
@@ -557,6 +606,7 @@ async fn execute(
             expect_sha256: args.expect_sha256,
             timeout_secs: args.timeout,
         },
+        also,
     };
     if args.detach {
         start_detached(tls, &job).await?;
@@ -612,7 +662,7 @@ pub async fn start_detached(
     tls: Arc<rustls::ClientConfig>,
     job: &ReplicateJob,
 ) -> Result<(), ReplicateError> {
-    let request = ControlRequest::Start(job.command.clone());
+    let request = job.request(true);
     let transfer = job.command.transfer_id;
     start(
         tls,
@@ -696,7 +746,7 @@ pub async fn replicate_observed(
         target_path = %job.command.target_path,
         "replication started"
     );
-    let request = ControlRequest::Replicate(job.command.clone());
+    let request = job.request(false);
     let mut resumed_bytes = 0u64;
     let result = conn
         .control_events(&request, |event| {
@@ -774,6 +824,7 @@ mod tests {
                 expect_sha256: None,
                 timeout_secs: 0,
             },
+            also: Vec::new(),
         }
     }
 

@@ -210,5 +210,6 @@ pub fn job_of(
             expect_sha256: None,
             timeout_secs: 0,
         },
+        also: Vec::new(),
     }
 }

@@ -100,7 +100,23 @@ fn usage_errors_name_the_culprit_and_exit_2() {
     std::fs::write(&bad_list, "# backups\nstar-b:/d/f\n\nstar-c:d/f\n").unwrap();
     let bad_list = wire(&bad_list);
     let missing = wire(&fan.tmp.path().join("no-such-list"));
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &[src, "star-b:/d/f", "star-b:/e/f"],
+            "orbitctl: star star-b is given twice (star-b:/d/f and star-b:/e/f): a fan-out puts \
+             one copy on each star",
+        ),
+        (
+            &[
+                src,
+                "star-b:/d/f",
+                "star-c:/d/f",
+                "--also-from",
+                "star-d:/f",
+            ],
+            "orbitctl: --also-from takes one destination, not 2: a fan-out from several sources \
+             is not supported yet",
+        ),
         (
             &[src, "star-b:/d/f", "star-c:/d/f", "star-b:/d/f"],
             "orbitctl: destination star-b:/d/f is given twice",
@@ -408,4 +424,51 @@ fn a_detached_fanout_is_followed_with_wait_and_cancel_on_every_destination() {
         "{}",
         out.stderr
     );
+}
+
+/// One file from star-a and star-c at once into star-b: both send pieces, the copy is whole;
+/// when star-c's file differs, nothing is written and the exit code says why.
+#[test]
+fn also_from_takes_pieces_from_every_source_and_refuses_sources_that_differ() {
+    let fan = Fan::new().start();
+    let sha = random_file(&fan.root("star-a").join("f"), 24 * MIB);
+    std::fs::copy(fan.root("star-a").join("f"), fan.root("star-c").join("f")).unwrap();
+    let target = fan.root("star-b").join("f");
+    let also = format!("star-c:{}", wire(&fan.root("star-c").join("f")));
+    let dst = format!("star-b:{}", wire(&target));
+    let out = fan.orbitctl(&[
+        "replicate",
+        &fan.source(),
+        &dst,
+        "--also-from",
+        &also,
+        "--json",
+    ]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let last = json_lines(&out.stdout).pop().unwrap();
+    assert_eq!(last["ok"], true, "{last}");
+    assert_eq!(last["sha256"], hex_of(&sha));
+    assert_eq!(sha256_file(&target), sha);
+
+    // star-c's copy differs by one byte: refused before anything is written.
+    let other = fan.root("star-c").join("f");
+    let mut bytes = std::fs::read(&other).unwrap();
+    bytes[MIB] ^= 1;
+    std::fs::write(&other, bytes).unwrap();
+    let fresh = fan.root("star-b").join("g");
+    let dst = format!("star-b:{}", wire(&fresh));
+    let out = fan.orbitctl(&["replicate", &fan.source(), &dst, "--also-from", &also]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("FailedPrecondition") || out.stderr.contains("disagree"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("star-c"), "{}", out.stderr);
+    assert!(!fresh.exists());
+    assert!(part_files(&fan.root("star-b")).is_empty());
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

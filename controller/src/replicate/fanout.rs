@@ -140,6 +140,9 @@ pub fn destinations(args: &Args) -> Result<Vec<StarPath>, PlanError> {
     if args.recursive && count > 1 {
         return Err(PlanError::RecursiveFanout(count));
     }
+    if !args.also_from.is_empty() && count > 1 {
+        return Err(PlanError::AlsoFromFanout(count));
+    }
     let mut all = Vec::with_capacity(count);
     for text in given {
         let parsed = if args.recursive {

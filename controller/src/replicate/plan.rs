@@ -11,7 +11,6 @@
 //! Everything here is a pure function of the command line: nothing reads the grid, a file or the
 //! network (the caller reads `--to-file` and hands over its text), so it is all unit-tested.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -106,12 +105,30 @@ pub enum PlanError {
     /// The same destination (star and path) given twice.
     #[error("destination {0} is given twice")]
     Duplicate(StarPath),
+    /// Two destinations on one star: a fan-out is one transfer, which a star runs once.
+    #[error(
+        "star {star} is given twice ({first} and {second}): a fan-out puts one copy on each star"
+    )]
+    SameStar {
+        /// The star.
+        star: String,
+        /// Its first destination.
+        first: StarPath,
+        /// Its second.
+        second: StarPath,
+    },
     /// `--recursive` with more than one destination.
     #[error(
         "--recursive takes one destination, not {0}: fan-out of directory trees is not \
          supported yet"
     )]
     RecursiveFanout(usize),
+    /// `--also-from` with more than one destination.
+    #[error(
+        "--also-from takes one destination, not {0}: a fan-out from several sources is not \
+         supported yet"
+    )]
+    AlsoFromFanout(usize),
     /// `--min-success` above the number of destinations.
     #[error("--min-success {min} is more than the {count} destination(s) given")]
     MinSuccess {
@@ -230,20 +247,28 @@ impl Plan {
     }
 }
 
-/// Checks that no destination is the source and none is given twice (the same star and path:
-/// two destinations on one star are fine if their paths differ).
+/// Checks that no destination is the source and no star is given twice: the same star and
+/// path, or two paths on one star (a fan-out is one transfer id, which a star runs once).
 ///
 /// # Errors
 ///
-/// [`PlanError::SameAsSource`] or [`PlanError::Duplicate`] for the first culprit.
+/// [`PlanError::SameAsSource`], [`PlanError::Duplicate`] or [`PlanError::SameStar`] for the
+/// first culprit.
 pub fn check_destinations(source: &StarPath, destinations: &[StarPath]) -> Result<(), PlanError> {
-    let mut seen = HashSet::new();
+    let mut seen: std::collections::HashMap<&str, &StarPath> = std::collections::HashMap::new();
     for destination in destinations {
         if destination == source {
             return Err(PlanError::SameAsSource(destination.clone()));
         }
-        if !seen.insert(destination) {
-            return Err(PlanError::Duplicate(destination.clone()));
+        if let Some(first) = seen.insert(&destination.star, destination) {
+            if first == destination {
+                return Err(PlanError::Duplicate(destination.clone()));
+            }
+            return Err(PlanError::SameStar {
+                star: destination.star.clone(),
+                first: first.clone(),
+                second: destination.clone(),
+            });
         }
     }
     Ok(())
@@ -443,12 +468,13 @@ mod tests {
             err.unwrap_err().to_string(),
             "destination b:/f is given twice"
         );
-        // The same star with another path, or the source's star, are fine.
-        check_destinations(
-            &source,
-            &[dest("b", "/f"), dest("b", "/g"), dest("a", "/copy")],
-        )
-        .unwrap();
+        // One star takes one copy of a fan-out; the source's star may take one too.
+        let err = check_destinations(&source, &[dest("b", "/f"), dest("b", "/g")]);
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "star b is given twice (b:/f and b:/g): a fan-out puts one copy on each star"
+        );
+        check_destinations(&source, &[dest("b", "/f"), dest("a", "/copy")]).unwrap();
     }
 
     #[test]

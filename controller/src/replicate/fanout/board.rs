@@ -62,6 +62,7 @@ impl Board {
                     target_path: t.path.clone().unwrap_or_default(),
                     ..file.clone()
                 },
+                also: Vec::new(),
             })
             .collect();
         // The bar, if any, shows every destination's bytes together; --json prints per
