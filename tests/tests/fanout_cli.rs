@@ -472,3 +472,55 @@ fn also_from_takes_pieces_from_every_source_and_refuses_sources_that_differ() {
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The middle star of a chain is killed with SIGKILL once the last one has bytes: the first and
+/// the last finish (the last from the next upstream on its list); the killed star, started
+/// again, finishes its own copy from its journal; no partial file anywhere.
+#[test]
+fn a_middle_star_killed_mid_chain_leaves_the_others_to_finish_and_finishes_after_restart() {
+    let mut fan = Fan::new().start();
+    let sha = random_file(&fan.root("star-a").join("f"), 64 * MIB);
+    let targets = fan.targets("f");
+    let source = fan.source();
+    let mut args = vec!["replicate", source.as_str()];
+    args.extend(targets.iter().map(String::as_str));
+    args.extend(["--topology", "chain", "--detach"]);
+    let out = fan.orbitctl(&args);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let id = out.stdout.lines().next().unwrap().trim().to_owned();
+    // A file's size has no event to wait for; poll it.
+    let last = fan.root("star-d");
+    let deadline = std::time::Instant::now() + orbit_tests::STEP_TIMEOUT;
+    while !part_files(&last)
+        .iter()
+        .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "star-d never got a byte"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    drop(fan.stars.remove(2)); // star-c, SIGKILL
+    let middle = fan.root("star-c").join("f");
+    assert!(!middle.exists(), "star-c had finished before it was killed");
+
+    let out = fan.orbitctl(&["wait", &id, "--star", "star-b", "--star", "star-d"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    for star in ["star-b", "star-d"] {
+        assert_eq!(sha256_file(&fan.root(star).join("f")), sha, "{star}");
+        assert!(part_files(&fan.root(star)).is_empty(), "{star}");
+    }
+    assert!(!middle.exists() || sha256_file(&middle) == sha);
+
+    let config = wire(&fan.grid.join("stars/star-c/star.toml"));
+    let root = wire(&fan.root("star-c"));
+    fan.stars.insert(
+        2,
+        StarProcess::start(&["--config", &config, "--allow", &root]),
+    );
+    let out = fan.orbitctl(&["wait", &id, "--star", "star-c"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(sha256_file(&middle), sha);
+    assert!(part_files(&fan.root("star-c")).is_empty());
+}
