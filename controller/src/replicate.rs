@@ -244,8 +244,8 @@ pub struct Args {
     /// destination from the one before it, then the two before that), tree:K (the source
     /// feeds the first K destinations, the first destination the next K, and so on; each
     /// pulls from its parent, then the parent's parent, up to three), or auto (chain up to
-    /// 32 destinations, tree:2 beyond). A destination never pulls from another on its own
-    /// star. One whose upstream fails goes on from the next one, and from the source last.
+    /// 32 destinations, tree:2 beyond). One whose upstream fails goes on from the next one,
+    /// and from the source last. Each star takes one copy of a fan-out.
     #[arg(long, value_name = "SHAPE", default_value = "auto", value_parser = Topology::parse)]
     pub topology: Topology,
 
