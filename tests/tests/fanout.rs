@@ -594,3 +594,62 @@ async fn a_stopped_middle_star_resumes_its_copy_from_its_journal_after_a_restart
     assert_eq!(sha256_file(&middle), sha);
     assert!(part_files(fan.dirs[1].path()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_star_can_be_the_origin_of_one_fan_out_and_a_relay_of_another_at_once() {
+    let size = 8 * MIB;
+    let (fan, sha) = Fan::new(2, size).await;
+    // Fan-out one: star-a's f to star-1 then star-2. Fan-out two, at the same time: star-1's g
+    // to star-2 then star-a, so star-1 is the origin of one and a relay of the other.
+    let g_sha = random_file(&fan.dirs[0].path().join("g"), size);
+    let second = TransferId(rand::random());
+    let g_source = wire(&fan.dirs[0].path().join("g"));
+    let g_at = |dir: &std::path::Path| wire(&dir.join("g"));
+    let second_for = |holder: &str, target: String, upstreams: Vec<Upstream>| ReplicateFanout {
+        file: ReplicateFile {
+            transfer_id: second,
+            source: "star-1".into(),
+            source_addr: fan.addr(0).to_string(),
+            source_path: g_source.clone(),
+            target_path: target,
+            token: fan.grid.token("star-1", holder, &g_source),
+            expect_sha256: None,
+            timeout_secs: 20,
+        },
+        upstreams,
+    };
+    let to_star2 = second_for("star-2", g_at(fan.dirs[1].path()), vec![]);
+    let to_a = second_for(
+        "star-a",
+        g_at(fan.src.path()),
+        vec![Upstream {
+            star: "star-2".into(),
+            addr: fan.addr(1).to_string(),
+            path: g_at(fan.dirs[1].path()),
+            token: fan
+                .grid
+                .token("star-2", "star-a", &g_at(fan.dirs[1].path())),
+        }],
+    );
+    let client = fan.grid.controller_client();
+    let origin_addr = fan.origin.local_addr();
+    let plan = chain(2);
+    let (to_star2, to_a) = (
+        ControlRequest::ReplicateFanout(to_star2),
+        ControlRequest::ReplicateFanout(to_a),
+    );
+    let (first, to_star2, to_a) = tokio::join!(
+        fan.run(&plan),
+        client.control_at(fan.addr(1), "star-2", &to_star2),
+        client.control_at(origin_addr, "star-a", &to_a),
+    );
+    assert_all_verified(&fan, &first, sha, size);
+    for events in [to_star2.unwrap(), to_a.unwrap()] {
+        let (bytes, digest) = expect_done(events.last().unwrap().clone());
+        assert_eq!((bytes, digest), (size as u64, g_sha));
+    }
+    assert_eq!(sha256_file(&fan.dirs[1].path().join("g")), g_sha);
+    assert_eq!(sha256_file(&fan.src.path().join("g")), g_sha);
+    // star-1 sent g once (to star-2) and relayed f once (to star-2).
+    assert_eq!(fan.sent(0), 2 * size as u64);
+}

@@ -48,7 +48,7 @@ pub(crate) struct Transfer {
 
 /// A fan-out destination's file as it arrives, for relay reads: where it is, how much of it is
 /// written, and, once verified and published, the origin's attestation. Written by the disk
-/// thread and the replication; read by [`crate::relay`].
+/// thread and the replication; read by the relay reads of `relay.rs`.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Feed {
     /// The fan-out's origin; `None` for a replication that is not part of a fan-out, which is
