@@ -171,7 +171,14 @@ pub(super) async fn replicate(
         token: file.token.clone(),
     }];
     sources.extend(cmd.also.iter().cloned());
-    let held = agree(replicator, transfer, file.transfer_id, &sources).await?;
+    let held = tokio::select! {
+        held = agree(replicator, transfer, file.transfer_id, &sources) => held?,
+        _ = transfer.cancel.cancelled() => return Err(PullError::Cancelled),
+        _ = replicator.life.cancel.cancelled() => return Err(PullError::ShuttingDown {
+            star: replicator.star.clone(),
+            resumes: false,
+        }),
+    };
     let (size, sha256) = (held[0].version.size, held[0].sha256);
     if let Some(expect) = file.expect_sha256.filter(|e| *e != sha256) {
         return Err(PullError::Mismatch(format!(
