@@ -200,6 +200,20 @@ mod tests {
             golden(&ControlRequest::Relay(relay)),
             "0c07010161022f7401550003"
         );
+        let many = ReplicateMany {
+            file: fanout_file(),
+            also: vec![],
+            piece_size: 0,
+        };
+        let body = "01016103683a31022f73022f7401540000";
+        assert_eq!(
+            golden(&ControlRequest::ReplicateMany(many.clone())),
+            format!("0d{body}0000")
+        );
+        assert_eq!(
+            golden(&ControlRequest::StartMany(many)),
+            format!("0e{body}0000")
+        );
         let attested = Attestation {
             claims: AttestClaims {
                 transfer_id: TransferId(1),
