@@ -145,15 +145,17 @@ async fn originate(
     let again = read.path.clone();
     let reopen = move || jail.open_read(&again);
     let bytes = stream_file(server, send, request.request_id, opened, read.range, reopen).await?;
-    // A whole read has just put the digest in the cache; a resumed one hashes the whole file.
+    // A whole read has just put the digest in the cache. A ranged one (a resume, a piece of a
+    // file from several sources, the empty read that asks for the attestation alone) hashes the
+    // whole file once and caches it too: every other piece of the same version finds it there.
     let sha256 = match server.reads.digests.get(&key) {
         Some(sha256) => sha256,
         None => {
             let jail = server.jail.clone();
             let path = read.path.clone();
-            tokio::task::spawn_blocking(move || {
+            let (sha256, unchanged) = tokio::task::spawn_blocking(move || {
                 let opened = jail.open_read(&path)?;
-                if version_of(&opened) != version {
+                if FileKey::of(&opened.stat) != key {
                     return Err(ServeError::Changed("it was replaced"));
                 }
                 let mut hasher = Sha256::new();
@@ -163,10 +165,19 @@ async fn originate(
                     read_chunks(&opened.file, offset, want, &mut hasher)?;
                     offset += want;
                 }
-                Ok(<[u8; 32]>::from(hasher.finalize()))
+                let after = rustix::fs::fstat(&opened.file)?;
+                Ok((
+                    <[u8; 32]>::from(hasher.finalize()),
+                    FileKey::of(&after) == key,
+                ))
             })
             .await
-            .map_err(lost_task)??
+            .map_err(lost_task)??;
+            if !unchanged {
+                return Err(ServeError::Changed("it was modified while it was hashed"));
+            }
+            server.reads.digests.insert(key, sha256);
+            sha256
         }
     };
     let claims = AttestClaims {
