@@ -238,16 +238,17 @@ async fn lying_relay(
                     );
                     let size = version.size;
                     let start = request.range.start.min(size);
+                    let end = request.range.end.min(size);
                     let header = DataFrame::Header {
                         request_id: request.request_id,
-                        size: size - start,
+                        size: end - start,
                         version,
                     };
                     let _ = write_frame(&mut send, &header).await;
                     let mut offset = start;
                     let data = bytes::Bytes::from(vec![0x5a; 64 * 1024]);
-                    while offset < size {
-                        let len = (size - offset).min(data.len() as u64) as usize;
+                    while offset < end {
+                        let len = (end - offset).min(data.len() as u64) as usize;
                         let chunk = DataFrame::Chunk {
                             offset,
                             data: data.slice(..len),
@@ -652,4 +653,55 @@ async fn a_star_can_be_the_origin_of_one_fan_out_and_a_relay_of_another_at_once(
     assert_eq!(sha256_file(&fan.src.path().join("g")), g_sha);
     // star-1 sent g once (to star-2) and relayed f once (to star-2).
     assert_eq!(fan.sent(0), 2 * size as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_that_lies_under_its_own_signature_gets_nothing_wrong_published() {
+    let bytes = random_bytes(2 * MIB);
+    let mut many = Many::new(2, &bytes).await;
+    let request = many.command(MIB as u64);
+    let ControlRequest::ReplicateMany(mut cmd) = request else {
+        unreachable!()
+    };
+    // src-1's own, genuine attestation of its true file for this transfer...
+    let attestation = {
+        let client = many.grid.star_client("star-b");
+        let conn = client.connect(many.addrs[1], "src-1").await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let relay = ControlRequest::Relay(RelayRequest {
+            request_id: 0,
+            transfer_id: cmd.file.transfer_id,
+            origin: "src-1".into(),
+            path: many.path(1),
+            token: many.grid.token("src-1", "star-b", &many.path(1)),
+            range: ByteRange { start: 0, end: 0 },
+        });
+        write_frame(&mut send, &relay).await.unwrap();
+        send.finish().unwrap();
+        let mut attested = None;
+        while let Ok(frame) = read_frame::<DataFrame>(&mut recv, 1 << 20).await {
+            if let DataFrame::Attested(a) = frame {
+                attested = Some(a);
+                break;
+            }
+        }
+        attested.expect("src-1 attests its file")
+    };
+    // ...then src-1 is broken into: it keeps its word and serves bytes of its own.
+    many.sources[1].take().unwrap().shutdown().await;
+    let liar = lying_relay(&many.grid, "src-1", Some(attestation)).await;
+    cmd.also[0].addr = liar.to_string();
+    let events = within(
+        "a file from an honest source and a liar",
+        many.grid
+            .controller_client()
+            .control(&many.dest, &ControlRequest::ReplicateMany(cmd)),
+    )
+    .await
+    .unwrap();
+    let error = expect_failed(events.last().unwrap().clone());
+    assert_eq!(error.code, ErrorCode::DataLoss, "{error}");
+    assert!(error.message.contains("SHA-256"), "{error}");
+    assert!(!many.target().exists(), "a wrong file was published");
+    assert!(part_files(many.dst.path()).is_empty());
 }

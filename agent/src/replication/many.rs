@@ -10,10 +10,14 @@
 //! 2. **Pieces.** [`STREAMS_PER_SOURCE`] workers per source take the next piece from one queue,
 //!    read it with a ranged relay read, and write it at its offset. A piece that fails goes back
 //!    to the queue for any worker; a source that fails [`MAX_FAILURES`] times in a row is dropped,
-//!    and the transfer fails only when no source is left.
-//! 3. **Verification.** The whole file is hashed back from the page cache and must equal the
-//!    agreed SHA-256 (and the command's, if it gives one); only then is it synced and renamed
-//!    into place.
+//!    and the transfer fails only when no source is left. Once a piece is marked written, no
+//!    stream writes to it again (an endgame's second copy stops at its next chunk).
+//! 3. **Verification.** A blocking thread hashes the file back from the page cache in order, each
+//!    piece as soon as it and those before it are written, so that little is left to hash at the
+//!    end. The digest must equal the agreed SHA-256 (and the command's, if it gives one); only
+//!    then is the file synced and renamed into place. The pieces' own trailers are not hashed:
+//!    they come from the same source as the bytes, QUIC's encryption already guards the bytes in
+//!    transit, and the whole-file check against the attested digest is what decides.
 //!
 //! Not journaled: a star stopped in the middle removes the temporary file, and the next command
 //! starts over.
@@ -21,7 +25,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -60,6 +64,8 @@ struct Held {
 struct Pieces {
     state: Mutex<PieceState>,
     moved: Notify,
+    /// Wakes the hashing thread when a piece is written or the transfer stops.
+    written: Condvar,
 }
 
 #[derive(Debug)]
@@ -72,6 +78,8 @@ struct PieceState {
     done: Vec<bool>,
     /// How many are not.
     left: u64,
+    /// The transfer stopped: the hashing thread gives up.
+    stopped: bool,
 }
 
 impl Pieces {
@@ -82,8 +90,10 @@ impl Pieces {
                 in_flight: VecDeque::new(),
                 done: vec![false; count as usize],
                 left: count,
+                stopped: false,
             }),
             moved: Notify::new(),
+            written: Condvar::new(),
         }
     }
 
@@ -138,7 +148,49 @@ impl Pieces {
             news
         };
         self.moved.notify_waiters();
+        self.written.notify_all();
         news
+    }
+
+    /// Writes `data` at `at` inside `piece`, unless the piece is already written: the lock makes
+    /// sure no byte of a piece changes once it is marked written (and may have been hashed).
+    /// Returns whether it wrote. Blocking.
+    fn write_unless_done(
+        &self,
+        out: &File,
+        piece: u64,
+        data: &[bytes::Bytes],
+        mut at: u64,
+    ) -> std::io::Result<bool> {
+        let state = self.lock();
+        if state.done[piece as usize] {
+            return Ok(false);
+        }
+        for part in data {
+            out.write_all_at(part, at)?;
+            at += part.len() as u64;
+        }
+        Ok(true)
+    }
+
+    /// Tells the hashing thread to give up.
+    fn stop(&self) {
+        self.lock().stopped = true;
+        self.written.notify_all();
+    }
+
+    /// Blocks until `piece` is written; false if the transfer stopped first.
+    fn wait_written(&self, piece: u64) -> bool {
+        let mut state = self.lock();
+        loop {
+            if state.done[piece as usize] {
+                return true;
+            }
+            if state.stopped {
+                return false;
+            }
+            state = self.written.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// Gives `piece` back for any worker, unless it was written meanwhile.
@@ -224,9 +276,9 @@ pub(super) async fn replicate(
         }),
     };
     let published = match fetched {
-        Ok(()) => {
+        Ok(got) => {
             let (dir, part) = (target_dir.clone(), part.clone());
-            blocking(move || verify_and_publish(&out, size, sha256, &dir, &part)).await
+            blocking(move || verify_and_publish(&out, got, sha256, &dir, &part)).await
         }
         Err(e) => Err(e),
     };
@@ -367,7 +419,42 @@ async fn attested(
     }
 }
 
-/// Runs the workers until every piece is written, or every source has failed.
+/// Stops the hashing thread when the fetch ends, however it ends (an error, a cancel that drops
+/// the future).
+struct StopHashing(Arc<Pieces>);
+
+impl Drop for StopHashing {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// Hashes the file in order, each piece once it is written. `None` if the transfer stopped.
+fn hash_in_order(
+    pieces: &Pieces,
+    out: &File,
+    size: u64,
+    piece: u64,
+) -> std::io::Result<Option<[u8; 32]>> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    for index in 0..size.div_ceil(piece) {
+        if !pieces.wait_written(index) {
+            return Ok(None);
+        }
+        let (mut offset, end) = (index * piece, ((index + 1) * piece).min(size));
+        while offset < end {
+            let want = (end - offset).min(buf.len() as u64) as usize;
+            out.read_exact_at(&mut buf[..want], offset)?;
+            hasher.update(&buf[..want]);
+            offset += want as u64;
+        }
+    }
+    Ok(Some(hasher.finalize().into()))
+}
+
+/// Runs the workers until every piece is written, or every source has failed; returns the
+/// SHA-256 of what was written.
 async fn fetch_all(
     replicator: &Replicator,
     transfer: &Transfer,
@@ -376,8 +463,13 @@ async fn fetch_all(
     out: &Arc<File>,
     size: u64,
     piece: u64,
-) -> Result<(), PullError> {
+) -> Result<[u8; 32], PullError> {
     let pieces = Arc::new(Pieces::new(size.div_ceil(piece)));
+    let stop_hashing = StopHashing(pieces.clone());
+    let hashing = {
+        let (pieces, out) = (pieces.clone(), out.clone());
+        tokio::task::spawn_blocking(move || hash_in_order(&pieces, &out, size, piece))
+    };
     let written = Arc::new(Mutex::new(0u64));
     let mut workers = tokio::task::JoinSet::new();
     for source in held {
@@ -418,10 +510,16 @@ async fn fetch_all(
             Err(e) => last = Some(PullError::Internal(e.to_string())),
         }
     }
-    if pieces.lock().left == 0 {
-        return Ok(());
+    if pieces.lock().left != 0 {
+        return Err(last.unwrap_or_else(|| PullError::Internal("the workers stopped".into())));
     }
-    Err(last.unwrap_or_else(|| PullError::Internal("the workers stopped".into())))
+    drop(stop_hashing);
+    match hashing.await {
+        Ok(Ok(Some(sha256))) => Ok(sha256),
+        Ok(Ok(None)) => Err(PullError::Internal("the hashing stopped early".into())),
+        Ok(Err(e)) => Err(disk_error(e)),
+        Err(e) => Err(PullError::Internal(format!("the hashing task failed: {e}"))),
+    }
 }
 
 /// One ranged stream from one source.
@@ -443,7 +541,7 @@ impl Worker {
         while let Some(index) = self.pieces.next().await {
             let start = index * self.piece;
             let end = (start + self.piece).min(self.size);
-            match self.fetch(start, end).await {
+            match self.fetch(index, start, end).await {
                 Ok(()) => {
                     failures = 0;
                     if self.pieces.done(index) {
@@ -467,8 +565,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Reads `[start, end)` from the source and writes it at its offset.
-    async fn fetch(&self, start: u64, end: u64) -> Result<(), PullError> {
+    /// Reads `[start, end)`, piece `index`, from the source and writes it at its offset; stops
+    /// early, successfully, when another stream has written the piece first.
+    async fn fetch(&self, index: u64, start: u64, end: u64) -> Result<(), PullError> {
         let source = &self.source.source;
         let star = &source.star;
         let range = ByteRange { start, end };
@@ -494,7 +593,6 @@ impl Worker {
             _ => return Err(protocol(star, "no header")),
         }
         let mut offset = start;
-        let mut hasher = Some(Sha256::new());
         loop {
             let read = tokio::time::timeout(STALL, framed::read_data_frame(&mut recv)).await;
             let read = read.map_err(|_| PullError::Stalled {
@@ -512,29 +610,24 @@ impl Worker {
                     if at != offset || offset + len > end {
                         return Err(protocol(star, "a chunk out of order or past its range"));
                     }
-                    let out = self.out.clone();
-                    let mut h = hasher.take().unwrap_or_default();
-                    let pieces = payload.pieces().to_vec();
-                    hasher = Some(
-                        tokio::task::spawn_blocking(move || {
-                            let mut at = at;
-                            for piece in &pieces {
-                                h.update(piece);
-                                out.write_all_at(piece, at)?;
-                                at += piece.len() as u64;
-                            }
-                            Ok::<_, std::io::Error>(h)
-                        })
-                        .await
-                        .map_err(|e| PullError::Internal(e.to_string()))?
-                        .map_err(disk_error)?,
-                    );
+                    let (out, pieces) = (self.out.clone(), self.pieces.clone());
+                    let data = payload.pieces().to_vec();
+                    let wrote = tokio::task::spawn_blocking(move || {
+                        pieces.write_unless_done(&out, index, &data, at)
+                    })
+                    .await
+                    .map_err(|e| PullError::Internal(e.to_string()))?
+                    .map_err(disk_error)?;
+                    if !wrote {
+                        // Another stream finished this piece (the endgame): dropping the
+                        // stream tells the source to stop.
+                        return Ok(());
+                    }
                     offset += len;
                 }
-                Ok(DataRead::Frame(DataFrame::Trailer { sha256 })) => {
-                    let got: [u8; 32] = hasher.take().unwrap_or_default().finalize().into();
-                    if offset != end || got != sha256 {
-                        return Err(protocol(star, "the piece does not match its trailer"));
+                Ok(DataRead::Frame(DataFrame::Trailer { .. })) => {
+                    if offset != end {
+                        return Err(protocol(star, "the piece ended short of its range"));
                     }
                     // The attestation that follows was checked at the start; read to the end
                     // so that the source's stream ends as it should.
@@ -566,25 +659,15 @@ impl Worker {
 /// How long a ranged read may stay silent.
 const STALL: Duration = super::machine::STALL_TIMEOUT;
 
-/// Hashes the whole file back, checks it, syncs it and renames it into place.
+/// Checks the SHA-256 of what was written (`got`) against the agreed one, syncs the file and
+/// renames it into place.
 fn verify_and_publish(
     out: &File,
-    size: u64,
+    got: [u8; 32],
     sha256: [u8; 32],
     dir: &TargetDir,
     part: &str,
 ) -> Result<(), PullError> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1024 * 1024];
-    let mut offset = 0;
-    while offset < size {
-        let want = (size - offset).min(buf.len() as u64) as usize;
-        out.read_exact_at(&mut buf[..want], offset)
-            .map_err(disk_error)?;
-        hasher.update(&buf[..want]);
-        offset += want as u64;
-    }
-    let got: [u8; 32] = hasher.finalize().into();
     if got != sha256 {
         return Err(PullError::Mismatch(format!(
             "the pieces add up to SHA-256 {}, the sources attested {}",
