@@ -117,6 +117,7 @@ pub fn add_star(grid_dir: &Path, spec: &StarSpec) -> Result<PathBuf, AddStarErro
         spec.name.clone(),
         StarEntry {
             addr: spec.addr.clone(),
+            zone: None,
         },
     );
     if let Err(e) = grid.save(inventory) {

@@ -21,6 +21,9 @@ use crate::spec::StarAddr;
 /// How long a token stays valid when neither `--ttl` nor `grid.toml` says: five minutes.
 pub const DEFAULT_TTL_SECS: u64 = 300;
 
+/// The longest `zone` a star may have in `grid.toml`, in bytes.
+pub const MAX_ZONE_LEN: usize = 64;
+
 /// The contents of `grid.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +42,10 @@ pub struct Inventory {
 pub struct StarEntry {
     /// Where the star listens: `HOST:PORT`.
     pub addr: StarAddr,
+    /// The rack, zone or site the star is in, as the operator names it: a fan-out plans the
+    /// stars of one zone next to each other, so that few links cross between zones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 /// The `[defaults]` table.
@@ -69,8 +76,16 @@ impl Inventory {
     ///
     /// A message naming the first problem.
     pub fn validate(&self) -> Result<(), String> {
-        for name in self.stars.keys() {
+        for (name, star) in &self.stars {
             orbit_certs::validate_name(name).map_err(|e| format!("star {e}"))?;
+            if let Some(zone) = &star.zone {
+                let printable = zone.chars().all(|c| !c.is_control());
+                if zone.is_empty() || zone.len() > MAX_ZONE_LEN || !printable {
+                    return Err(format!(
+                        "stars.{name}.zone must be 1 to {MAX_ZONE_LEN} bytes of printable text"
+                    ));
+                }
+            }
         }
         if self.defaults.ttl_secs == 0 {
             return Err("defaults.ttl_secs must be at least 1".into());
@@ -89,6 +104,9 @@ impl Inventory {
                 "\n[stars.{name}]\naddr = {}\n",
                 layout::toml_string(&star.addr.to_string())
             ));
+            if let Some(zone) = &star.zone {
+                out.push_str(&format!("zone = {}\n", layout::toml_string(zone)));
+            }
         }
         out.push_str(&format!(
             "\n[defaults]\n# How long a minted token stays valid, in seconds (--ttl overrides it).\n\
@@ -237,6 +255,11 @@ impl Grid {
         }
     }
 
+    /// The zone `grid.toml` gives the star, if any (and if the star is known).
+    pub fn zone(&self, name: &str) -> Option<&str> {
+        self.inventory.stars.get(name)?.zone.as_deref()
+    }
+
     fn read(&self, file: &str) -> Result<(PathBuf, String), GridError> {
         let path = self.dir.join(file);
         match std::fs::read_to_string(&path) {
@@ -360,6 +383,7 @@ mod tests {
                 name.to_owned(),
                 StarEntry {
                     addr: StarAddr::parse(addr).unwrap(),
+                    zone: None,
                 },
             );
         }

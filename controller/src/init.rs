@@ -109,6 +109,7 @@ pub fn create_grid(dir: &Path, stars: &[StarSpec]) -> Result<(), InitError> {
     for star in stars {
         let entry = StarEntry {
             addr: star.addr.clone(),
+            zone: None,
         };
         if inventory.stars.insert(star.name.clone(), entry).is_some() {
             return Err(InitError::DuplicateStar(star.name.clone()));

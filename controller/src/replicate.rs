@@ -245,7 +245,8 @@ pub struct Args {
     /// feeds the first K destinations, the first destination the next K, and so on; each
     /// pulls from its parent, then the parent's parent, up to three), or auto (chain up to
     /// 32 destinations, tree:2 beyond). One whose upstream fails goes on from the next one,
-    /// and from the source last. Each star takes one copy of a fan-out.
+    /// and from the source last. Each star takes one copy of a fan-out. Stars given a `zone`
+    /// in grid.toml are planned next to their zone's other stars, the source's zone first.
     #[arg(long, value_name = "SHAPE", default_value = "auto", value_parser = Topology::parse)]
     pub topology: Topology,
 

@@ -251,6 +251,64 @@ fn a_file_fans_out_to_three_stars_in_a_chain() {
 }
 
 #[test]
+fn zones_in_grid_toml_order_the_plan_the_sources_zone_first() {
+    let fan = Fan::new();
+    // star-a and star-c in rack-1, star-b and star-d in rack-2.
+    let toml = fan.grid.join("grid.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    for (star, zone) in [
+        ("star-a", "rack-1"),
+        ("star-b", "rack-2"),
+        ("star-c", "rack-1"),
+        ("star-d", "rack-2"),
+    ] {
+        let table = format!("[stars.{star}]\n");
+        assert!(text.contains(&table), "{text}");
+        text = text.replace(&table, &format!("{table}zone = \"{zone}\"\n"));
+    }
+    std::fs::write(&toml, text).unwrap();
+    let fan = fan.start();
+    let sha = random_file(&fan.root("star-a").join("f"), MIB);
+    let source = fan.source();
+    let targets = fan.targets("copy");
+    let mut args = vec!["replicate", &source];
+    args.extend(targets.iter().map(String::as_str));
+    args.extend(["--topology", "chain", "--json"]);
+    let out = fan.orbitctl(&args);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let lines = json_lines(&out.stdout);
+    // Given star-b, star-c, star-d: star-c (the origin's rack) first, then rack-2 in the order
+    // given, so the chain crosses between the racks once.
+    let plan = &lines[0];
+    assert_eq!(plan["event"], "plan", "{plan}");
+    assert_eq!(plan["topology"], "chain", "{plan}");
+    assert_eq!(
+        plan["destinations"],
+        serde_json::json!([
+            {"destination": "star-c", "zone": "rack-1", "upstreams": []},
+            {"destination": "star-b", "zone": "rack-2", "upstreams": ["star-c"]},
+            {"destination": "star-d", "zone": "rack-2", "upstreams": ["star-b", "star-c"]},
+        ]),
+        "{plan}"
+    );
+    assert_eq!(results(&lines).len(), 3, "{}", out.stdout);
+    for star in DESTINATIONS {
+        assert_eq!(sha256_file(&fan.root(star).join("copy")), sha);
+    }
+    // A zone that is not printable text is refused with the key named, before anything starts.
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, text.replace("\"rack-2\"", "\"rack\\u001b[2J\"")).unwrap();
+    let out = fan.orbitctl(&args);
+    assert_ne!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("zone") || out.stderr.contains("zone"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
 fn min_success_lets_a_fanout_succeed_without_a_destination_its_star_refuses() {
     let fan = Fan::new().start();
     let sha = random_file(&fan.root("star-a").join("f"), 2 * MIB);

@@ -215,9 +215,12 @@ async fn execute(
     // From here on Ctrl-C cancels the fan-out rather than killing orbitctl.
     let mut interrupt = interrupt_signal();
     let source = StarPath::parse(&args.source)?;
+    let grid = Grid::open(grid_dir)?;
+    // Checked as given (the first of two duplicates is the one named), planned by zone.
+    plan::check_destinations(&source, &destinations).map_err(FanoutError::from)?;
+    let destinations = plan::grouped_by_zone(&source, destinations, |star| grid.zone(star));
     let plan = Plan::new(source, destinations, args.topology, args.min_success)
         .map_err(FanoutError::from)?;
-    let grid = Grid::open(grid_dir)?;
     let source_addr = grid.star(&plan.source.star)?.to_string();
     let addrs = plan
         .destinations
@@ -248,10 +251,28 @@ async fn execute(
         topology = %plan.topology,
         "fan-out started"
     );
+    for (destination, upstreams) in plan.destinations.iter().zip(&plan.upstreams) {
+        let upstreams: Vec<&str> = upstreams
+            .iter()
+            .map(|&j| plan.destinations[j].star.as_str())
+            .collect();
+        tracing::info!(
+            destination = %destination.star,
+            zone = grid.zone(&destination.star).unwrap_or("-"),
+            "planned to pull from {upstreams:?}, then the origin"
+        );
+    }
     let output = Output {
         json: args.json,
         quiet: args.quiet,
     };
+    if args.json && !args.detach {
+        let zone_of = |star: &str| grid.zone(star);
+        println!(
+            "{}",
+            super::fanout_report::plan_json(file.transfer_id, &plan, zone_of)
+        );
+    }
     let request = |command: ReplicateFanout| match args.detach {
         true => ControlRequest::StartFanout(command),
         false => ControlRequest::ReplicateFanout(command),

@@ -243,6 +243,52 @@ pub fn summary_json(summary: &Summary) -> String {
     serde_json::to_string(&json).unwrap_or_default()
 }
 
+#[derive(Serialize)]
+struct PlanJson<'a> {
+    event: &'static str,
+    transfer_id: String,
+    topology: String,
+    destinations: Vec<PlannedJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct PlannedJson<'a> {
+    destination: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zone: Option<&'a str>,
+    upstreams: Vec<&'a str>,
+}
+
+/// The `--json` line of the plan, before anything starts: `{"event":"plan","transfer_id":..,
+/// "topology":..,"destinations":[{"destination":..,"zone":..,"upstreams":[..]}]}`, destinations
+/// in the planned order (grouped by zone), each with the stars it pulls from before the origin,
+/// nearest first.
+pub fn plan_json<'a>(
+    transfer: TransferId,
+    plan: &'a super::plan::Plan,
+    zone_of: impl Fn(&str) -> Option<&'a str>,
+) -> String {
+    let json = PlanJson {
+        event: "plan",
+        transfer_id: transfer.to_string(),
+        topology: plan.topology.to_string(),
+        destinations: plan
+            .destinations
+            .iter()
+            .zip(&plan.upstreams)
+            .map(|(destination, upstreams)| PlannedJson {
+                destination: &destination.star,
+                zone: zone_of(&destination.star),
+                upstreams: upstreams
+                    .iter()
+                    .map(|&j| plan.destinations[j].star.as_str())
+                    .collect(),
+            })
+            .collect(),
+    };
+    serde_json::to_string(&json).unwrap_or_default()
+}
+
 /// The line of one destination of a detached fan-out: `star-b:/data/f  started`, or
 /// `star-c:/data/f  FAILED  CODE: why`.
 pub fn started_line(name: &str, width: usize, started: &Result<(), Failure>) -> String {

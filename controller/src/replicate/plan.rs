@@ -247,6 +247,38 @@ impl Plan {
     }
 }
 
+/// The destinations reordered so that the stars of one zone (`zone` in grid.toml, through
+/// `zone_of`) follow each other: the source's zone first, then each other zone in the order its
+/// first star was listed; stars without a zone count as one zone of their own. The order within a
+/// zone is the order given, and with no zones at all nothing moves. A chain then crosses from one
+/// zone to the next once, and a tree keeps most parents in their children's zone.
+pub fn grouped_by_zone<'a>(
+    source: &StarPath,
+    destinations: Vec<StarPath>,
+    zone_of: impl Fn(&str) -> Option<&'a str>,
+) -> Vec<StarPath> {
+    let mut zones: Vec<Option<&str>> = vec![zone_of(&source.star)];
+    let mut keyed: Vec<(usize, StarPath)> = destinations
+        .into_iter()
+        .map(|destination| {
+            let zone = zone_of(&destination.star);
+            let rank = match zones.iter().position(|z| *z == zone) {
+                Some(rank) => rank,
+                None => {
+                    zones.push(zone);
+                    zones.len() - 1
+                }
+            };
+            (rank, destination)
+        })
+        .collect();
+    keyed.sort_by_key(|(rank, _)| *rank);
+    keyed
+        .into_iter()
+        .map(|(_, destination)| destination)
+        .collect()
+}
+
 /// Checks that no destination is the source and no star is given twice: the same star and
 /// path, or two paths on one star (a fan-out is one transfer id, which a star runs once).
 ///
@@ -500,6 +532,31 @@ mod tests {
             Plan::new(dest("a", "/f"), stars(3), Topology::Auto, Some(9)),
             Err(PlanError::MinSuccess { min: 9, count: 3 })
         ));
+    }
+
+    #[test]
+    fn zones_keep_their_stars_together_the_sources_first() {
+        let zone = |star: &str| match star {
+            "a" | "c" | "f" => Some("rack-1"),
+            "b" | "e" => Some("rack-2"),
+            _ => None,
+        };
+        let given = ["b", "c", "d", "e", "f", "g"]
+            .map(|s| dest(s, "/f"))
+            .to_vec();
+        let order = |source: &str| -> Vec<String> {
+            grouped_by_zone(&dest(source, "/f"), given.clone(), zone)
+                .into_iter()
+                .map(|d| d.star)
+                .collect()
+        };
+        // The source's rack first, then rack-2 (listed first among the rest), then no zone.
+        assert_eq!(order("a"), ["c", "f", "b", "e", "d", "g"]);
+        // A source without a zone: the stars without one first.
+        assert_eq!(order("x"), ["d", "g", "b", "e", "c", "f"]);
+        // No zones: the order given.
+        let none = grouped_by_zone(&dest("a", "/f"), given.clone(), |_| None);
+        assert_eq!(none, given);
     }
 
     #[test]
