@@ -24,7 +24,7 @@ pub struct Credit {
 }
 
 impl Default for Credit {
-    /// What quinn grants by default: a well-behaved peer.
+    /// A well-behaved peer's credit: 1 MiB per stream, 100 streams at once.
     fn default() -> Credit {
         Credit {
             stream_window: 1024 * 1024,
