@@ -155,6 +155,11 @@ settings! {
     /// Default: 10.
     #[arg(long, env = "ORBIT_REQUEST_TIMEOUT_SECS", value_name = "SECS")]
     request_timeout_secs: Option<u64>,
+    /// How long one write to a peer star may wait for the peer's flow-control credit, in
+    /// seconds; then the stream is reset with DeadlineExceeded and its read slot freed.
+    /// Default: 30.
+    #[arg(long, env = "ORBIT_WRITE_TIMEOUT_SECS", value_name = "SECS")]
+    write_timeout_secs: Option<u64>,
     /// The flow-control window of one stream, in MiB (1 to 1024): the most one transfer
     /// buffers, and about the most it moves per round trip. A connection's window is twice it.
     /// Raise it for long, lossy links: 32 MiB for 1 Gbit/s at 50 ms RTT. Default: 16.
@@ -411,6 +416,7 @@ impl StarFile {
             handshake_timeout_secs: self.handshake_timeout_secs,
             idle_timeout_secs: self.idle_timeout_secs,
             request_timeout_secs: self.request_timeout_secs,
+            write_timeout_secs: self.write_timeout_secs,
             stream_window_mib: self.stream_window_mib,
             congestion_control: self.congestion_control,
         }

@@ -5,9 +5,15 @@
 //!
 //! Every open connection is in [`Connections`], one record counted per peer and kept by id, so
 //! that a reload can close those whose certificate is now revoked.
+//!
+//! Under a flood of handshakes (more than [`VALIDATE_ABOVE`] in progress), a client must first
+//! show that it receives at its address: it gets a QUIC Retry, and only a second Initial with
+//! the token from it starts a handshake. An honest client does that in one more round trip; a
+//! spoofed source address cannot, and costs the star no handshake state or TLS work.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use quinn::{Connection, Endpoint};
@@ -99,6 +105,20 @@ impl Connections {
     }
 }
 
+/// Handshakes in progress above which a client whose address is not yet validated gets a Retry.
+/// A grid of a few dozen stars reconnecting at once stays under it; a flood of Initials from
+/// spoofed addresses does not.
+pub(crate) const VALIDATE_ABOVE: usize = 32;
+
+/// One handshake counted in progress while it lives.
+struct Handshaking<'a>(&'a AtomicUsize);
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What accepting connections uses.
 #[derive(Debug)]
 pub(crate) struct Acceptor {
@@ -110,6 +130,8 @@ pub(crate) struct Acceptor {
     pub(crate) life: Lifecycle,
     pub(crate) commands: Arc<Commands>,
     pub(crate) server: Arc<Server>,
+    /// Handshakes in progress.
+    pub(crate) handshakes: AtomicUsize,
 }
 
 /// Accepts connections until the star stops.
@@ -123,6 +145,13 @@ pub(crate) async fn accept_loop(acceptor: Arc<Acceptor>) {
             },
         };
         let remote = incoming.remote_address();
+        let busy = acceptor.handshakes.load(Ordering::Relaxed) >= VALIDATE_ABOVE;
+        if busy && incoming.may_retry() {
+            debug!(%remote, "over {VALIDATE_ABOVE} handshakes in progress: asking for a Retry");
+            let _ = incoming.retry();
+            continue;
+        }
+        acceptor.handshakes.fetch_add(1, Ordering::Relaxed);
         let task = handle(acceptor.clone(), incoming);
         acceptor
             .life
@@ -133,8 +162,11 @@ pub(crate) async fn accept_loop(acceptor: Arc<Acceptor>) {
 
 async fn handle(acceptor: Arc<Acceptor>, incoming: quinn::Incoming) {
     let metrics = &acceptor.metrics;
+    let handshaking = Handshaking(&acceptor.handshakes);
     let handshake = acceptor.limits.handshake_timeout;
-    let conn = match tokio::time::timeout(handshake, async { incoming.await }).await {
+    let done = tokio::time::timeout(handshake, async { incoming.await }).await;
+    drop(handshaking);
+    let conn = match done {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             metrics.inbound_handshakes_failed.inc();

@@ -17,7 +17,7 @@ use orbit_wire::{
 };
 
 use crate::error::ToWire;
-use crate::framed::{self, write_frame};
+use crate::framed::{self, bounded, write_frame};
 use crate::replication::{Notes, Replicator, Transfer, KEEP_FOR};
 use crate::serve::{Reads, Server};
 use crate::tree_serve::{self, Sessions, TreeRequest};
@@ -81,7 +81,8 @@ pub(crate) async fn handle(
         Ok(Ok(request)) => request,
         Ok(Err(e)) => {
             warn!(%peer, "unreadable control request: {e}");
-            let _ = write_frame(&mut send, &ControlEvent::Failed(e.to_wire())).await;
+            let failed = ControlEvent::Failed(e.to_wire());
+            let _ = bounded(FINAL_EVENT_TIMEOUT, write_frame(&mut send, &failed)).await;
             let _ = send.finish();
             return;
         }
@@ -89,7 +90,8 @@ pub(crate) async fn handle(
             let after = commands.request_timeout;
             warn!(%peer, "no control request within {after:?} (request_timeout_secs)");
             let error = ControlError::NoRequest(after).to_wire();
-            let _ = write_frame(&mut send, &ControlEvent::Failed(error)).await;
+            let failed = ControlEvent::Failed(error);
+            let _ = bounded(FINAL_EVENT_TIMEOUT, write_frame(&mut send, &failed)).await;
             let _ = send.finish();
             let _ = recv.stop(crate::error::varint(ErrorCode::DeadlineExceeded));
             return;
@@ -193,8 +195,9 @@ pub(crate) async fn handle(
     // The controller went away while following a transfer; the transfer carries on.
     let Some(last) = last else { return };
     // The controller may have gone; the outcome is logged either way. Wait (boundedly) for it to
-    // read the final event, so that closing the connection does not cut it off.
-    let _ = write_frame(&mut send, &last).await;
+    // read the final event, so that closing the connection does not cut it off; a peer that
+    // grants no credit for it (any peer may be refused here) holds this task no longer.
+    let _ = bounded(FINAL_EVENT_TIMEOUT, write_frame(&mut send, &last)).await;
     let _ = send.finish();
     let _ = tokio::time::timeout(FINAL_EVENT_TIMEOUT, send.stopped()).await;
     if replicator.life.cancel.is_cancelled() {

@@ -73,6 +73,9 @@ impl ToWire for FramedError {
                 from_varint(*code, ErrorCode::Cancelled),
                 "the peer stopped reading",
             ),
+            FramedError::Stalled(_) => {
+                WireError::new(ErrorCode::DeadlineExceeded, self.to_string())
+            }
             _ => WireError::new(ErrorCode::Unavailable, self.to_string()),
         }
     }

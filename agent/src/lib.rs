@@ -41,6 +41,7 @@ mod jail;
 mod journal;
 mod lifecycle;
 pub mod limits;
+mod logged;
 pub mod metrics;
 pub mod notify;
 mod pool;

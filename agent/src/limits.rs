@@ -1,6 +1,6 @@
 //! The caps a star puts on what its peers may make it hold: connections per peer identity, streams
 //! per connection, transfers in flight, the lifetime of a token it accepts, and how long a
-//! handshake, a silent connection or an unsent request may take. Each has a default that suits a
+//! handshake, a silent connection, an unsent request or a stalled write to a peer may take. Each has a default that suits a
 //! grid of a few dozen stars on a LAN, a top-level `star.toml` key and a flag of the same name
 //! with dashes (`max_transfers` / `--max-transfers`).
 //!
@@ -48,6 +48,12 @@ pub struct Limits {
     /// How long a peer may take to send the one request that opens a stream (a read request or
     /// a control command) once it has opened the stream. Default 10 s.
     pub request_timeout: Duration,
+    /// How long one write to a peer star (opening the answer stream, a frame, a chunk, the
+    /// wait for the last acknowledgement) may wait for the peer's flow-control credit before
+    /// the stream is reset with `DeadlineExceeded` and its read slot freed: a peer that grants
+    /// no credit holds nothing for longer. A refusal gets at most 2 s whatever this says.
+    /// Default 30 s.
+    pub write_timeout: Duration,
     /// The QUIC flow-control window of one stream, in MiB: how far a sender may run ahead of
     /// what the receiver has taken, and so the most one transfer buffers out of order. A
     /// connection's window, and a star's send window, are twice it. One stream moves at most
@@ -70,6 +76,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             stream_window_mib: 16,
             congestion_control: CongestionControl::Bbr,
         }
@@ -95,6 +102,8 @@ pub struct LimitsFile {
     pub idle_timeout_secs: Option<u64>,
     /// Time allowed to send a stream's request, in seconds. Default 10.
     pub request_timeout_secs: Option<u64>,
+    /// Time one write to a peer may wait for its credit, in seconds. Default 30.
+    pub write_timeout_secs: Option<u64>,
     /// Flow-control window of one stream, in MiB (1 to 1024). Default 16.
     pub stream_window_mib: Option<u32>,
     /// Congestion controller. Default BBR.
@@ -161,6 +170,11 @@ impl LimitsFile {
                 self.request_timeout_secs,
                 d.request_timeout,
                 "request_timeout_secs",
+            )?,
+            write_timeout: secs(
+                self.write_timeout_secs,
+                d.write_timeout,
+                "write_timeout_secs",
             )?,
             stream_window_mib: count(
                 self.stream_window_mib,

@@ -4,7 +4,9 @@
 //! [`Metrics`] is a struct of atomics hung off the star; code anywhere counts with one line, e.g.
 //! `metrics.token_errors.inc()`. Rendering reads them without locks. The server answers
 //! one request per connection, reads at most [`MAX_REQUEST`] bytes within [`REQUEST_TIMEOUT`],
-//! and never serves anything but the metrics.
+//! answers within [`ANSWER_TIMEOUT`], holds at most [`MAX_CONNECTIONS`] connections at once (more
+//! wait in the kernel's backlog), pauses [`ACCEPT_BACKOFF`] when accepting fails (out of file
+//! descriptors, say) rather than retrying at once, and never serves anything but the metrics.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::lifecycle::Lifecycle;
 
@@ -21,6 +23,14 @@ use crate::lifecycle::Lifecycle;
 const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a whole exchange may take, the answer included, whatever the client reads.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once: a scraper needs one; what is over waits in the listen backlog
+/// and costs the star no file descriptor.
+pub(crate) const MAX_CONNECTIONS: usize = 16;
+/// The pause after a failed accept: when file descriptors run out, accept fails at once and for
+/// as long as none is freed, and retrying at once would spin a core.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Upper bounds of the transfer duration histogram, in seconds.
 const DURATION_BUCKETS: [f64; 12] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -272,19 +282,43 @@ pub(crate) async fn serve(
     life: Lifecycle,
 ) {
     let render = Arc::new(render);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // Said once per run of failures, not every pause.
+    let mut failing = false;
     loop {
+        // A slot first, then the connection: over the cap, clients wait in the backlog.
+        let slot = tokio::select! {
+            _ = life.cancel.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
         let stream = tokio::select! {
             _ = life.cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => { debug!("metrics accept: {e}"); continue; }
+                Ok((stream, _)) => {
+                    failing = false;
+                    stream
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        warn!("metrics listener cannot accept: {e}; retrying every {ACCEPT_BACKOFF:?}");
+                    }
+                    tokio::select! {
+                        _ = life.cancel.cancelled() => break,
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    }
+                }
             },
         };
         let (render, cancel) = (render.clone(), life.cancel.clone());
         life.tracker.spawn(async move {
+            let _slot = slot;
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                r = answer(&*render, stream) => if let Err(e) = r { debug!("metrics request: {e}") },
+                r = tokio::time::timeout(ANSWER_TIMEOUT, answer(&*render, stream)) => match r {
+                    Ok(Err(e)) => debug!("metrics request: {e}"),
+                    Err(_) => debug!("metrics request: no answer taken within {ANSWER_TIMEOUT:?}"),
+                    Ok(Ok(())) => {}
+                },
             }
         });
     }

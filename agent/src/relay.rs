@@ -27,7 +27,8 @@ use orbit_wire::{ByteRange, DataFrame, FileVersion, ReadRequest, CHUNK_SIZE};
 
 use crate::digests::FileKey;
 use crate::error::ToWire;
-use crate::framed::{write_chunk, write_frame, FramedError};
+use crate::framed::{bounded, write_chunk, write_frame, FramedError};
+use crate::logged::Logged;
 use crate::replication::{Feed, Replications, Transfer};
 use crate::serve::{
     authorize, lost_task, refuse, stream_file, version_of, ServeError, Server, VerifiedRead,
@@ -65,7 +66,7 @@ pub(crate) async fn handle(
     let verified = match authorized {
         Ok(verified) => verified,
         Err(error) => {
-            warn!(%peer, transfer, path = %request.path, "relay read refused: {error}");
+            warn!(%peer, transfer, path = %Logged(&request.path), "relay read refused: {error}");
             server.metrics.reads_failed.inc();
             return refuse(&mut send, id, error.to_wire()).await;
         }
@@ -73,7 +74,7 @@ pub(crate) async fn handle(
     // Taken only once the peer has shown it may read, so that no one else can fill the slots.
     let Ok(_slot) = server.reads.slots.clone().try_acquire_owned() else {
         let max = server.reads.max;
-        warn!(%peer, transfer, path = %request.path, "relay read refused: {max} already in flight (max_transfers)");
+        warn!(%peer, transfer, path = %Logged(&request.path), "relay read refused: {max} already in flight (max_transfers)");
         let error = ServeError::Busy {
             star: star.clone(),
             max,
@@ -95,11 +96,11 @@ pub(crate) async fn handle(
     let in_flight = server.reads.track();
     let result = match following {
         Some(transfer) => {
-            info!(%peer, transfer = %request.transfer_id, path = %request.path, "relaying the file this star receives");
+            info!(%peer, transfer = %request.transfer_id, path = %Logged(&request.path), "relaying the file this star receives");
             follow(&server, &mut send, id, &transfer, request.range).await
         }
         None if request.origin == *star => {
-            info!(%peer, transfer = %request.transfer_id, path = %request.path, "sending the file as the fan-out's origin");
+            info!(%peer, transfer = %request.transfer_id, path = %Logged(&request.path), "sending the file as the fan-out's origin");
             originate(&server, &mut send, &request, verified).await
         }
         None => Err(ServeError::NotRelaying {
@@ -115,13 +116,13 @@ pub(crate) async fn handle(
             // has the last frame and says so (its transfer done) finds it counted.
             server.metrics.reads_ok.inc();
             server.metrics.bytes_sent.add(bytes);
-            let _ = send.stopped().await;
-            info!(%peer, transfer, path = %request.path, bytes, "relay read completed");
+            let _ = tokio::time::timeout(server.write_timeout, send.stopped()).await;
+            info!(%peer, transfer, path = %Logged(&request.path), bytes, "relay read completed");
         }
         Err(error) => {
             server.metrics.reads_failed.inc();
             let error = error.to_wire();
-            warn!(%peer, transfer, path = %request.path, "relay read failed: {error}");
+            warn!(%peer, transfer, path = %Logged(&request.path), "relay read failed: {error}");
             refuse(&mut send, id, error).await;
         }
     }
@@ -198,7 +199,11 @@ async fn originate(
         signature: signed.signature.into(),
         certificate: signed.certificate.into(),
     };
-    write_frame(send, &DataFrame::Attested(attestation)).await?;
+    bounded(
+        server.write_timeout,
+        write_frame(send, &DataFrame::Attested(attestation)),
+    )
+    .await?;
     send.finish().map_err(FramedError::from)?;
     Ok(bytes)
 }
@@ -225,15 +230,12 @@ async fn follow(
         changed(server, &mut feed).await?;
     };
     let (start, end) = (range.start.min(version.size), range.end.min(version.size));
-    write_frame(
-        send,
-        &DataFrame::Header {
-            request_id,
-            size: end - start,
-            version,
-        },
-    )
-    .await?;
+    let header = DataFrame::Header {
+        request_id,
+        size: end - start,
+        version,
+    };
+    bounded(server.write_timeout, write_frame(send, &header)).await?;
     let mut offset = start;
     let mut hasher = Sha256::new();
     while offset < end {
@@ -263,18 +265,15 @@ async fn follow(
             tokio::select! {
                 biased;
                 _ = server.life.cancel.cancelled() => return Err(ServeError::ShuttingDown(star.clone())),
-                written = write_chunk(send, offset, chunk) => written?,
+                written = bounded(server.write_timeout, write_chunk(send, offset, chunk)) => written?,
             }
             offset += len;
         }
     }
-    write_frame(
-        send,
-        &DataFrame::Trailer {
-            sha256: hasher.finalize().into(),
-        },
-    )
-    .await?;
+    let trailer = DataFrame::Trailer {
+        sha256: hasher.finalize().into(),
+    };
+    bounded(server.write_timeout, write_frame(send, &trailer)).await?;
     let attestation = loop {
         {
             let now = feed.borrow_and_update();
@@ -285,7 +284,11 @@ async fn follow(
         }
         changed(server, &mut feed).await?;
     };
-    write_frame(send, &DataFrame::Attested((*attestation).clone())).await?;
+    bounded(
+        server.write_timeout,
+        write_frame(send, &DataFrame::Attested((*attestation).clone())),
+    )
+    .await?;
     send.finish().map_err(FramedError::from)?;
     Ok(end - start)
 }

@@ -23,9 +23,10 @@ use orbit_wire::{
 
 use crate::digests::{Digests, FileKey};
 use crate::error::{varint, ToWire};
-use crate::framed::{self, write_chunk, write_frame, FramedError};
+use crate::framed::{self, bounded, write_chunk, write_frame, FramedError};
 use crate::jail::{Confined, Jail, JailError, OpenedFile};
 use crate::lifecycle::Lifecycle;
+use crate::logged::Logged;
 use crate::metrics::Metrics;
 use crate::trust::Trust;
 
@@ -93,6 +94,8 @@ pub(crate) struct Server {
     pub(crate) request_timeout: Duration,
     /// The longest lifetime a token may have.
     pub(crate) max_token_lifetime: Duration,
+    /// How long one write to a peer may wait for its credit.
+    pub(crate) write_timeout: Duration,
 }
 
 /// Why a read was refused or failed.
@@ -234,42 +237,54 @@ pub(crate) async fn handle(
     };
     let transfer = request.transfer_id.to_string();
     tracing::Span::current().record("transfer_id", transfer.as_str());
-    info!(%peer, transfer, path = %request.path, "read request received");
+    info!(%peer, transfer, path = %Logged(&request.path), "read request received");
     let id = request.request_id;
-    let mut send = match conn.open_uni().await {
-        Ok(send) => send,
-        Err(e) => return warn!(%peer, transfer, "cannot answer the read request: {e}"),
-    };
     let star = &server.trust.name;
-    let Ok(_slot) = server.reads.slots.clone().try_acquire_owned() else {
-        let max = server.reads.max;
-        warn!(%peer, transfer, path = %request.path, "read refused: {max} already in flight (max_transfers)");
-        let error = ServeError::Busy {
-            star: star.clone(),
-            max,
-        };
-        return refuse(&mut send, id, error.to_wire()).await;
-    };
+    // Authorised first, and only then given a slot: a peer without a valid token holds none.
     let authorized = if server.life.draining.is_cancelled() {
         Err(ServeError::ShuttingDown(star.clone()))
     } else {
         authorize(&server, &peer, &request)
     };
-    let verified = match authorized {
-        Ok(verified) => {
-            info!(%peer, transfer, path = %request.path, "read authorised");
-            verified
-        }
+    let slot = match authorized {
+        Ok(verified) => match server.reads.slots.clone().try_acquire_owned() {
+            Ok(slot) => Ok((verified, slot)),
+            Err(_) => {
+                let max = server.reads.max;
+                warn!(%peer, transfer, path = %Logged(&request.path), "read refused: {max} already in flight (max_transfers)");
+                Err(ServeError::Busy {
+                    star: star.clone(),
+                    max,
+                })
+            }
+        },
         Err(error) => {
-            warn!(%peer, transfer, path = %request.path, "read refused: {error}");
+            warn!(%peer, transfer, path = %Logged(&request.path), "read refused: {error}");
             server.metrics.reads_failed.inc();
-            return refuse(&mut send, id, error.to_wire()).await;
+            Err(error)
         }
     };
+    // A peer may grant no stream to answer on: bounded like every other write to it.
+    let open = bounded(server.write_timeout, async {
+        conn.open_uni()
+            .await
+            .map_err(|e| FramedError::Write(quinn::WriteError::ConnectionLost(e)))
+    });
+    let mut send = match open.await {
+        Ok(send) => send,
+        Err(e) => return warn!(%peer, transfer, "cannot answer the read request: {e}"),
+    };
+    let (verified, slot) = match slot {
+        Ok(ok) => ok,
+        Err(error) => return refuse(&mut send, id, error.to_wire()).await,
+    };
+    info!(%peer, transfer, path = %Logged(&request.path), "read authorised");
     let in_flight = server.reads.track();
     let started = Instant::now();
     let result = send_file(&server, &mut send, id, verified).await;
     drop(in_flight);
+    // Whatever the peer does with the refusal that may follow, it holds no slot meanwhile.
+    drop(slot);
     let path = conn.stats().path;
     tracing::debug!(
         mtu = path.current_mtu,
@@ -287,16 +302,22 @@ pub(crate) async fn handle(
             server.metrics.reads_ok.inc();
             server.metrics.bytes_sent.add(bytes);
             info!(
-                %peer, transfer, path = %request.path, bytes,
+                %peer, transfer, path = %Logged(&request.path), bytes,
                 seconds = started.elapsed().as_secs_f64(),
                 "read completed"
             )
         }
         Err(error) => {
             server.metrics.reads_failed.inc();
+            let stalled = matches!(error, ServeError::Stream(FramedError::Stalled(_)));
             let error = error.to_wire();
-            warn!(%peer, transfer, path = %request.path, "read failed: {error}");
-            refuse(&mut send, id, error).await;
+            warn!(%peer, transfer, path = %Logged(&request.path), "read failed: {error}");
+            if stalled {
+                // A peer that took nothing would take no Error frame either.
+                let _ = send.reset(varint(error.code));
+            } else {
+                refuse(&mut send, id, error).await;
+            }
         }
     }
 }
@@ -341,11 +362,13 @@ pub(crate) fn authorize(
 
 /// Sends an `Error` frame and finishes the stream, then waits (boundedly) until the peer has it,
 /// so that a connection closed right after, as at shutdown, does not swallow it. If the frame
-/// cannot be written, resets the stream with the code instead.
+/// cannot be written within [`ERROR_DELIVERY_TIMEOUT`], as when the peer grants no credit,
+/// resets the stream with the code instead.
 pub(crate) async fn refuse(send: &mut SendStream, request_id: u64, error: WireError) {
     let code = error.code;
     let frame = DataFrame::Error { request_id, error };
-    if write_frame(send, &frame).await.is_err() || send.finish().is_err() {
+    let written = bounded(ERROR_DELIVERY_TIMEOUT, write_frame(send, &frame)).await;
+    if written.is_err() || send.finish().is_err() {
         let _ = send.reset(varint(code));
         return;
     }
@@ -371,7 +394,7 @@ async fn send_file(
     let size = stream_file(server, send, request_id, opened, read.range, reopen).await?;
     send.finish().map_err(FramedError::from)?;
     // Wait until the peer has everything, so a failure after this point is not silent.
-    let _ = send.stopped().await;
+    let _ = tokio::time::timeout(server.write_timeout, send.stopped()).await;
     Ok(size)
 }
 
@@ -390,15 +413,13 @@ pub(crate) async fn stream_file(
     let start = range.start.min(version.size);
     let end = range.end.min(version.size);
     let size = end - start;
-    write_frame(
-        send,
-        &DataFrame::Header {
-            request_id,
-            size,
-            version,
-        },
-    )
-    .await?;
+    let limit = server.write_timeout;
+    let header = DataFrame::Header {
+        request_id,
+        size,
+        version,
+    };
+    bounded(limit, write_frame(send, &header)).await?;
 
     // A whole file already hashed in this version is not hashed again.
     let key = FileKey::of(&opened.stat);
@@ -424,7 +445,7 @@ pub(crate) async fn stream_file(
         };
         let Some(chunk) = chunk else { break };
         let len = chunk.len() as u64;
-        write_chunk(send, offset, chunk).await?;
+        bounded(limit, write_chunk(send, offset, chunk)).await?;
         offset += len;
     }
     let (sha256, after) = reader.await.map_err(lost_task)??;
@@ -439,7 +460,7 @@ pub(crate) async fn stream_file(
     if whole && known.is_none() && after == key {
         server.reads.digests.insert(key, sha256);
     }
-    write_frame(send, &DataFrame::Trailer { sha256 }).await?;
+    bounded(limit, write_frame(send, &DataFrame::Trailer { sha256 })).await?;
     Ok(size)
 }
 

@@ -120,6 +120,7 @@ impl Star {
             life: life.clone(),
             request_timeout: limits.request_timeout,
             max_token_lifetime: limits.max_token_lifetime,
+            write_timeout: limits.write_timeout,
         });
         let commands = Arc::new(Commands {
             started: Instant::now(),
@@ -138,6 +139,7 @@ impl Star {
             life: life.clone(),
             commands,
             server,
+            handshakes: Default::default(),
         });
 
         let span = tracing::info_span!("star", star = %name);

@@ -30,8 +30,9 @@ use orbit_wire::{ByteRange, DataFrame, ErrorCode, TransferId, WireError};
 
 use crate::digests::FileKey;
 use crate::error::ToWire;
-use crate::framed::{write_chunk, write_frame, FramedError};
+use crate::framed::{bounded, write_chunk, write_frame, FramedError};
 use crate::jail::{open_in_tree, open_tree_file, OpenedFile};
+use crate::logged::Logged;
 use crate::serve::{lost_task, refuse, stream_file, version_of, ServeError, Server};
 
 mod walk;
@@ -112,20 +113,28 @@ pub(crate) async fn handle(
     let (authorized, _slot) = match slot {
         Ok(ok) => ok,
         Err(error) => {
-            warn!(%peer, %transfer, %path, "tree {what} refused: {error}");
+            warn!(%peer, %transfer, path = %Logged(path), "tree {what} refused: {error}");
             server.metrics.reads_failed.inc();
             let error = error.to_wire();
             match request {
                 TreeRequest::List(_) => {
-                    let _ = write_frame(&mut send, &ListFrame::Error(error)).await;
+                    let _ = bounded(
+                        server.write_timeout,
+                        write_frame(&mut send, &ListFrame::Error(error)),
+                    )
+                    .await;
                     let _ = send.finish();
-                    let _ = send.stopped().await;
+                    let _ = tokio::time::timeout(server.write_timeout, send.stopped()).await;
                 }
                 TreeRequest::Fetch(_) => refuse(&mut send, WHOLE_REQUEST, error).await,
                 TreeRequest::Prefix(_) => {
-                    let _ = write_frame(&mut send, &PrefixFrame::Error(error)).await;
+                    let _ = bounded(
+                        server.write_timeout,
+                        write_frame(&mut send, &PrefixFrame::Error(error)),
+                    )
+                    .await;
                     let _ = send.finish();
-                    let _ = send.stopped().await;
+                    let _ = tokio::time::timeout(server.write_timeout, send.stopped()).await;
                 }
             }
             return;
@@ -143,8 +152,12 @@ pub(crate) async fn handle(
                     PrefixFrame::Error(error.to_wire())
                 }
             };
-            if write_frame(&mut send, &answer).await.is_ok() && send.finish().is_ok() {
-                let _ = send.stopped().await;
+            if bounded(server.write_timeout, write_frame(&mut send, &answer))
+                .await
+                .is_ok()
+                && send.finish().is_ok()
+            {
+                let _ = tokio::time::timeout(server.write_timeout, send.stopped()).await;
             }
         }
     }
@@ -214,7 +227,7 @@ async fn list(
     request: ListRequest,
     send: &mut SendStream,
 ) {
-    info!(%peer, transfer = %request.transfer_id, path = %request.path, "tree listing started");
+    info!(%peer, transfer = %request.transfer_id, path = %Logged(&request.path), "tree listing started");
     let (tx, mut rx) = mpsc::channel::<Vec<Entry>>(4);
     let reads = server.reads.clone();
     let checksums = request.checksums;
@@ -229,7 +242,7 @@ async fn list(
             biased;
             _ = server.life.cancel.cancelled() => {
                 let error = ServeError::ShuttingDown(server.trust.name.clone()).to_wire();
-                let _ = write_frame(send, &ListFrame::Error(error)).await;
+                let _ = bounded(server.write_timeout, write_frame(send, &ListFrame::Error(error))).await;
                 let _ = send.finish();
                 return;
             }
@@ -240,7 +253,12 @@ async fn list(
         let batch = batch.unwrap_or(Some(Vec::new()));
         let Some(batch) = batch else { break };
         entries += batch.len() as u64;
-        if let Err(e) = write_frame(send, &ListFrame::Entries(batch)).await {
+        if let Err(e) = bounded(
+            server.write_timeout,
+            write_frame(send, &ListFrame::Entries(batch)),
+        )
+        .await
+        {
             warn!(%peer, transfer = %request.transfer_id, "tree listing abandoned: {e}");
             return;
         }
@@ -256,8 +274,12 @@ async fn list(
             ListFrame::Error(error.to_wire())
         }
     };
-    if write_frame(send, &end).await.is_ok() && send.finish().is_ok() {
-        let _ = send.stopped().await;
+    if bounded(server.write_timeout, write_frame(send, &end))
+        .await
+        .is_ok()
+        && send.finish().is_ok()
+    {
+        let _ = tokio::time::timeout(server.write_timeout, send.stopped()).await;
     }
 }
 
@@ -304,7 +326,10 @@ async fn fetch(
                     request_id: index,
                     error: error.to_wire(),
                 };
-                if write_frame(send, &frame).await.is_err() {
+                if bounded(server.write_timeout, write_frame(send, &frame))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -314,7 +339,7 @@ async fn fetch(
     server.metrics.bytes_sent.add(bytes);
     tracing::debug!(%peer, %transfer, files = sent, bytes, "tree fetch sent");
     if send.finish().map_err(FramedError::from).is_ok() {
-        let _ = send.stopped().await;
+        let _ = tokio::time::timeout(server.write_timeout, send.stopped()).await;
     }
 }
 
@@ -351,14 +376,22 @@ async fn send_one(
                 size,
                 version,
             };
-            write_frame(send, &header).await?;
+            bounded(server.write_timeout, write_frame(send, &header)).await?;
             let mut at = 0;
             while at < data.len() {
                 let end = (at + orbit_wire::CHUNK_SIZE).min(data.len());
-                write_chunk(send, at as u64, data.slice(at..end)).await?;
+                bounded(
+                    server.write_timeout,
+                    write_chunk(send, at as u64, data.slice(at..end)),
+                )
+                .await?;
                 at = end;
             }
-            write_frame(send, &DataFrame::Trailer { sha256 }).await?;
+            bounded(
+                server.write_timeout,
+                write_frame(send, &DataFrame::Trailer { sha256 }),
+            )
+            .await?;
             return Ok(size);
         }
         Read::Open(opened) => opened,

@@ -13,6 +13,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use sha2::{Digest, Sha256};
 
+pub mod hostile;
 pub mod netlab;
 pub mod ops;
 pub mod process;
