@@ -345,6 +345,20 @@ impl StarFile {
         let name = self.name.ok_or(ConfigError::Missing("name"))?;
         let listen = self.listen.ok_or(ConfigError::Missing("listen"))?;
         let credentials = std::env::var_os(CREDENTIALS_ENV).map(PathBuf::from);
+        // The star's own files, wherever they come from: no root may hold them.
+        let mut protected: Vec<PathBuf> = [
+            &self.cert,
+            &self.key,
+            &self.ca,
+            &self.token_key_file,
+            &self.previous_token_key_file,
+            &self.crl_file,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .chain(credentials.clone())
+        .collect();
         let read = |path: Option<PathBuf>, setting: &'static str| {
             let path = path.ok_or(ConfigError::Missing(setting))?;
             std::fs::read_to_string(&path).map_err(|error| ConfigError::Read { path, error })
@@ -372,6 +386,7 @@ impl StarFile {
                     true => path.join("token.key"),
                     false => path,
                 });
+                protected.extend(path.clone());
                 secret(path, "token.key", "token_key_file", "token key file")?
             }
         };
@@ -428,6 +443,7 @@ impl StarFile {
             crl_pem,
             read_only_roots: self.allow_read,
             limits,
+            protected,
         })
     }
 
