@@ -347,11 +347,11 @@ impl StarFile {
         let credentials = std::env::var_os(CREDENTIALS_ENV).map(PathBuf::from);
         // The star's own files, wherever they come from: no root may hold them.
         let mut protected: Vec<PathBuf> = [
-            &self.cert,
             &self.key,
-            &self.ca,
             &self.token_key_file,
             &self.previous_token_key_file,
+            &self.cert,
+            &self.ca,
             &self.crl_file,
         ]
         .into_iter()

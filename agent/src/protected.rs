@@ -33,8 +33,9 @@ pub(crate) fn paths(config: &StarConfig) -> Vec<PathBuf> {
         .map(Path::to_path_buf)
         .collect();
     all.extend(grids);
-    all.sort();
-    all.dedup();
+    // In order, first what is named: an error names the most telling file.
+    let mut seen = HashSet::new();
+    all.retain(|p| seen.insert(p.clone()));
     all
 }
 

@@ -170,11 +170,11 @@ async fn a_tampered_journal_entry_never_removes_a_file_outside_the_roots() {
     run.edit(run.ids[1], |e| e["part"] = wire(&absolute_victim).into());
 
     let (b, ends) = run.restart(run.b_config.clone()).await;
+    for victim in [&relative_victim, &absolute_victim] {
+        assert_unchanged(victim);
+    }
     // Neither entry is trusted, so neither is resumed; the star runs.
     assert_eq!(ends, [None, None]);
-    for victim in [&relative_victim, &absolute_victim] {
-        assert_eq!(std::fs::read(victim).unwrap(), b"precious", "{victim:?}");
-    }
     assert_eq!(
         std::fs::read_dir(run.state.path().join("transfers"))
             .unwrap()
@@ -221,6 +221,9 @@ async fn a_part_file_replaced_by_a_link_is_never_written_through_on_resume() {
         }
     }
     let (b, ends) = run.restart(run.b_config.clone()).await;
+    for victim in [&hard, &soft] {
+        assert_unchanged(victim);
+    }
     for (i, end) in ends.into_iter().enumerate() {
         let (bytes, sha256) = expect_done(end.expect("resumed"));
         assert_eq!(bytes, 64 * MIB as u64);
@@ -228,12 +231,19 @@ async fn a_part_file_replaced_by_a_link_is_never_written_through_on_resume() {
         assert_eq!(sha256, sha256_file(&src));
         assert_eq!(sha256_file(&run.dst_root.path().join(format!("f{i}"))), sha256);
     }
-    for victim in [&hard, &soft] {
-        assert_eq!(std::fs::read(victim).unwrap(), b"precious", "{victim:?}");
-    }
     assert!(part_files(run.dst_root.path()).is_empty());
     b.shutdown().await;
     run.a.shutdown().await;
+}
+
+/// Fails unless the outside file `victim` still holds exactly `precious`.
+fn assert_unchanged(victim: &std::path::Path) {
+    let now = std::fs::read(victim);
+    assert!(
+        now.as_ref().is_ok_and(|b| b == b"precious"),
+        "{victim:?} was changed or removed: {:?}",
+        now.map(|b| b.len())
+    );
 }
 
 /// Starts `orbitctl replicate` into `target` on a held grid and waits until the held bytes are
@@ -288,4 +298,91 @@ fn a_target_directory_moved_out_of_the_root_mid_transfer_gets_nothing_published_
     assert_ne!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("moved out"), "{stderr}");
     assert_eq!(list_tree(&outside), Vec::<PathBuf>::new(), "{stderr}");
+}
+
+#[test]
+fn roots_holding_the_stars_keys_config_or_state_are_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = orbit_tests::ops::init_grid(tmp.path(), &["star-a"]);
+    let star = grid.join("stars/star-a");
+    std::fs::create_dir_all(star.join("state/inside")).unwrap();
+    let config = wire(&star.join("star.toml"));
+    let cases = [
+        // A root above everything: the key is named first.
+        ("--allow", tmp.path().to_owned(), "key.pem"),
+        // Read-only roots too: a peer could read the keys.
+        ("--allow-read", star.clone(), "key.pem"),
+        // The grid's folder, with the CA key and the master token key.
+        ("--allow-read", grid.join("stars"), "key.pem"),
+        // Inside the state directory.
+        ("--allow", star.join("state/inside"), "state"),
+    ];
+    for (flag, root, named) in cases {
+        let root = wire(&root);
+        let out = orbit_tests::ops::orbit_star(
+            &["--config", &config, flag, &root, "--check-config"],
+            &[],
+        );
+        assert_eq!(out.code, Some(1), "{flag} {root}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains(&format!("allowed root {root} holds or lies inside"))
+                && out.stderr.contains(named),
+            "{flag} {root}: {}",
+            out.stderr
+        );
+    }
+    // A root beside the grid is fine.
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let out = orbit_tests::ops::orbit_star(
+        &["--config", &config, "--allow", &wire(&data), "--check-config"],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stars_own_files_moved_into_a_root_are_never_served_or_overwritten() {
+    let grid = Grid::new();
+    let src_root = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir_in(src_root.path().parent().unwrap()).unwrap();
+    let root = tempfile::tempdir_in(keys.path().parent().unwrap()).unwrap();
+    let key = keys.path().join("key.pem");
+    std::fs::write(&key, b"precious").unwrap();
+    let mut config = grid.star_config("star-b", &[root.path()]);
+    config.protected = vec![key.clone()];
+    // A root that holds it is refused at start.
+    let mut holding = config.clone();
+    holding.roots = vec![keys.path().to_owned()];
+    let refused = within("spawn", Star::spawn(holding)).await.unwrap_err();
+    assert!(refused.to_string().contains("key.pem"), "{refused}");
+
+    let b = within("spawn", Star::spawn(config)).await.unwrap();
+    // Moved into the root after start, it is still the star's key.
+    let moved = root.path().join("key.pem");
+    std::fs::rename(&key, &moved).unwrap();
+    let path = wire(&moved);
+    let reader = grid.star_client("star-a");
+    let conn = reader.connect(b.local_addr(), "star-b").await.unwrap();
+    let token = grid.token("star-b", "star-a", &path);
+    let outcome = within("read", reader.read(&conn, &read_request(&path, token)))
+        .await
+        .unwrap();
+    assert_refused(&outcome, ErrorCode::PermissionDenied);
+    // Nor is it overwritten by a replication.
+    let a = grid.spawn_star("star-a", &[src_root.path()]).await;
+    let src = src_root.path().join("new-key.pem");
+    std::fs::write(&src, b"attacker").unwrap();
+    let request = grid.replicate_request(&a, &src, &moved, 0);
+    let mut events = within(
+        "replication",
+        grid.controller_client().control(&b, &request),
+    )
+    .await
+    .unwrap();
+    let error = expect_failed(events.pop().unwrap());
+    assert_eq!(error.code, ErrorCode::PermissionDenied, "{error}");
+    assert_unchanged(&moved);
+    a.shutdown().await;
+    b.shutdown().await;
 }
