@@ -107,7 +107,8 @@ settings! {
     #[arg(long, env = "ORBIT_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// A directory to serve from and store into; repeat for several (ORBIT_ALLOW separates them
-    /// with ':'). Replaces the file's `allow`.
+    /// with ':'). Replaces the file's `allow`. No root may hold the star's keys, config or
+    /// state, nor lie inside them.
     #[arg(long, env = "ORBIT_ALLOW", value_name = "DIR", value_delimiter = ':')]
     allow: Vec<PathBuf>,
     /// Serve Prometheus metrics over HTTP at ADDR/metrics, e.g. 127.0.0.1:9407. Default: off.

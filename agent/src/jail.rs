@@ -54,7 +54,9 @@ pub enum JailError {
     #[error("file has {0} hard links; a file with other names is not served")]
     HardLinked(u64),
     /// One of the star's own files or folders (keys, config, state).
-    #[error("path is one of this star's own files (keys, config or state), never served or overwritten")]
+    #[error(
+        "path is one of this star's own files (keys, config or state), never served or overwritten"
+    )]
     Protected,
 }
 
@@ -168,7 +170,6 @@ impl Jail {
             ..self
         }
     }
-
 
     /// The roots, as the operator gave them, each with whether it is writable.
     pub fn roots(&self) -> impl Iterator<Item = (&Path, bool)> {
@@ -449,6 +450,10 @@ impl Jail {
     }
 }
 
+/// The permission bits of a published file: `rw-r--r--`, less any bit the file it replaces did
+/// not have. Never setuid, setgid or sticky.
+pub const PUBLISHED_MODE: u32 = 0o644;
+
 /// Whether a file name is an Orbit temporary file (`.orbit-*.part`): a replication in progress,
 /// or one interrupted. Never served as part of a tree, never taken from one.
 pub fn is_temporary(name: &[u8]) -> bool {
@@ -512,9 +517,10 @@ impl TargetDir {
         let fd = rustix::fs::openat(
             &self.dir,
             part.as_str(),
-            // Readable too: a fan-out destination serves it to the stars that relay from it.
+            // Readable too: a fan-out destination serves it to the stars that relay from it,
+            // from this handle. Private until published: its bytes are not checked yet.
             OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
+            Mode::from_raw_mode(0o600),
         )?;
         Ok((File::from(fd), part))
     }
@@ -541,15 +547,21 @@ impl TargetDir {
             ));
         }
         self.check_beneath_root()?;
-        match rustix::fs::statat(&self.dir, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(target) if self.protected.holds(&target) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    JailError::Protected.to_string(),
-                ))
-            }
-            _ => {}
-        }
+        let mode =
+            match rustix::fs::statat(&self.dir, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(target) if self.protected.holds(&target) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        JailError::Protected.to_string(),
+                    ))
+                }
+                // Never more readable (or writable, or executable) than the file it replaces.
+                Ok(target) if FileType::from_raw_mode(target.st_mode) == FileType::RegularFile => {
+                    PUBLISHED_MODE & target.st_mode
+                }
+                _ => PUBLISHED_MODE,
+            };
+        rustix::fs::fchmod(file, Mode::from_raw_mode(mode))?;
         rustix::fs::renameat(&self.dir, part, &self.dir, self.name.as_str())?;
         rustix::fs::fsync(&self.dir)?;
         Ok(())

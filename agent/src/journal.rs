@@ -76,7 +76,9 @@ impl Entry {
         let cmd = &self.command;
         let id = cmd.transfer_id;
         if file_name != format!("{id}.json") {
-            return Err(format!("the file is named {file_name:?}, not after transfer {id}"));
+            return Err(format!(
+                "the file is named {file_name:?}, not after transfer {id}"
+            ));
         }
         if !is_part_name(id, &self.part) {
             return Err(format!(
@@ -87,8 +89,8 @@ impl Entry {
         for path in [&cmd.source_path, &cmd.target_path] {
             orbit_wire::path::validate(path).map_err(|e| format!("path {path:?}: {e}"))?;
         }
-        let names = std::iter::once(&cmd.source)
-            .chain(self.upstreams.iter().flatten().map(|u| &u.star));
+        let names =
+            std::iter::once(&cmd.source).chain(self.upstreams.iter().flatten().map(|u| &u.star));
         for name in names {
             orbit_certs::validate_name(name).map_err(|e| e.to_string())?;
         }

@@ -189,7 +189,9 @@ fn reread(
         None => StarFile::default(),
     };
     let mut config = file.merge(overrides.clone()).into_config(secret)?;
-    config.protected.extend(config_file.map(std::path::Path::to_path_buf));
+    config
+        .protected
+        .extend(config_file.map(std::path::Path::to_path_buf));
     Ok(config)
 }
 

@@ -57,8 +57,10 @@ fn resolved(path: &Path) -> PathBuf {
 ///
 /// [`SpawnError::ProtectedInRoot`] naming the root and the file.
 pub(crate) fn check_roots(config: &StarConfig) -> Result<(), SpawnError> {
-    let protected: Vec<(PathBuf, PathBuf)> =
-        paths(config).into_iter().map(|p| (resolved(&p), p)).collect();
+    let protected: Vec<(PathBuf, PathBuf)> = paths(config)
+        .into_iter()
+        .map(|p| (resolved(&p), p))
+        .collect();
     for root in config.roots.iter().chain(&config.read_only_roots) {
         let canonical = resolved(root);
         for (resolved_path, given) in &protected {

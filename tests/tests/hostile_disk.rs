@@ -55,7 +55,10 @@ impl Interrupted {
             let events = within("start", client.control(&b, &ControlRequest::Start(cmd)))
                 .await
                 .unwrap();
-            assert!(matches!(events.last(), Some(ControlEvent::Started { .. })), "{events:?}");
+            assert!(
+                matches!(events.last(), Some(ControlEvent::Started { .. })),
+                "{events:?}"
+            );
         }
         within("every transfer's first bytes", async {
             // A file's size has no event to wait for; poll it.
@@ -125,9 +128,7 @@ impl Interrupted {
     fn part(&self, id: TransferId) -> PathBuf {
         let entry: serde_json::Value =
             serde_json::from_slice(&std::fs::read(self.entry(id)).unwrap()).unwrap();
-        self.dst_root
-            .path()
-            .join(entry["part"].as_str().unwrap())
+        self.dst_root.path().join(entry["part"].as_str().unwrap())
     }
 
     /// Starts star-b again with `config` and waits for the end of every journaled transfer:
@@ -229,7 +230,10 @@ async fn a_part_file_replaced_by_a_link_is_never_written_through_on_resume() {
         assert_eq!(bytes, 64 * MIB as u64);
         let src = run.src_root.path().join(format!("f{i}"));
         assert_eq!(sha256, sha256_file(&src));
-        assert_eq!(sha256_file(&run.dst_root.path().join(format!("f{i}"))), sha256);
+        assert_eq!(
+            sha256_file(&run.dst_root.path().join(format!("f{i}"))),
+            sha256
+        );
     }
     assert!(part_files(run.dst_root.path()).is_empty());
     b.shutdown().await;
@@ -250,7 +254,13 @@ fn assert_unchanged(victim: &std::path::Path) {
 /// in star-b's temporary file.
 fn held_replication(held: &HeldGrid, target: &str, hold: usize) -> std::process::Child {
     let child = held
-        .command(&["replicate", "--timeout", "60", &held.src(), &held.dst(target)])
+        .command(&[
+            "replicate",
+            "--timeout",
+            "60",
+            &held.src(),
+            &held.dst(target),
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -323,9 +333,16 @@ fn roots_holding_the_stars_keys_config_or_state_are_refused_naming_the_file() {
             &["--config", &config, flag, &root, "--check-config"],
             &[],
         );
-        assert_eq!(out.code, Some(1), "{flag} {root}: {}{}", out.stdout, out.stderr);
+        assert_eq!(
+            out.code,
+            Some(1),
+            "{flag} {root}: {}{}",
+            out.stdout,
+            out.stderr
+        );
         assert!(
-            out.stderr.contains(&format!("allowed root {root} holds or lies inside"))
+            out.stderr
+                .contains(&format!("allowed root {root} holds or lies inside"))
                 && out.stderr.contains(named),
             "{flag} {root}: {}",
             out.stderr
@@ -335,7 +352,13 @@ fn roots_holding_the_stars_keys_config_or_state_are_refused_naming_the_file() {
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let out = orbit_tests::ops::orbit_star(
-        &["--config", &config, "--allow", &wire(&data), "--check-config"],
+        &[
+            "--config",
+            &config,
+            "--allow",
+            &wire(&data),
+            "--check-config",
+        ],
         &[],
     );
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
@@ -385,4 +408,24 @@ async fn the_stars_own_files_moved_into_a_root_are_never_served_or_overwritten()
     assert_unchanged(&moved);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[test]
+fn a_published_file_is_never_more_readable_than_the_one_it_replaces_and_private_until_then() {
+    use std::os::unix::fs::PermissionsExt;
+    let hold = 2 * MIB;
+    let held = HeldGrid::start(4 * MIB, hold);
+    let target = held.target("f.bin");
+    std::fs::write(&target, b"old").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let child = held_replication(&held, "f.bin", hold);
+    let part = part_files(target.parent().unwrap()).pop().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&part), 0o600, "the temporary file is private");
+    held.source.release();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(std::fs::read(&target).unwrap(), held.content);
+    assert_eq!(mode(&target), 0o600, "a 0600 target stays 0600");
 }
