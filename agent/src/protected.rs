@@ -136,7 +136,7 @@ impl Protected {
 
     /// Whether the file or folder `stat` describes is one of the star's own.
     pub(crate) fn holds(&self, stat: &rustix::fs::Stat) -> bool {
-        let id = (stat.st_dev as u64, stat.st_ino as u64);
+        let id = (stat.st_dev, stat.st_ino);
         self.files.contains(&id) || self.dirs.contains(&id)
     }
 }
