@@ -16,6 +16,7 @@ pub fn check_config(config: &StarConfig) -> Result<(), SpawnError> {
     if config.roots.is_empty() && config.read_only_roots.is_empty() {
         return Err(SpawnError::NoRoots);
     }
+    crate::protected::check_roots(config)?;
     Jail::open(&config.roots, &config.read_only_roots).map_err(SpawnError::Root)?;
     let crl = revocation_list(config)?;
     crate::endpoint::quic_configs(config, crl.as_ref())?;

@@ -107,7 +107,8 @@ settings! {
     #[arg(long, env = "ORBIT_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// A directory to serve from and store into; repeat for several (ORBIT_ALLOW separates them
-    /// with ':'). Replaces the file's `allow`.
+    /// with ':'). Replaces the file's `allow`. No root may hold the star's keys, config or
+    /// state, nor lie inside them.
     #[arg(long, env = "ORBIT_ALLOW", value_name = "DIR", value_delimiter = ':')]
     allow: Vec<PathBuf>,
     /// Serve Prometheus metrics over HTTP at ADDR/metrics, e.g. 127.0.0.1:9407. Default: off.
@@ -350,6 +351,20 @@ impl StarFile {
         let name = self.name.ok_or(ConfigError::Missing("name"))?;
         let listen = self.listen.ok_or(ConfigError::Missing("listen"))?;
         let credentials = std::env::var_os(CREDENTIALS_ENV).map(PathBuf::from);
+        // The star's own files, wherever they come from: no root may hold them.
+        let mut protected: Vec<PathBuf> = [
+            &self.key,
+            &self.token_key_file,
+            &self.previous_token_key_file,
+            &self.cert,
+            &self.ca,
+            &self.crl_file,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .chain(credentials.clone())
+        .collect();
         let read = |path: Option<PathBuf>, setting: &'static str| {
             let path = path.ok_or(ConfigError::Missing(setting))?;
             std::fs::read_to_string(&path).map_err(|error| ConfigError::Read { path, error })
@@ -377,6 +392,7 @@ impl StarFile {
                     true => path.join("token.key"),
                     false => path,
                 });
+                protected.extend(path.clone());
                 secret(path, "token.key", "token_key_file", "token key file")?
             }
         };
@@ -434,6 +450,7 @@ impl StarFile {
             crl_pem,
             read_only_roots: self.allow_read,
             limits,
+            protected,
         })
     }
 

@@ -26,6 +26,7 @@ impl ToWire for JailError {
             JailError::OutsideRoots
             | JailError::Escapes
             | JailError::ReadOnly
+            | JailError::Protected
             | JailError::HardLinked(_) => ErrorCode::PermissionDenied,
             JailError::NotFound => ErrorCode::NotFound,
             JailError::Io(e) => return e.to_wire(),

@@ -7,8 +7,11 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+
+pub use crate::protected::Protected;
 
 use orbit_wire::path::{self as wire_path, PathError};
 
@@ -50,6 +53,11 @@ pub enum JailError {
     /// A regular file with more than one name: its other names may lie outside every root.
     #[error("file has {0} hard links; a file with other names is not served")]
     HardLinked(u64),
+    /// One of the star's own files or folders (keys, config, state).
+    #[error(
+        "path is one of this star's own files (keys, config or state), never served or overwritten"
+    )]
+    Protected,
 }
 
 impl JailError {
@@ -87,6 +95,8 @@ struct Root {
 #[derive(Debug)]
 pub struct Jail {
     roots: Vec<Root>,
+    /// The star's own files and folders, never served or overwritten.
+    protected: Arc<Protected>,
 }
 
 /// A path that the jail accepted: a root and a relative path of plain components under it. Only
@@ -111,6 +121,11 @@ pub struct OpenedFile {
 pub struct TargetDir {
     dir: OwnedFd,
     name: String,
+    /// The root it lies under, and its path from there, to check before publishing that it
+    /// was not moved out of the root meanwhile.
+    root: OwnedFd,
+    parents: String,
+    protected: Arc<Protected>,
 }
 
 impl Jail {
@@ -142,7 +157,18 @@ impl Jail {
                 writable,
             });
         }
-        Ok(Jail { roots: opened })
+        Ok(Jail {
+            roots: opened,
+            protected: Arc::default(),
+        })
+    }
+
+    /// The jail, never serving or overwriting `protected` (nor writing into a protected folder).
+    pub fn with_protected(self, protected: Protected) -> Jail {
+        Jail {
+            protected: Arc::new(protected),
+            ..self
+        }
     }
 
     /// The roots, as the operator gave them, each with whether it is writable.
@@ -244,6 +270,8 @@ impl Jail {
         )?;
         let stat = rustix::fs::fstat(&handle)?;
         check_regular(&stat)?;
+        self.protected.check(&stat)?;
+        self.check_parent(root, &path.relative)?;
         // Another name of this inode may lie outside every root (a link made by someone who can
         // write inside a root), and nothing can tell where: see docs/SECURITY.md.
         if stat.st_nlink > 1 {
@@ -257,6 +285,20 @@ impl Jail {
         })
     }
 
+    /// Refuses a file whose directory is one of the star's own folders (the state directory, the
+    /// grid's folder), reached through a mount or a move after start.
+    fn check_parent(&self, root: &Root, relative: &str) -> Result<(), JailError> {
+        let parent = relative.rsplit_once('/').map_or(".", |(parent, _)| parent);
+        let dir = rustix::fs::openat2(
+            root.dir.as_fd(),
+            parent,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )?;
+        self.protected.check(&rustix::fs::fstat(&dir)?)
+    }
+
     /// Opens (creating where missing) the parent directories of a target beneath its root and
     /// checks what is at the target now. Each directory is created with `mkdirat` in a directory
     /// that was itself opened beneath the root, so a symlink swapped in at any moment cannot
@@ -268,12 +310,28 @@ impl Jail {
     /// I/O. A symbolic link at the target is accepted: [`TargetDir::publish`] replaces the link
     /// itself and never writes through it.
     pub fn prepare_target(&self, path: &Confined) -> Result<TargetDir, JailError> {
+        self.target_dir(path, true)?.ok_or(JailError::NotFound)
+    }
+
+    /// As [`Jail::prepare_target`], but creates nothing: `None` when a parent is missing.
+    ///
+    /// # Errors
+    ///
+    /// As [`Jail::prepare_target`].
+    pub fn existing_target(&self, path: &Confined) -> Result<Option<TargetDir>, JailError> {
+        self.target_dir(path, false)
+    }
+
+    fn target_dir(&self, path: &Confined, create: bool) -> Result<Option<TargetDir>, JailError> {
         let components: Vec<&str> = wire_path::components(&path.relative).collect();
         let (name, parents) = components.split_last().ok_or(JailError::IsRoot)?;
-        let dir = self
-            .open_dirs(&self.roots[path.root], parents, true)?
-            .ok_or(JailError::NotFound)?;
+        let root = &self.roots[path.root];
+        let Some(dir) = self.open_dirs(root, parents, create)? else {
+            return Ok(None);
+        };
+        self.protected.check(&rustix::fs::fstat(&dir)?)?;
         match rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) if self.protected.holds(&stat) => return Err(JailError::Protected),
             Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
                 // A link is replaced, never followed; a regular file (even one with other hard
                 // links) is replaced by a new inode, so its other names keep the old bytes.
@@ -283,10 +341,13 @@ impl Jail {
             Err(rustix::io::Errno::NOENT) => {}
             Err(e) => return Err(e.into()),
         }
-        Ok(TargetDir {
+        Ok(Some(TargetDir {
             dir,
             name: (*name).to_owned(),
-        })
+            root: root.dir.try_clone().map_err(JailError::Io)?,
+            parents: parents.join("/"),
+            protected: self.protected.clone(),
+        }))
     }
 
     /// Opens an existing directory to read as a tree, beneath its root (the root itself if the
@@ -311,6 +372,7 @@ impl Jail {
             RESOLVE,
         )?;
         let stat = rustix::fs::fstat(&handle)?;
+        self.protected.check(&stat)?;
         match FileType::from_raw_mode(stat.st_mode) {
             FileType::Directory => {}
             FileType::RegularFile => {
@@ -388,6 +450,10 @@ impl Jail {
     }
 }
 
+/// The permission bits of a published file: `rw-r--r--`, less any bit the file it replaces did
+/// not have. Never setuid, setgid or sticky.
+pub const PUBLISHED_MODE: u32 = 0o644;
+
 /// Whether a file name is an Orbit temporary file (`.orbit-*.part`): a replication in progress,
 /// or one interrupted. Never served as part of a tree, never taken from one.
 pub fn is_temporary(name: &[u8]) -> bool {
@@ -451,37 +517,101 @@ impl TargetDir {
         let fd = rustix::fs::openat(
             &self.dir,
             part.as_str(),
-            // Readable too: a fan-out destination serves it to the stars that relay from it.
+            // Readable too: a fan-out destination serves it to the stars that relay from it,
+            // from this handle. Private until published: its bytes are not checked yet.
             OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
+            Mode::from_raw_mode(0o600),
         )?;
         Ok((File::from(fd), part))
     }
 
-    /// Atomically replaces the target with the temporary file `part` and makes the rename
-    /// durable. The caller has fsynced the file. A symlink that appeared at the target meanwhile is
-    /// replaced, not followed: rename never follows.
+    /// Atomically replaces the target with the temporary file `part`, which must still be
+    /// `file`, and makes the rename durable. The caller has fsynced the file. A symlink that
+    /// appeared at the target meanwhile is replaced, not followed: rename never follows.
+    ///
+    /// Refused when the name `part` no longer holds `file` (replaced by a link or another file:
+    /// only the bytes written and checked are published), or when the directory was moved out of
+    /// its root since it was opened (the rename would land outside the root).
     ///
     /// # Errors
     ///
-    /// I/O from `renameat` or the directory's `fsync`.
-    pub fn publish(&self, part: &str) -> io::Result<()> {
+    /// `InvalidData` or `PermissionDenied` for the two refusals; I/O from `renameat` or the
+    /// directory's `fsync`.
+    pub fn publish(&self, part: &str, file: &File) -> io::Result<()> {
+        let ours = rustix::fs::fstat(file)?;
+        let named = rustix::fs::statat(&self.dir, part, AtFlags::SYMLINK_NOFOLLOW)?;
+        if (named.st_dev, named.st_ino) != (ours.st_dev, ours.st_ino) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the temporary file was replaced by another file or a link before it was published",
+            ));
+        }
+        self.check_beneath_root()?;
+        let mode =
+            match rustix::fs::statat(&self.dir, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(target) if self.protected.holds(&target) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        JailError::Protected.to_string(),
+                    ))
+                }
+                // Never more readable (or writable, or executable) than the file it replaces.
+                Ok(target) if FileType::from_raw_mode(target.st_mode) == FileType::RegularFile => {
+                    PUBLISHED_MODE & target.st_mode
+                }
+                _ => PUBLISHED_MODE,
+            };
+        rustix::fs::fchmod(file, Mode::from_raw_mode(mode))?;
         rustix::fs::renameat(&self.dir, part, &self.dir, self.name.as_str())?;
         rustix::fs::fsync(&self.dir)?;
         Ok(())
     }
 
+    /// Checks that the directory is still where it was opened, beneath its root: a parent
+    /// renamed out of the root since then would take the rename with it.
+    fn check_beneath_root(&self) -> io::Result<()> {
+        let parents = if self.parents.is_empty() {
+            "."
+        } else {
+            self.parents.as_str()
+        };
+        let moved = || {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the target's directory was moved out of the allowed root during the transfer",
+            )
+        };
+        let now = rustix::fs::openat2(
+            &self.root,
+            parents,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(|_| moved())?;
+        let (now, ours) = (rustix::fs::fstat(&now)?, rustix::fs::fstat(&self.dir)?);
+        if (now.st_dev, now.st_ino) != (ours.st_dev, ours.st_ino) {
+            return Err(moved());
+        }
+        Ok(())
+    }
+
     /// Removes the temporary file `part`; errors are ignored because this runs on failure paths.
+    /// Only a plain `.orbit-*.part` name is ever removed, whoever gave it.
     pub fn remove_part(&self, part: &str) {
-        let _ = rustix::fs::unlinkat(&self.dir, part, AtFlags::empty());
+        if is_temporary(part.as_bytes()) && !part.contains('/') {
+            let _ = rustix::fs::unlinkat(&self.dir, part, AtFlags::empty());
+        }
     }
 
     /// Opens an existing temporary file `part` for reading and writing, to resume into it. Only a
-    /// regular file is opened, never through a symlink.
+    /// regular file with no other name is opened, never through a symlink: one replaced by a
+    /// hard link to a file elsewhere would be written (and cut) through that link.
     ///
     /// # Errors
     ///
-    /// I/O, `NotFound` when it is gone, `InvalidInput` when it is not a regular file.
+    /// I/O, `NotFound` when it is gone, `InvalidInput` when it is not a regular file or has
+    /// other names.
     pub fn open_part(&self, part: &str) -> io::Result<File> {
         if !(part.starts_with(".orbit-") && part.ends_with(".part") && !part.contains('/')) {
             return Err(io::Error::new(
@@ -500,6 +630,12 @@ impl TargetDir {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the temporary file is not a regular file",
+            ));
+        }
+        if stat.st_nlink != 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the temporary file has other names (hard links)",
             ));
         }
         Ok(File::from(fd))
@@ -761,7 +897,7 @@ mod tests {
         assert!(tmp.path().join("a/b/c").is_dir());
         let (mut file, part) = dir.create_part("t1").unwrap();
         std::io::Write::write_all(&mut file, b"data").unwrap();
-        dir.publish(&part).unwrap();
+        dir.publish(&part, &file).unwrap();
         assert_eq!(
             std::fs::read(tmp.path().join("a/b/c/file")).unwrap(),
             b"data"
@@ -774,7 +910,7 @@ mod tests {
         let dir = jail.prepare_target(&jail.confine(&path).unwrap()).unwrap();
         let (mut file, part) = dir.create_part("t2").unwrap();
         std::io::Write::write_all(&mut file, b"new").unwrap();
-        dir.publish(&part).unwrap();
+        dir.publish(&part, &file).unwrap();
         assert!(!tmp.path().join("link").is_symlink());
         assert_eq!(std::fs::read(tmp.path().join("link")).unwrap(), b"new");
         assert_eq!(

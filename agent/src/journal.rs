@@ -6,9 +6,15 @@
 //!
 //! Entries hold the read token (short-lived, but a credential): the files are 0600 and the
 //! directory 0700. The journal never holds file data.
+//!
+//! What is read back is trusted no more than what a peer sends: an entry is opened without
+//! following a link, read only up to [`MAX_ENTRY`] bytes, and kept only if every field passes
+//! [`Entry::check`] (the temporary file's name is exactly the one this star makes for that
+//! transfer, the paths and names are valid wire paths and star names, the counts add up). Anything
+//! else is removed with a warning naming the reason; its temporary file is left alone.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -18,6 +24,27 @@ use orbit_wire::{FileVersion, ReplicateFile, TransferId};
 
 /// The journal's folder inside the state directory.
 const DIR: &str = "transfers";
+
+/// The largest entry read back: a command with its token and the fan-out's upstreams with
+/// theirs fit many times over.
+pub(crate) const MAX_ENTRY: u64 = 1024 * 1024;
+
+/// The temporary file's name this star makes for transfer `id`, with a random `tag` of 32 bits.
+pub(crate) fn part_name(id: TransferId, tag: u32) -> String {
+    format!(".orbit-{id}-{tag:08x}.part")
+}
+
+/// Whether `part` is a name [`part_name`] makes for transfer `id`: a plain name in the target's
+/// directory, never a path.
+pub(crate) fn is_part_name(id: TransferId, part: &str) -> bool {
+    let Some(tag) = part
+        .strip_prefix(&format!(".orbit-{id}-"))
+        .and_then(|rest| rest.strip_suffix(".part"))
+    else {
+        return false;
+    };
+    tag.len() == 8 && tag.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
 
 /// One replication in flight.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +63,58 @@ pub(crate) struct Entry {
     /// only under the origin's attestation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) upstreams: Option<Vec<orbit_wire::fanout::Upstream>>,
+}
+
+impl Entry {
+    /// Checks every field as if a peer had sent it; the journal keeps only entries that pass.
+    /// `file_name` is the entry's file name, which must be the transfer's.
+    ///
+    /// # Errors
+    ///
+    /// Why the entry cannot be trusted, for the log.
+    pub(crate) fn check(&self, file_name: &str) -> Result<(), String> {
+        let cmd = &self.command;
+        let id = cmd.transfer_id;
+        if file_name != format!("{id}.json") {
+            return Err(format!(
+                "the file is named {file_name:?}, not after transfer {id}"
+            ));
+        }
+        if !is_part_name(id, &self.part) {
+            return Err(format!(
+                "temporary file name {:?} is not one this star makes",
+                self.part
+            ));
+        }
+        for path in [&cmd.source_path, &cmd.target_path] {
+            orbit_wire::path::validate(path).map_err(|e| format!("path {path:?}: {e}"))?;
+        }
+        let names =
+            std::iter::once(&cmd.source).chain(self.upstreams.iter().flatten().map(|u| &u.star));
+        for name in names {
+            orbit_certs::validate_name(name).map_err(|e| e.to_string())?;
+        }
+        let upstreams = self.upstreams.as_deref().unwrap_or_default();
+        if upstreams.len() > orbit_wire::fanout::MAX_UPSTREAMS {
+            return Err(format!("{} upstreams", upstreams.len()));
+        }
+        for upstream in upstreams {
+            orbit_wire::path::validate(&upstream.path)
+                .map_err(|e| format!("upstream path {:?}: {e}", upstream.path))?;
+        }
+        let size = self.version.map_or(0, |v| v.size);
+        if self.verified > size {
+            return Err(format!(
+                "{} bytes verified of a {size}-byte file",
+                self.verified
+            ));
+        }
+        let hex = &self.prefix_sha256;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("the prefix digest is not a SHA-256".into());
+        }
+        Ok(())
+    }
 }
 
 /// The journal of one star.
@@ -78,6 +157,7 @@ impl Journal {
             .create(true)
             .truncate(true)
             .mode(0o600)
+            .custom_flags(no_follow())
             .open(&tmp)?;
         file.write_all(&body)?;
         file.sync_data()?;
@@ -95,8 +175,9 @@ impl Journal {
         }
     }
 
-    /// Every readable entry. Unreadable files (a torn write cannot happen, but a hand edit can)
-    /// and leftover temporary files are removed. Blocking.
+    /// Every entry that reads back whole and passes [`Entry::check`]. The others (a torn write
+    /// cannot happen, but a hand edit or an attacker with the state directory can), and leftover
+    /// temporary files, are removed; their temporary files are left where they are. Blocking.
     pub(crate) fn entries(&self) -> Vec<Entry> {
         let Ok(read) = fs::read_dir(&self.dir) else {
             return Vec::new();
@@ -104,14 +185,11 @@ impl Journal {
         let mut entries = Vec::new();
         for item in read.flatten() {
             let path = item.path();
-            let parsed = (path.extension().is_some_and(|e| e == "json"))
-                .then(|| fs::read(&path).ok())
-                .flatten()
-                .and_then(|body| serde_json::from_slice::<Entry>(&body).ok());
-            match parsed {
-                Some(entry) => entries.push(entry),
-                None => {
-                    tracing::warn!(path = %path.display(), "removing an unreadable journal entry");
+            let name = item.file_name().to_string_lossy().into_owned();
+            match read_entry(&path).and_then(|entry| entry.check(&name).map(|()| entry)) {
+                Ok(entry) => entries.push(entry),
+                Err(why) => {
+                    tracing::warn!(path = %path.display(), "removing a journal entry that cannot be trusted: {why}");
                     let _ = fs::remove_file(&path);
                 }
             }
@@ -119,6 +197,37 @@ impl Journal {
         entries.sort_by_key(|e| e.command.transfer_id);
         entries
     }
+}
+
+/// Reads and parses one entry: a regular file, opened without following a link, of at most
+/// [`MAX_ENTRY`] bytes.
+fn read_entry(path: &Path) -> Result<Entry, String> {
+    if path.extension().is_none_or(|e| e != "json") {
+        return Err("not an entry".into());
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow())
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut body = Vec::new();
+    file.take(MAX_ENTRY + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| e.to_string())?;
+    if body.len() as u64 > MAX_ENTRY {
+        return Err(format!("longer than {MAX_ENTRY} bytes"));
+    }
+    serde_json::from_slice::<Entry>(&body).map_err(|e| e.to_string())
+}
+
+/// `O_NOFOLLOW | O_NONBLOCK`: an entry replaced by a link is not followed, and one replaced by a
+/// FIFO does not block.
+fn no_follow() -> i32 {
+    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
 }
 
 #[cfg(test)]
@@ -138,10 +247,15 @@ mod tests {
                 timeout_secs: 5,
             },
             upstreams: None,
-            part: ".orbit-x.part".into(),
-            version: None,
+            part: part_name(TransferId(id), 0xab),
+            version: Some(FileVersion {
+                size: 10,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                inode: 1,
+            }),
             verified: 7,
-            prefix_sha256: "ab".into(),
+            prefix_sha256: "ab".repeat(32),
         }
     }
 

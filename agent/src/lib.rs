@@ -18,6 +18,7 @@
 //! | `lifecycle` | the shutdown and draining tokens and the task tracker |
 //! | `jail` | confined opens under the allowed roots |
 //! | `journal` | replications in flight, kept in the state directory to resume them |
+//! | `protected` | the star's own keys, config and state: in no root, never served or overwritten |
 //! | `reload` | new keys, certificates and revocation list on SIGHUP |
 //! | `limits` | the caps on connections, streams, transfers, token lifetime and timeouts |
 //! | `config` | `star.toml`, `ORBIT_*` variables and flags, one precedence |
@@ -45,6 +46,7 @@ mod logged;
 pub mod metrics;
 pub mod notify;
 mod pool;
+mod protected;
 mod relay;
 mod reload;
 mod replication;

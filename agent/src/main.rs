@@ -119,7 +119,8 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
     }
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let workers = merged.worker_threads(cpus)?;
-    let config = merged.into_config(secret.clone())?;
+    let mut config = merged.into_config(secret.clone())?;
+    config.protected.extend(args.config.clone());
     if args.check_config {
         orbit_agent::check_config(&config)?;
         println!("# configuration OK");
@@ -187,7 +188,11 @@ fn reread(
         Some(path) => StarFile::load(path)?,
         None => StarFile::default(),
     };
-    Ok(file.merge(overrides.clone()).into_config(secret)?)
+    let mut config = file.merge(overrides.clone()).into_config(secret)?;
+    config
+        .protected
+        .extend(config_file.map(std::path::Path::to_path_buf));
+    Ok(config)
 }
 
 #[derive(Debug, PartialEq, Eq)]

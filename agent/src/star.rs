@@ -61,6 +61,7 @@ impl Star {
             return Err(SpawnError::NoRoots);
         }
         config.limits.validate()?;
+        crate::protected::check_roots(&config)?;
         let jail = Jail::open(&config.roots, &config.read_only_roots).map_err(SpawnError::Root)?;
         let journal = match &config.state_dir {
             Some(path) => {
@@ -75,6 +76,8 @@ impl Star {
             }
             None => None,
         };
+        // Taken once the state directory exists, so that it is known by identity too.
+        let jail = jail.with_protected(crate::protected::Protected::of(&config));
 
         let crl = revocation_list(&config)?;
         let (server_config, client_config) = quic_configs(&config, crl.as_ref())?;

@@ -40,6 +40,11 @@ pub struct StarConfig {
     pub read_only_roots: Vec<PathBuf>,
     /// Caps on what peers may make it hold.
     pub limits: Limits,
+    /// The star's own files and folders (its key, token keys, certificate, CA, revocation
+    /// list, config file): no root may hold one, and none is ever served or overwritten. The
+    /// state directory, and the grid's folder found beside these, are added to them at start.
+    /// [`StarFile::into_config`](crate::config::StarFile::into_config) fills it.
+    pub protected: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for StarConfig {
@@ -55,6 +60,7 @@ impl std::fmt::Debug for StarConfig {
             .field("crl", &self.crl_pem.is_some())
             .field("read_only_roots", &self.read_only_roots)
             .field("limits", &self.limits)
+            .field("protected", &self.protected)
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +85,20 @@ pub enum SpawnError {
     /// A root could not be opened.
     #[error("{0}")]
     Root(std::io::Error),
+    /// A root holds one of the star's own files or folders, or lies inside one.
+    #[error(
+        "allowed root {} holds or lies inside this star's own {}: a root must not contain the \
+         star's keys, config or state, which would let a peer read them or a controller \
+         overwrite them",
+        root.display(),
+        path.display()
+    )]
+    ProtectedInRoot {
+        /// The root as given.
+        root: PathBuf,
+        /// The star's file or folder.
+        path: PathBuf,
+    },
     /// The certificates or key could not be used.
     #[error("TLS configuration: {0}")]
     Tls(#[from] orbit_certs::CertError),

@@ -115,6 +115,7 @@ impl DemoGrid {
             crl_pem: None,
             read_only_roots: Vec::new(),
             limits: orbit_agent::Limits::default(),
+            protected: Vec::new(),
         })
     }
 

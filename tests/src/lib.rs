@@ -161,6 +161,7 @@ impl Grid {
             crl_pem: None,
             read_only_roots: Vec::new(),
             limits: orbit_agent::Limits::default(),
+            protected: Vec::new(),
         }
     }
 

@@ -7,6 +7,13 @@ use std::collections::BTreeSet;
 use orbit_tests::ops::{init_grid, orbit_star};
 use orbit_tests::wire;
 
+/// A folder to serve under `tmp`, beside the grid `orbitctl init` writes there.
+fn data_root(tmp: &std::path::Path) -> std::path::PathBuf {
+    let root = tmp.join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    root
+}
+
 /// The `key = value  # from ORIGIN` line of `key` in `--check-config`'s output.
 fn setting<'a>(stdout: &'a str, key: &str) -> &'a str {
     stdout
@@ -41,7 +48,8 @@ fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
     let grid = init_grid(tmp.path(), &["star-a"]);
     let config = wire(&grid.join("stars/star-a/star.toml"));
     let file_listen = orbit_tests::ops::listen_of(&grid.join("stars/star-a/star.toml"));
-    let root = wire(tmp.path());
+    // A root beside the grid: one holding the star's keys is refused.
+    let root = wire(&data_root(tmp.path()));
     let base = [
         "--config",
         config.as_str(),
@@ -116,7 +124,8 @@ fn check_config_masks_every_secret_and_fails_on_a_bad_setting() {
     let grid = init_grid(tmp.path(), &["star-a", "star-b"]);
     let star = grid.join("stars/star-a");
     let config = wire(&star.join("star.toml"));
-    let root = wire(tmp.path());
+    // A root beside the grid: one holding the star's keys is refused.
+    let root = wire(&data_root(tmp.path()));
     let secret = std::fs::read_to_string(grid.join("stars/star-a/token.key")).unwrap();
     let private_key = std::fs::read_to_string(star.join("key.pem")).unwrap();
     let out = orbit_star(
@@ -190,7 +199,8 @@ fn worker_threads_out_of_range_stop_the_star_before_it_listens() {
     let tmp = tempfile::tempdir().unwrap();
     let grid = init_grid(tmp.path(), &["star-a"]);
     let config = wire(&grid.join("stars/star-a/star.toml"));
-    let root = wire(tmp.path());
+    // A root beside the grid: one holding the star's keys is refused.
+    let root = wire(&data_root(tmp.path()));
     for extra in [&[][..], &["--check-config"][..]] {
         for (flag, env) in [(Some("0"), None), (None, Some("1025"))] {
             let mut args = vec!["--config", config.as_str(), "--allow", root.as_str()];

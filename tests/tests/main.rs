@@ -14,6 +14,7 @@ mod fanout;
 mod fanout_cli;
 mod frames;
 mod hostile;
+mod hostile_disk;
 mod interrupted;
 mod keys;
 mod limits;

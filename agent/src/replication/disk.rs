@@ -108,9 +108,10 @@ pub(super) fn write_all_pieces(file: &mut File, pieces: &[bytes::Bytes]) -> std:
 
 impl Store {
     /// Removes a journaled transfer that cannot be resumed: its temporary file and its entry.
+    /// Creates nothing, and touches nothing under a root this star may not write to now.
     pub(crate) fn discard(&self, entry: &Entry) {
         if let Ok(target) = self.jail.confine_target(&entry.command.target_path) {
-            if let Ok(dir) = self.jail.prepare_target(&target) {
+            if let Ok(Some(dir)) = self.jail.existing_target(&target) {
                 dir.remove_part(&entry.part);
             }
         }
@@ -137,8 +138,9 @@ impl Disk {
             .jail
             .prepare_target(target)
             .map_err(|e| target_error(&target_path)(e.to_wire()))?;
-        let tag = format!("{}-{:08x}", cmd.transfer_id, rand::random::<u32>());
-        let part = format!(".orbit-{tag}.part");
+        let random = rand::random::<u32>();
+        let tag = format!("{}-{random:08x}", cmd.transfer_id);
+        let part = crate::journal::part_name(cmd.transfer_id, random);
         let entry = store.journal.as_ref().and_then(|journal| {
             let entry = Entry {
                 command: cmd,
@@ -432,7 +434,7 @@ impl Disk {
         self.settle().map_err(&io)?;
         self.file.sync_all().map_err(&io)?;
         self.dir
-            .publish(&self.part)
+            .publish(&self.part, &self.file)
             .map_err(disk_error("cannot publish the file"))?;
         self.forget();
         Ok(sha256)

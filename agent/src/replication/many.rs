@@ -676,7 +676,7 @@ fn verify_and_publish(
         )));
     }
     out.sync_all().map_err(disk_error)?;
-    dir.publish(part).map_err(|e| {
+    dir.publish(part, out).map_err(|e| {
         PullError::Disk(Local(WireError::new(
             e.to_wire().code,
             format!("cannot publish the file: {e}"),
