@@ -221,7 +221,36 @@ fn read_entry(path: &Path) -> Result<Entry, String> {
     if body.len() as u64 > MAX_ENTRY {
         return Err(format!("longer than {MAX_ENTRY} bytes"));
     }
-    serde_json::from_slice::<Entry>(&body).map_err(|e| e.to_string())
+    parse(&body)
+}
+
+/// An entry's bytes, parsed: JSON of at most [`MAX_ENTRY`] bytes.
+fn parse(body: &[u8]) -> Result<Entry, String> {
+    if body.len() as u64 > MAX_ENTRY {
+        return Err(format!("longer than {MAX_ENTRY} bytes"));
+    }
+    serde_json::from_slice::<Entry>(body).map_err(|e| e.to_string())
+}
+
+/// What the fuzz target `journal_entry` (fuzz/) reaches: an entry's bytes read back from disk
+/// under `file_name`, parsed and checked as a restart does. For an entry a restart keeps: its
+/// transfer id, temporary file name, target path and the entry written out again. `file_name`
+/// `None` stands for the name the entry's own transfer id gives.
+#[doc(hidden)]
+pub fn fuzz_entry(
+    body: &[u8],
+    file_name: Option<&str>,
+) -> Result<(TransferId, String, String, Vec<u8>), String> {
+    let entry = parse(body)?;
+    let own = format!("{}.json", entry.command.transfer_id);
+    entry.check(file_name.unwrap_or(&own))?;
+    let again = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+    Ok((
+        entry.command.transfer_id,
+        entry.part,
+        entry.command.target_path,
+        again,
+    ))
 }
 
 /// `O_NOFOLLOW | O_NONBLOCK`: an entry replaced by a link is not followed, and one replaced by a

@@ -57,6 +57,12 @@ mod tree_serve;
 mod trust;
 mod udp;
 
+/// For the fuzz targets in fuzz/ only: the decoders of what a star reads back from disk.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::journal::fuzz_entry as journal_entry;
+}
+
 pub use check::check_config;
 pub use limits::{CongestionControl, Limits};
 pub use reload::Reloaded;
