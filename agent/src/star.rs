@@ -77,6 +77,7 @@ impl Star {
         };
 
         let crl = revocation_list(&config)?;
+        crate::startup::check_crl_sequence(config.state_dir.as_deref(), None, crl.as_ref())?;
         let (server_config, client_config) = quic_configs(&config, crl.as_ref())?;
         let attester = crate::endpoint::attester(&config, crl.as_ref())?;
         let endpoint = bind(config.listen, server_config, client_config.clone())?;
@@ -91,7 +92,13 @@ impl Star {
         let metrics = Arc::new(Metrics::default());
         let jail = Arc::new(jail);
         let keys = KeyRing::new(config.token_key, config.previous_token_key);
-        let trust = Arc::new(Trust::new(name.clone(), keys, client_config, attester));
+        let trust = Arc::new(Trust::new(
+            name.clone(),
+            keys,
+            client_config,
+            attester,
+            crl.clone(),
+        ));
         let pool = Arc::new(Pool::new(
             endpoint.clone(),
             trust.clone(),
