@@ -13,6 +13,7 @@ mod face;
 mod fanout;
 mod fanout_cli;
 mod frames;
+mod hostile_keys;
 mod interrupted;
 mod keys;
 mod limits;
