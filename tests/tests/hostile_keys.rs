@@ -432,3 +432,138 @@ async fn assert_never_served(client: &Client, addr: SocketAddr, path: &str) {
         assert!(read.is_err(), "a revoked certificate was served: {read:?}");
     }
 }
+
+// ---- secrets in a crash ------------------------------------------------------------------------
+
+fn chown_tree(path: &Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid);
+        }
+    }
+}
+
+/// The value of `field` in /proc/PID/status or /proc/PID/limits text.
+fn proc_line<'a>(text: &'a str, field: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field:?} in {text}"))
+}
+
+#[test]
+fn the_star_cannot_dump_core_nor_be_read_by_its_own_user() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = init_grid(tmp.path());
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let config = wire(&grid.join("stars/star-a/star.toml"));
+    let args = ["--config", config.as_str(), "--allow", &wire(&src)];
+    // The kernel hands /proc/PID of a non-dumpable process to root. So that this shows, the
+    // star runs as a user other than root: nobody, when the test runs as root.
+    let nobody = 65534;
+    let star = if rustix::process::geteuid().is_root() {
+        chown_tree(tmp.path(), nobody);
+        let ids = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ];
+        StarProcess::start_prefixed(&ids, &args, &[])
+    } else {
+        StarProcess::start(&args)
+    };
+    let proc_dir = PathBuf::from(format!("/proc/{}", star.pid()));
+    let status = std::fs::read_to_string(proc_dir.join("status")).unwrap();
+    let uid = proc_line(&status, "Uid:");
+    assert!(
+        !uid.split_whitespace().nth(1).is_some_and(|u| u == "0"),
+        "{uid}"
+    );
+    // Non-dumpable: /proc/PID/{mem,environ,...} belong to root, not to the star's user.
+    let owner = std::fs::metadata(proc_dir.join("environ")).unwrap().uid();
+    assert_eq!(owner, 0, "the star is dumpable: {uid}");
+    let limits = std::fs::read_to_string(proc_dir.join("limits")).unwrap();
+    let core = proc_line(&limits, "Max core file size");
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
+    assert!(star.terminate().success());
+}
+
+#[test]
+fn key_files_swapped_by_mistake_are_refused_without_printing_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = init_grid(tmp.path());
+    let star = grid.join("stars/star-a");
+    let token_key = std::fs::read_to_string(star.join("token.key")).unwrap();
+    let private_key = std::fs::read_to_string(star.join("key.pem")).unwrap();
+    let secrets: Vec<String> = std::iter::once(token_key.trim().to_owned())
+        .chain(
+            private_key
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(|l| l[..l.len().min(24)].to_owned()),
+        )
+        .collect();
+    let config = wire(&star.join("star.toml"));
+    let root = wire(tmp.path());
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(orbit_tests::process::bin("orbit-star"))
+            .args(["--config", &config, "--allow", &root])
+            .args(extra)
+            .env_remove("ORBIT_AUTH_SECRET")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let write_secret = |name: &str, contents: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        wire(&path)
+    };
+    let cases = [
+        // The private key where the token key goes, and the other way round.
+        vec![
+            "--token-key-file".to_owned(),
+            write_secret("a", &private_key),
+        ],
+        vec!["--key".to_owned(), write_secret("b", &token_key)],
+        // A token key one digit short, and one with a stray character.
+        vec![
+            "--token-key-file".to_owned(),
+            write_secret("c", &token_key.trim()[1..]),
+        ],
+        vec![
+            "--token-key-file".to_owned(),
+            write_secret("d", &format!("{}g", &token_key.trim()[1..])),
+        ],
+    ];
+    for case in &cases {
+        for check in [true, false] {
+            let mut args: Vec<&str> = case.iter().map(String::as_str).collect();
+            if check {
+                args.push("--check-config");
+            }
+            let (code, text) = run(&args);
+            assert_eq!(code, Some(1), "{args:?}: {text}");
+            for secret in &secrets {
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "{args:?} printed key material: {text}"
+                );
+            }
+        }
+    }
+}
