@@ -567,3 +567,38 @@ fn key_files_swapped_by_mistake_are_refused_without_printing_them() {
         }
     }
 }
+
+// ---- what orbitctl prints from a star ----------------------------------------------------------
+
+#[test]
+fn orbitctl_status_shows_a_stars_escape_sequences_inert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = init_grid(tmp.path());
+    // A root whose name retitles the terminal, clears the screen and rewinds the line: what a
+    // hostile star could report as easily in any field.
+    let root = tmp
+        .path()
+        .join("data\u{1b}]0;owned\u{7}\u{1b}[2J\rstar-a up \u{202e}");
+    std::fs::create_dir_all(&root).unwrap();
+    let star = start_star(&grid, "star-a", &root);
+    let out = ok(orbitctl(&["--grid", &wire(&grid), "status", "star-a"]));
+    for c in ['\u{1b}', '\u{7}', '\r', '\u{202e}'] {
+        assert!(
+            !out.stdout.contains(c),
+            "{c:?} printed raw: {:?}",
+            out.stdout
+        );
+        assert!(
+            !out.stderr.contains(c),
+            "{c:?} printed raw: {:?}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stdout
+            .contains("data\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\rstar-a up \\u{202e}"),
+        "{}",
+        out.stdout
+    );
+    assert!(star.terminate().success());
+}
