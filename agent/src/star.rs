@@ -55,7 +55,7 @@ impl Star {
     ///
     /// [`SpawnError`] naming what could not be used.
     pub async fn spawn(config: StarConfig) -> Result<Star, SpawnError> {
-        orbit_certs::validate_name(&config.name).map_err(SpawnError::Name)?;
+        orbit_certs::validate_star_name(&config.name).map_err(SpawnError::Name)?;
         check_certificate_names(&config)?;
         if config.roots.is_empty() && config.read_only_roots.is_empty() {
             return Err(SpawnError::NoRoots);

@@ -602,3 +602,40 @@ fn orbitctl_status_shows_a_stars_escape_sequences_inert() {
     );
     assert!(star.terminate().success());
 }
+
+// ---- reserved names ----------------------------------------------------------------------------
+
+#[test]
+fn a_star_cannot_be_named_like_the_controller_or_a_role() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["orbitctl", "controller", "star"] {
+        let spec = format!("{name}=127.0.0.1:{}", free_port());
+        let dir = tmp.path().join(format!("g-{name}"));
+        let out = orbitctl(&["init", &wire(&dir), "--star", &spec]);
+        assert_eq!(out.code, Some(2), "{name}: {}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("is reserved"), "{}", out.stderr);
+        assert!(!dir.exists(), "init wrote {}", dir.display());
+    }
+    let grid = init_grid(tmp.path());
+    let spec = format!("orbitctl=127.0.0.1:{}", free_port());
+    let out = orbitctl(&["--grid", &wire(&grid), "add-star", &spec]);
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("is reserved"), "{}", out.stderr);
+    assert!(!grid.join("stars/orbitctl").exists());
+    // A star told to run as `orbitctl` refuses to start, whatever its certificate.
+    let config = wire(&grid.join("stars/star-a/star.toml"));
+    let root = wire(tmp.path());
+    for check in [&[][..], &["--check-config"][..]] {
+        let out = std::process::Command::new(orbit_tests::process::bin("orbit-star"))
+            .args(["--config", &config, "--allow", &root, "--name", "orbitctl"])
+            .args(check)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("name \"orbitctl\": is reserved"),
+            "{stderr}"
+        );
+    }
+}
