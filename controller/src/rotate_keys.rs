@@ -10,8 +10,11 @@
 //!    new keys, which every star already holds. It also retires the previous key: every star's
 //!    `token.previous.key` is deleted and its `star.toml` no longer names one, so once the
 //!    operator deploys `star.toml` and reloads a star, that star refuses any token under the
-//!    previous (perhaps stolen) key. Until then, tokens minted just before stay valid. Running step 1 again before step 2 writes the same files
-//! again (it is idempotent), so an interrupted run is finished by running it once more.
+//!    previous (perhaps stolen) key. Until then, tokens minted just before stay valid.
+//!
+//! Running step 1 again before step 2 writes the same files again (it is idempotent), so an
+//! interrupted run is finished by running it once more; step 2 switches the master key last, so
+//! it too is finished by running it again.
 
 use std::path::{Path, PathBuf};
 

@@ -479,7 +479,7 @@ fn the_star_cannot_dump_core_nor_be_read_by_its_own_user() {
     let status = std::fs::read_to_string(proc_dir.join("status")).unwrap();
     let uid = proc_line(&status, "Uid:");
     assert!(
-        !uid.split_whitespace().nth(1).is_some_and(|u| u == "0"),
+        uid.split_whitespace().nth(1).is_some_and(|u| u != "0"),
         "{uid}"
     );
     // Non-dumpable: /proc/PID/{mem,environ,...} belong to root, not to the star's user.
@@ -638,4 +638,32 @@ fn a_star_cannot_be_named_like_the_controller_or_a_role() {
             "{stderr}"
         );
     }
+}
+
+// ---- a star asked to replicate from itself -----------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_star_asked_to_replicate_from_itself_refuses_at_once() {
+    let grid = Grid::new();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("f.bin"), b"payload").unwrap();
+    let a = grid.spawn_star("star-a", &[root.path()]).await;
+    let request = grid.replicate_request(
+        &a,
+        &root.path().join("f.bin"),
+        &root.path().join("copy.bin"),
+        0,
+    );
+    let client = grid.controller_client();
+    let mut events = within("the refusal", client.control(&a, &request))
+        .await
+        .unwrap();
+    let error = expect_failed(events.pop().unwrap());
+    assert_eq!(error.code, ErrorCode::InvalidArgument, "{error}");
+    assert!(
+        error.message.contains("cannot replicate from itself"),
+        "{error}"
+    );
+    assert!(!root.path().join("copy.bin").exists());
+    a.shutdown().await;
 }

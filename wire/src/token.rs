@@ -817,7 +817,7 @@ mod tests {
     #[test]
     fn golden_claims() {
         let c = Claims {
-            version: 1,
+            version: TOKEN_VERSION,
             key_id: 0x0102_0304,
             audience: "a".into(),
             holder: "b".into(),
