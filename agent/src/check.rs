@@ -11,7 +11,7 @@ use crate::startup::{check_certificate_names, revocation_list, SpawnError, StarC
 ///
 /// The [`SpawnError`] that [`Star::spawn`](crate::Star::spawn) would return.
 pub fn check_config(config: &StarConfig) -> Result<(), SpawnError> {
-    orbit_certs::validate_name(&config.name).map_err(SpawnError::Name)?;
+    orbit_certs::validate_star_name(&config.name).map_err(SpawnError::Name)?;
     check_certificate_names(config)?;
     if config.roots.is_empty() && config.read_only_roots.is_empty() {
         return Err(SpawnError::NoRoots);

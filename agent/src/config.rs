@@ -142,8 +142,8 @@ settings! {
     /// with ResourceExhausted. Default: 64.
     #[arg(long, env = "ORBIT_MAX_TRANSFERS", value_name = "N")]
     max_transfers: Option<u32>,
-    /// The longest a presented token may still be valid, in seconds; longer ones are refused.
-    /// Default: 3600.
+    /// The longest lifetime a token may be minted with (issue to expiry), in seconds; longer
+    /// ones are refused. Default: 3600.
     #[arg(long, env = "ORBIT_MAX_TOKEN_LIFETIME_SECS", value_name = "SECS")]
     max_token_lifetime_secs: Option<u64>,
     /// How long a peer may take to complete its handshake, in seconds. Default: 10.

@@ -202,6 +202,14 @@ async fn handle(acceptor: Arc<Acceptor>, incoming: quinn::Incoming) {
         conn.close(varint(ErrorCode::ResourceExhausted), reason.as_bytes());
         return;
     };
+    // Registered first, then checked: either a reload's scan finds this connection, or this
+    // check sees the list that reload put in force.
+    if acceptor.server.trust.revokes(&conn) {
+        metrics.inbound_handshakes_failed.inc();
+        warn!(%peer, "refused a connection: its certificate is revoked");
+        conn.close(varint(ErrorCode::PermissionDenied), b"certificate revoked");
+        return;
+    }
     debug!(%peer, "connected");
     metrics.inbound_handshakes_ok.inc();
     let _open = metrics.inbound_connections.track();

@@ -37,8 +37,8 @@ pub struct Limits {
     /// Replications this star runs as a destination at once, and, separately, reads it serves as
     /// a source at once; one more is refused with `ResourceExhausted`. Default 64.
     pub max_transfers: u32,
-    /// The longest a token may still be valid when it is presented (its `not_after` minus now);
-    /// a longer one is refused with `PermissionDenied`. Default 3,600 s.
+    /// The longest lifetime a token may have been minted with (its expiry minus its issue
+    /// time); a longer one is refused with `PermissionDenied`. Default 3,600 s.
     pub max_token_lifetime: Duration,
     /// How long a peer may take to complete its TLS handshake. Default 10 s.
     pub handshake_timeout: Duration,

@@ -41,6 +41,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Before any key is read: a core dump, or another process of the same user reading this
+    // one's memory through /proc or ptrace, would expose the private key and token keys.
+    if let Err(e) = forbid_core_dumps() {
+        eprintln!("orbit-star: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let matches = Args::command().get_matches();
     let args = match Args::from_arg_matches(&matches) {
         Ok(args) => args,
@@ -53,6 +59,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Marks the process non-dumpable (no core dump; /proc/PID/mem, environ and ptrace closed to
+/// other processes of the same user) and sets its core size limit to 0, as the unit's
+/// `LimitCORE=0` does for a star run by systemd.
+fn forbid_core_dumps() -> anyhow::Result<()> {
+    use rustix::process::{set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit};
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)
+        .context("cannot mark the process non-dumpable (prctl PR_SET_DUMPABLE)")?;
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    setrlimit(Resource::Core, none).context("cannot set the core size limit to 0")?;
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint, RecvStream};
 use tokio::sync::{oneshot, watch};
-use tracing::{debug, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use orbit_certs::Role;
 use orbit_wire::{DataFrame, ErrorCode};
@@ -183,8 +183,8 @@ impl Pool {
                     let span = tracing::debug_span!("dial", peer = %name);
                     self.life.tracker.spawn(
                         async move {
-                            let result = pool.dial(&name, &addr).await.map(Arc::new);
-                            pool.settle(&name, &result);
+                            let mut result = pool.dial(&name, &addr).await.map(Arc::new);
+                            pool.settle(&name, &mut result);
                             tx.send_replace(Some(result));
                         }
                         .instrument(span),
@@ -206,8 +206,24 @@ impl Pool {
 
     /// Puts a dial's outcome in the map: the connection, with its dispatcher; or nothing, so
     /// that the next pull dials again.
-    fn settle(&self, name: &str, result: &Result<Arc<PeerConn>, DialError>) {
+    fn settle(&self, name: &str, result: &mut Result<Arc<PeerConn>, DialError>) {
         let mut conns = self.lock();
+        // Checked under the pool's lock: either a reload's scan finds this connection in the
+        // pool, or this check sees the list that reload put in force (see trust.rs).
+        if let Ok(peer) = result {
+            if self.trust.revokes(&peer.conn) {
+                warn!(
+                    peer = name,
+                    "closing a new connection: its peer's certificate is revoked"
+                );
+                peer.conn
+                    .close(varint(ErrorCode::PermissionDenied), b"certificate revoked");
+                *result = Err(DialError::NotThatStar {
+                    addr: peer.conn.remote_address().to_string(),
+                    why: format!("presented a revoked certificate for star {name}"),
+                });
+            }
+        }
         match result {
             Ok(peer) => {
                 self.metrics.outbound_handshakes_ok.inc();

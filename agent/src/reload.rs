@@ -3,7 +3,10 @@
 //! certificate the new list revokes is closed at once, incoming or pooled.
 //!
 //! A reload is all or nothing: everything is read and built first, and only then swapped in.
-//! It never changes the star's name, address or roots.
+//! It never changes the star's name, address or roots. A revocation list numbered below the one
+//! in force (or below the one recorded in the state directory), or none where one was, is
+//! refused: a list's number only goes up, so an older list cannot be put back to unrevoke a
+//! certificate.
 
 use quinn::{Connection, Endpoint};
 use tracing::info;
@@ -15,7 +18,7 @@ use crate::connection::Connections;
 use crate::endpoint::quic_configs;
 use crate::pool::Pool;
 use crate::startup::{check_certificate_names, revocation_list, SpawnError, StarConfig};
-use crate::trust::Trust;
+use crate::trust::{peer_certificate_revoked, Trust};
 
 /// What a reload changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,13 +74,23 @@ pub(crate) fn reload(parts: Parts<'_>, config: &StarConfig) -> Result<Reloaded, 
     let crl = revocation_list(config)?;
     let (server, client) = quic_configs(config, crl.as_ref())?;
     let attester = crate::endpoint::attester(config, crl.as_ref())?;
+    // Last of the checks, as it records the list's number once it passes.
+    crate::startup::check_crl_sequence(
+        config.state_dir.as_deref(),
+        trust.crl_number(),
+        crl.as_ref(),
+    )?;
 
     // Everything is built: swap it in. New handshakes see the new list from here on.
+    // The list goes into `trust` before the scan below: a handshake that completes after the
+    // scan is checked against it when it registers (see trust.rs).
     parts.endpoint.set_server_config(Some(server));
+    let crl = crl.map(std::sync::Arc::new);
     trust.replace(
         KeyRing::new(config.token_key.clone(), config.previous_token_key.clone()),
         client,
         attester,
+        crl.clone(),
     );
 
     let mut closed = 0;
@@ -90,24 +103,14 @@ pub(crate) fn reload(parts: Parts<'_>, config: &StarConfig) -> Result<Reloaded, 
         Reloaded {
             key_id: keys.current().key_id(),
             previous_key_id: keys.previous().map(|k| k.key_id()),
-            revoked: crl.as_ref().map_or(0, RevocationList::len),
+            revoked: crl.as_deref().map_or(0, RevocationList::len),
             closed,
         }
     };
-    log_keys(trust, crl.as_ref());
+    log_keys(trust, crl.as_deref());
     info!(
         closed,
         "reloaded: {closed} connections with revoked certificates closed"
     );
     Ok(reloaded)
-}
-
-fn peer_certificate_revoked(conn: &Connection, crl: &RevocationList) -> bool {
-    let Some(any) = conn.peer_identity() else {
-        return false;
-    };
-    let Ok(certs) = any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>() else {
-        return false;
-    };
-    certs.first().is_some_and(|leaf| crl.is_revoked(leaf))
 }

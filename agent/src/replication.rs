@@ -79,6 +79,9 @@ pub(crate) enum StartError {
     /// The register refused it.
     #[error(transparent)]
     Admit(#[from] AdmitError),
+    /// The source is this star itself: it would dial itself and retry until the deadline.
+    #[error("star {0} cannot replicate from itself: name another source star")]
+    FromItself(String),
     /// A fan-out command names more upstreams than a star takes.
     #[error("{0} upstreams, more than the {MAX_UPSTREAMS} a star takes")]
     TooManyUpstreams(usize),
@@ -94,7 +97,7 @@ impl StartError {
                 WireError::new(e.code, format!("target {path}: {}", e.message))
             }
             StartError::Admit(e) => e.to_wire(),
-            StartError::TooManyUpstreams(_) => {
+            StartError::TooManyUpstreams(_) | StartError::FromItself(_) => {
                 WireError::new(ErrorCode::InvalidArgument, self.to_string())
             }
         }
@@ -250,6 +253,9 @@ impl Replicator {
     fn admit(&self, cmd: &ReplicateFile, queue: bool) -> Result<(Confined, Admitted), StartError> {
         if self.life.draining.is_cancelled() {
             return Err(StartError::ShuttingDown(self.star.clone()));
+        }
+        if cmd.source == self.star {
+            return Err(StartError::FromItself(self.star.clone()));
         }
         // Checked before anything else: a target under a read-only root is refused whatever the
         // source says.

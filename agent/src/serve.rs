@@ -344,9 +344,9 @@ pub(crate) fn authorize(
     };
     let token = token::verify_with(&request.token, &server.trust.keys(), &expected)
         .inspect_err(|_| server.metrics.token_errors.inc())?;
-    // Claims carry no issue time, so the lifetime that counts is what is left of it now: a
-    // token that will stay valid for longer than the cap was minted for longer than the cap.
-    let lifetime = token.claims().not_after.saturating_sub(now);
+    // The whole lifetime, from issue to expiry: a post-dated token cannot hide a long one
+    // (verify refused one issued in the future already).
+    let lifetime = token.claims().lifetime();
     let cap = server.max_token_lifetime.as_secs();
     if lifetime > cap {
         server.metrics.token_errors.inc();

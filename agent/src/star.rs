@@ -55,7 +55,7 @@ impl Star {
     ///
     /// [`SpawnError`] naming what could not be used.
     pub async fn spawn(config: StarConfig) -> Result<Star, SpawnError> {
-        orbit_certs::validate_name(&config.name).map_err(SpawnError::Name)?;
+        orbit_certs::validate_star_name(&config.name).map_err(SpawnError::Name)?;
         check_certificate_names(&config)?;
         if config.roots.is_empty() && config.read_only_roots.is_empty() {
             return Err(SpawnError::NoRoots);
@@ -80,6 +80,7 @@ impl Star {
         let jail = jail.with_protected(crate::protected::Protected::of(&config));
 
         let crl = revocation_list(&config)?;
+        crate::startup::check_crl_sequence(config.state_dir.as_deref(), None, crl.as_ref())?;
         let (server_config, client_config) = quic_configs(&config, crl.as_ref())?;
         let attester = crate::endpoint::attester(&config, crl.as_ref())?;
         let endpoint = bind(config.listen, server_config, client_config.clone())?;
@@ -94,7 +95,13 @@ impl Star {
         let metrics = Arc::new(Metrics::default());
         let jail = Arc::new(jail);
         let keys = KeyRing::new(config.token_key, config.previous_token_key);
-        let trust = Arc::new(Trust::new(name.clone(), keys, client_config, attester));
+        let trust = Arc::new(Trust::new(
+            name.clone(),
+            keys,
+            client_config,
+            attester,
+            crl.clone(),
+        ));
         let pool = Arc::new(Pool::new(
             endpoint.clone(),
             trust.clone(),

@@ -102,6 +102,10 @@ pub enum SpawnError {
     /// The certificates or key could not be used.
     #[error("TLS configuration: {0}")]
     Tls(#[from] orbit_certs::CertError),
+    /// The revocation list is older than one this star already had (put back by mistake or
+    /// by an attacker to unrevoke a certificate), or missing when it had one.
+    #[error("{0}")]
+    OlderRevocationList(String),
     /// The TLS configuration is not usable for QUIC.
     #[error("QUIC TLS configuration: {0}")]
     Quic(String),
@@ -136,6 +140,81 @@ pub(crate) fn revocation_list(
         .map(|pem| orbit_certs::RevocationList::from_pem(pem, &config.ca_pem))
         .transpose()
         .map_err(SpawnError::Tls)
+}
+
+/// The file in the state directory that holds the highest revocation list number this star has
+/// run with, so that an older list is refused even across a restart.
+pub(crate) const CRL_NUMBER_FILE: &str = "crl-number";
+
+/// Refuses `crl` if it is numbered below `in_force` (the list the running star holds) or below
+/// the number recorded in `state_dir`, or if it is missing while either is set; a list's number
+/// only goes up (`orbitctl revoke` numbers each list one above the last). Then records its
+/// number in `state_dir`.
+///
+/// # Errors
+///
+/// [`SpawnError::OlderRevocationList`], or [`SpawnError::StateDir`] if the record cannot be read
+/// or written.
+pub(crate) fn check_crl_sequence(
+    state_dir: Option<&std::path::Path>,
+    in_force: Option<u64>,
+    crl: Option<&orbit_certs::RevocationList>,
+) -> Result<(), SpawnError> {
+    let state_error = |path: &std::path::Path, error| SpawnError::StateDir {
+        path: path.to_owned(),
+        error,
+    };
+    let recorded = match state_dir {
+        Some(dir) => {
+            let file = dir.join(CRL_NUMBER_FILE);
+            match std::fs::read_to_string(&file) {
+                Ok(text) => Some(text.trim().parse::<u64>().map_err(|_| {
+                    state_error(
+                        &file,
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "not a revocation list number",
+                        ),
+                    )
+                })?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(state_error(&file, e)),
+            }
+        }
+        None => None,
+    };
+    let (highest, whence) = match (in_force, recorded) {
+        (Some(a), Some(b)) if b > a => (Some(b), "recorded in the state directory"),
+        (Some(a), _) => (Some(a), "in force"),
+        (None, Some(b)) => (Some(b), "recorded in the state directory"),
+        (None, None) => (None, ""),
+    };
+    match (highest, crl) {
+        (Some(highest), None) => {
+            return Err(SpawnError::OlderRevocationList(format!(
+                "no revocation list is configured, but list #{highest} was ({whence}): \
+                 refusing to run without it"
+            )))
+        }
+        (Some(highest), Some(crl)) if crl.number() < highest => {
+            return Err(SpawnError::OlderRevocationList(format!(
+                "revocation list #{} is older than list #{highest} ({whence}): refusing to \
+                 put an older list back",
+                crl.number()
+            )))
+        }
+        _ => {}
+    }
+    if let (Some(dir), Some(crl)) = (state_dir, crl) {
+        if recorded != Some(crl.number()) {
+            let file = dir.join(CRL_NUMBER_FILE);
+            let tmp = dir.join(format!(".{CRL_NUMBER_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{}\n", crl.number()))
+                .and_then(|()| std::fs::rename(&tmp, &file))
+                .map_err(|e| state_error(&file, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks that the certificate names this star, as a star.

@@ -194,7 +194,7 @@ async fn authorize(
             };
             let verified = token::verify_tree(token, &server.trust.keys(), &expected)
                 .inspect_err(|_| server.metrics.token_errors.inc())?;
-            let lifetime = verified.claims().not_after.saturating_sub(now);
+            let lifetime = verified.claims().lifetime();
             let cap = server.max_token_lifetime.as_secs();
             if lifetime > cap {
                 server.metrics.token_errors.inc();

@@ -1,11 +1,16 @@
-//! What a star trusts and proves, as far as a reload can change it: the token keys it accepts
-//! and the client configuration it dials other stars with (its certificate, the CA, the
-//! revocation list), and who a connection's peer proved to be. The server side lives in the
-//! endpoint itself.
+//! What a star trusts and proves, as far as a reload can change it: the token keys it accepts,
+//! the client configuration it dials other stars with (its certificate, the CA, the
+//! revocation list), the revocation list now in force, and who a connection's peer proved to
+//! be. The server side lives in the endpoint itself.
+//!
+//! A handshake verifies the peer's certificate against the list of the configuration it began
+//! under; one that began before a reload and completes after it would miss the new list. So
+//! every completed handshake, incoming or outgoing, is checked again with [`Trust::revokes`]
+//! once it is registered where a reload's scan would find it.
 
 use std::sync::{Arc, RwLock};
 
-use orbit_certs::{Attester, PeerIdentity};
+use orbit_certs::{Attester, PeerIdentity, RevocationList};
 use quinn::Connection;
 
 use orbit_wire::token::KeyRing;
@@ -19,6 +24,8 @@ pub(crate) struct Trust {
     client_config: RwLock<quinn::ClientConfig>,
     /// Signs this star's attestations and checks other stars' against the grid's CA.
     attester: RwLock<Arc<Attester>>,
+    /// The revocation list in force, if any.
+    crl: RwLock<Option<Arc<RevocationList>>>,
 }
 
 impl Trust {
@@ -27,13 +34,30 @@ impl Trust {
         keys: KeyRing,
         client_config: quinn::ClientConfig,
         attester: Attester,
+        crl: Option<RevocationList>,
     ) -> Trust {
         Trust {
             name,
             keys: RwLock::new(keys),
             client_config: RwLock::new(client_config),
             attester: RwLock::new(Arc::new(attester)),
+            crl: RwLock::new(crl.map(Arc::new)),
         }
+    }
+
+    /// The number of the revocation list in force, if there is one.
+    pub(crate) fn crl_number(&self) -> Option<u64> {
+        self.crl
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|crl| crl.number())
+    }
+
+    /// Whether the revocation list in force now revokes `conn`'s peer certificate.
+    pub(crate) fn revokes(&self, conn: &Connection) -> bool {
+        let crl = self.crl.read().unwrap_or_else(|e| e.into_inner()).clone();
+        crl.is_some_and(|crl| peer_certificate_revoked(conn, &crl))
     }
 
     /// What signs and checks attestations now.
@@ -57,13 +81,16 @@ impl Trust {
             .clone()
     }
 
-    /// Swaps in new keys, a new client configuration and a new attester.
+    /// Swaps in new keys, a new client configuration, a new attester and a new revocation
+    /// list.
     pub(crate) fn replace(
         &self,
         keys: KeyRing,
         client_config: quinn::ClientConfig,
         attester: Attester,
+        crl: Option<Arc<RevocationList>>,
     ) {
+        *self.crl.write().unwrap_or_else(|e| e.into_inner()) = crl;
         *self.attester.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(attester);
         *self
             .client_config
@@ -102,4 +129,15 @@ pub(crate) fn peer_of(conn: &Connection) -> Result<PeerIdentity, PeerError> {
         .map_err(|_| PeerError::UnexpectedIdentity)?;
     let leaf = certs.first().ok_or(PeerError::EmptyChain)?;
     Ok(orbit_certs::peer_identity(leaf)?)
+}
+
+/// Whether `crl` revokes the leaf certificate `conn`'s peer presented.
+pub(crate) fn peer_certificate_revoked(conn: &Connection, crl: &RevocationList) -> bool {
+    let Some(any) = conn.peer_identity() else {
+        return false;
+    };
+    let Ok(certs) = any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>() else {
+        return false;
+    };
+    certs.first().is_some_and(|leaf| crl.is_revoked(leaf))
 }

@@ -13,7 +13,7 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 
 use crate::identity::identity_uri;
-use crate::{load_certs, validate_name, CertError, Role};
+use crate::{load_certs, validate_name, validate_star_name, CertError, Role};
 
 /// Certificates are valid from this long ago, so that a peer whose clock is a little behind
 /// still accepts a certificate made a moment ago.
@@ -200,7 +200,10 @@ impl GridCa {
         name: &str,
         options: &IssueOptions,
     ) -> Result<IssuedCert, CertError> {
-        validate_name(name)?;
+        match role {
+            Role::Star => validate_star_name(name)?,
+            Role::Controller => validate_name(name)?,
+        }
         let mut params = CertificateParams::default();
         params.distinguished_name = common_name(name);
         if options.ca {

@@ -72,6 +72,28 @@ pub(crate) fn identity_uri(role: Role, name: &str) -> String {
     format!("{URI_PREFIX}{role}:{name}")
 }
 
+/// Names no star may take: the controller's name, which `orbitctl revoke orbitctl` and the logs
+/// use for the controller, and the names of the roles. A star called `orbitctl` would read as
+/// the controller in every log line and report.
+pub const RESERVED_STAR_NAMES: [&str; 3] = ["orbitctl", "controller", "star"];
+
+/// Checks that `name` is a valid star name: a valid name ([`validate_name`]) that is not one of
+/// the [`RESERVED_STAR_NAMES`].
+///
+/// # Errors
+///
+/// [`CertError::InvalidName`], whose reason names the rule broken.
+pub fn validate_star_name(name: &str) -> Result<(), CertError> {
+    validate_name(name)?;
+    if RESERVED_STAR_NAMES.contains(&name) {
+        return Err(CertError::InvalidName {
+            name: name.to_owned(),
+            reason: "is reserved (the controller's name or a role); choose another name".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks that `name` is a valid star or controller name: a DNS label of 1 to 63 bytes of
 /// `a-z`, `0-9` and `-`, neither starting nor ending with `-`.
 ///
@@ -182,6 +204,17 @@ mod tests {
     use rcgen::{CertificateParams, ExtendedKeyUsagePurpose as Eku, KeyPair, SanType};
 
     use super::*;
+
+    #[test]
+    fn a_star_may_not_take_a_reserved_name() {
+        for name in RESERVED_STAR_NAMES {
+            assert!(validate_name(name).is_ok());
+            let err = validate_star_name(name).unwrap_err().to_string();
+            assert!(err.contains("is reserved"), "{err}");
+        }
+        assert!(validate_star_name("star-a").is_ok());
+        assert!(validate_star_name("orbitctl2").is_ok());
+    }
     use crate::GridCa;
 
     #[test]

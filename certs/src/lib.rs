@@ -46,7 +46,9 @@ mod tls;
 pub use ca::{GridCa, IssueOptions, IssuedCert};
 pub use crl::{serial_of, RevocationList};
 pub use error::CertError;
-pub use identity::{peer_identity, validate_name, PeerIdentity, Role};
+pub use identity::{
+    peer_identity, validate_name, validate_star_name, PeerIdentity, Role, RESERVED_STAR_NAMES,
+};
 pub use secret::{read_secret_file, SecretFileError};
 pub use sign::{Attester, SignatureError, Signed};
 pub use tls::{

@@ -1,6 +1,31 @@
-//! Numbers written for people: sizes, rates and durations in the units a reader expects.
+//! Numbers written for people: sizes, rates and durations in the units a reader expects; and
+//! text from a peer made safe to show on a terminal ([`printable`]).
 //!
 //! Only for text meant to be read; `--json` output always carries the raw numbers.
+
+/// `text` with every character that could act on a terminal rather than show on it written as
+/// a Rust escape (`\u{1b}`, `\n`): control characters (C0, DEL, C1, which start escape
+/// sequences) and the bidirectional controls that reorder what is shown. A star's roots, paths
+/// and error messages come from the star, which may be hostile; printed raw, an escape sequence
+/// in them could retitle the window, hide lines or forge the rest of the report.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    fn acts(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(acts) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if acts(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
 
 const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
 
@@ -54,6 +79,15 @@ pub fn uptime(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_from_a_peer_is_made_inert() {
+        assert_eq!(printable("/srv/data/é ok"), "/srv/data/é ok");
+        assert_eq!(
+            printable("/srv/\u{1b}]0;owned\u{7}\u{1b}[2J\r\n\u{9b}x\u{202e}y\u{7f}"),
+            "/srv/\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\r\\n\\u{9b}x\\u{202e}y\\u{7f}"
+        );
+    }
 
     #[test]
     fn sizes_rates_and_uptimes_read_well() {

@@ -197,6 +197,30 @@ pub(crate) fn ensure_setting(path: &Path, key: &str, value: &str) -> Result<(), 
     replace_file(path, text.as_bytes(), Access::Public)
 }
 
+/// Makes the star config at `path` no longer set `key`: every top-level line `key = ...` is
+/// dropped; the file is left alone if it has none.
+///
+/// # Errors
+///
+/// [`WriteError`] naming the path.
+pub(crate) fn remove_setting(path: &Path, key: &str) -> Result<(), WriteError> {
+    let text = std::fs::read_to_string(path).map_err(|e| WriteError::new(path, e))?;
+    let sets_key = |line: &str| {
+        line.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    if !text.lines().any(sets_key) {
+        return Ok(());
+    }
+    let kept: String = text
+        .lines()
+        .filter(|line| !sets_key(line))
+        .flat_map(|line| [line, "\n"])
+        .collect();
+    replace_file(path, kept.as_bytes(), Access::Public)
+}
+
 /// Everything that goes into one star's folder.
 #[derive(Debug, Clone)]
 pub struct StarKit {

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use orbit_controller::{
-    add_star, cancel, demo, init, manual, replicate, revoke, rotate_keys, status, token, wait,
-    VERSION,
+    add_star, cancel, demo, human, init, manual, replicate, revoke, rotate_keys, status, token,
+    wait, VERSION,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -70,7 +70,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("orbitctl: {e:#}");
+            // The reason may quote a star's words; a hostile star's escape sequences stay inert
+            // (line breaks are kept: some reasons are several lines).
+            let text = format!("{e:#}");
+            let lines: Vec<_> = text.lines().map(human::printable).collect();
+            eprintln!("orbitctl: {}", lines.join("\n"));
             exit_code(&e)
         }
     }

@@ -7,12 +7,14 @@
 //!    makes `star.toml` name the previous key. The operator deploys those files and reloads each
 //!    star (SIGHUP): a star then accepts tokens under both keys.
 //! 2. `rotate-keys --finish` makes the new master key the current one: `orbitctl` signs with the
-//!    new keys, which every star already holds. Tokens minted just before stay valid under the
-//!    previous key until they expire.
+//!    new keys, which every star already holds. It also retires the previous key: every star's
+//!    `token.previous.key` is deleted and its `star.toml` no longer names one, so once the
+//!    operator deploys `star.toml` and reloads a star, that star refuses any token under the
+//!    previous (perhaps stolen) key. Until then, tokens minted just before stay valid.
 //!
-//! The next rotation makes today's new key the previous one; the key before it is then retired,
-//! and any token under it is refused. Running step 1 again before step 2 writes the same files
-//! again (it is idempotent), so an interrupted run is finished by running it once more.
+//! Running step 1 again before step 2 writes the same files again (it is idempotent), so an
+//! interrupted run is finished by running it once more; step 2 switches the master key last, so
+//! it too is finished by running it again.
 
 use std::path::{Path, PathBuf};
 
@@ -21,19 +23,22 @@ use rand::RngCore;
 
 use crate::grid::{Grid, GridError};
 use crate::layout::{
-    self, ensure_setting, replace_file, sync_dir, Access, WriteError, NEXT_MASTER_KEY,
-    STAR_PREVIOUS_TOKEN_KEY,
+    self, ensure_setting, remove_setting, replace_file, sync_dir, Access, WriteError,
+    NEXT_MASTER_KEY, STAR_PREVIOUS_TOKEN_KEY,
 };
 
 /// Rotate the grid's token keys: a new master key and new star keys, in two steps.
 ///
 /// Step 1 (no flag) writes the new keys for every star and prints which files to deploy where;
 /// orbitctl keeps signing with the current key, and stars accept both. Step 2 (--finish), once
-/// every star runs with its new files, makes orbitctl sign with the new key. See docs/KEYS.md.
+/// every star runs with its new files, makes orbitctl sign with the new key and retires the
+/// previous one: each star refuses it once given its new star.toml and reloaded. See
+/// docs/KEYS.md.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Finish a rotation: sign with the new master key from now on. Run it only once every star
-    /// has its new token.key and token.previous.key and has been reloaded.
+    /// Finish a rotation: sign with the new master key from now on, and retire the previous key
+    /// from every star's files. Run it only once every star has its new token.key and
+    /// token.previous.key and has been reloaded.
     #[arg(long)]
     pub finish: bool,
 }
@@ -80,10 +85,11 @@ pub fn run(grid_dir: &Path, args: Args) -> Result<(), RotateError> {
             println!("  {name:<20} token key id {id:08x}");
         }
         println!();
-        println!(
-            "Tokens minted before stay valid under each star's previous key until they expire."
-        );
-        println!("The next `orbitctl rotate-keys` retires the old keys for good.");
+        println!("The previous keys are retired: deploy each star's star.toml (it no longer names");
+        println!("token.previous.key; delete that file from the star's host or credentials) and");
+        println!("reload the star. From then on it refuses every token under the previous key,");
+        println!("including tokens minted before this step: reload once replications under them");
+        println!("have finished (at most the token lifetime).");
         return Ok(());
     }
     let stars = start(grid_dir)?;
@@ -174,11 +180,14 @@ pub fn start(grid_dir: &Path) -> Result<Vec<StarKeys>, RotateError> {
     Ok(stars)
 }
 
-/// Step 2: the next master key becomes the current one. Returns every star's new key id.
+/// Step 2: the previous star keys are retired in the grid (each star's `token.previous.key`
+/// deleted, its `star.toml` no longer naming it), then the next master key becomes the current
+/// one. Returns every star's new key id.
 ///
 /// # Errors
 ///
-/// [`RotateError::NotStarted`] without a rotation in progress.
+/// [`RotateError::NotStarted`] without a rotation in progress. The master key is switched
+/// last, so a run interrupted before it is completed by running it again.
 pub fn finish(grid_dir: &Path) -> Result<Vec<(String, u32)>, RotateError> {
     let grid = Grid::open(grid_dir)?;
     let next_path = grid_dir.join(NEXT_MASTER_KEY);
@@ -186,6 +195,16 @@ pub fn finish(grid_dir: &Path) -> Result<Vec<(String, u32)>, RotateError> {
         return Err(RotateError::NotStarted(next_path));
     }
     let next = grid.read_master_key(NEXT_MASTER_KEY)?;
+    for name in grid.inventory().stars.keys() {
+        let dir = grid_dir.join(layout::STARS_DIR).join(name);
+        remove_setting(&dir.join(layout::STAR_TOML), "previous_token_key_file")?;
+        let previous = dir.join(STAR_PREVIOUS_TOKEN_KEY);
+        match std::fs::remove_file(&previous) {
+            Ok(()) => sync_dir(&dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(WriteError::new(&previous, e).into()),
+        }
+    }
     let current = grid_dir.join(layout::MASTER_KEY);
     std::fs::rename(&next_path, &current).map_err(|e| WriteError::new(&current, e))?;
     sync_dir(grid_dir)?;
@@ -255,6 +274,11 @@ mod tests {
 
         finish(&dir).unwrap();
         assert_eq!(grid.master_key().unwrap(), m1);
+        // The previous key is retired from the star's files.
+        assert!(!star.join(STAR_PREVIOUS_TOKEN_KEY).exists());
+        let text = std::fs::read_to_string(star.join("star.toml")).unwrap();
+        assert!(!text.contains("previous_token_key_file"), "{text}");
+        assert!(text.parse::<toml::Table>().is_ok(), "{text}");
         assert!(!dir.join(NEXT_MASTER_KEY).exists());
         let err = finish(&dir).unwrap_err();
         assert!(matches!(err, RotateError::NotStarted(_)), "{err}");

@@ -186,7 +186,7 @@ impl StarSpec {
         let (name, addr) = text
             .split_once('=')
             .ok_or_else(|| SpecError::NoEquals(text.to_owned()))?;
-        orbit_certs::validate_name(name).map_err(|e| SpecError::Name(e.to_string()))?;
+        orbit_certs::validate_star_name(name).map_err(|e| SpecError::Name(e.to_string()))?;
         Ok(StarSpec {
             name: name.to_owned(),
             addr: StarAddr::parse(addr)?,

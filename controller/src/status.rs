@@ -287,15 +287,24 @@ pub fn transfer_progress(t: &TransferStatus) -> String {
 
 /// Rows as columns two spaces apart. A column's width counts only the cells that are not the
 /// last of their row, so a long last cell (a reason, a list of roots) does not widen the rest.
+/// Every cell is made [`human::printable`]: most come from the stars.
 fn align(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|cell| human::printable(cell).into_owned())
+                .collect()
+        })
+        .collect();
     let mut widths = vec![0usize; rows.iter().map(Vec::len).max().unwrap_or(0)];
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate().take(row.len() - 1) {
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in rows {
+    for row in &rows {
         let last = row.len() - 1;
         for (i, cell) in row.iter().enumerate() {
             if i == last {

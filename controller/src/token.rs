@@ -48,6 +48,8 @@ pub struct Grant<'a> {
     pub holder: &'a str,
     /// The absolute path on the source star.
     pub path: &'a str,
+    /// Issue time, seconds since the Unix epoch: stars cap the lifetime from it to expiry.
+    pub issued_at: u64,
     /// Expiry, seconds since the Unix epoch.
     pub not_after: u64,
 }
@@ -63,6 +65,7 @@ pub fn mint_with(master: &MasterKey, grant: &Grant<'_>, nonce: [u8; NONCE_LEN]) 
         holder: grant.holder.to_owned(),
         path: grant.path.to_owned(),
         range: ByteRange::FULL,
+        issued_at: grant.issued_at,
         not_after: grant.not_after,
         nonce,
     };
@@ -74,11 +77,13 @@ pub fn mint_with(master: &MasterKey, grant: &Grant<'_>, nonce: [u8; NONCE_LEN]) 
 pub fn mint(master: &MasterKey, source: &str, holder: &str, path: &str, ttl_secs: u64) -> String {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let now = unix_now();
     let grant = Grant {
         source,
         holder,
         path,
-        not_after: unix_now().saturating_add(ttl_secs),
+        issued_at: now,
+        not_after: now.saturating_add(ttl_secs),
     };
     mint_with(master, &grant, nonce)
 }
@@ -100,6 +105,7 @@ pub fn mint_tree_with(
         holder: grant.holder.to_owned(),
         path: grant.path.to_owned(),
         filter: filter.clone(),
+        issued_at: grant.issued_at,
         not_after: grant.not_after,
         nonce,
     };
@@ -118,11 +124,13 @@ pub fn mint_tree(
 ) -> String {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let now = unix_now();
     let grant = Grant {
         source,
         holder,
         path,
-        not_after: unix_now().saturating_add(ttl_secs),
+        issued_at: now,
+        not_after: now.saturating_add(ttl_secs),
     };
     mint_tree_with(master, &grant, filter, nonce)
 }
@@ -205,6 +213,7 @@ mod tests {
             source: "a",
             holder: "b",
             path: "/p",
+            issued_at: 1_799_999_000,
             not_after: 1_800_000_000,
         };
         assert_eq!(
@@ -215,6 +224,7 @@ mod tests {
         assert_eq!(claims.audience, "a");
         assert_eq!(claims.holder, "b");
         assert_eq!(claims.not_after, 1_800_000_000);
+        assert_eq!(claims.lifetime(), 1000);
     }
 
     #[test]

@@ -102,6 +102,7 @@ fuzz_target!(|input: Input| {
             start: input.range.0,
             end: input.range.1,
         },
+        issued_at: input.not_after / 2,
         not_after: input.not_after,
         nonce: input.nonce,
     };

@@ -181,6 +181,7 @@ impl Grid {
             holder: holder.to_owned(),
             path: path.to_owned(),
             range: ByteRange::FULL,
+            issued_at: unix_now(),
             not_after: unix_now() + 60,
             nonce: rand::random(),
         }

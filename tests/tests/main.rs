@@ -15,6 +15,7 @@ mod fanout_cli;
 mod frames;
 mod hostile;
 mod hostile_disk;
+mod hostile_keys;
 mod interrupted;
 mod keys;
 mod limits;

@@ -109,6 +109,7 @@ fn tree_token(grid: &Grid, audience: &str, holder: &str, path: &str, filter: Fil
         holder: holder.into(),
         path: path.into(),
         filter,
+        issued_at: unix_now(),
         not_after: unix_now() + 60,
         nonce: rand::random(),
     };

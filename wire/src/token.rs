@@ -7,7 +7,10 @@
 //! is broken into holds only its own key and cannot mint tokens for any other star.
 //!
 //! [`verify`] checks, in this order: the encoding and version, the key id, the tag (in constant
-//! time), expiry, audience, holder, path and range. Only it can make a [`VerifiedToken`], which is
+//! time), expiry, issue time (a token issued more than [`MAX_CLOCK_SKEW_SECS`] in the future is
+//! refused), audience, holder, path and range. A star also caps a token's whole lifetime, from
+//! its issue time to its expiry ([`Claims::lifetime`]), so a token cannot be post-dated to stay
+//! usable for longer than the cap. Only it can make a [`VerifiedToken`], which is
 //! what the serving code demands before it touches a file.
 //!
 //! # Rotation
@@ -25,8 +28,14 @@ use sha2::{Digest, Sha256};
 
 use crate::ByteRange;
 
-/// The claims format this crate writes and accepts.
-pub const TOKEN_VERSION: u8 = 1;
+/// The claims format this crate writes and accepts. Formats 1 (file) and 2 (tree) had no issue
+/// time and are refused with [`TokenError::Outdated`].
+pub const TOKEN_VERSION: u8 = 3;
+/// How far in the future a token's issue time may lie, in seconds, for clocks that disagree a
+/// little; a token issued later than that is refused with [`TokenError::NotYetValid`].
+pub const MAX_CLOCK_SKEW_SECS: u64 = 60;
+/// The claims formats of earlier releases, which carried no issue time.
+const OUTDATED_VERSIONS: [u8; 2] = [1, 2];
 /// Bytes in a token or master key.
 pub const KEY_LEN: usize = 32;
 /// Bytes in a token's tag.
@@ -198,10 +207,20 @@ pub struct Claims {
     pub path: String,
     /// The bytes that may be read.
     pub range: ByteRange,
+    /// Issue time, seconds since the Unix epoch: the token is refused before it (less
+    /// [`MAX_CLOCK_SKEW_SECS`]), and its lifetime counts from it.
+    pub issued_at: u64,
     /// Expiry, seconds since the Unix epoch; the token is refused from this second on.
     pub not_after: u64,
     /// Random, so that two tokens for the same read differ.
     pub nonce: [u8; NONCE_LEN],
+}
+
+impl Claims {
+    /// The whole lifetime the token was minted with: expiry minus issue time, in seconds.
+    pub fn lifetime(&self) -> u64 {
+        self.not_after.saturating_sub(self.issued_at)
+    }
 }
 
 /// Signs `claims` with `key` into the printable token string.
@@ -255,6 +274,12 @@ pub enum TokenError {
     /// A claims format this star does not know.
     #[error("token version {0} is not supported")]
     UnsupportedVersion(u8),
+    /// A claims format of an earlier release, without an issue time.
+    #[error("token version {0} is an outdated format without an issue time; mint a new token with this release's orbitctl")]
+    Outdated(u8),
+    /// Issued more than [`MAX_CLOCK_SKEW_SECS`] in the future (post-dated).
+    #[error("token is issued {0} seconds in the future (post-dated)")]
+    NotYetValid(u64),
     /// Signed by a key this star does not hold: neither its current nor its previous key.
     #[error(
         "token key id {0:08x} is not this star's current or previous key (retired or unknown)"
@@ -326,6 +351,9 @@ fn split_as<C: serde::de::DeserializeOwned>(
         .ok_or(TokenError::Malformed)?;
     match bytes.first() {
         None => return Err(TokenError::Malformed),
+        Some(&v) if OUTDATED_VERSIONS.contains(&v) && body_len > 0 => {
+            return Err(TokenError::Outdated(v))
+        }
         Some(&v) if v != version && body_len > 0 => return Err(TokenError::UnsupportedVersion(v)),
         Some(_) => {}
     }
@@ -337,9 +365,10 @@ fn split_as<C: serde::de::DeserializeOwned>(
     Ok((claims, bytes, body_len))
 }
 
-/// What both claims formats bind a token to, checked in this order: expiry, audience, holder,
-/// path.
+/// What both claims formats bind a token to, checked in this order: expiry, issue time,
+/// audience, holder, path.
 struct Bound<'a> {
+    issued_at: u64,
     not_after: u64,
     audience: &'a str,
     holder: &'a str,
@@ -350,6 +379,9 @@ impl Bound<'_> {
     fn check(&self, now: u64, audience: &str, holder: &str, path: &str) -> Result<(), TokenError> {
         if now >= self.not_after {
             return Err(TokenError::Expired(now - self.not_after));
+        }
+        if self.issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+            return Err(TokenError::NotYetValid(self.issued_at - now));
         }
         if self.audience != audience {
             return Err(TokenError::WrongAudience {
@@ -381,7 +413,7 @@ fn check_tag(keys: &KeyRing, key_id: u32, bytes: &[u8], body_len: usize) -> Resu
 }
 
 /// The claims format of tree tokens.
-pub const TREE_TOKEN_VERSION: u8 = 2;
+pub const TREE_TOKEN_VERSION: u8 = 4;
 
 /// What a tree token allows: reading the files beneath one directory that its filter admits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,10 +430,19 @@ pub struct TreeClaims {
     pub path: String,
     /// Which entries beneath it may be listed and read.
     pub filter: crate::tree::Filter,
+    /// Issue time, seconds since the Unix epoch, as in [`Claims::issued_at`].
+    pub issued_at: u64,
     /// Expiry, seconds since the Unix epoch.
     pub not_after: u64,
     /// Random, so that two tokens for the same tree differ.
     pub nonce: [u8; NONCE_LEN],
+}
+
+impl TreeClaims {
+    /// The whole lifetime the token was minted with: expiry minus issue time, in seconds.
+    pub fn lifetime(&self) -> u64 {
+        self.not_after.saturating_sub(self.issued_at)
+    }
 }
 
 /// Signs tree `claims` with `key` into the printable token string.
@@ -446,7 +487,7 @@ pub fn decode_tree_unverified(token: &str) -> Result<TreeClaims, TokenError> {
 }
 
 /// Verifies a tree token under whichever key of `keys` its key id names. A single-file token
-/// is refused here (`UnsupportedVersion(1)`), and a tree token by [`verify_with`].
+/// is refused here (`UnsupportedVersion(3)`), and a tree token by [`verify_with`].
 ///
 /// # Errors
 ///
@@ -463,6 +504,7 @@ pub fn verify_tree(
     }
     check_tag(keys, claims.key_id, &bytes, body_len)?;
     let bound = Bound {
+        issued_at: claims.issued_at,
         not_after: claims.not_after,
         audience: &claims.audience,
         holder: &claims.holder,
@@ -508,6 +550,7 @@ pub fn verify_with(
     }
     check_tag(keys, claims.key_id, &bytes, body_len)?;
     let bound = Bound {
+        issued_at: claims.issued_at,
         not_after: claims.not_after,
         audience: &claims.audience,
         holder: &claims.holder,
@@ -546,6 +589,7 @@ mod tests {
             holder: "star-b".into(),
             path: "/srv/data/f.bin".into(),
             range: ByteRange::FULL,
+            issued_at: NOW - 1,
             not_after: NOW + 60,
             nonce: [9; NONCE_LEN],
         }
@@ -628,11 +672,71 @@ mod tests {
         ));
 
         let mut c = claims(&key);
-        c.version = 2;
+        c.version = 5;
         assert_eq!(
             check(&sign(&c, &key), expected()),
-            TokenError::UnsupportedVersion(2)
+            TokenError::UnsupportedVersion(5)
         );
+
+        // Post-dated beyond the allowed clock skew; within it, accepted.
+        let mut c = claims(&key);
+        c.issued_at = NOW + MAX_CLOCK_SKEW_SECS + 1;
+        c.not_after = c.issued_at + 60;
+        assert_eq!(
+            check(&sign(&c, &key), expected()),
+            TokenError::NotYetValid(MAX_CLOCK_SKEW_SECS + 1)
+        );
+        c.issued_at = NOW + MAX_CLOCK_SKEW_SECS;
+        assert!(verify(&sign(&c, &key), &key, &expected()).is_ok());
+    }
+
+    /// The claims of the formats before issue times, as earlier releases signed them.
+    #[derive(Serialize)]
+    struct OldClaims {
+        version: u8,
+        key_id: u32,
+        audience: String,
+        holder: String,
+        path: String,
+        range: ByteRange,
+        not_after: u64,
+        nonce: [u8; NONCE_LEN],
+    }
+
+    #[test]
+    fn a_token_of_an_earlier_format_is_refused_as_outdated() {
+        let key = TokenKey::derive(&master(), "star-a");
+        let old = OldClaims {
+            version: 1,
+            key_id: key.key_id(),
+            audience: "star-a".into(),
+            holder: "star-b".into(),
+            path: "/srv/data/f.bin".into(),
+            range: ByteRange::FULL,
+            not_after: NOW + 60,
+            nonce: [9; NONCE_LEN],
+        };
+        let token = sign_any(&old, &key);
+        let err = verify(&token, &key, &expected()).unwrap_err();
+        assert_eq!(err, TokenError::Outdated(1));
+        assert!(err.to_string().contains("mint a new token"), "{err}");
+        assert_eq!(decode_unverified(&token), Err(TokenError::Outdated(1)));
+        let ring = KeyRing::from(key.clone());
+        assert_eq!(
+            verify_tree(&token, &ring, &expected_tree()).unwrap_err(),
+            TokenError::Outdated(1)
+        );
+    }
+
+    #[test]
+    fn the_lifetime_counts_from_the_issue_time() {
+        let key = TokenKey::derive(&master(), "star-a");
+        let mut c = claims(&key);
+        c.issued_at = NOW - 7000;
+        c.not_after = NOW + 200;
+        assert_eq!(c.lifetime(), 7200);
+        c.issued_at = c.not_after + 5;
+        assert_eq!(c.lifetime(), 0);
     }
 
     #[test]
@@ -713,12 +817,13 @@ mod tests {
     #[test]
     fn golden_claims() {
         let c = Claims {
-            version: 1,
+            version: TOKEN_VERSION,
             key_id: 0x0102_0304,
             audience: "a".into(),
             holder: "b".into(),
             path: "/p".into(),
             range: ByteRange { start: 0, end: 5 },
+            issued_at: 200,
             not_after: 300,
             nonce: [0xee; NONCE_LEN],
         };
@@ -726,7 +831,7 @@ mod tests {
         assert_eq!(
             hex::encode(bytes),
             format!(
-                "01848688080161016202{}0005ac02{}",
+                "03848688080161016202{}0005c801ac02{}",
                 "2f70",
                 "ee".repeat(NONCE_LEN)
             )
@@ -756,6 +861,7 @@ mod tests {
                 include: vec![],
                 links: true,
             },
+            issued_at: NOW - 1,
             not_after: NOW + 60,
             nonce: [9; NONCE_LEN],
         }
@@ -833,7 +939,7 @@ mod tests {
     #[test]
     fn golden_tree_claims() {
         let c = TreeClaims {
-            version: 2,
+            version: 4,
             key_id: 1,
             audience: "a".into(),
             holder: "b".into(),
@@ -843,6 +949,7 @@ mod tests {
                 include: vec![],
                 links: true,
             },
+            issued_at: 200,
             not_after: 300,
             nonce: [0xee; NONCE_LEN],
         };
@@ -850,9 +957,9 @@ mod tests {
         assert_eq!(
             hex::encode(bytes),
             // version, key id, audience, holder, path, filter (one exclude, no include,
-            // links), not_after, nonce.
+            // links), issued_at, not_after, nonce.
             format!(
-                "02 01 0161 0162 022f70 01017800 01 ac02 {}",
+                "04 01 0161 0162 022f70 01017800 01 c801 ac02 {}",
                 "ee".repeat(NONCE_LEN)
             )
             .replace(' ', "")

@@ -261,6 +261,7 @@ fn claims_and_key() -> impl Strategy<Value = (Claims, TokenKey)> {
                     holder,
                     path,
                     range,
+                    issued_at: not_after / 2,
                     not_after,
                     nonce,
                 };
