@@ -21,6 +21,7 @@
 //! | `protected` | the star's own keys, config and state: in no root, never served or overwritten |
 //! | `reload` | new keys, certificates and revocation list on SIGHUP |
 //! | `limits` | the caps on connections, streams, transfers, token lifetime and timeouts |
+//! | `log_output` | plain log text off a terminal, syslog priorities for the journal |
 //! | `config` | `star.toml`, `ORBIT_*` variables and flags, one precedence |
 //! | `metrics` | counters and the Prometheus `/metrics` server |
 //! | `notify` | systemd readiness and watchdog |
@@ -42,6 +43,7 @@ mod jail;
 mod journal;
 mod lifecycle;
 pub mod limits;
+pub mod log_output;
 mod logged;
 pub mod metrics;
 pub mod notify;

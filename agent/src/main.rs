@@ -11,6 +11,7 @@ use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser};
 use tracing::{info, warn};
 
 use orbit_agent::config::{LogFormat, Origin, StarFile, AUTH_SECRET_ENV, CREDENTIALS_ENV};
+use orbit_agent::log_output::{JournalPriority, Stderr};
 use orbit_agent::{notify, Star};
 
 /// Runs an Orbit star: serves files under its allowed roots to other stars of the grid, and pulls
@@ -79,12 +80,20 @@ fn forbid_core_dumps() -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let stderr = Stderr::detect();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        .with_writer(std::io::stderr)
+        .with_ansi(stderr == Stderr::Terminal);
+    match (format, stderr) {
+        (LogFormat::Json, _) => builder.json().init(),
+        (LogFormat::Human, Stderr::Journal) => {
+            let plain = tracing_subscriber::fmt::format()
+                .without_time()
+                .with_ansi(false);
+            builder.event_format(JournalPriority(plain)).init()
+        }
+        (LogFormat::Human, _) => builder.init(),
     }
 }
 

@@ -143,8 +143,12 @@ fn init_tracing(verbose: u8) {
             _ => "trace",
         })
     });
+    // Colour only for a person at a terminal: never in a file, a pipe or the journal.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
 }

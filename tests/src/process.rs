@@ -60,6 +60,8 @@ pub struct StarProcess {
     pub addr: SocketAddr,
     /// Every stderr line so far is sent here by a reader thread.
     pub lines: mpsc::Receiver<String>,
+    /// The lines it wrote up to its `listening on` line, that one included.
+    pub started: Vec<String>,
 }
 
 impl StarProcess {
@@ -110,14 +112,16 @@ impl StarProcess {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(addr) = listening_addr(&line) {
+                    let addr = listening_addr(&line);
+                    seen.push(line);
+                    if let Some(addr) = addr {
                         return StarProcess {
                             child: Some(child),
                             addr,
                             lines,
+                            started: seen,
                         };
                     }
-                    seen.push(line);
                 }
                 Err(_) => {
                     let _ = child.kill();

@@ -133,3 +133,43 @@ fn the_transfer_id_orbitctl_prints_is_in_both_stars_json_logs() {
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }
+
+#[test]
+fn off_a_terminal_the_log_is_plain_and_in_the_journal_each_line_carries_its_priority() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = init_grid(tmp.path(), &["star-a"]);
+    let root = tmp.path().join("a");
+    std::fs::create_dir_all(&root).unwrap();
+    let config = wire(&grid.join("stars/star-a/star.toml"));
+    let args = ["--config", config.as_str(), "--allow", &wire(&root)];
+    // stderr a pipe: no colour codes (the journal stores a line holding them as a blob).
+    let piped = StarProcess::start(&args);
+    assert!(
+        piped.started.iter().all(|l| !l.contains('\x1b')),
+        "{:?}",
+        piped.started
+    );
+    assert!(piped.terminate().success());
+    // stderr the journal's stream, as systemd says with $JOURNAL_STREAM (its device and inode):
+    // every line starts with its syslog priority, which journald files it under.
+    let journal = StarProcess::start_prefixed(
+        &[
+            "sh",
+            "-c",
+            r#"JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec "$0" "$@""#,
+        ],
+        &args,
+        &[],
+    );
+    let listening = journal.started.last().unwrap();
+    assert!(listening.starts_with("<6>"), "{listening:?}");
+    assert!(
+        journal
+            .started
+            .iter()
+            .all(|l| l.starts_with('<') && !l.contains('\x1b')),
+        "{:?}",
+        journal.started
+    );
+    assert!(journal.terminate().success());
+}
