@@ -454,14 +454,85 @@ impl StarFile {
         })
     }
 
-    /// The effective configuration as `star.toml` lines, each with where it came from; secrets
-    /// are never shown, only where they came from.
-    pub fn describe(&self, origin: impl Fn(&str) -> Origin, token_key_from: &str) -> String {
+    /// What a setting left unset means, as `star.toml` would say it: `self` with every setting
+    /// that has a default filled in (`cpus` for the worker threads, `credentials` for the key
+    /// files systemd hands over), and for the others a note of what their absence does.
+    fn with_defaults(
+        &self,
+        cpus: usize,
+        credentials: Option<&Path>,
+    ) -> (StarFile, Vec<(&'static str, &'static str)>) {
+        let limits = crate::Limits::default();
+        let defaults = StarFile {
+            max_connections_per_peer: Some(limits.max_connections_per_peer),
+            max_streams_per_connection: Some(limits.max_streams_per_connection),
+            max_transfers: Some(limits.max_transfers),
+            max_token_lifetime_secs: Some(limits.max_token_lifetime.as_secs()),
+            handshake_timeout_secs: Some(limits.handshake_timeout.as_secs()),
+            idle_timeout_secs: Some(limits.idle_timeout.as_secs()),
+            request_timeout_secs: Some(limits.request_timeout.as_secs()),
+            write_timeout_secs: Some(limits.write_timeout.as_secs()),
+            stream_window_mib: Some(limits.stream_window_mib),
+            congestion_control: Some(limits.congestion_control),
+            log_format: Some(LogFormat::Human),
+            worker_threads: Some(u32::try_from((cpus / 2).max(1)).unwrap_or(1)),
+            ..StarFile::default()
+        };
+        // The settings given win over these defaults.
+        let mut filled = defaults.merge(self.clone());
+        if let Some(dir) = credentials {
+            filled.cert = filled.cert.or_else(|| Some(dir.join("cert.pem")));
+            filled.key = filled.key.or_else(|| Some(dir.join("key.pem")));
+            filled.ca = filled.ca.or_else(|| Some(dir.join("ca.pem")));
+            let previous = dir.join(CREDENTIAL_PREVIOUS_TOKEN_KEY);
+            if filled.previous_token_key_file.is_none() && previous.is_file() {
+                filled.previous_token_key_file = Some(previous);
+            }
+        }
+        let notes = vec![
+            ("name", "none: required"),
+            ("listen", "none: required"),
+            (
+                "cert",
+                "none: required (or $CREDENTIALS_DIRECTORY/cert.pem)",
+            ),
+            ("key", "none: required (or $CREDENTIALS_DIRECTORY/key.pem)"),
+            ("ca", "none: required (or $CREDENTIALS_DIRECTORY/ca.pem)"),
+            ("token_key_file", "see the token key line below"),
+            (
+                "state_dir",
+                "none: no journal, a transfer cut by a restart starts over",
+            ),
+            ("allow", "none: nothing to store into"),
+            ("allow_read", "none"),
+            ("metrics_listen", "none: no metrics served"),
+            (
+                "previous_token_key_file",
+                "none: only the current token key is accepted",
+            ),
+            ("crl_file", "none: nothing is revoked"),
+        ];
+        (filled, notes)
+    }
+
+    /// The effective configuration as `star.toml` lines, each with where it came from: a value
+    /// given, the default it takes (`cpus` and `credentials` decide some), or what its absence
+    /// means. Secrets are never shown, only where they came from.
+    pub fn describe(
+        &self,
+        origin: impl Fn(&str) -> Origin,
+        token_key_from: &str,
+        cpus: usize,
+        credentials: Option<&Path>,
+    ) -> String {
         let mut out = format!("# effective configuration ({PRECEDENCE})\n");
-        for (key, value) in self.entries() {
-            let line = match value {
-                Some(value) => format!("{key} = {value}"),
-                None => format!("# {key} (unset)"),
+        let (filled, notes) = self.with_defaults(cpus, credentials);
+        for (key, value) in filled.entries() {
+            let note = notes.iter().find(|(k, _)| *k == key).map(|(_, n)| *n);
+            let line = match (value, note) {
+                (Some(value), _) => format!("{key} = {value}"),
+                (None, Some(note)) => format!("# {key}: {note}"),
+                (None, None) => format!("# {key}: none"),
             };
             let from = match origin(key) {
                 Origin::Flag => format!("--{}", key.replace('_', "-")),

@@ -130,11 +130,13 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
         (None, Some(path)) => path.display().to_string(),
         (None, None) => match std::env::var_os(CREDENTIALS_ENV) {
             Some(dir) => PathBuf::from(dir).join("token.key").display().to_string(),
-            None => format!("${CREDENTIALS_ENV}/token.key (unset)"),
+            None => format!("none: required (--token-key-file, {AUTH_SECRET_ENV} or ${CREDENTIALS_ENV}/token.key)"),
         },
     };
     let log_format = merged.log_format();
     let metrics_listen = merged.metrics_listen;
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let credentials = std::env::var_os(CREDENTIALS_ENV).map(PathBuf::from);
     let described = merged.describe(
         |key| {
             origins
@@ -143,11 +145,12 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
                 .map_or(Origin::Default, |(_, o)| *o)
         },
         &token_key_from,
+        cpus,
+        credentials.as_deref(),
     );
     if args.check_config {
         print!("{described}");
     }
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let workers = merged.worker_threads(cpus)?;
     let mut config = merged.into_config(secret.clone())?;
     config.protected.extend(args.config.clone());

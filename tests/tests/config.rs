@@ -18,7 +18,7 @@ fn data_root(tmp: &std::path::Path) -> std::path::PathBuf {
 fn setting<'a>(stdout: &'a str, key: &str) -> &'a str {
     stdout
         .lines()
-        .find(|l| l.starts_with(&format!("{key} = ")) || l.starts_with(&format!("# {key} ")))
+        .find(|l| l.starts_with(&format!("{key} = ")) || l.starts_with(&format!("# {key}: ")))
         .unwrap_or_else(|| panic!("no {key} in:\n{stdout}"))
 }
 
@@ -95,6 +95,27 @@ fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
     );
     let line = setting(&out.stdout, "metrics_listen");
     assert!(line.ends_with("# from default"), "{line}");
+    assert!(line.starts_with("# metrics_listen: none"), "{line}");
+    // A setting left unset shows the value it takes, not "(unset)".
+    for (key, value) in [
+        ("max_transfers", "64"),
+        ("max_token_lifetime_secs", "3600"),
+        ("write_timeout_secs", "30"),
+        ("stream_window_mib", "16"),
+        ("congestion_control", "\"bbr\""),
+        ("log_format", "\"human\""),
+    ] {
+        let line = setting(&out.stdout, key);
+        assert!(
+            line.starts_with(&format!("{key} = {value} ")) && line.ends_with("# from default"),
+            "{line}"
+        );
+    }
+    let line = setting(&out.stdout, "worker_threads");
+    assert!(line.starts_with("worker_threads = "), "{line}");
+    let line = setting(&out.stdout, "allow_read");
+    assert!(line.starts_with("# allow_read: none"), "{line}");
+    assert!(!out.stdout.contains("(unset)"), "{}", out.stdout);
     assert!(
         out.stdout.ends_with("# configuration OK\n"),
         "{}",
