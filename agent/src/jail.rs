@@ -270,7 +270,7 @@ impl Jail {
         )?;
         let stat = rustix::fs::fstat(&handle)?;
         check_regular(&stat)?;
-        self.protected.check(&stat)?;
+        not_protected(&self.protected, &stat)?;
         self.check_parent(root, &path.relative)?;
         // Another name of this inode may lie outside every root (a link made by someone who can
         // write inside a root), and nothing can tell where: see docs/SECURITY.md.
@@ -296,7 +296,7 @@ impl Jail {
             Mode::empty(),
             RESOLVE,
         )?;
-        self.protected.check(&rustix::fs::fstat(&dir)?)
+        not_protected(&self.protected, &rustix::fs::fstat(&dir)?)
     }
 
     /// Opens (creating where missing) the parent directories of a target beneath its root and
@@ -329,7 +329,7 @@ impl Jail {
         let Some(dir) = self.open_dirs(root, parents, create)? else {
             return Ok(None);
         };
-        self.protected.check(&rustix::fs::fstat(&dir)?)?;
+        not_protected(&self.protected, &rustix::fs::fstat(&dir)?)?;
         match rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) if self.protected.holds(&stat) => return Err(JailError::Protected),
             Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
@@ -372,7 +372,7 @@ impl Jail {
             RESOLVE,
         )?;
         let stat = rustix::fs::fstat(&handle)?;
-        self.protected.check(&stat)?;
+        not_protected(&self.protected, &stat)?;
         match FileType::from_raw_mode(stat.st_mode) {
             FileType::Directory => {}
             FileType::RegularFile => {
@@ -740,6 +740,14 @@ fn check_regular(stat: &rustix::fs::Stat) -> Result<(), JailError> {
     match FileType::from_raw_mode(stat.st_mode) {
         FileType::RegularFile => Ok(()),
         other => Err(JailError::NotRegular(describe(other))),
+    }
+}
+
+/// Refuses the file or folder `stat` describes when it is one of the star's own.
+fn not_protected(protected: &Protected, stat: &rustix::fs::Stat) -> Result<(), JailError> {
+    match protected.holds(stat) {
+        true => Err(JailError::Protected),
+        false => Ok(()),
     }
 }
 

@@ -10,7 +10,6 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::jail::JailError;
 use crate::startup::{SpawnError, StarConfig};
 
 /// Files whose presence marks a grid's folder (as `orbitctl init` writes it): the whole folder
@@ -119,18 +118,6 @@ impl Protected {
             if entry.file_type().is_ok_and(|t| !t.is_symlink()) {
                 self.add(&entry.path(), depth - 1, budget);
             }
-        }
-    }
-
-    /// Refuses the file or folder `stat` describes when it is one of the star's own.
-    ///
-    /// # Errors
-    ///
-    /// [`JailError::Protected`].
-    pub(crate) fn check(&self, stat: &rustix::fs::Stat) -> Result<(), JailError> {
-        match self.holds(stat) {
-            true => Err(JailError::Protected),
-            false => Ok(()),
         }
     }
 
