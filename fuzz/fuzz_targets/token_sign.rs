@@ -147,6 +147,8 @@ fuzz_target!(|input: Input| {
     };
     let want = if request.now >= claims.not_after {
         Err(TokenError::Expired(request.now - claims.not_after))
+    } else if claims.issued_at > request.now.saturating_add(token::MAX_CLOCK_SKEW_SECS) {
+        Err(TokenError::NotYetValid(claims.issued_at - request.now))
     } else if request.audience != claims.audience {
         Err(TokenError::WrongAudience {
             expected: request.audience.to_owned(),
@@ -228,6 +230,8 @@ fuzz_target!(|input: Input| {
                 refused,
                 TokenError::BadSignature
                     | TokenError::UnsupportedVersion(_)
+                    | TokenError::Outdated(_)
+                    | TokenError::NotYetValid(_)
                     | TokenError::UnknownKey(_)
                     | TokenError::Malformed
             ),

@@ -208,6 +208,14 @@ pub fn expected_for(claims: &Claims) -> Expected<'_> {
     }
 }
 
+/// Whether `e` is a reason to refuse a token before reading its claims.
+fn decode_error(e: &TokenError) -> bool {
+    matches!(
+        e,
+        TokenError::Malformed | TokenError::Outdated(_) | TokenError::UnsupportedVersion(_)
+    )
+}
+
 /// Verifies `token` under `key`, checking that whatever verifies is exactly what [`token::sign`]
 /// makes of its claims (so no other spelling of a valid token is accepted) and that
 /// [`token::decode_unverified`] fails exactly when verification finds the token malformed.
@@ -219,10 +227,12 @@ pub fn check_verify(
     let unverified = token::decode_unverified(token_text);
     let verified = token::verify(token_text, key, expected).map(|v| v.claims().clone());
     match (&unverified, &verified) {
-        (Err(TokenError::Malformed), Err(TokenError::Malformed)) => {}
+        // A token that cannot be decoded (malformed, of an outdated or unknown format) is
+        // refused by both for the same reason, before anything else is checked.
+        (Err(e), Err(v)) if e == v && decode_error(e) => {}
         (Err(e), _) => panic!("decode_unverified failed with {e:?} but verify gave {verified:?}"),
-        (Ok(_), Err(TokenError::Malformed)) => {
-            panic!("verify called a token malformed that decode_unverified read")
+        (Ok(_), Err(e)) if decode_error(e) => {
+            panic!("verify could not decode ({e:?}) a token that decode_unverified read")
         }
         (Ok(claims), Ok(v)) => {
             assert_eq!(

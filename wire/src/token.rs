@@ -324,7 +324,8 @@ pub enum TokenError {
 ///
 /// # Errors
 ///
-/// [`TokenError::Malformed`].
+/// [`TokenError::Malformed`], or [`TokenError::Outdated`] / [`TokenError::UnsupportedVersion`]
+/// for claims of another format, as [`verify`] would say.
 pub fn decode_unverified(token: &str) -> Result<Claims, TokenError> {
     split(token).map(|(claims, _, _)| claims)
 }
