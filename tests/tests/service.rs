@@ -177,7 +177,9 @@ fn keys_only_in_a_credentials_directory() {
 
     let check = orbit_star(&["--config", &wire(&config), "--check-config"], &env);
     assert_eq!(check.code, Some(0), "{}{}", check.stdout, check.stderr);
-    assert!(check.stdout.contains("# cert (unset)"), "{}", check.stdout);
+    // The key files come from the credentials directory, as the settings say.
+    let cert = format!("cert = \"{}\"", wire(&creds.join("cert.pem")));
+    assert!(check.stdout.contains(&cert), "{}", check.stdout);
     assert!(
         check
             .stdout
