@@ -126,18 +126,10 @@ fn error_text(error: &WireError) -> String {
     format!("{}: {}", error.code.name(), one_line(message))
 }
 
-/// `text` with its control characters escaped, so that it stays on one line.
+/// `text` with its control characters escaped, so that it stays on one line, and the
+/// bidirectional controls too, so that it shows as sent ([`crate::human::printable`]).
 pub(super) fn one_line(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    crate::human::printable(text).into_owned()
 }
 
 /// The word `--itemize` prints for `action`.
@@ -364,6 +356,18 @@ mod tests {
 
     use super::*;
     use crate::connect::WireBytes;
+
+    #[test]
+    fn a_stars_message_is_shown_inert_on_one_line() {
+        let error = WireError::new(
+            ErrorCode::PermissionDenied,
+            "no\n\u{1b}[2Jforged \u{202e}txt.exe",
+        );
+        assert_eq!(
+            error_text(&error),
+            "PermissionDenied: no\\n\\u{1b}[2Jforged \\u{202e}txt.exe"
+        );
+    }
 
     fn job() -> TreeJob {
         TreeJob {
