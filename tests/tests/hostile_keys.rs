@@ -169,21 +169,6 @@ fn ok(out: Output) -> Output {
     out
 }
 
-fn init_grid(root: &Path) -> PathBuf {
-    let grid = root.join("grid");
-    let a = format!("star-a=127.0.0.1:{}", free_port());
-    let b = format!("star-b=127.0.0.1:{}", free_port());
-    ok(orbitctl(&[
-        "init",
-        &wire(&grid),
-        "--star",
-        &a,
-        "--star",
-        &b,
-    ]));
-    grid
-}
-
 fn start_star(grid: &Path, name: &str, root: &Path) -> StarProcess {
     let config = grid.join(format!("stars/{name}/star.toml"));
     StarProcess::start(&["--config", &wire(&config), "--allow", &wire(root)])
@@ -232,7 +217,7 @@ fn mint(grid: &Path, file: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finishing_a_rotation_retires_the_previous_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let grid = init_grid(tmp.path());
+    let grid = orbit_tests::ops::init_grid(tmp.path(), &["star-a", "star-b"]);
     let src = tmp.path().join("src");
     let file = src.join("f.bin");
     random_file(&file, 1000);
@@ -455,7 +440,7 @@ fn proc_line<'a>(text: &'a str, field: &str) -> &'a str {
 fn the_star_cannot_dump_core_nor_be_read_by_its_own_user() {
     use std::os::unix::fs::MetadataExt;
     let tmp = tempfile::tempdir().unwrap();
-    let grid = init_grid(tmp.path());
+    let grid = orbit_tests::ops::init_grid(tmp.path(), &["star-a", "star-b"]);
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     let config = wire(&grid.join("stars/star-a/star.toml"));
@@ -498,7 +483,7 @@ fn the_star_cannot_dump_core_nor_be_read_by_its_own_user() {
 #[test]
 fn key_files_swapped_by_mistake_are_refused_without_printing_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let grid = init_grid(tmp.path());
+    let grid = orbit_tests::ops::init_grid(tmp.path(), &["star-a", "star-b"]);
     let star = grid.join("stars/star-a");
     let token_key = std::fs::read_to_string(star.join("token.key")).unwrap();
     let private_key = std::fs::read_to_string(star.join("key.pem")).unwrap();
@@ -573,7 +558,7 @@ fn key_files_swapped_by_mistake_are_refused_without_printing_them() {
 #[test]
 fn orbitctl_status_shows_a_stars_escape_sequences_inert() {
     let tmp = tempfile::tempdir().unwrap();
-    let grid = init_grid(tmp.path());
+    let grid = orbit_tests::ops::init_grid(tmp.path(), &["star-a", "star-b"]);
     // A root whose name retitles the terminal, clears the screen and rewinds the line: what a
     // hostile star could report as easily in any field.
     let root = tmp
@@ -616,7 +601,7 @@ fn a_star_cannot_be_named_like_the_controller_or_a_role() {
         assert!(out.stderr.contains("is reserved"), "{}", out.stderr);
         assert!(!dir.exists(), "init wrote {}", dir.display());
     }
-    let grid = init_grid(tmp.path());
+    let grid = orbit_tests::ops::init_grid(tmp.path(), &["star-a", "star-b"]);
     let spec = format!("orbitctl=127.0.0.1:{}", free_port());
     let out = orbitctl(&["--grid", &wire(&grid), "add-star", &spec]);
     assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);

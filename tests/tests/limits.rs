@@ -5,13 +5,12 @@
 //! replication runs beside the attack.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orbit_certs::Role;
+use orbit_tests::hostile;
 use orbit_tests::process::StarProcess;
 use orbit_tests::*;
 use orbit_wire::token;
@@ -266,16 +265,8 @@ async fn the_controller_may_open_a_connection_per_transfer_and_more() {
 
 // ---- memory under attack, with the real binary ---------------------------------------------------
 
-/// The star's resident memory, from /proc/PID/status; `None` once the process has exited.
-fn try_vm_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 fn vm_rss(pid: u32) -> u64 {
-    try_vm_rss(pid).expect("the star's VmRSS")
+    hostile::vm_rss(pid).expect("the star's VmRSS")
 }
 
 /// Samples a process's VmRSS every few milliseconds until dropped, keeping the peak.
@@ -293,7 +284,9 @@ impl RssPeak {
         let (p, s) = (peak.clone(), stop.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let Some(rss) = try_vm_rss(pid) else { break };
+                let Some(rss) = hostile::vm_rss(pid) else {
+                    break;
+                };
                 p.fetch_max(rss, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -310,37 +303,6 @@ impl Drop for RssPeak {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// Writes star `name`'s files (certificate, key, CA, token key) into `dir` and returns the flags
-/// that start `orbit-star` with them on 127.0.0.1:0.
-fn star_files(grid: &Grid, name: &str, dir: &Path) -> Vec<String> {
-    let cert = grid.ca.issue(Role::Star, name).unwrap();
-    let write = |file: &str, text: &str| {
-        let path = dir.join(file);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .unwrap();
-        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
-        path.display().to_string()
-    };
-    vec![
-        "--name".into(),
-        name.into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--cert".into(),
-        write("cert.pem", &cert.cert_pem),
-        "--key".into(),
-        write("key.pem", &cert.key_pem),
-        "--ca".into(),
-        write("ca.pem", &grid.ca.cert_pem()),
-        "--token-key-file".into(),
-        write("token.key", &grid.key(name).to_hex()),
-    ]
 }
 
 /// A real star-a process serving `root` with `extra` flags, and an in-process star-b that pulls
@@ -361,7 +323,7 @@ impl Bench {
         let root = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
         random_file(&root.path().join("normal.bin"), NORMAL);
-        let mut args = star_files(&grid, "star-a", files.path());
+        let mut args = hostile::star_args(&grid, "star-a", files.path());
         args.extend(["--allow".into(), wire(root.path())]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
