@@ -450,8 +450,8 @@ impl Jail {
     }
 }
 
-/// The permission bits of a published file: `rw-r--r--`, less any bit the file it replaces did
-/// not have. Never setuid, setgid or sticky.
+/// The permission bits of a published file whose source did not give its own (a star of an
+/// earlier release): `rw-r--r--`. See [`TargetDir::publish`].
 pub const PUBLISHED_MODE: u32 = 0o644;
 
 /// Whether a file name is an Orbit temporary file (`.orbit-*.part`): a replication in progress,
@@ -529,6 +529,11 @@ impl TargetDir {
     /// `file`, and makes the rename durable. The caller has fsynced the file. A symlink that
     /// appeared at the target meanwhile is replaced, not followed: rename never follows.
     ///
+    /// The published file keeps the source's permission bits `mode` ([`PUBLISHED_MODE`] when
+    /// the source did not say), never setuid, setgid or sticky, and never a bit the regular file
+    /// it replaces did not have: a copy is never more open than its source, nor than the file
+    /// that held its name.
+    ///
     /// Refused when the name `part` no longer holds `file` (replaced by a link or another file:
     /// only the bytes written and checked are published), or when the directory was moved out of
     /// its root since it was opened (the rename would land outside the root).
@@ -537,7 +542,7 @@ impl TargetDir {
     ///
     /// `InvalidData` or `PermissionDenied` for the two refusals; I/O from `renameat` or the
     /// directory's `fsync`.
-    pub fn publish(&self, part: &str, file: &File) -> io::Result<()> {
+    pub fn publish(&self, part: &str, file: &File, mode: Option<u32>) -> io::Result<()> {
         let ours = rustix::fs::fstat(file)?;
         let named = rustix::fs::statat(&self.dir, part, AtFlags::SYMLINK_NOFOLLOW)?;
         if (named.st_dev, named.st_ino) != (ours.st_dev, ours.st_ino) {
@@ -547,6 +552,7 @@ impl TargetDir {
             ));
         }
         self.check_beneath_root()?;
+        let mode = mode.unwrap_or(PUBLISHED_MODE) & 0o777;
         let mode =
             match rustix::fs::statat(&self.dir, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(target) if self.protected.holds(&target) => {
@@ -557,9 +563,9 @@ impl TargetDir {
                 }
                 // Never more readable (or writable, or executable) than the file it replaces.
                 Ok(target) if FileType::from_raw_mode(target.st_mode) == FileType::RegularFile => {
-                    PUBLISHED_MODE & target.st_mode
+                    mode & target.st_mode
                 }
-                _ => PUBLISHED_MODE,
+                _ => mode,
             };
         rustix::fs::fchmod(file, Mode::from_raw_mode(mode))?;
         rustix::fs::renameat(&self.dir, part, &self.dir, self.name.as_str())?;
@@ -897,6 +903,40 @@ mod tests {
     }
 
     #[test]
+    fn a_published_file_keeps_the_sources_bits_but_never_opens_up_the_file_it_replaces() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let jail = jail(tmp.path());
+        let mode = |name: &str| {
+            std::fs::metadata(tmp.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let publish = |name: &str, bits: Option<u32>| {
+            let path = format!("{}/{name}", tmp.path().display());
+            let dir = jail.prepare_target(&jail.confine(&path).unwrap()).unwrap();
+            let (file, part) = dir.create_part(name).unwrap();
+            dir.publish(&part, &file, bits).unwrap();
+            mode(name)
+        };
+        assert_eq!(publish("private", Some(0o600)), 0o600);
+        assert_eq!(publish("tool", Some(0o755)), 0o755);
+        assert_eq!(publish("setuid", Some(0o4755)), 0o755, "never setuid");
+        assert_eq!(publish("sticky", Some(0o3777)), 0o777, "never setgid or sticky");
+        assert_eq!(publish("unsaid", None), PUBLISHED_MODE);
+        std::fs::write(tmp.path().join("kept-private"), b"old").unwrap();
+        std::fs::set_permissions(
+            tmp.path().join("kept-private"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        assert_eq!(publish("kept-private", Some(0o755)), 0o640 & 0o755);
+        assert_eq!(publish("kept-private", Some(0o600)), 0o600, "closing is fine");
+    }
+
+    #[test]
     fn targets_get_their_parents_and_replace_symlinks() {
         let tmp = tempfile::tempdir().unwrap();
         let jail = jail(tmp.path());
@@ -905,7 +945,7 @@ mod tests {
         assert!(tmp.path().join("a/b/c").is_dir());
         let (mut file, part) = dir.create_part("t1").unwrap();
         std::io::Write::write_all(&mut file, b"data").unwrap();
-        dir.publish(&part, &file).unwrap();
+        dir.publish(&part, &file, None).unwrap();
         assert_eq!(
             std::fs::read(tmp.path().join("a/b/c/file")).unwrap(),
             b"data"
@@ -918,7 +958,7 @@ mod tests {
         let dir = jail.prepare_target(&jail.confine(&path).unwrap()).unwrap();
         let (mut file, part) = dir.create_part("t2").unwrap();
         std::io::Write::write_all(&mut file, b"new").unwrap();
-        dir.publish(&part, &file).unwrap();
+        dir.publish(&part, &file, None).unwrap();
         assert!(!tmp.path().join("link").is_symlink());
         assert_eq!(std::fs::read(tmp.path().join("link")).unwrap(), b"new");
         assert_eq!(

@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn, Instrument};
 
 use orbit_certs::Role;
-use orbit_wire::{DataFrame, ErrorCode};
+use orbit_wire::{DataFrame, ErrorCode, WANTS_MODE};
 
 use crate::error::varint;
 use crate::framed::{self, DataRead};
@@ -77,7 +77,9 @@ impl Drop for Expected {
 impl PeerConn {
     /// A fresh request id, and the future of the data stream that will answer it.
     pub(crate) fn expect_stream(&self) -> Expected {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Every read asks for the file's permission bits; a source of an earlier release echoes
+        // the id all the same.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) | WANTS_MODE;
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().expect("waiters lock").insert(id, tx);
         Expected {

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use orbit_certs::PeerIdentity;
 use orbit_wire::fanout::{AttestClaims, Attestation, RelayRequest};
-use orbit_wire::{ByteRange, DataFrame, FileVersion, ReadRequest, CHUNK_SIZE};
+use orbit_wire::{ByteRange, DataFrame, FileVersion, ReadRequest, CHUNK_SIZE, WANTS_MODE};
 
 use crate::digests::FileKey;
 use crate::error::ToWire;
@@ -270,10 +270,8 @@ async fn follow(
             offset += len;
         }
     }
-    let trailer = DataFrame::Trailer {
-        sha256: hasher.finalize().into(),
-    };
-    bounded(server.write_timeout, write_frame(send, &trailer)).await?;
+    // This star verifies and publishes its own copy before the trailer goes out: then the
+    // origin's attestation is at hand, and so are its permission bits, which came before it.
     let attestation = loop {
         {
             let now = feed.borrow_and_update();
@@ -284,6 +282,14 @@ async fn follow(
         }
         changed(server, &mut feed).await?;
     };
+    let mode = feed.borrow().mode;
+    if let Some(bits) = mode.filter(|_| request_id & WANTS_MODE != 0) {
+        bounded(server.write_timeout, write_frame(send, &DataFrame::Mode(bits))).await?;
+    }
+    let trailer = DataFrame::Trailer {
+        sha256: hasher.finalize().into(),
+    };
+    bounded(server.write_timeout, write_frame(send, &trailer)).await?;
     bounded(
         server.write_timeout,
         write_frame(send, &DataFrame::Attested((*attestation).clone())),

@@ -18,7 +18,7 @@ use orbit_certs::{PeerIdentity, Role};
 use orbit_wire::token::{self, TokenError, VerifiedToken};
 use orbit_wire::{
     ByteRange, DataFrame, ErrorCode, FileVersion, ReadRequest, WireError, CHUNK_SIZE,
-    MAX_CONTROL_FRAME,
+    MAX_CONTROL_FRAME, WANTS_MODE,
 };
 
 use crate::digests::{Digests, FileKey};
@@ -420,6 +420,11 @@ pub(crate) async fn stream_file(
         version,
     };
     bounded(limit, write_frame(send, &header)).await?;
+    if request_id & WANTS_MODE != 0 {
+        // The permission bits only: never setuid, setgid or sticky.
+        let mode = DataFrame::Mode(opened.stat.st_mode & 0o777);
+        bounded(limit, write_frame(send, &mode)).await?;
+    }
 
     // A whole file already hashed in this version is not hashed again.
     let key = FileKey::of(&opened.stat);

@@ -406,6 +406,10 @@ impl Client {
                     return Ok(outcome);
                 }
                 DataFrame::Attested(_) => anyhow::bail!("an attestation on a read stream"),
+                DataFrame::Mode(bits) => {
+                    anyhow::ensure!(outcome.mode.is_none(), "permission bits twice");
+                    outcome.mode = Some(bits);
+                }
             }
         }
     }
@@ -416,6 +420,8 @@ impl Client {
 pub struct ReadOutcome {
     /// The header's size, if a header came.
     pub size: Option<u64>,
+    /// The permission bits, if the request asked ([`orbit_wire::WANTS_MODE`]) and they came.
+    pub mode: Option<u32>,
     /// Every byte of every chunk.
     pub bytes: Vec<u8>,
     /// The trailer's digest, if the read completed.

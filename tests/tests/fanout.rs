@@ -171,6 +171,27 @@ async fn a_chain_of_five_gets_the_file_with_the_origin_sending_it_once() {
     assert_eq!(fan.sent(4), 0);
 }
 
+/// Issue 16.5 across hops: every copy of a chain has the origin's permission bits, the stars
+/// that got the file from a relay too, and never setuid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_hop_of_a_chain_keeps_the_origins_permission_bits() {
+    use std::os::unix::fs::PermissionsExt;
+    let size = 4 * MIB;
+    let (fan, sha) = Fan::new(4, size).await;
+    std::fs::set_permissions(
+        fan.src.path().join("f"),
+        std::fs::Permissions::from_mode(0o4750),
+    )
+    .unwrap();
+    let events = fan.run(&chain(4)).await;
+    assert_all_verified(&fan, &events, sha, size);
+    for i in 0..4 {
+        let mode = std::fs::metadata(fan.target(i)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o750, "{}", fan.name(i));
+    }
+    assert!(fan.sent(2) > 0, "the last star got its bytes from a relay");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tree_of_fan_out_two_sends_from_the_origin_twice() {
     let size = 8 * MIB;
@@ -505,6 +526,30 @@ async fn a_file_from_three_sources_takes_pieces_from_each_and_is_verified_whole(
         "every source sent pieces: {sent:?}"
     );
     assert!(part_files(many.dst.path()).is_empty());
+}
+
+/// Many sources: the copy is no more open than any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_from_two_sources_has_the_permission_bits_they_share() {
+    use std::os::unix::fs::PermissionsExt;
+    let bytes = random_bytes(4 * MIB);
+    let many = Many::new(2, &bytes).await;
+    for (i, bits) in [(0, 0o640), (1, 0o604)] {
+        let path = many.src_dirs[i].path().join("f");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(bits)).unwrap();
+    }
+    let events = within(
+        "a file from two sources",
+        many.grid
+            .controller_client()
+            .control(&many.dest, &many.command(MIB as u64)),
+    )
+    .await
+    .unwrap();
+    expect_done(events.last().unwrap().clone());
+    assert_eq!(std::fs::read(many.target()).unwrap(), bytes);
+    let mode = std::fs::metadata(many.target()).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -119,6 +119,7 @@ enum DataFrameRef<'a> {
         error: WireError,
     },
     Attested(crate::fanout::Attestation),
+    Mode(u32),
 }
 
 /// Decodes a data stream frame body; a chunk's payload is a slice of `body`, not a copy.
@@ -148,6 +149,7 @@ pub fn decode_data_frame(body: Bytes) -> Result<DataFrame, FrameError> {
         DataFrameRef::Trailer { sha256 } => DataFrame::Trailer { sha256 },
         DataFrameRef::Error { request_id, error } => DataFrame::Error { request_id, error },
         DataFrameRef::Attested(attestation) => DataFrame::Attested(attestation),
+        DataFrameRef::Mode(mode) => DataFrame::Mode(mode),
     })
 }
 

@@ -224,7 +224,8 @@ pub struct StarStatus {
 /// A destination star's request for bytes, on a new unidirectional stream to the source star.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadRequest {
-    /// Chosen by the requester, unique on its connection; echoed by the data stream.
+    /// Chosen by the requester, unique on its connection; echoed by the data stream. Its bit
+    /// [`WANTS_MODE`] asks for the file's permission bits.
     pub request_id: u64,
     /// The controller's transfer id, for the source's logs.
     pub transfer_id: TransferId,
@@ -235,6 +236,13 @@ pub struct ReadRequest {
     /// Which bytes; must lie inside the token's range.
     pub range: ByteRange,
 }
+
+/// The bit of a [`ReadRequest::request_id`] (and a relay request's) by which a requester asks
+/// for the file's permission bits: a source that knows it answers with a [`DataFrame::Mode`]
+/// between the header and the trailer. Sources of earlier releases ignore the bit and echo the
+/// id, and the requester then publishes with its own default. A flag rather than a field, because
+/// the fields of version 1's messages never change.
+pub const WANTS_MODE: u64 = 1 << 62;
 
 /// What identifies one version of a file: if any of these change, it is another file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,6 +291,10 @@ pub enum DataFrame {
     },
     /// On a relay stream, before the `Trailer`: the origin's signed digest of the whole file.
     Attested(Attestation),
+    /// Between the `Header` and the `Trailer`, at most once, and only when the request asked
+    /// ([`WANTS_MODE`]): the file's permission bits (at most `0o777`; never setuid, setgid or
+    /// sticky).
+    Mode(u32),
 }
 
 #[cfg(test)]
@@ -471,6 +483,7 @@ mod tests {
             error: WireError::new(ErrorCode::PermissionDenied, ""),
         };
         assert_eq!(golden(&err), "03090000");
+        assert_eq!(golden(&DataFrame::Mode(0o640)), "05a003");
     }
 
     #[test]

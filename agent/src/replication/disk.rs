@@ -46,6 +46,8 @@ pub(crate) struct Commit {
     pub(crate) trailer: [u8; 32],
     /// The SHA-256 the command expects of the whole file, if it says.
     pub(crate) expect: Option<[u8; 32]>,
+    /// The source's permission bits, if it gave them.
+    pub(crate) mode: Option<u32>,
 }
 
 /// One replication's temporary file and what is known of it.
@@ -404,6 +406,7 @@ impl Disk {
             size,
             trailer,
             expect,
+            mode,
         } = commit;
         if self.written != size {
             return Err(PullError::Disk(Local(WireError::new(
@@ -434,7 +437,7 @@ impl Disk {
         self.settle().map_err(&io)?;
         self.file.sync_all().map_err(&io)?;
         self.dir
-            .publish(&self.part, &self.file)
+            .publish(&self.part, &self.file, mode)
             .map_err(disk_error("cannot publish the file"))?;
         self.forget();
         Ok(sha256)
@@ -553,6 +556,7 @@ mod tests {
             size: data.len() as u64,
             trailer: sha,
             expect: Some(sha),
+            mode: None,
         };
         assert_eq!(disk.commit(commit).unwrap(), sha);
         assert_eq!(std::fs::read(w.root.join("sub/out")).unwrap(), data);
@@ -570,6 +574,7 @@ mod tests {
             size: 3,
             trailer: [0; 32],
             expect: None,
+            mode: None,
         };
         let error = disk.commit(wrong).unwrap_err();
         assert_eq!(error.code(), ErrorCode::DataLoss);
@@ -581,12 +586,14 @@ mod tests {
             size: 4,
             trailer: Sha256::digest(b"abc").into(),
             expect: None,
+            mode: None,
         };
         assert_eq!(disk.commit(short).unwrap_err().code(), ErrorCode::DataLoss);
         let expected_other = Commit {
             size: 3,
             trailer: Sha256::digest(b"abc").into(),
             expect: Some([1; 32]),
+            mode: None,
         };
         assert!(disk.commit(expected_other).is_err());
         assert!(!w.root.join("out").exists());
@@ -625,6 +632,7 @@ mod tests {
             size: data.len() as u64,
             trailer: Sha256::digest(&data[120_000..]).into(),
             expect: Some(Sha256::digest(&data).into()),
+            mode: None,
         };
         disk.commit(commit).unwrap();
         assert_eq!(std::fs::read(w.root.join("out")).unwrap(), data);
@@ -664,6 +672,7 @@ mod tests {
             size: 3,
             trailer: sha,
             expect: None,
+            mode: None,
         })
         .unwrap();
         assert_eq!(std::fs::read(w.root.join("out")).unwrap(), b"new");

@@ -19,7 +19,7 @@ use orbit_certs::{Attester, Signed};
 use orbit_wire::fanout::{Attestation, RelayRequest, Upstream};
 use orbit_wire::{
     ByteRange, ControlEvent, ControlRequest, DataFrame, ErrorCode, FileVersion, ReadRequest,
-    ReplicateFile,
+    ReplicateFile, WANTS_MODE,
 };
 
 use super::disk::{Commit, Store};
@@ -29,7 +29,7 @@ use super::registry::Transfer;
 use super::writer::{WriteMsg, Writer};
 use super::Fanout;
 use crate::error::{connection_lost, varint, ToWire};
-use crate::framed::{self, write_frame, DataRead, Payload};
+use crate::framed::{self, write_frame, DataRead, FramedError, Payload};
 use crate::jail::Confined;
 use crate::pool::{PeerConn, Pool};
 
@@ -66,6 +66,9 @@ pub(super) struct Driver<'a> {
     relayed: Option<Relayed<'a>>,
     /// The attestation that came after this attempt's trailer, not yet checked.
     attested: Option<Attestation>,
+    /// The permission bits the sources gave, all of them in common; `None` while no source
+    /// said (one of an earlier release).
+    mode: Option<u32>,
 }
 
 /// What a fan-out destination adds to a replication: where else the file may come from, and
@@ -168,6 +171,7 @@ impl<'a> Driver<'a> {
             trailer: None,
             relayed,
             attested: None,
+            mode: None,
         }
     }
 
@@ -283,6 +287,7 @@ impl<'a> Driver<'a> {
                     size,
                     trailer: self.trailer.take().unwrap_or_default(),
                     expect,
+                    mode: self.mode,
                 };
                 Some(match writer.commit(commit).await {
                     Ok(sha256) => {
@@ -369,6 +374,8 @@ impl<'a> Driver<'a> {
         let payload = &mut self.payload;
         let trailer = &mut self.trailer;
         let attested = &mut self.attested;
+        let mode = &mut self.mode;
+        let feed = self.relayed.as_ref().map(|r| &r.fanout.feed);
         let network = async move {
             match io {
                 Io::Idle => std::future::pending().await,
@@ -382,7 +389,7 @@ impl<'a> Driver<'a> {
                         Event::Failed(e)
                     }
                 },
-                Io::Receiving { recv, .. } => match framed::read_data_frame(recv).await {
+                Io::Receiving { recv, .. } => match read_past_mode(recv, mode, feed).await {
                     Ok(DataRead::Chunk {
                         offset: at,
                         payload: data,
@@ -546,7 +553,37 @@ fn from_frame(source: &str, frame: DataFrame, first: bool) -> Event {
             source_star,
             what: "an attestation out of place".into(),
         }),
+        DataFrame::Mode(_) => Event::Failed(PullError::Protocol {
+            source_star,
+            what: "permission bits before the header".into(),
+        }),
     }
+}
+
+/// Reads the next frame of a data stream; a `Mode` frame is taken into `mode` (and told to the
+/// stars relaying from here through `feed`) and the frame after it returned instead.
+async fn read_past_mode(
+    recv: &mut quinn::RecvStream,
+    mode: &mut Option<u32>,
+    feed: Option<&tokio::sync::watch::Sender<super::Feed>>,
+) -> Result<DataRead, FramedError> {
+    loop {
+        match framed::read_data_frame(recv).await? {
+            DataRead::Frame(DataFrame::Mode(bits)) => {
+                *mode = Some(common_mode(*mode, bits));
+                if let Some(feed) = feed {
+                    feed.send_modify(|f| f.mode = *mode);
+                }
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+/// The permission bits that `known` (what earlier sources or attempts gave) and `bits` have in
+/// common, without setuid, setgid or sticky: a copy is never more open than any source says.
+pub(super) fn common_mode(known: Option<u32>, bits: u32) -> u32 {
+    known.unwrap_or(0o777) & bits & 0o777
 }
 
 /// Sends the read request for the bytes from `start` and waits for the data stream's first
@@ -667,7 +704,8 @@ pub(super) async fn open_relay(
         message: e.message,
     };
     let request = ControlRequest::Relay(RelayRequest {
-        request_id: 0,
+        // One request to a stream: the id only asks for the permission bits.
+        request_id: WANTS_MODE,
         transfer_id: id,
         origin: origin.to_owned(),
         path: from.path.clone(),

@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use orbit_wire::fanout::{ReplicateMany, Upstream, DEFAULT_PIECE};
 use orbit_wire::{ByteRange, ControlEvent, DataFrame, ErrorCode, FileVersion, WireError};
 
-use super::driver::{check_attestation, open_relay};
+use super::driver::{check_attestation, common_mode, open_relay};
 use super::error::{Local, PullError};
 use super::machine::{backoff, Replicated};
 use super::registry::Transfer;
@@ -57,6 +57,8 @@ struct Held {
     source: Upstream,
     version: FileVersion,
     sha256: [u8; 32],
+    /// The file's permission bits, if the source gave them.
+    mode: Option<u32>,
 }
 
 /// The pieces still to fetch, shared by the workers.
@@ -232,6 +234,11 @@ pub(super) async fn replicate(
         }),
     };
     let (size, sha256) = (held[0].version.size, held[0].sha256);
+    // A copy no more open than any source's file; the default when none said.
+    let mode = held
+        .iter()
+        .filter_map(|h| h.mode)
+        .reduce(|known, bits| common_mode(Some(known), bits));
     if let Some(expect) = file.expect_sha256.filter(|e| *e != sha256) {
         return Err(PullError::Mismatch(format!(
             "the sources' SHA-256 is {}, the command expects {}",
@@ -278,7 +285,7 @@ pub(super) async fn replicate(
     let published = match fetched {
         Ok(got) => {
             let (dir, part) = (target_dir.clone(), part.clone());
-            blocking(move || verify_and_publish(&out, got, sha256, &dir, &part)).await
+            blocking(move || verify_and_publish(&out, got, sha256, &dir, &part, mode)).await
         }
         Err(e) => Err(e),
     };
@@ -380,9 +387,11 @@ async fn attested(
         }
         _ => return Err(protocol(star, "no header")),
     };
+    let mut mode = None;
     loop {
         match framed::read_data_frame(&mut recv).await {
             Ok(DataRead::Frame(DataFrame::Trailer { .. })) => {}
+            Ok(DataRead::Frame(DataFrame::Mode(bits))) => mode = Some(common_mode(mode, bits)),
             Ok(DataRead::Frame(DataFrame::Attested(attestation))) => {
                 check_attestation(attester, &attestation, id, source)
                     .and_then(|()| match attestation.claims.version == version {
@@ -397,6 +406,7 @@ async fn attested(
                     source: source.clone(),
                     version,
                     sha256: attestation.claims.sha256,
+                    mode,
                 });
             }
             Ok(DataRead::Frame(DataFrame::Error { error, .. })) => {
@@ -640,6 +650,8 @@ impl Worker {
                         error,
                     })
                 }
+                // Taken at the agreement, from every source.
+                Ok(DataRead::Frame(DataFrame::Mode(_))) => {}
                 Ok(DataRead::Frame(_)) => return Err(protocol(star, "a frame out of place")),
                 Err(e) => {
                     let e = e.to_wire();
@@ -667,6 +679,7 @@ fn verify_and_publish(
     sha256: [u8; 32],
     dir: &TargetDir,
     part: &str,
+    mode: Option<u32>,
 ) -> Result<(), PullError> {
     if got != sha256 {
         return Err(PullError::Mismatch(format!(
@@ -676,7 +689,7 @@ fn verify_and_publish(
         )));
     }
     out.sync_all().map_err(disk_error)?;
-    dir.publish(part, out).map_err(|e| {
+    dir.publish(part, out, mode).map_err(|e| {
         PullError::Disk(Local(WireError::new(
             e.to_wire().code,
             format!("cannot publish the file: {e}"),

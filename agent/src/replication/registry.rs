@@ -68,6 +68,8 @@ pub(crate) struct Feed {
     pub(crate) attestation: Option<Arc<orbit_wire::fanout::Attestation>>,
     /// Why this star's own replication failed, once it has.
     pub(crate) failed: Option<WireError>,
+    /// The origin's permission bits, once a source gave them.
+    pub(crate) mode: Option<u32>,
 }
 
 impl Transfer {

@@ -336,6 +336,10 @@ async fn receive(
             Ok(DataRead::Frame(DataFrame::Attested(_))) => {
                 return protocol("an attestation in a tree's fetch".into())
             }
+            // A tree's listing gives each file's bits; its fetch never asks for them.
+            Ok(DataRead::Frame(DataFrame::Mode(_))) => {
+                return protocol("permission bits in a tree's fetch".into())
+            }
             Ok(DataRead::Chunk { offset, payload }) => {
                 let Some((_, size, got, base)) = &mut current else {
                     return protocol("a chunk outside a file".into());
