@@ -924,7 +924,11 @@ mod tests {
         assert_eq!(publish("private", Some(0o600)), 0o600);
         assert_eq!(publish("tool", Some(0o755)), 0o755);
         assert_eq!(publish("setuid", Some(0o4755)), 0o755, "never setuid");
-        assert_eq!(publish("sticky", Some(0o3777)), 0o777, "never setgid or sticky");
+        assert_eq!(
+            publish("sticky", Some(0o3777)),
+            0o777,
+            "never setgid or sticky"
+        );
         assert_eq!(publish("unsaid", None), PUBLISHED_MODE);
         std::fs::write(tmp.path().join("kept-private"), b"old").unwrap();
         std::fs::set_permissions(
@@ -933,7 +937,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(publish("kept-private", Some(0o755)), 0o640 & 0o755);
-        assert_eq!(publish("kept-private", Some(0o600)), 0o600, "closing is fine");
+        assert_eq!(
+            publish("kept-private", Some(0o600)),
+            0o600,
+            "closing is fine"
+        );
     }
 
     #[test]

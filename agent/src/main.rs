@@ -44,7 +44,7 @@ struct Args {
 fn main() -> ExitCode {
     // Before any key is read: a core dump, or another process of the same user reading this
     // one's memory through /proc or ptrace, would expose the private key and token keys.
-    if let Err(e) = forbid_core_dumps() {
+    if let Err(e) = orbit_certs::forbid_core_dumps() {
         eprintln!("orbit-star: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -60,21 +60,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Marks the process non-dumpable (no core dump; /proc/PID/mem, environ and ptrace closed to
-/// other processes of the same user) and sets its core size limit to 0, as the unit's
-/// `LimitCORE=0` does for a star run by systemd.
-fn forbid_core_dumps() -> anyhow::Result<()> {
-    use rustix::process::{set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit};
-    set_dumpable_behavior(DumpableBehavior::NotDumpable)
-        .context("cannot mark the process non-dumpable (prctl PR_SET_DUMPABLE)")?;
-    let none = Rlimit {
-        current: Some(0),
-        maximum: Some(0),
-    };
-    setrlimit(Resource::Core, none).context("cannot set the core size limit to 0")?;
-    Ok(())
 }
 
 fn init_logging(format: LogFormat) {
@@ -169,6 +154,9 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Watched before the star says it listens: a SIGTERM that follows that line at once
+        // (a supervisor, a test) must stop it cleanly, not find the default action.
+        let mut signals = Signals::new()?;
         let star = Star::spawn(config)
             .await
             .with_context(|| format!("star {name} cannot start"))?;
@@ -182,8 +170,6 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
         if let Err(e) = notifier.notify("READY=1") {
             warn!("cannot notify systemd: {e}");
         }
-        // Watched before waiting, so that no signal finds the default action.
-        let mut signals = Signals::new()?;
         loop {
             let signal = tokio::select! {
                 signal = signals.next() => signal,

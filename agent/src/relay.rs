@@ -284,7 +284,11 @@ async fn follow(
     };
     let mode = feed.borrow().mode;
     if let Some(bits) = mode.filter(|_| request_id & WANTS_MODE != 0) {
-        bounded(server.write_timeout, write_frame(send, &DataFrame::Mode(bits))).await?;
+        bounded(
+            server.write_timeout,
+            write_frame(send, &DataFrame::Mode(bits)),
+        )
+        .await?;
     }
     let trailer = DataFrame::Trailer {
         sha256: hasher.finalize().into(),

@@ -49,7 +49,7 @@ pub use error::CertError;
 pub use identity::{
     peer_identity, validate_name, validate_star_name, PeerIdentity, Role, RESERVED_STAR_NAMES,
 };
-pub use secret::{read_secret_file, SecretFileError};
+pub use secret::{forbid_core_dumps, read_secret_file, SecretFileError};
 pub use sign::{Attester, SignatureError, Signed};
 pub use tls::{
     client_config, client_config_with_crl, load_certs, load_key, server_config,

@@ -52,6 +52,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // orbitctl reads the grid's CA key and token master key: neither may reach a core dump, nor
+    // another process of the same user through /proc or ptrace.
+    if let Err(e) = orbit_certs::forbid_core_dumps() {
+        eprintln!("orbitctl: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -186,7 +186,11 @@ async fn every_hop_of_a_chain_keeps_the_origins_permission_bits() {
     let events = fan.run(&chain(4)).await;
     assert_all_verified(&fan, &events, sha, size);
     for i in 0..4 {
-        let mode = std::fs::metadata(fan.target(i)).unwrap().permissions().mode() & 0o7777;
+        let mode = std::fs::metadata(fan.target(i))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
         assert_eq!(mode, 0o750, "{}", fan.name(i));
     }
     assert!(fan.sent(2) > 0, "the last star got its bytes from a relay");
@@ -548,7 +552,11 @@ async fn a_file_from_two_sources_has_the_permission_bits_they_share() {
     .unwrap();
     expect_done(events.last().unwrap().clone());
     assert_eq!(std::fs::read(many.target()).unwrap(), bytes);
-    let mode = std::fs::metadata(many.target()).unwrap().permissions().mode() & 0o7777;
+    let mode = std::fs::metadata(many.target())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
     assert_eq!(mode, 0o600);
 }
 

@@ -480,6 +480,64 @@ fn the_star_cannot_dump_core_nor_be_read_by_its_own_user() {
     assert!(star.terminate().success());
 }
 
+/// orbitctl reads the grid's CA key and token master key: it, too, cannot dump core nor be
+/// read through /proc by its own user. Caught while it waits on a star that never answers.
+#[test]
+fn orbitctl_cannot_dump_core_nor_be_read_by_its_own_user() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // star-a's address is a socket that takes the handshake and never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    silent.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+    let grid = wire(&tmp.path().join("grid"));
+    let star = format!("star-a={}", silent.local_addr().unwrap());
+    let out = orbitctl(&["init", &grid, "--star", &star]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let mut command = match rustix::process::geteuid().is_root() {
+        true => {
+            chown_tree(tmp.path(), 65534);
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+            c.arg(orbit_tests::process::bin("orbitctl"));
+            c
+        }
+        false => std::process::Command::new(orbit_tests::process::bin("orbitctl")),
+    };
+    let mut child = command
+        .args(["--grid", &grid, "status"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its first QUIC packet: by then it has read the grid, and is past its first steps.
+    let mut buf = [0u8; 2048];
+    silent.recv_from(&mut buf).expect("orbitctl dials star-a");
+    let proc_dir = PathBuf::from(format!("/proc/{}", child.id()));
+    let status = std::fs::read_to_string(proc_dir.join("status")).unwrap();
+    let uid = proc_line(&status, "Uid:").to_owned();
+    let owner = std::fs::metadata(proc_dir.join("environ")).unwrap().uid();
+    let limits = std::fs::read_to_string(proc_dir.join("limits")).unwrap();
+    let core: Vec<String> = proc_line(&limits, "Max core file size")
+        .split_whitespace()
+        .skip(4)
+        .take(2)
+        .map(str::to_owned)
+        .collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if rustix::process::geteuid().is_root() {
+        assert!(
+            uid.split_whitespace().nth(1).is_some_and(|u| u != "0"),
+            "{uid}"
+        );
+    }
+    // Non-dumpable: /proc/PID/{mem,environ,...} belong to root, not to orbitctl's user (a
+    // check that only shows when that user is not root).
+    assert_eq!(owner, 0, "orbitctl is dumpable: {uid}");
+    assert_eq!(core, ["0", "0"]);
+}
+
 #[test]
 fn key_files_swapped_by_mistake_are_refused_without_printing_them() {
     let tmp = tempfile::tempdir().unwrap();
