@@ -171,6 +171,11 @@ impl Jail {
         }
     }
 
+    /// The star's own files and folders, which it never serves or overwrites.
+    pub(crate) fn protected(&self) -> Arc<Protected> {
+        self.protected.clone()
+    }
+
     /// The roots, as the operator gave them, each with whether it is writable.
     pub fn roots(&self) -> impl Iterator<Item = (&Path, bool)> {
         self.roots.iter().map(|r| (r.given.as_path(), r.writable))
@@ -482,12 +487,18 @@ pub fn open_in_tree(top: impl AsFd, name: &[u8], flags: OFlags) -> Result<OwnedF
 ///
 /// # Errors
 ///
-/// As [`open_in_tree`], and [`JailError::NotRegular`], [`JailError::HardLinked`].
-pub fn open_tree_file(top: impl AsFd, name: &[u8]) -> Result<OpenedFile, JailError> {
+/// As [`open_in_tree`], and [`JailError::NotRegular`], [`JailError::HardLinked`],
+/// [`JailError::Protected`] for one of the star's own files.
+pub fn open_tree_file(
+    top: impl AsFd,
+    name: &[u8],
+    protected: &Protected,
+) -> Result<OpenedFile, JailError> {
     let top = top.as_fd();
     let handle = open_in_tree(top, name, OFlags::PATH)?;
     let stat = rustix::fs::fstat(&handle)?;
     check_regular(&stat)?;
+    not_protected(protected, &stat)?;
     if stat.st_nlink > 1 {
         return Err(JailError::HardLinked(stat.st_nlink as u64));
     }
@@ -750,7 +761,10 @@ fn check_regular(stat: &rustix::fs::Stat) -> Result<(), JailError> {
 }
 
 /// Refuses the file or folder `stat` describes when it is one of the star's own.
-fn not_protected(protected: &Protected, stat: &rustix::fs::Stat) -> Result<(), JailError> {
+pub(crate) fn not_protected(
+    protected: &Protected,
+    stat: &rustix::fs::Stat,
+) -> Result<(), JailError> {
     match protected.holds(stat) {
         true => Err(JailError::Protected),
         false => Ok(()),

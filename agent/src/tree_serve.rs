@@ -31,7 +31,7 @@ use orbit_wire::{ByteRange, DataFrame, ErrorCode, TransferId, WireError};
 use crate::digests::FileKey;
 use crate::error::ToWire;
 use crate::framed::{bounded, write_chunk, write_frame, FramedError};
-use crate::jail::{open_in_tree, open_tree_file, OpenedFile};
+use crate::jail::{open_in_tree, open_tree_file, OpenedFile, Protected};
 use crate::logged::Logged;
 use crate::serve::{lost_task, refuse, stream_file, version_of, ServeError, Server};
 
@@ -75,6 +75,8 @@ const KEEP_LISTING: std::time::Duration = std::time::Duration::from_secs(5);
 struct Authorized {
     claims: Arc<TreeClaims>,
     top: Arc<OwnedFd>,
+    /// The star's own files and folders: never listed as part of a tree, never sent.
+    protected: Arc<Protected>,
 }
 
 /// A tree request, as `control` read it from a bidirectional stream.
@@ -216,6 +218,7 @@ async fn authorize(
     Ok(Authorized {
         claims,
         top: Arc::new(top),
+        protected: server.jail.protected(),
     })
 }
 
@@ -354,13 +357,13 @@ async fn send_one(
 ) -> Result<u64, ServeError> {
     tree::check_name(name)?;
     let (top, claims) = (authorized.top.clone(), authorized.claims.clone());
-    let owned = name.to_vec();
+    let (owned, protected) = (name.to_vec(), authorized.protected.clone());
     // The filter's globs run here too, off the async workers: a name may have many parents.
     let read = tokio::task::spawn_blocking(move || {
         if !within_filter(&claims.filter, &owned) {
             return Err(ServeError::OutsideFilter);
         }
-        read_small(top.as_fd(), &owned, offset)
+        read_small(top.as_fd(), &owned, offset, &protected)
     })
     .await
     .map_err(lost_task)??;
@@ -397,7 +400,8 @@ async fn send_one(
         Read::Open(opened) => opened,
     };
     let (top, owned) = (authorized.top.clone(), name.to_vec());
-    let reopen = move || open_tree_file(top.as_fd(), &owned);
+    let protected = authorized.protected.clone();
+    let reopen = move || open_tree_file(top.as_fd(), &owned, &protected);
     let range = ByteRange {
         start: offset,
         end: u64::MAX,
@@ -425,8 +429,13 @@ enum Read {
 /// Opens the file `name` beneath `top` and, when it is small and wanted whole, reads it, hashes
 /// it and checks that it did not change and that its name still names it, as a streamed read
 /// does over its chunks. Blocking.
-fn read_small(top: BorrowedFd<'_>, name: &[u8], offset: u64) -> Result<Read, ServeError> {
-    let opened = open_tree_file(top, name)?;
+fn read_small(
+    top: BorrowedFd<'_>,
+    name: &[u8],
+    offset: u64,
+    protected: &Protected,
+) -> Result<Read, ServeError> {
+    let opened = open_tree_file(top, name, protected)?;
     let version = version_of(&opened);
     if offset != 0 || version.size > SMALL_FILE {
         return Ok(Read::Open(opened));
@@ -477,9 +486,9 @@ async fn prefix(
     if !within_filter(&authorized.claims.filter, &name) {
         return Err(ServeError::OutsideFilter);
     }
-    let top = authorized.top.clone();
+    let (top, protected) = (authorized.top.clone(), authorized.protected.clone());
     tokio::task::spawn_blocking(move || {
-        let opened = open_tree_file(top.as_fd(), &name)?;
+        let opened = open_tree_file(top.as_fd(), &name, &protected)?;
         let version = crate::serve::version_of(&opened);
         if len > version.size {
             return Err(ServeError::Changed(

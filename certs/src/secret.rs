@@ -75,6 +75,29 @@ fn too_open(mode: u32) -> Option<&'static str> {
     }
 }
 
+/// Marks this process non-dumpable (no core dump; `/proc/PID/mem`, `environ` and ptrace closed
+/// to other processes of the same user) and sets its core size limit to 0: what a process that
+/// holds private keys or token keys does first, so that a crash leaves none of them on disk.
+///
+/// # Errors
+///
+/// From `prctl(PR_SET_DUMPABLE)` or `setrlimit(RLIMIT_CORE)`, naming which.
+pub fn forbid_core_dumps() -> io::Result<()> {
+    use rustix::process::{set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit};
+    let failed = |what: &str, e: rustix::io::Errno| io::Error::other(format!("{what}: {e}"));
+    set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(|e| {
+        failed(
+            "cannot mark the process non-dumpable (prctl PR_SET_DUMPABLE)",
+            e,
+        )
+    })?;
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    setrlimit(Resource::Core, none).map_err(|e| failed("cannot set the core size limit to 0", e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,27 +131,4 @@ mod tests {
         let err = read_secret_file(&dir.path().join("none"), "key").unwrap_err();
         assert!(matches!(err, SecretFileError::Read { .. }), "{err}");
     }
-}
-
-/// Marks this process non-dumpable (no core dump; `/proc/PID/mem`, `environ` and ptrace closed
-/// to other processes of the same user) and sets its core size limit to 0: what a process that
-/// holds private keys or token keys does first, so that a crash leaves none of them on disk.
-///
-/// # Errors
-///
-/// From `prctl(PR_SET_DUMPABLE)` or `setrlimit(RLIMIT_CORE)`, naming which.
-pub fn forbid_core_dumps() -> io::Result<()> {
-    use rustix::process::{set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit};
-    let failed = |what: &str, e: rustix::io::Errno| io::Error::other(format!("{what}: {e}"));
-    set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(|e| {
-        failed(
-            "cannot mark the process non-dumpable (prctl PR_SET_DUMPABLE)",
-            e,
-        )
-    })?;
-    let none = Rlimit {
-        current: Some(0),
-        maximum: Some(0),
-    };
-    setrlimit(Resource::Core, none).map_err(|e| failed("cannot set the core size limit to 0", e))
 }

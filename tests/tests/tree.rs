@@ -890,3 +890,62 @@ async fn delete_keeps_excluded_files_inside_a_directory_gone_at_the_source() {
     assert_eq!(left, want);
     p.shutdown().await;
 }
+
+/// Issue 16.3 within trees: a star's own key moved into a tree after it started is named and
+/// never sent by the source; at the destination, one in the target tree is neither overwritten
+/// nor deleted by `--delete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stars_own_files_inside_a_tree_are_never_sent_overwritten_or_deleted() {
+    let grid = Grid::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let keys = tempfile::tempdir().unwrap();
+    let key = |name: &str| {
+        let path = keys.path().join(name);
+        std::fs::write(&path, format!("secret of {name}")).unwrap();
+        path
+    };
+    let (a_key, b_key, b_crl) = (key("a-key.pem"), key("b-key.pem"), key("b-crl.pem"));
+    let mut config = grid.star_config("star-a", &[src.path()]);
+    config.protected = vec![a_key.clone()];
+    let a = within("spawn", Star::spawn(config)).await.unwrap();
+    let mut config = grid.star_config("star-b", &[dst.path()]);
+    config.protected = vec![b_key.clone(), b_crl.clone()];
+    let b = within("spawn", Star::spawn(config)).await.unwrap();
+    let p = Pair {
+        grid,
+        src,
+        dst,
+        a,
+        b,
+    };
+    let data = p.source();
+    write(&data.join("plain"), b"p", 0o644, 1_600_000_000);
+    write(&data.join("sub/x"), b"x", 0o644, 1_600_000_000);
+    // Moved in after the stars started: the same files, under other names.
+    std::fs::rename(&a_key, data.join("sub/key.pem")).unwrap();
+    std::fs::create_dir_all(p.target()).unwrap();
+    let gone = p.target().join("gone.pem");
+    std::fs::rename(&b_crl, &gone).unwrap();
+
+    let mut cmd = p.command(Filter::default());
+    cmd.delete = true;
+    let (s, _) = p.run(cmd).await;
+    assert_eq!((s.copied, s.failed, s.unsupported), (2, 1, 1), "{s:?}");
+    assert_eq!(std::fs::read(p.target().join("plain")).unwrap(), b"p");
+    assert!(!p.target().join("sub/key.pem").exists(), "the key was sent");
+    assert_eq!(s.failures[0].name, b"gone.pem");
+    assert_eq!(s.failures[0].error.code, ErrorCode::PermissionDenied);
+    assert_eq!(std::fs::read(&gone).unwrap(), b"secret of b-crl.pem");
+
+    // A source file of the same name as the destination's key does not replace it.
+    let own = p.target().join("own.pem");
+    std::fs::rename(&b_key, &own).unwrap();
+    write(&data.join("own.pem"), b"attacker", 0o644, 1_600_000_000);
+    let (s, _) = p.run(p.command(Filter::default())).await;
+    assert_eq!(s.failed, 1, "{s:?}");
+    assert_eq!(s.failures[0].name, b"own.pem");
+    assert_eq!(s.failures[0].error.code, ErrorCode::PermissionDenied);
+    assert_eq!(std::fs::read(&own).unwrap(), b"secret of b-key.pem");
+    assert!(part_files(p.target().as_path()).is_empty());
+    p.shutdown().await;
+}

@@ -39,7 +39,7 @@ use super::registry::Transfer;
 use super::Replicator;
 use crate::error::ToWire;
 use crate::framed::{self, write_frame};
-use crate::jail::{open_in_tree, Confined, JailError};
+use crate::jail::{not_protected, open_in_tree, Confined, JailError, Protected};
 use crate::pool::{PeerConn, Pool};
 
 mod delete;
@@ -92,6 +92,9 @@ struct Shared<'a> {
     transfer: &'a Transfer,
     tally: Mutex<Tally>,
     top: Option<Arc<OwnedFd>>,
+    /// The star's own files and folders: never written over, into or deleted, whatever the
+    /// tree's names.
+    protected: Arc<Protected>,
     /// Cancelled when a controller cancels the tree or the star shuts down: every task of the
     /// tree stops, and is waited for, before the tree reports its end.
     stop: CancellationToken,
@@ -204,6 +207,7 @@ pub(crate) async fn replicate(
         transfer,
         tally: Mutex::default(),
         top: top.map(Arc::new),
+        protected: replicator.store.jail.protected(),
         stop: CancellationToken::new(),
     };
     // A cancel or a shutdown stops the tree's tasks; the tree still waits for them all (their
@@ -427,12 +431,13 @@ async fn list(
                 });
             }
         }
-        let top = shared.top.clone();
+        let (top, protected) = (shared.top.clone(), shared.protected.clone());
         let (sync, dry_run) = (cmd.sync, cmd.dry_run);
-        let planned =
-            tokio::task::spawn_blocking(move || plan(top.as_deref(), entries, sync, dry_run))
-                .await
-                .map_err(|e| PullError::Internal(e.to_string()))?;
+        let planned = tokio::task::spawn_blocking(move || {
+            plan(top.as_deref(), &protected, entries, sync, dry_run)
+        })
+        .await
+        .map_err(|e| PullError::Internal(e.to_string()))?;
         for decision in planned {
             match decision {
                 Decision::Copy(want) if cmd.dry_run => {
@@ -517,13 +522,21 @@ fn split_name(name: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// The last parent directory opened, since entries come grouped by directory.
-#[derive(Default)]
 struct Parents {
     last: Option<(Vec<u8>, Arc<OwnedFd>)>,
+    protected: Arc<Protected>,
 }
 
 impl Parents {
-    /// Opens directory `name` beneath `top` (the top itself if empty), through no link.
+    fn new(protected: Arc<Protected>) -> Parents {
+        Parents {
+            last: None,
+            protected,
+        }
+    }
+
+    /// Opens directory `name` beneath `top` (the top itself if empty), through no link; never
+    /// one of the star's own folders.
     fn open(&mut self, top: &OwnedFd, name: &[u8]) -> Result<Arc<OwnedFd>, WireError> {
         if let Some((last, fd)) = &self.last {
             if last == name {
@@ -537,6 +550,8 @@ impl Parents {
             ),
             e => e.to_wire(),
         })?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| JailError::from(e).to_wire())?;
+        not_protected(&self.protected, &stat).map_err(|e| e.to_wire())?;
         let fd = Arc::new(fd);
         self.last = Some((name.to_vec(), fd.clone()));
         Ok(fd)

@@ -85,6 +85,15 @@ pub(super) fn walk(
         if !filter.admits(&name, kind == FileType::Directory) {
             continue;
         }
+        // The star's own key, config or state, moved or mounted into the tree: named, never
+        // sent, never walked into.
+        if authorized.protected.holds(&stat) {
+            batch.push(Entry {
+                name,
+                kind: EntryKind::Unsupported(JailError::Protected.to_wire()),
+            });
+            continue;
+        }
         let mut descend = None;
         let entry_kind = match kind {
             FileType::Directory if depth > MAX_DEPTH => EntryKind::Unreadable(WireError::new(
@@ -118,7 +127,7 @@ pub(super) fn walk(
             }
             FileType::RegularFile => {
                 let sha256 = if checksums {
-                    match digest(dir, bytes, known, remember) {
+                    match digest(dir, bytes, &authorized.protected, known, remember) {
                         Ok(sha) => Some(sha),
                         Err(e) => {
                             batch.push(Entry {
@@ -217,10 +226,11 @@ fn describe(kind: FileType) -> &'static str {
 fn digest(
     dir: impl AsFd,
     name: &[u8],
+    protected: &crate::jail::Protected,
     known: &dyn Fn(&FileKey) -> Option<[u8; 32]>,
     remember: &dyn Fn(FileKey, [u8; 32]),
 ) -> Result<[u8; 32], ServeError> {
-    let opened = open_tree_file(dir, name)?;
+    let opened = open_tree_file(dir, name, protected)?;
     let key = FileKey::of(&opened.stat);
     if let Some(sha) = known(&key) {
         return Ok(sha);

@@ -108,6 +108,7 @@ pub(super) async fn delete(
         }
         return Ok(());
     }
+    let protected = shared.protected.clone();
     let removed = tokio::task::spawn_blocking(move || {
         found
             .into_iter()
@@ -121,6 +122,11 @@ pub(super) async fn delete(
                         } else {
                             AtFlags::empty()
                         };
+                        // The star's own files and folders stay, whatever the tree lacks.
+                        let now = rustix::fs::statat(&dir, last, AtFlags::SYMLINK_NOFOLLOW);
+                        if now.is_ok_and(|s| protected.holds(&s)) {
+                            return Err(JailError::Protected.to_wire());
+                        }
                         rustix::fs::unlinkat(&dir, last, flags)
                             .map_err(|e| JailError::from(e).to_wire())?;
                         rustix::fs::fsync(&dir).map_err(|e| JailError::from(e).to_wire())

@@ -66,6 +66,7 @@ impl Fetches {
             pool: shared.pool.clone(),
             peer: peer.clone(),
             top,
+            protected: shared.protected.clone(),
             progress: shared.transfer.tree.clone(),
             cancelled: shared.transfer.cancel.clone(),
             stop: stop.clone(),
@@ -134,6 +135,7 @@ struct Task {
     pool: Arc<Pool>,
     peer: Arc<PeerConn>,
     top: Arc<OwnedFd>,
+    protected: Arc<crate::jail::Protected>,
     progress: tokio::sync::watch::Sender<Option<TreeProgress>>,
     /// A controller's cancel: a cut-short large file keeps no temporary file.
     cancelled: CancellationToken,
@@ -248,7 +250,9 @@ async fn fetch(peer: &PeerConn, task: &Task, batch: Vec<Want>) -> Fetched {
     let (tx, rx) = mpsc::channel::<WriteMsg>(16);
     let wants = batch.clone();
     let cancelled = task.cancelled.clone();
-    let writer = tokio::task::spawn_blocking(move || write_batch(&top, &wants, &cancelled, rx));
+    let protected = task.protected.clone();
+    let writer =
+        tokio::task::spawn_blocking(move || write_batch(&top, &protected, &wants, &cancelled, rx));
     let stream_error = receive(peer, cmd, &batch, expect, &tx, progress, &task.stop).await;
     if let Some(error) = &stream_error {
         let _ = tx.send(WriteMsg::Abort(error.clone())).await;

@@ -5,6 +5,7 @@
 //! opens nothing but beneath the target's handle, through no symbolic link.
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec};
 use sha2::{Digest, Sha256};
@@ -15,7 +16,7 @@ use orbit_wire::{ErrorCode, WireError};
 use super::write::part_name;
 use super::{split_name, Parents, Want, RESUME_MIN};
 use crate::error::ToWire;
-use crate::jail::{is_temporary, open_in_tree, JailError};
+use crate::jail::{is_temporary, open_in_tree, JailError, Protected};
 
 /// What to do with one listed entry.
 pub(super) enum Decision {
@@ -31,11 +32,12 @@ pub(super) enum Decision {
 /// `top` is `None` in a dry run whose target does not exist. Blocking.
 pub(super) fn plan(
     top: Option<&OwnedFd>,
+    protected: &Arc<Protected>,
     entries: Vec<Entry>,
     sync: SyncLevel,
     dry_run: bool,
 ) -> Vec<Decision> {
-    let mut parents = Parents::default();
+    let mut parents = Parents::new(protected.clone());
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
         out.push(decide(top, &mut parents, entry, sync, dry_run));
@@ -106,6 +108,10 @@ fn decide(
             Err(e) => return fail(name, e),
         },
     };
+    // The star's own key, config or state, moved or mounted into the target tree: kept.
+    if now.as_ref().is_some_and(|s| parents.protected.holds(s)) {
+        return fail(name, JailError::Protected.to_wire());
+    }
     let now_kind = now.as_ref().map(|s| FileType::from_raw_mode(s.st_mode));
     match kind {
         EntryKind::Dir {

@@ -19,7 +19,7 @@ use orbit_wire::{ErrorCode, FileVersion, WireError};
 
 use super::{split_name, Parents, Want, RESUME_MIN};
 use crate::error::ToWire;
-use crate::jail::JailError;
+use crate::jail::{JailError, Protected};
 use crate::replication::disk::{write_all_pieces, RESERVE_AHEAD};
 
 /// What the network side tells the blocking writer.
@@ -81,6 +81,7 @@ impl Writing {
 /// Returns each file's result by index; `None` for files never begun.
 pub(super) fn write_batch(
     top: &OwnedFd,
+    protected: &Arc<Protected>,
     wants: &[Want],
     cancelled: &CancellationToken,
     mut rx: mpsc::Receiver<WriteMsg>,
@@ -95,7 +96,7 @@ pub(super) fn write_batch(
         }
     };
     let mut results: Vec<Option<Result<(), WireError>>> = vec![None; wants.len()];
-    let mut parents = Parents::default();
+    let mut parents = Parents::new(protected.clone());
     let mut ready: Vec<Ready> = Vec::new();
     let mut writing: Option<Writing> = None;
     let local = |e: std::io::Error| e.to_wire();
@@ -205,7 +206,7 @@ pub(super) fn write_batch(
     if let Some(w) = writing.take() {
         stop(w);
     }
-    publish(ready, &mut results);
+    publish(ready, protected, &mut results);
     results
 }
 
@@ -213,7 +214,11 @@ pub(super) fn write_batch(
 /// its target, and syncs the directories touched. A batch of several files is synced with one
 /// `syncfs` of their file system each time, not an fsync per file: on ext4 each fsync waited for
 /// a journal commit of its own, 0.4 ms apiece, most of a tree's time (bench/RESULTS.md).
-fn publish(ready: Vec<Ready>, results: &mut [Option<Result<(), WireError>>]) {
+fn publish(
+    ready: Vec<Ready>,
+    protected: &Protected,
+    results: &mut [Option<Result<(), WireError>>],
+) {
     let mut synced = Vec::with_capacity(ready.len());
     let whole_fs = ready.len() > 1;
     // One syncfs per file system the batch wrote to: a target tree may hold a mount point.
@@ -240,6 +245,13 @@ fn publish(ready: Vec<Ready>, results: &mut [Option<Result<(), WireError>>]) {
     let mut published = Vec::with_capacity(synced.len());
     for r in synced {
         drop(r.file);
+        // One of the star's own files, moved in since the plan: kept.
+        let target = rustix::fs::statat(&*r.parent, r.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW);
+        if target.is_ok_and(|s| protected.holds(&s)) {
+            remove_part(&r.parent, &r.part);
+            results[r.index] = Some(Err(JailError::Protected.to_wire()));
+            continue;
+        }
         // rename never follows a link at the target; a directory there refuses it.
         match rustix::fs::renameat(&*r.parent, r.part.as_str(), &*r.parent, r.name.as_slice()) {
             Ok(()) => {
