@@ -3,7 +3,9 @@
 //! writing anywhere.
 
 use crate::jail::Jail;
-use crate::startup::{check_certificate_names, revocation_list, SpawnError, StarConfig};
+use crate::startup::{
+    check_certificate_names, check_crl_sequence, revocation_list, SpawnError, StarConfig,
+};
 
 /// Checks that a star could start with `config`.
 ///
@@ -19,6 +21,8 @@ pub fn check_config(config: &StarConfig) -> Result<(), SpawnError> {
     crate::protected::check_roots(config)?;
     Jail::open(&config.roots, &config.read_only_roots).map_err(SpawnError::Root)?;
     let crl = revocation_list(config)?;
+    // An older list than the one recorded is refused at start: said here too, recording nothing.
+    check_crl_sequence(config.state_dir.as_deref(), None, crl.as_ref(), false)?;
     crate::endpoint::quic_configs(config, crl.as_ref())?;
     if let Some(path) = &config.state_dir {
         if path.exists() && !path.is_dir() {

@@ -79,6 +79,7 @@ pub(crate) fn reload(parts: Parts<'_>, config: &StarConfig) -> Result<Reloaded, 
         config.state_dir.as_deref(),
         trust.crl_number(),
         crl.as_ref(),
+        true,
     )?;
 
     // Everything is built: swap it in. New handshakes see the new list from here on.

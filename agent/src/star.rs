@@ -80,7 +80,7 @@ impl Star {
         let jail = jail.with_protected(crate::protected::Protected::of(&config));
 
         let crl = revocation_list(&config)?;
-        crate::startup::check_crl_sequence(config.state_dir.as_deref(), None, crl.as_ref())?;
+        crate::startup::check_crl_sequence(config.state_dir.as_deref(), None, crl.as_ref(), true)?;
         let (server_config, client_config) = quic_configs(&config, crl.as_ref())?;
         let attester = crate::endpoint::attester(&config, crl.as_ref())?;
         let endpoint = bind(config.listen, server_config, client_config.clone())?;

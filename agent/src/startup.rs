@@ -148,8 +148,8 @@ pub(crate) const CRL_NUMBER_FILE: &str = "crl-number";
 
 /// Refuses `crl` if it is numbered below `in_force` (the list the running star holds) or below
 /// the number recorded in `state_dir`, or if it is missing while either is set; a list's number
-/// only goes up (`orbitctl revoke` numbers each list one above the last). Then records its
-/// number in `state_dir`.
+/// only goes up (`orbitctl revoke` numbers each list one above the last). Then, with `record`,
+/// records its number in `state_dir` (`--check-config` writes nothing).
 ///
 /// # Errors
 ///
@@ -159,6 +159,7 @@ pub(crate) fn check_crl_sequence(
     state_dir: Option<&std::path::Path>,
     in_force: Option<u64>,
     crl: Option<&orbit_certs::RevocationList>,
+    record: bool,
 ) -> Result<(), SpawnError> {
     let state_error = |path: &std::path::Path, error| SpawnError::StateDir {
         path: path.to_owned(),
@@ -205,7 +206,7 @@ pub(crate) fn check_crl_sequence(
         }
         _ => {}
     }
-    if let (Some(dir), Some(crl)) = (state_dir, crl) {
+    if let (Some(dir), Some(crl), true) = (state_dir, crl, record) {
         if recorded != Some(crl.number()) {
             let file = dir.join(CRL_NUMBER_FILE);
             let tmp = dir.join(format!(".{CRL_NUMBER_FILE}.tmp"));

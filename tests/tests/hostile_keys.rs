@@ -406,6 +406,15 @@ async fn an_older_revocation_list_is_refused_at_reload_and_at_start() {
             .contains("revocation list #1 is older than list #2 (recorded in the state directory)"),
         "{err}"
     );
+    // `--check-config` says so too, and records nothing.
+    let err = orbit_agent::check_config(&with(Some(&first))).unwrap_err();
+    assert!(err.to_string().contains("is older than list #2"), "{err}");
+    orbit_agent::check_config(&with(Some(&second))).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let mut checked = with(Some(&second));
+    checked.state_dir = Some(fresh.path().to_owned());
+    orbit_agent::check_config(&checked).unwrap();
+    assert!(std::fs::read_dir(fresh.path()).unwrap().next().is_none());
     let star = orbit_agent::Star::spawn(with(Some(&second))).await.unwrap();
     star.shutdown().await;
 }
