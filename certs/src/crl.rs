@@ -11,6 +11,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use time::{Duration, OffsetDateTime};
 
@@ -47,9 +48,9 @@ impl RevocationList {
     /// [`CertError::Pem`] if the PEM holds no list or several, [`CertError::Parse`] if the list
     /// is not well-formed, and [`CertError::Crl`] if another CA issued it.
     pub fn from_pem(pem: &str, ca_pem: &str) -> Result<RevocationList, CertError> {
-        let crls = rustls_pemfile::crls(&mut pem.as_bytes())
+        let crls = CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| CertError::Pem(format!("revocation list: {e}")))?;
+            .map_err(|e| crate::tls::pem_error("revocation list", &e))?;
         let [der] = <[_; 1]>::try_from(crls).map_err(|crls| {
             CertError::Pem(format!(
                 "expected one revocation list, found {}",

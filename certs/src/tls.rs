@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -135,9 +136,9 @@ pub fn client_config_with_crl(
 ///
 /// [`CertError::Pem`] if the PEM is malformed or holds no certificate.
 pub fn load_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
-    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CertError::Pem(format!("certificates: {e}")))?;
+        .map_err(|e| pem_error("certificates", &e))?;
     if certs.is_empty() {
         return Err(CertError::Pem("no certificate found".into()));
     }
@@ -150,9 +151,24 @@ pub fn load_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertError> 
 ///
 /// [`CertError::Pem`] if the PEM is malformed or holds no private key.
 pub fn load_key(pem: &str) -> Result<PrivateKeyDer<'static>, CertError> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .map_err(|e| CertError::Pem(format!("private key: {e}")))?
-        .ok_or_else(|| CertError::Pem("no private key found".into()))
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| match e {
+        pem::Error::NoItemsFound => CertError::Pem("no private key found".into()),
+        e => pem_error("private key", &e),
+    })
+}
+
+/// What is wrong with a PEM file, in words that never quote it: a key file's lines are secret.
+pub(crate) fn pem_error(what: &str, e: &pem::Error) -> CertError {
+    let why = match e {
+        pem::Error::MissingSectionEnd { .. } => "a section has no END line".to_owned(),
+        pem::Error::IllegalSectionStart { .. } => "a BEGIN line is malformed".to_owned(),
+        pem::Error::Base64Decode(_) => "a section is not valid base64".to_owned(),
+        pem::Error::Io(e) => e.to_string(),
+        pem::Error::NoItemsFound => "none found".to_owned(),
+        pem::Error::SectionTooLarge => "a section is larger than 256 MB".to_owned(),
+        _ => "malformed PEM".to_owned(),
+    };
+    CertError::Pem(format!("{what}: {why}"))
 }
 
 #[cfg(test)]
@@ -234,6 +250,26 @@ mod tests {
             role: Role::Star,
             name: name.into(),
         }
+    }
+
+    #[test]
+    fn pem_files_are_read_and_their_faults_named_without_quoting_them() {
+        let ca = GridCa::generate("grid").unwrap();
+        let issued = ca.issue(Role::Star, "star-a").unwrap();
+        // Another section first is skipped, as a chain file or a combined file has.
+        let both = format!("{}{}", issued.key_pem, issued.cert_pem);
+        assert_eq!(load_certs(&both).unwrap().len(), 1);
+        assert!(load_key(&both).is_ok());
+        let e = load_key(&issued.cert_pem).unwrap_err().to_string();
+        assert!(e.ends_with("no private key found"), "{e}");
+        let secret = "c2VjcmV0c2VjcmV0c2VjcmV0!!!";
+        let broken = format!("-----BEGIN PRIVATE KEY-----\n{secret}\n-----END PRIVATE KEY-----\n");
+        let e = load_key(&broken).unwrap_err().to_string();
+        assert!(e.contains("not valid base64") && !e.contains("c2Vj"), "{e}");
+        let cut = format!("-----BEGIN PRIVATE KEY-----\n{secret}\n");
+        let e = load_key(&cut).unwrap_err().to_string();
+        assert!(e.contains("no END line") && !e.contains("c2Vj"), "{e}");
+        assert!(load_certs("no PEM here").is_err());
     }
 
     #[test]
