@@ -18,6 +18,20 @@ pub struct Args {
     /// The new star's name and the address it will listen on, e.g. star-c=10.0.0.3:7400.
     #[arg(value_name = "NAME=HOST:PORT", value_parser = StarSpec::parse)]
     pub star: StarSpec,
+
+    /// Print one JSON object instead of the summary and next step:
+    /// {"type":"star","ok":true,"name":..,"addr":..,"folder":..,"config":..}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct AddedJson<'a> {
+    ok: bool,
+    name: &'a str,
+    addr: String,
+    folder: String,
+    config: String,
 }
 
 /// Why a star could not be added.
@@ -55,6 +69,17 @@ pub enum AddStarError {
 pub fn run(grid_dir: &Path, args: Args) -> Result<(), AddStarError> {
     let star_dir = add_star(grid_dir, &args.star)?;
     let StarSpec { name, addr } = &args.star;
+    if args.json {
+        let json = AddedJson {
+            ok: true,
+            name,
+            addr: addr.to_string(),
+            folder: star_dir.display().to_string(),
+            config: star_dir.join(layout::STAR_TOML).display().to_string(),
+        };
+        println!("{}", crate::json::line(crate::json::STAR, &json));
+        return Ok(());
+    }
     println!(
         "Added star {name:?} at {addr} to {}.",
         grid_dir.join(layout::GRID_TOML).display()

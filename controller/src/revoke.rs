@@ -29,6 +29,29 @@ pub struct Args {
     /// ones.
     #[arg(long)]
     pub reissue: bool,
+
+    /// Print one JSON object instead of the summary and next steps: {"type":"revoked",
+    /// "ok":true,"name":..,"already":..,"crl_number":..,"revoked":..,"written":[..],
+    /// "reissued":{"cert":..,"key":..} or null}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct RevokedJson<'a> {
+    ok: bool,
+    name: &'a str,
+    already: bool,
+    crl_number: u64,
+    revoked: usize,
+    written: Vec<String>,
+    reissued: Option<ReissuedJson>,
+}
+
+#[derive(serde::Serialize)]
+struct ReissuedJson {
+    cert: String,
+    key: String,
 }
 
 /// Why a certificate could not be revoked.
@@ -65,6 +88,26 @@ pub struct Revoked {
 /// [`RevokeError`].
 pub fn run(grid_dir: &Path, args: Args) -> Result<(), RevokeError> {
     let done = revoke(grid_dir, &args.name, args.reissue)?;
+    if args.json {
+        let json = RevokedJson {
+            ok: true,
+            name: &args.name,
+            already: done.already,
+            crl_number: done.crl.number(),
+            revoked: done.crl.len(),
+            written: done
+                .written
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            reissued: done.reissued.as_ref().map(|(cert, key)| ReissuedJson {
+                cert: cert.display().to_string(),
+                key: key.display().to_string(),
+            }),
+        };
+        println!("{}", crate::json::line(crate::json::REVOKED, &json));
+        return Ok(());
+    }
     let what = if args.name == layout::CONTROLLER_NAME {
         "the controller's".to_owned()
     } else {

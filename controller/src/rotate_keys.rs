@@ -41,6 +41,34 @@ pub struct Args {
     /// token.previous.key and has been reloaded.
     #[arg(long)]
     pub finish: bool,
+
+    /// Print one JSON object instead of the steps: {"type":"keys","ok":true,"step":"start",
+    /// "next_master_key":..,"stars":[{"name":..,"addr":..,"folder":..,"key_id":..,
+    /// "previous_key_id":..}]}, or with --finish {"type":"keys","ok":true,"step":"finish",
+    /// "stars":[{"name":..,"key_id":..}]}; key ids as 8 hexadecimal digits, as stars log them.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct KeysJson {
+    ok: bool,
+    step: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_master_key: Option<String>,
+    stars: Vec<StarKeysJson>,
+}
+
+#[derive(serde::Serialize)]
+struct StarKeysJson {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    folder: Option<String>,
+    key_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_key_id: Option<String>,
 }
 
 /// Why keys could not be rotated.
@@ -80,6 +108,25 @@ pub struct StarKeys {
 pub fn run(grid_dir: &Path, args: Args) -> Result<(), RotateError> {
     if args.finish {
         let ids = finish(grid_dir)?;
+        if args.json {
+            let json = KeysJson {
+                ok: true,
+                step: "finish",
+                next_master_key: None,
+                stars: ids
+                    .into_iter()
+                    .map(|(name, id)| StarKeysJson {
+                        name,
+                        addr: None,
+                        folder: None,
+                        key_id: format!("{id:08x}"),
+                        previous_key_id: None,
+                    })
+                    .collect(),
+            };
+            println!("{}", crate::json::line(crate::json::KEYS, &json));
+            return Ok(());
+        }
         println!("orbitctl now signs tokens with the new master key.");
         for (name, id) in ids {
             println!("  {name:<20} token key id {id:08x}");
@@ -93,6 +140,25 @@ pub fn run(grid_dir: &Path, args: Args) -> Result<(), RotateError> {
         return Ok(());
     }
     let stars = start(grid_dir)?;
+    if args.json {
+        let json = KeysJson {
+            ok: true,
+            step: "start",
+            next_master_key: Some(grid_dir.join(NEXT_MASTER_KEY).display().to_string()),
+            stars: stars
+                .into_iter()
+                .map(|star| StarKeysJson {
+                    name: star.name,
+                    addr: Some(star.addr),
+                    folder: Some(star.dir.display().to_string()),
+                    key_id: format!("{:08x}", star.key_id),
+                    previous_key_id: Some(format!("{:08x}", star.previous_key_id)),
+                })
+                .collect(),
+        };
+        println!("{}", crate::json::line(crate::json::KEYS, &json));
+        return Ok(());
+    }
     println!(
         "Rotation started: the new master key is {} (orbitctl still signs with the current one).",
         grid_dir.join(NEXT_MASTER_KEY).display()

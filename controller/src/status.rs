@@ -23,14 +23,16 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ask stars whether they are up: version, uptime, transfers in flight and roots; then list
 /// the transfers in flight with their progress.
 ///
-/// Exits 0 if every star asked answered, 1 otherwise.
+/// Exits 0 if every star asked answered, 1 otherwise (with --json, each star that did not says
+/// why in "code" and "error").
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The stars to ask. Default: every star in grid.toml.
     #[arg(value_name = "NAME")]
     pub names: Vec<String>,
 
-    /// Print one JSON object instead of a table.
+    /// Print one JSON object instead of a table: {"type":"status","stars":[..]}, each star with
+    /// "up" and either its status or "code" and "error".
     #[arg(long)]
     pub json: bool,
 }
@@ -358,7 +360,7 @@ struct ReportJson<'a> {
     stars: Vec<StarJson<'a>>,
 }
 
-/// The `--json` object: `{"stars":[...]}`, on one line.
+/// The `--json` object: `{"type":"status","stars":[...]}`, on one line.
 pub fn report_json(reports: &[StarReport]) -> String {
     let stars = reports
         .iter()
@@ -396,7 +398,7 @@ pub fn report_json(reports: &[StarReport]) -> String {
             },
         })
         .collect();
-    serde_json::to_string(&ReportJson { stars }).unwrap_or_default()
+    crate::json::line(crate::json::STATUS, &ReportJson { stars })
 }
 
 #[cfg(test)]

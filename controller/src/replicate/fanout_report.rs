@@ -87,6 +87,8 @@ struct ResultJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    retryable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
 }
 
@@ -106,6 +108,7 @@ pub fn result_json(star: &str, path: Option<&str>, outcome: &Outcome) -> String 
         controller_bytes_sent: None,
         controller_bytes_received: None,
         code: None,
+        retryable: None,
         message: None,
     };
     match outcome {
@@ -119,10 +122,11 @@ pub fn result_json(star: &str, path: Option<&str>, outcome: &Outcome) -> String 
         }
         Err(failure) => {
             json.code = Some(failure.code.name());
+            json.retryable = Some(crate::exit::retryable(failure.code));
             json.message = Some(&failure.message);
         }
     }
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::DESTINATION, &json)
 }
 
 #[derive(Serialize)]
@@ -155,7 +159,7 @@ pub fn progress_json(
         total,
         seconds,
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::PROGRESS, &json)
 }
 
 /// How a whole fan-out ended.
@@ -240,7 +244,7 @@ pub fn summary_json(summary: &Summary) -> String {
         digests_differ: summary.digests_differ,
         seconds: summary.seconds,
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::SUMMARY, &json)
 }
 
 #[derive(Serialize)]
@@ -286,7 +290,7 @@ pub fn plan_json<'a>(
             })
             .collect(),
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::PLAN, &json)
 }
 
 /// The line of one destination of a detached fan-out: `star-b:/data/f  started`, or
@@ -331,7 +335,7 @@ pub fn started_json(
         code: started.as_ref().err().map(|f| f.code.name()),
         message: started.as_ref().err().map(|f| f.message.as_str()),
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::DESTINATION, &json)
 }
 
 #[derive(Serialize)]
@@ -354,7 +358,7 @@ pub fn detached_json(transfer: TransferId, started: usize, failed: usize) -> Str
         failed,
         transfer_id: transfer.to_string(),
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::SUMMARY, &json)
 }
 
 #[cfg(test)]

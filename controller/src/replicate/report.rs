@@ -232,7 +232,7 @@ pub fn item_json(transfer: TransferId, item: &Item) -> String {
         code: item.error.as_ref().map(|e| e.code.name()),
         message: item.error.as_ref().map(|e| e.message.as_str()),
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::ITEM, &json)
 }
 
 #[derive(Serialize)]
@@ -319,7 +319,7 @@ pub fn result_json(job: &TreeJob, done: &TreeDone) -> String {
         controller_bytes_sent: done.wire.sent,
         controller_bytes_received: done.wire.received,
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::RESULT, &json)
 }
 
 #[derive(Serialize)]
@@ -346,7 +346,7 @@ pub fn detached_json(job: &TreeJob) -> String {
         source_path: &job.command.source_path,
         target_path: &job.command.target_path,
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::RESULT, &json)
 }
 
 #[cfg(test)]
@@ -468,7 +468,7 @@ mod tests {
             ]
         );
         let err = outcome("star-b", &summary).unwrap_err();
-        assert_eq!(err.exit_code(), super::super::EXIT_INCOMPLETE);
+        assert_eq!(err.exit_code(), crate::exit::INCOMPLETE);
         assert_eq!(
             err.to_string(),
             "star-b: tree replicated, but 3 files failed and --delete did not run"

@@ -1,0 +1,736 @@
+//! `orbitctl replicate --from-file JOBS`: many single-file replications from one file, at
+//! most `--transfers` at once, each retried with backoff while it fails for a reason that may
+//! go away by itself ([`crate::exit::Class::Temporary`]), one result per job as it ends and
+//! one summary; for cron, Airflow, Kubernetes Jobs and scripts.
+//!
+//! Every job goes through the one client path of a single replication
+//! ([`super::replicate_observed`], [`super::Minting::job`], and on Ctrl-C
+//! [`super::interrupt::Cancelling`]); this module only schedules them. The whole file is read
+//! and checked ([`jobs`]) before any star is contacted, so a bad line copies nothing.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orbit_wire::ErrorCode;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::fanout_report::{result_line, Failure, Outcome};
+use super::interrupt::{interrupt_signal, Cancelling, Interrupt};
+use super::{
+    conclude, event_line, replicate_observed, Args, Minting, ReplicateError, ReplicateJob,
+};
+use crate::exit;
+use crate::grid::{Grid, GridError};
+use crate::human;
+
+pub mod jobs;
+
+pub use jobs::Job;
+
+/// How many replications run at once unless `--transfers` says otherwise.
+pub const DEFAULT_TRANSFERS: u32 = 4;
+/// How many times a job is tried again unless `--retries` says otherwise.
+pub const DEFAULT_RETRIES: u32 = 3;
+/// The wait before the first retry; it doubles with each retry.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why a batch could not start, or how it ended when some of its jobs failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// `--transfers` or `--retries` without `--from-file` (clap does not enforce `requires` on
+    /// an argument whose target conflicts with one given).
+    #[error("{flag} is for a batch: give --from-file JOBS")]
+    WithoutJobs {
+        /// The flag given.
+        flag: &'static str,
+    },
+    /// The jobs file could not be read.
+    #[error("cannot read the jobs file {}: {error}", file.display())]
+    Read {
+        /// The file given (`-` for stdin).
+        file: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// A line of the jobs file was refused; nothing was started.
+    #[error("{}, {error}; nothing was started", file.display())]
+    Line {
+        /// The file given.
+        file: PathBuf,
+        /// The line and why.
+        error: jobs::LineError,
+    },
+    /// The jobs file lists no replication.
+    #[error("{} lists no replication (one SRC DST pair a line)", file.display())]
+    Empty {
+        /// The file given.
+        file: PathBuf,
+    },
+    /// Some jobs failed; each has been reported.
+    #[error("{failed} of {total} replications failed (see the FAILED lines)")]
+    Failed {
+        /// Jobs that failed.
+        failed: usize,
+        /// Jobs in all.
+        total: usize,
+        /// The code of the first job that failed for good, or if none did, of the first
+        /// that failed.
+        code: ErrorCode,
+    },
+    /// Ctrl-C: the jobs running were cancelled and no more were started.
+    #[error(
+        "batch cancelled (interrupted): {verified} of {total} replications had verified their \
+         file; those running were cancelled and publish nothing, {not_started} were not started"
+    )]
+    Interrupted {
+        /// Jobs verified before the interruption.
+        verified: usize,
+        /// Jobs never started.
+        not_started: usize,
+        /// Jobs in all.
+        total: usize,
+    },
+}
+
+impl BatchError {
+    /// The wire code for `--json` output.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BatchError::WithoutJobs { .. }
+            | BatchError::Read { .. }
+            | BatchError::Line { .. }
+            | BatchError::Empty { .. } => ErrorCode::InvalidArgument,
+            BatchError::Failed { code, .. } => *code,
+            BatchError::Interrupted { .. } => ErrorCode::Cancelled,
+        }
+    }
+
+    /// The exit code (see [`crate::exit`]): 2 when the batch could not start; after it ran,
+    /// the worst of its jobs': 130 after Ctrl-C, 1 when one failed for good, else 4.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BatchError::WithoutJobs { .. }
+            | BatchError::Read { .. }
+            | BatchError::Line { .. }
+            | BatchError::Empty { .. } => exit::USAGE,
+            BatchError::Failed { code, .. } => exit::of_code(*code),
+            BatchError::Interrupted { .. } => exit::INTERRUPTED,
+        }
+    }
+}
+
+/// How often and how patiently a job is tried again.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    /// Retries after the first attempt.
+    retries: u32,
+    /// The wait before the first retry.
+    first: Duration,
+}
+
+impl Retry {
+    /// The wait before retry number `retry` (from 1): `first`, doubled each time, at most
+    /// [`MAX_BACKOFF`], less up to half of it at random (`jitter` in 0..1) so that jobs that
+    /// failed together do not all come back at once.
+    fn backoff(&self, retry: u32, jitter: f64) -> Duration {
+        let doubled = self
+            .first
+            .saturating_mul(1u32 << (retry.saturating_sub(1)).min(16));
+        doubled
+            .min(MAX_BACKOFF)
+            .mul_f64(1.0 - jitter.clamp(0.0, 1.0) / 2.0)
+    }
+}
+
+/// What every job of the batch shares.
+struct Shared {
+    grid: Grid,
+    master: orbit_wire::token::MasterKey,
+    tls: Arc<rustls::ClientConfig>,
+    ttl: u64,
+    timeout_secs: u32,
+    retry: Retry,
+    /// Whether a person reads stderr (retry lines).
+    quiet: bool,
+}
+
+/// How one job ended.
+#[derive(Debug)]
+struct Ended {
+    /// Its index in the file's order.
+    index: usize,
+    /// Attempts made, from 1.
+    attempts: u32,
+    /// The verified copy and its transfer id, or why not.
+    result: Result<(ReplicateJob, super::Replicated), ReplicateError>,
+}
+
+/// Refuses the batch options without a batch.
+///
+/// # Errors
+///
+/// [`BatchError::WithoutJobs`] naming the flag.
+pub fn check_unbatched(args: &Args) -> Result<(), BatchError> {
+    let flag = match (args.transfers, args.retries) {
+        (Some(_), _) => "--transfers",
+        (None, Some(_)) => "--retries",
+        (None, None) => return Ok(()),
+    };
+    Err(BatchError::WithoutJobs { flag })
+}
+
+/// Runs the batch `jobs_file` lists with the options of `args`.
+///
+/// # Errors
+///
+/// [`ReplicateError::Batch`]: a usage error before anything started, or the jobs that failed
+/// (each reported already); [`ReplicateError::Grid`] when the grid cannot be used.
+pub async fn run(grid_dir: &Path, args: &Args, jobs_file: &Path) -> Result<(), ReplicateError> {
+    let result = execute(grid_dir, args, jobs_file).await;
+    if let Err(e) = &result {
+        let reported = matches!(
+            e,
+            ReplicateError::Batch(BatchError::Failed { .. } | BatchError::Interrupted { .. })
+        );
+        if args.json && !reported {
+            println!("{}", super::failure_json(e.code(), &e.to_string()));
+        }
+    }
+    result
+}
+
+async fn execute(grid_dir: &Path, args: &Args, jobs_file: &Path) -> Result<(), ReplicateError> {
+    // From here on Ctrl-C cancels the jobs running rather than killing orbitctl.
+    let mut interrupt = interrupt_signal();
+    let text = read(jobs_file).map_err(|error| BatchError::Read {
+        file: jobs_file.to_owned(),
+        error,
+    })?;
+    let refused = |error: jobs::LineError| BatchError::Line {
+        file: jobs_file.to_owned(),
+        error,
+    };
+    let jobs = jobs::parse(&text).map_err(refused)?;
+    if jobs.is_empty() {
+        return Err(BatchError::Empty {
+            file: jobs_file.to_owned(),
+        }
+        .into());
+    }
+    let grid = Grid::open(grid_dir)?;
+    for job in &jobs {
+        for star in [&job.source.star, &job.target.star] {
+            match grid.star(star) {
+                Ok(_) => {}
+                Err(e @ GridError::UnknownStar { .. }) => {
+                    return Err(refused(jobs::LineError {
+                        line: job.line,
+                        reason: e.to_string(),
+                    })
+                    .into())
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let shared = Arc::new(Shared {
+        master: grid.master_key()?,
+        tls: grid.client_tls()?,
+        ttl: args.ttl.unwrap_or(grid.ttl_secs()),
+        grid,
+        timeout_secs: args.timeout,
+        retry: Retry {
+            retries: args.retries.unwrap_or(DEFAULT_RETRIES),
+            first: FIRST_BACKOFF,
+        },
+        quiet: args.quiet || args.json,
+    });
+    let report = Report {
+        json: args.json,
+        quiet: args.quiet,
+        started: Instant::now(),
+    };
+    let transfers = args.transfers.unwrap_or(DEFAULT_TRANSFERS);
+    let transfers = usize::try_from(transfers).unwrap_or(usize::MAX).max(1);
+    let ended = drive(&shared, &jobs, transfers, &mut interrupt, &report).await;
+    report.summarize(&jobs, &ended)
+}
+
+/// Reads the whole jobs file, or stdin for `-`.
+fn read(path: &Path) -> std::io::Result<String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path)
+}
+
+/// Runs `jobs`, at most `transfers` at once, reporting each as it ends, until all have ended
+/// or Ctrl-C: then the jobs running are cancelled (a second Ctrl-C stops waiting for them) and
+/// no more start. Returns how each job ended; `None` for a job never started.
+async fn drive(
+    shared: &Arc<Shared>,
+    jobs: &[Job],
+    transfers: usize,
+    interrupt: &mut Interrupt,
+    report: &Report,
+) -> Vec<Option<Ended>> {
+    let (stop, stopped) = watch::channel(false);
+    let mut ended: Vec<Option<Ended>> = jobs.iter().map(|_| None).collect();
+    let mut running = JoinSet::new();
+    let mut next = 0;
+    let mut interrupts = 0;
+    loop {
+        while interrupts == 0 && running.len() < transfers && next < jobs.len() {
+            let (shared, job, stopped) = (shared.clone(), jobs[next].clone(), stopped.clone());
+            let index = next;
+            running.spawn(async move { run_job(&shared, index, &job, stopped).await });
+            next += 1;
+        }
+        tokio::select! {
+            joined = running.join_next() => match joined {
+                None => break,
+                Some(Ok(done)) => {
+                    report.job(&jobs[done.index], &done);
+                    let index = done.index;
+                    ended[index] = Some(done);
+                }
+                Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Some(Err(_)) => {}
+            },
+            () = interrupt.recv() => {
+                interrupts += 1;
+                if interrupts == 1 {
+                    let _ = stop.send(true);
+                } else {
+                    // A second Ctrl-C: the cancellations were sent; stop waiting for them.
+                    running.abort_all();
+                }
+            }
+        }
+    }
+    ended
+}
+
+/// Runs one job to its end: attempts it, and while it fails for a temporary reason and
+/// retries are left, waits and attempts it again with a fresh token and transfer id.
+async fn run_job(
+    shared: &Shared,
+    index: usize,
+    job: &Job,
+    mut stopped: watch::Receiver<bool>,
+) -> Ended {
+    let mut attempts = 1;
+    loop {
+        let result = attempt(shared, job, &mut stopped).await;
+        let retry = match &result {
+            Err(e) => {
+                e.exit_code() == exit::TEMPORARY
+                    && attempts <= shared.retry.retries
+                    && !*stopped.borrow()
+            }
+            Ok(_) => false,
+        };
+        if !retry {
+            return Ended {
+                index,
+                attempts,
+                result,
+            };
+        }
+        let wait = shared.retry.backoff(attempts, rand::random::<f64>());
+        if !shared.quiet {
+            if let Err(e) = &result {
+                eprintln!(
+                    "line {}: retrying (attempt {}) in {:.1} s: {}",
+                    job.line,
+                    attempts + 1,
+                    wait.as_secs_f64(),
+                    human::printable(&e.to_string())
+                );
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stopped.wait_for(|stop| *stop) => {
+                return Ended {
+                    index,
+                    attempts,
+                    result: Err(interrupted(&job.target.star, &job.target.path)),
+                };
+            }
+        }
+        attempts += 1;
+    }
+}
+
+/// One attempt at `job`, through the single replication's client path; cancelled on the
+/// destination when `stopped` turns true.
+async fn attempt(
+    shared: &Shared,
+    job: &Job,
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<(ReplicateJob, super::Replicated), ReplicateError> {
+    if *stopped.borrow() {
+        return Err(interrupted(&job.target.star, &job.target.path));
+    }
+    let minting = Minting {
+        grid: &shared.grid,
+        master: &shared.master,
+        ttl: shared.ttl,
+        expect_sha256: None,
+        timeout_secs: shared.timeout_secs,
+    };
+    let replication = minting.job(&job.source, &job.target).await?;
+    let line = job.line;
+    let quiet = shared.quiet;
+    let work = replicate_observed(shared.tls.clone(), &replication, |event| {
+        if let Some(text) = event_line(&replication.destination, event).filter(|_| !quiet) {
+            eprintln!("line {line}: {text}");
+        }
+    });
+    let finished = tokio::select! {
+        result = work => Some(result),
+        _ = stopped.wait_for(|stop| *stop) => None,
+    };
+    let done = match finished {
+        Some(result) => result?,
+        None => {
+            let cancelling = Cancelling {
+                tls: shared.tls.clone(),
+                destination: &replication.destination,
+                addr: replication.destination_addr,
+                transfer: replication.command.transfer_id,
+            };
+            cancelling
+                .run(
+                    &mut Interrupt::never(),
+                    || interrupted(&job.target.star, &job.target.path),
+                    |result, wire| conclude(&replication, result, wire, 0),
+                )
+                .await?
+        }
+    };
+    Ok((replication, done))
+}
+
+fn interrupted(star: &str, target: &str) -> ReplicateError {
+    ReplicateError::Interrupted {
+        star: star.to_owned(),
+        target: target.to_owned(),
+    }
+}
+
+/// Where and how the batch reports.
+struct Report {
+    json: bool,
+    quiet: bool,
+    started: Instant,
+}
+
+#[derive(Serialize)]
+struct JobJson<'a> {
+    line: usize,
+    source: String,
+    destination: String,
+    ok: bool,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transfer_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retryable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct SummaryJson {
+    ok: bool,
+    jobs: usize,
+    verified: usize,
+    failed: usize,
+    not_started: usize,
+    retries: u32,
+    bytes: u64,
+    seconds: f64,
+    exit_code: u8,
+}
+
+impl Report {
+    /// Prints how `job` ended: its line (stdout; a failure even with --quiet), or its JSON
+    /// object.
+    fn job(&self, job: &Job, ended: &Ended) {
+        let outcome: Outcome = match &ended.result {
+            Ok((_, done)) => Ok(*done),
+            Err(e) => Err(Failure::of(e)),
+        };
+        if self.json {
+            println!("{}", job_json(job, ended, &outcome));
+            return;
+        }
+        if self.quiet && outcome.is_ok() {
+            return;
+        }
+        let name = format!("line {}  {} -> {}", job.line, job.source, job.target);
+        let mut text = result_line(&human::printable(&name), 0, &outcome);
+        if ended.attempts > 1 {
+            text.push_str(&format!(" (after {} attempts)", ended.attempts));
+        }
+        println!("{text}");
+    }
+
+    /// Prints the summary and turns the jobs' ends into the batch's result.
+    fn summarize(&self, jobs: &[Job], ended: &[Option<Ended>]) -> Result<(), ReplicateError> {
+        let finished: Vec<&Ended> = ended.iter().flatten().collect();
+        let verified = finished.iter().filter(|e| e.result.is_ok()).count();
+        let failures: Vec<&ReplicateError> = finished
+            .iter()
+            .filter_map(|e| e.result.as_ref().err())
+            .collect();
+        let not_started = jobs.len() - finished.len();
+        let interrupted =
+            not_started > 0 || failures.iter().any(|e| e.exit_code() == exit::INTERRUPTED);
+        let bytes: u64 = finished
+            .iter()
+            .filter_map(|e| e.result.as_ref().ok())
+            .map(|(_, done)| done.bytes)
+            .sum();
+        let retries: u32 = finished.iter().map(|e| e.attempts - 1).sum();
+        let seconds = self.started.elapsed().as_secs_f64();
+        let error = if interrupted {
+            Some(BatchError::Interrupted {
+                verified,
+                not_started,
+                total: jobs.len(),
+            })
+        } else if failures.is_empty() {
+            None
+        } else {
+            let code = failures
+                .iter()
+                .map(|e| e.code())
+                .find(|code| !exit::retryable(*code))
+                .unwrap_or_else(|| failures[0].code());
+            Some(BatchError::Failed {
+                failed: failures.len(),
+                total: jobs.len(),
+                code,
+            })
+        };
+        let exit_code = error.as_ref().map_or(exit::OK, BatchError::exit_code);
+        if self.json {
+            let json = SummaryJson {
+                ok: error.is_none(),
+                jobs: jobs.len(),
+                verified,
+                failed: failures.len(),
+                not_started,
+                retries,
+                bytes,
+                seconds,
+                exit_code,
+            };
+            println!("{}", crate::json::line(crate::json::SUMMARY, &json));
+        } else if !self.quiet {
+            println!(
+                "{} of {} verified, {} failed{}, {retries} {}, {} in {seconds:.1} s",
+                verified,
+                replications(jobs.len()),
+                failures.len(),
+                match not_started {
+                    0 => String::new(),
+                    n => format!(", {n} not started"),
+                },
+                if retries == 1 { "retry" } else { "retries" },
+                human::bytes(bytes),
+            );
+        }
+        match error {
+            None => Ok(()),
+            Some(e) => Err(e.into()),
+        }
+    }
+}
+
+/// `N replication(s)`.
+fn replications(n: usize) -> String {
+    if n == 1 {
+        "1 replication".to_owned()
+    } else {
+        format!("{n} replications")
+    }
+}
+
+/// The `--json` object of one job, on one line: `{"type":"job","line":3,"source":..,
+/// "destination":..,"ok":true,"attempts":1,"transfer_id":..,"bytes":..,"sha256":..,
+/// "seconds":..}` or `{..,"ok":false,"attempts":..,"code":..,"retryable":..,"message":..}`.
+fn job_json(job: &Job, ended: &Ended, outcome: &Outcome) -> String {
+    let mut json = JobJson {
+        line: job.line,
+        source: job.source.to_string(),
+        destination: job.target.to_string(),
+        ok: outcome.is_ok(),
+        attempts: ended.attempts,
+        transfer_id: None,
+        bytes: None,
+        sha256: None,
+        seconds: None,
+        code: None,
+        retryable: None,
+        message: None,
+    };
+    match (&ended.result, outcome) {
+        (Ok((replication, _)), Ok(done)) => {
+            json.transfer_id = Some(replication.command.transfer_id.to_string());
+            json.bytes = Some(done.bytes);
+            json.sha256 = Some(hex::encode(done.sha256));
+            json.seconds = Some(done.seconds);
+        }
+        (_, Err(failure)) => {
+            json.code = Some(failure.code.name());
+            json.retryable = Some(exit::retryable(failure.code));
+            json.message = Some(&failure.message);
+        }
+        (Err(_), Ok(_)) => {}
+    }
+    crate::json::line(crate::json::JOB, &json)
+}
+
+#[cfg(test)]
+mod tests {
+    use orbit_wire::{ControlEvent, WireError};
+
+    use super::*;
+    use crate::fake_star::FakeStar;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_less_a_random_part() {
+        let retry = Retry {
+            retries: 3,
+            first: Duration::from_secs(1),
+        };
+        assert_eq!(retry.backoff(1, 0.0), Duration::from_secs(1));
+        assert_eq!(retry.backoff(2, 0.0), Duration::from_secs(2));
+        assert_eq!(retry.backoff(3, 0.0), Duration::from_secs(4));
+        assert_eq!(retry.backoff(10, 0.0), MAX_BACKOFF);
+        assert_eq!(retry.backoff(3, 1.0), Duration::from_secs(2));
+        assert_eq!(retry.backoff(u32::MAX, 0.5), MAX_BACKOFF.mul_f64(0.75));
+    }
+
+    #[test]
+    fn the_batch_exit_code_is_the_worst_class() {
+        let failed = |code| BatchError::Failed {
+            failed: 1,
+            total: 2,
+            code,
+        };
+        assert_eq!(failed(ErrorCode::Unavailable).exit_code(), exit::TEMPORARY);
+        assert_eq!(failed(ErrorCode::NotFound).exit_code(), exit::FAILED);
+        let interrupted = BatchError::Interrupted {
+            verified: 0,
+            not_started: 1,
+            total: 2,
+        };
+        assert_eq!(interrupted.exit_code(), exit::INTERRUPTED);
+        let line = BatchError::Line {
+            file: "jobs".into(),
+            error: jobs::LineError {
+                line: 3,
+                reason: "bad".into(),
+            },
+        };
+        assert_eq!(line.exit_code(), exit::USAGE);
+        assert_eq!(line.to_string(), "jobs, line 3: bad; nothing was started");
+    }
+
+    /// A job whose destination answers ResourceExhausted twice, then Done, is retried and
+    /// verified; one refused with NotFound is not retried.
+    #[tokio::test]
+    async fn temporary_failures_are_retried_and_permanent_ones_not() {
+        let answers = std::sync::Mutex::new(0u32);
+        let star = FakeStar::spawn("star-b", move |_| {
+            let mut n = answers.lock().unwrap();
+            *n += 1;
+            match *n {
+                1 | 2 => vec![ControlEvent::Failed(WireError::new(
+                    ErrorCode::ResourceExhausted,
+                    "star star-b already runs 1 replications, its limit",
+                ))],
+                _ => vec![ControlEvent::Done {
+                    bytes: 5,
+                    sha256: [7; 32],
+                    seconds: 0.1,
+                }],
+            }
+        })
+        .await;
+        let shared = shared(&star, 3);
+        let job = Job {
+            line: 1,
+            source: crate::spec::StarPath::parse("star-a:/d/f").unwrap(),
+            target: crate::spec::StarPath::parse("star-b:/e/f").unwrap(),
+        };
+        let (_stop, stopped) = watch::channel(false);
+        let ended = run_job(&shared, 0, &job, stopped).await;
+        assert_eq!(ended.attempts, 3);
+        let (_, done) = ended.result.unwrap();
+        assert_eq!(done.sha256, [7; 32]);
+
+        let refused = FakeStar::spawn("star-b", |_| {
+            vec![ControlEvent::Failed(WireError::new(
+                ErrorCode::NotFound,
+                "star-a: /d/f: not found",
+            ))]
+        })
+        .await;
+        let shared = self::shared(&refused, 3);
+        let (_stop, stopped) = watch::channel(false);
+        let ended = run_job(&shared, 0, &job, stopped).await;
+        assert_eq!(ended.attempts, 1);
+        let err = ended.result.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::NotFound);
+        assert_eq!(err.exit_code(), exit::FAILED);
+    }
+
+    /// What the jobs share, with the fake star as star-b and no wait between attempts.
+    fn shared(star: &FakeStar, retries: u32) -> Shared {
+        let dir = tempfile::tempdir().unwrap();
+        let grid_dir = dir.path().join("grid");
+        crate::init::create_grid(
+            &grid_dir,
+            &[
+                crate::spec::StarSpec::parse("star-a=127.0.0.1:9").unwrap(),
+                crate::spec::StarSpec::parse(&format!("star-b={}", star.addr)).unwrap(),
+            ],
+        )
+        .unwrap();
+        let grid = Grid::open(&grid_dir).unwrap();
+        Shared {
+            master: grid.master_key().unwrap(),
+            tls: star.controller_tls(),
+            ttl: 60,
+            grid,
+            timeout_secs: 1,
+            retry: Retry {
+                retries,
+                first: Duration::from_millis(1),
+            },
+            quiet: true,
+        }
+    }
+}
