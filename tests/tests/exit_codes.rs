@@ -60,6 +60,12 @@ fn each_class_of_failure_has_its_exit_code() {
         "--transfers without --from-file: {}",
         out.stderr
     );
+    assert!(
+        out.stderr.contains("--transfers is for a batch"),
+        "{}",
+        out.stderr
+    );
+    assert!(!g.file("star-b", "g.bin").exists());
 
     // 4: the destination star is down; the same command may work later.
     let out = g.orbitctl(&["replicate", &src, &g.path("star-c", "f.bin"), "--json"]);
