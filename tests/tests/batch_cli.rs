@@ -1,11 +1,16 @@
 //! `orbitctl replicate --from-file JOBS` through the real binaries: every file of a batch
 //! arrives whole, `--transfers 1` runs one replication at a time (read from the destination
-//! star's log, not from timing), a bad line is refused before anything is copied, and a job
+//! star's log, not from timing), `--transfers 2` runs two and no more (against a source that
+//! holds every transfer) and Ctrl-C cancels them, a bad line is refused before anything is
+//! copied, and a job
 //! that fails does not stop the others but sets the exit code: 1 for a failure retrying will
 //! not fix, 4 for one that may go away by itself once its retries are spent.
 
+use std::process::Stdio;
+
+use orbit_tests::slow_source::HeldGrid;
 use orbit_tests::star_grid::{typed_json_lines, StarGrid};
-use orbit_tests::{random_file, sha256_file, wire, STEP_TIMEOUT};
+use orbit_tests::{part_files, random_file, sha256_file, wire, STEP_TIMEOUT};
 
 /// Writes `lines` as the jobs file and returns its path.
 fn jobs_file(g: &StarGrid, lines: &[String]) -> String {
@@ -294,5 +299,84 @@ fn a_failed_job_does_not_stop_the_others_and_sets_the_exit_code() {
         out.stderr.contains("line 2: retrying (attempt 2)"),
         "{}",
         out.stderr
+    );
+}
+
+#[test]
+fn transfers_bounds_the_replications_running_and_ctrl_c_cancels_them() {
+    const SIZE: usize = 4 * 1024 * 1024 + 5;
+    const HOLD: usize = 1024 * 1024;
+    // star-a holds every transfer after its first HOLD bytes, so none can end before Ctrl-C.
+    let g = HeldGrid::start(SIZE, HOLD);
+    let lines: Vec<String> = (1..=3)
+        .map(|i| format!("{} {}", g.src(), g.dst(&format!("{i}.bin"))))
+        .collect();
+    let jobs = g.grid.with_file_name("jobs");
+    std::fs::write(&jobs, lines.join("\n")).unwrap();
+    let child = g
+        .command(&[
+            "replicate",
+            "--from-file",
+            &wire(&jobs),
+            "--transfers",
+            "2",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Two replications run, held; the third waits for a free place.
+    let dir = g.dst_root.join("backup");
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    let held = || {
+        part_files(&dir)
+            .iter()
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == HOLD as u64))
+            .count()
+    };
+    while held() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            part_files(&dir)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let status = g.orbitctl(&["status", "star-b", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    let running = json["stars"][0]["transfers"].as_array().unwrap();
+    assert_eq!(running.len(), 2, "{json}");
+    assert_eq!(part_files(&dir).len(), 2);
+
+    // Ctrl-C cancels both on star-b and starts no more.
+    let signal = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signal.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stdout}{stderr}");
+    let json = typed_json_lines(&stdout);
+    let (summary, ended) = json.split_last().unwrap();
+    assert_eq!(ended.len(), 2, "{stdout}");
+    for job in ended {
+        assert_eq!(job["code"], "Cancelled", "{job}");
+    }
+    assert_eq!(summary["not_started"], 1, "{summary}");
+    assert_eq!(summary["exit_code"], 130, "{summary}");
+    assert!(stderr.contains("batch cancelled (interrupted)"), "{stderr}");
+    // orbitctl returned only once star-b had removed its temporary files.
+    assert_eq!(g.leftovers(), [std::path::PathBuf::from("backup")]);
+    g.source.release();
+    let status = g.orbitctl(&["status", "star-b", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert_eq!(
+        json["stars"][0]["transfers"],
+        serde_json::json!([]),
+        "{json}"
     );
 }
