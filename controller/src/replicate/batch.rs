@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orbit_wire::ErrorCode;
+use orbit_wire::{ControlEvent, ControlRequest, ErrorCode};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -23,6 +23,7 @@ use super::interrupt::{interrupt_signal, Cancelling, Interrupt};
 use super::{
     conclude, event_line, replicate_observed, Args, Minting, ReplicateError, ReplicateJob,
 };
+use crate::connect::StarConnection;
 use crate::exit;
 use crate::grid::{Grid, GridError};
 use crate::human;
@@ -320,7 +321,10 @@ async fn drive(
 }
 
 /// Runs one job to its end: attempts it, and while it fails for a temporary reason and
-/// retries are left, waits and attempts it again with a fresh token and transfer id.
+/// retries are left, waits and attempts it again with a fresh token and transfer id. When the
+/// connection to the destination was lost after the command reached it, the destination carries
+/// on alone (as after `replicate` dies), so the next attempt follows that transfer, as `orbitctl
+/// wait` does, and starts a new one only if the destination does not know it.
 async fn run_job(
     shared: &Shared,
     index: usize,
@@ -328,8 +332,10 @@ async fn run_job(
     mut stopped: watch::Receiver<bool>,
 ) -> Ended {
     let mut attempts = 1;
+    let mut lost = None;
     loop {
-        let result = attempt(shared, job, &mut stopped).await;
+        let following = lost.is_some();
+        let (replication, result) = attempt(shared, job, &mut stopped, lost.take()).await;
         let retry = match &result {
             Err(e) => {
                 e.exit_code() == exit::TEMPORARY
@@ -339,11 +345,27 @@ async fn run_job(
             Ok(_) => false,
         };
         if !retry {
+            let result = match (replication, result) {
+                (Some(replication), Ok(done)) => Ok((replication, done)),
+                (None, Ok(_)) => unreachable!("a verified copy has its replication"),
+                (_, Err(e)) => Err(e),
+            };
             return Ended {
                 index,
                 attempts,
                 result,
             };
+        }
+        // Its end is unknown when the connection broke after the command was sent, or when
+        // the destination could not be asked about a transfer whose end was unknown already.
+        // (A star that answered, even with a refusal, is not asked again: it would repeat it.)
+        let unknown = match &result {
+            Err(ReplicateError::Stream { .. }) => true,
+            Err(ReplicateError::Connect(_)) => following,
+            _ => false,
+        };
+        if unknown {
+            lost = replication;
         }
         let wait = shared.retry.backoff(attempts, rand::random::<f64>());
         if !shared.quiet {
@@ -371,15 +393,21 @@ async fn run_job(
     }
 }
 
-/// One attempt at `job`, through the single replication's client path; cancelled on the
-/// destination when `stopped` turns true.
+/// One attempt at `job`, through the single replication's client path: a new replication, or
+/// when `lost` names one whose end was not heard, that one followed; cancelled on the
+/// destination when `stopped` turns true. Returns the replication it ran (if it got so far) and
+/// how it ended.
 async fn attempt(
     shared: &Shared,
     job: &Job,
     stopped: &mut watch::Receiver<bool>,
-) -> Result<(ReplicateJob, super::Replicated), ReplicateError> {
+    lost: Option<ReplicateJob>,
+) -> (
+    Option<ReplicateJob>,
+    Result<super::Replicated, ReplicateError>,
+) {
     if *stopped.borrow() {
-        return Err(interrupted(&job.target.star, &job.target.path));
+        return (None, Err(interrupted(&job.target.star, &job.target.path)));
     }
     let minting = Minting {
         grid: &shared.grid,
@@ -388,37 +416,81 @@ async fn attempt(
         expect_sha256: None,
         timeout_secs: shared.timeout_secs,
     };
-    let replication = minting.job(&job.source, &job.target).await?;
     let line = job.line;
     let quiet = shared.quiet;
-    let work = replicate_observed(shared.tls.clone(), &replication, |event| {
-        if let Some(text) = event_line(&replication.destination, event).filter(|_| !quiet) {
+    let show = |destination: &str, event: &ControlEvent| {
+        if let Some(text) = event_line(destination, event).filter(|_| !quiet) {
             eprintln!("line {line}: {text}");
         }
-    });
+    };
+    let mut replication = lost;
+    let work = async {
+        if let Some(lost) = &replication {
+            let on_event = |event: &ControlEvent| show(&lost.destination, event);
+            if let Some(result) = follow(shared.tls.clone(), lost, on_event).await {
+                return result;
+            }
+        }
+        let fresh = minting.job(&job.source, &job.target).await?;
+        let replication = replication.insert(fresh);
+        let on_event = |event: &ControlEvent| show(&replication.destination, event);
+        replicate_observed(shared.tls.clone(), replication, on_event).await
+    };
     let finished = tokio::select! {
         result = work => Some(result),
         _ = stopped.wait_for(|stop| *stop) => None,
     };
-    let done = match finished {
-        Some(result) => result?,
-        None => {
+    match (finished, replication) {
+        (Some(result), replication) => (replication, result),
+        (None, None) => (None, Err(interrupted(&job.target.star, &job.target.path))),
+        (None, Some(replication)) => {
             let cancelling = Cancelling {
                 tls: shared.tls.clone(),
                 destination: &replication.destination,
                 addr: replication.destination_addr,
                 transfer: replication.command.transfer_id,
             };
-            cancelling
+            let result = cancelling
                 .run(
                     &mut Interrupt::never(),
                     || interrupted(&job.target.star, &job.target.path),
                     |result, wire| conclude(&replication, result, wire, 0),
                 )
-                .await?
+                .await;
+            (Some(replication), result)
         }
+    }
+}
+
+/// Follows `lost`, a replication whose end was not heard, on its destination, as `orbitctl wait`
+/// does; `None` when the destination does not know it (the command never arrived, or the star
+/// restarted and forgot it).
+async fn follow(
+    tls: Arc<rustls::ClientConfig>,
+    lost: &ReplicateJob,
+    mut on_event: impl FnMut(&ControlEvent),
+) -> Option<Result<super::Replicated, ReplicateError>> {
+    let conn = match StarConnection::connect(tls, &lost.destination, lost.destination_addr).await {
+        Ok(conn) => conn,
+        Err(e) => return Some(Err(e.into())),
     };
-    Ok((replication, done))
+    let request = ControlRequest::Wait {
+        transfer_id: lost.command.transfer_id,
+    };
+    // Only the star that holds the transfer says where it stands before its final event.
+    let mut holds = false;
+    let result = conn
+        .control_events(&request, |event| {
+            holds |= matches!(event, ControlEvent::Following(_));
+            on_event(event);
+        })
+        .await;
+    let wire = conn.wire_bytes();
+    conn.close().await;
+    match result {
+        Ok(ControlEvent::Failed(e)) if e.code == ErrorCode::NotFound && !holds => None,
+        other => Some(conclude(lost, other, wire, 0)),
+    }
 }
 
 fn interrupted(star: &str, target: &str) -> ReplicateError {
@@ -613,7 +685,7 @@ fn job_json(job: &Job, ended: &Ended, outcome: &Outcome) -> String {
 
 #[cfg(test)]
 mod tests {
-    use orbit_wire::{ControlEvent, WireError};
+    use orbit_wire::WireError;
 
     use super::*;
     use crate::fake_star::FakeStar;
@@ -705,6 +777,41 @@ mod tests {
         let err = ended.result.unwrap_err();
         assert_eq!(err.code(), ErrorCode::NotFound);
         assert_eq!(err.exit_code(), exit::FAILED);
+    }
+
+    /// A destination that ends the control stream without a result may carry on: the retry
+    /// follows the same transfer (`Wait`) rather than starting a second one on the same target.
+    #[tokio::test]
+    async fn a_transfer_whose_end_was_not_heard_is_followed_not_started_again() {
+        let mut star = FakeStar::spawn("star-b", |request| match request {
+            ControlRequest::Replicate(_) => Vec::new(),
+            _ => vec![ControlEvent::Done {
+                bytes: 5,
+                sha256: [9; 32],
+                seconds: 0.1,
+            }],
+        })
+        .await;
+        let shared = shared(&star, 3);
+        let job = Job {
+            line: 1,
+            source: crate::spec::StarPath::parse("star-a:/d/f").unwrap(),
+            target: crate::spec::StarPath::parse("star-b:/e/f").unwrap(),
+        };
+        let (_stop, stopped) = watch::channel(false);
+        let ended = run_job(&shared, 0, &job, stopped).await;
+        assert_eq!(ended.attempts, 2);
+        let (replication, done) = ended.result.unwrap();
+        assert_eq!(done.sha256, [9; 32]);
+        let Some(ControlRequest::Replicate(sent)) = star.requests.recv().await else {
+            panic!("no replicate request");
+        };
+        assert_eq!(sent.transfer_id, replication.command.transfer_id);
+        let followed = star.requests.recv().await;
+        assert!(
+            matches!(followed, Some(ControlRequest::Wait { transfer_id }) if transfer_id == sent.transfer_id),
+            "{followed:?}"
+        );
     }
 
     /// What the jobs share, with the fake star as star-b and no wait between attempts.
