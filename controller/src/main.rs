@@ -37,7 +37,7 @@ struct Cli {
 enum Command {
     Init(init::Args),
     AddStar(add_star::Args),
-    Replicate(replicate::Args),
+    Replicate(Box<replicate::Args>),
     Status(status::Args),
     Token(token::Args),
     Demo(demo::Args),
@@ -83,7 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => Ok(init::run(args)?),
         Command::AddStar(args) => Ok(add_star::run(&need_grid(grid), args)?),
-        Command::Replicate(args) => Ok(replicate::run(&need_grid(grid), args).await?),
+        Command::Replicate(args) => Ok(replicate::run(&need_grid(grid), *args).await?),
         Command::Status(args) => Ok(status::run(&need_grid(grid), args).await?),
         Command::Token(args) => Ok(token::run(&need_grid(grid), args)?),
         Command::Demo(args) => demo::run(args).await,
