@@ -430,6 +430,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
+                "type": "destination",
                 "destination": "star-b", "path": "/data/f", "ok": true, "bytes": 1u64 << 30,
                 "sha256": "ab".repeat(32), "seconds": 12.34, "resumed_bytes": 0,
                 "controller_bytes_sent": 3000, "controller_bytes_received": 2000,
@@ -440,8 +441,9 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
+                "type": "destination",
                 "destination": "star-c", "path": null, "ok": false, "code": "PermissionDenied",
-                "message": "star-c: /data/f is outside\\nthe allowed roots",
+                "retryable": false, "message": "star-c: /data/f is outside\\nthe allowed roots",
             })
         );
         let json: serde_json::Value = serde_json::from_str(&progress_json(
@@ -455,6 +457,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
+                "type": "progress",
                 "event": "progress", "transfer_id": "0000000000000abc", "destination": "star-b",
                 "path": "/f", "bytes": 5, "total": 10, "seconds": 0.5,
             })
@@ -490,6 +493,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
+                "type": "summary",
                 "fanout": true, "ok": true, "verified": 2, "failed": 1, "min_success": 2,
                 "transfer_id": "0000000000000abc", "sha256": "ab".repeat(32),
                 "digests_differ": false, "seconds": 12.44,
@@ -525,6 +529,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
+                "type": "summary",
                 "fanout": true, "detached": true, "ok": false, "started": 2, "failed": 1,
                 "transfer_id": "0000000000000001",
             })

@@ -532,6 +532,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
+                "type": "item",
                 "event": "item", "transfer_id": "0000000000000abc", "action": "failed",
                 "kind": "f", "name": "x\\xff", "name_hex": "78ff", "size": 5,
                 "code": "PermissionDenied", "message": "no",
