@@ -207,8 +207,6 @@ pub async fn run(grid_dir: &Path, args: &Args, jobs_file: &Path) -> Result<(), R
 }
 
 async fn execute(grid_dir: &Path, args: &Args, jobs_file: &Path) -> Result<(), ReplicateError> {
-    // From here on Ctrl-C cancels the jobs running rather than killing orbitctl.
-    let mut interrupt = interrupt_signal();
     let text = read(jobs_file).map_err(|error| BatchError::Read {
         file: jobs_file.to_owned(),
         error,
@@ -224,6 +222,9 @@ async fn execute(grid_dir: &Path, args: &Args, jobs_file: &Path) -> Result<(), R
         }
         .into());
     }
+    // From here on Ctrl-C cancels the jobs running rather than killing orbitctl (not before:
+    // reading JOBS from a terminal's stdin must stay interruptible).
+    let mut interrupt = interrupt_signal();
     let grid = Grid::open(grid_dir)?;
     for job in &jobs {
         for star in [&job.source.star, &job.target.star] {
@@ -259,8 +260,8 @@ async fn execute(grid_dir: &Path, args: &Args, jobs_file: &Path) -> Result<(), R
     };
     let transfers = args.transfers.unwrap_or(DEFAULT_TRANSFERS);
     let transfers = usize::try_from(transfers).unwrap_or(usize::MAX).max(1);
-    let ended = drive(&shared, &jobs, transfers, &mut interrupt, &report).await;
-    report.summarize(&jobs, &ended)
+    let (ended, started) = drive(&shared, &jobs, transfers, &mut interrupt, &report).await;
+    report.summarize(&jobs, &ended, started)
 }
 
 /// Reads the whole jobs file, or stdin for `-`.
@@ -275,14 +276,15 @@ fn read(path: &Path) -> std::io::Result<String> {
 
 /// Runs `jobs`, at most `transfers` at once, reporting each as it ends, until all have ended
 /// or Ctrl-C: then the jobs running are cancelled (a second Ctrl-C stops waiting for them) and
-/// no more start. Returns how each job ended; `None` for a job never started.
+/// no more start. Returns how each job ended (`None` for one that did not) and how many
+/// started, in the file's order.
 async fn drive(
     shared: &Arc<Shared>,
     jobs: &[Job],
     transfers: usize,
     interrupt: &mut Interrupt,
     report: &Report,
-) -> Vec<Option<Ended>> {
+) -> (Vec<Option<Ended>>, usize) {
     let (stop, stopped) = watch::channel(false);
     let mut ended: Vec<Option<Ended>> = jobs.iter().map(|_| None).collect();
     let mut running = JoinSet::new();
@@ -311,13 +313,14 @@ async fn drive(
                 if interrupts == 1 {
                     let _ = stop.send(true);
                 } else {
-                    // A second Ctrl-C: the cancellations were sent; stop waiting for them.
-                    running.abort_all();
+                    // A second Ctrl-C: the cancellations were sent; stop waiting for them
+                    // (dropping `running` ends its tasks).
+                    break;
                 }
             }
         }
     }
-    ended
+    (ended, next)
 }
 
 /// Runs one job to its end: attempts it, and while it fails for a temporary reason and
@@ -566,17 +569,25 @@ impl Report {
         println!("{text}");
     }
 
-    /// Prints the summary and turns the jobs' ends into the batch's result.
-    fn summarize(&self, jobs: &[Job], ended: &[Option<Ended>]) -> Result<(), ReplicateError> {
+    /// Prints the summary and turns the jobs' ends into the batch's result; `started` jobs
+    /// were started, in the file's order.
+    fn summarize(
+        &self,
+        jobs: &[Job],
+        ended: &[Option<Ended>],
+        started: usize,
+    ) -> Result<(), ReplicateError> {
         let finished: Vec<&Ended> = ended.iter().flatten().collect();
         let verified = finished.iter().filter(|e| e.result.is_ok()).count();
         let failures: Vec<&ReplicateError> = finished
             .iter()
             .filter_map(|e| e.result.as_ref().err())
             .collect();
-        let not_started = jobs.len() - finished.len();
-        let interrupted =
-            not_started > 0 || failures.iter().any(|e| e.exit_code() == exit::INTERRUPTED);
+        let not_started = jobs.len() - started;
+        // Only a second Ctrl-C leaves a started job without an end.
+        let interrupted = not_started > 0
+            || started > finished.len()
+            || failures.iter().any(|e| e.exit_code() == exit::INTERRUPTED);
         let bytes: u64 = finished
             .iter()
             .filter_map(|e| e.result.as_ref().ok())
