@@ -295,9 +295,10 @@ pub struct Args {
     )]
     pub also_from: Vec<String>,
 
-    /// Run every replication JOBS lists instead of one: a batch, at most --transfers at once,
-    /// each retried (--retries) when it failed for a reason that may go away by itself. JOBS
-    /// holds one replication per line, SRC and DST separated by spaces or tabs:
+    /// Run the replications JOBS lists, one `SRC DST` pair a line, instead of one (a batch).
+    ///
+    /// At most --transfers run at once, each retried (--retries) when it failed for a reason
+    /// that may go away by itself. SRC and DST are separated by spaces or tabs:
     ///
     ///   # nightly copies
     ///   star-a:/srv/data/a.bin  star-b:/srv/backup/a.bin

@@ -32,7 +32,7 @@ pub struct Args {
     pub names: Vec<String>,
 
     /// Print one JSON object instead of a table: {"type":"status","stars":[..]}, each star with
-    /// "up" and either its status or "code" and "error".
+    /// "up" and either its status or "code", "retryable" and "error".
     #[arg(long)]
     pub json: bool,
 }
@@ -340,6 +340,7 @@ enum StarJson<'a> {
         addr: &'a str,
         up: bool,
         code: &'static str,
+        retryable: bool,
         error: String,
     },
 }
@@ -394,6 +395,7 @@ pub fn report_json(reports: &[StarReport]) -> String {
                 addr: &r.addr,
                 up: false,
                 code: e.code().name(),
+                retryable: crate::exit::retryable(e.code()),
                 error: e.to_string(),
             },
         })
@@ -487,6 +489,7 @@ mod tests {
         );
 
         let json: serde_json::Value = serde_json::from_str(&report_json(&all)).unwrap();
+        assert_eq!(json["type"], "status");
         let stars = json["stars"].as_array().unwrap();
         assert_eq!(stars[0]["name"], "star-a");
         assert_eq!(stars[0]["up"], true);
@@ -497,6 +500,7 @@ mod tests {
         assert_eq!(stars[0]["transfers"][0]["bytes"], 64 << 20);
         assert_eq!(stars[1]["up"], false);
         assert_eq!(stars[1]["code"], "DeadlineExceeded");
+        assert_eq!(stars[1]["retryable"], true);
         assert!(stars[1]["error"].as_str().unwrap().starts_with("star-b"));
     }
 }
