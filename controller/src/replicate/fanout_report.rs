@@ -316,6 +316,8 @@ struct StartedJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    retryable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
 }
 
@@ -333,6 +335,10 @@ pub fn started_json(
         detached: true,
         transfer_id: transfer.to_string(),
         code: started.as_ref().err().map(|f| f.code.name()),
+        retryable: started
+            .as_ref()
+            .err()
+            .map(|f| crate::exit::retryable(f.code)),
         message: started.as_ref().err().map(|f| f.message.as_str()),
     };
     crate::json::line(crate::json::DESTINATION, &json)

@@ -215,6 +215,8 @@ struct ItemJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    retryable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
 }
 
@@ -230,6 +232,7 @@ pub fn item_json(transfer: TransferId, item: &Item) -> String {
         name: NameJson::new(&item.name),
         size: item.size,
         code: item.error.as_ref().map(|e| e.code.name()),
+        retryable: item.error.as_ref().map(|e| crate::exit::retryable(e.code)),
         message: item.error.as_ref().map(|e| e.message.as_str()),
     };
     crate::json::line(crate::json::ITEM, &json)
@@ -238,6 +241,7 @@ pub fn item_json(transfer: TransferId, item: &Item) -> String {
 #[derive(Serialize)]
 struct ErrorJson<'a> {
     code: &'static str,
+    retryable: bool,
     message: &'a str,
 }
 
@@ -245,6 +249,7 @@ impl<'a> From<&'a WireError> for ErrorJson<'a> {
     fn from(error: &'a WireError) -> ErrorJson<'a> {
         ErrorJson {
             code: error.code.name(),
+            retryable: crate::exit::retryable(error.code),
             message: &error.message,
         }
     }
@@ -535,7 +540,7 @@ mod tests {
                 "type": "item",
                 "event": "item", "transfer_id": "0000000000000abc", "action": "failed",
                 "kind": "f", "name": "x\\xff", "name_hex": "78ff", "size": 5,
-                "code": "PermissionDenied", "message": "no",
+                "code": "PermissionDenied", "retryable": false, "message": "no",
             })
         );
         let json: serde_json::Value = serde_json::from_str(&item_json(
@@ -572,13 +577,15 @@ mod tests {
             json["failures"],
             serde_json::json!([
                 {"name": "a/caf\\xe9.txt", "name_hex": hex::encode(b"a/caf\xe9.txt"),
-                 "code": "PermissionDenied", "message": "permission denied"},
-                {"name": "two\nlines", "code": "DataLoss", "message": ""},
+                 "code": "PermissionDenied", "retryable": false, "message": "permission denied"},
+                {"name": "two\nlines", "code": "DataLoss", "retryable": false, "message": ""},
             ])
         );
         assert_eq!(
             json["delete_skipped"],
-            serde_json::json!({"code": "FailedPrecondition", "message": "3 files failed"})
+            serde_json::json!({
+                "code": "FailedPrecondition", "retryable": false, "message": "3 files failed"
+            })
         );
 
         let clean = TreeDone {
