@@ -21,6 +21,7 @@ pub struct Args {
 
     /// Print one JSON object instead of the summary and next step:
     /// {"type":"star","ok":true,"name":..,"addr":..,"folder":..,"config":..}.
+    /// A failure prints {"type":"result","ok":false,"code":..,"retryable":..,"message":..}.
     #[arg(long)]
     pub json: bool,
 }
@@ -61,13 +62,37 @@ pub enum AddStarError {
     Write(#[from] WriteError),
 }
 
-/// Runs `orbitctl add-star` on the grid at `grid_dir` and prints what it wrote.
+impl AddStarError {
+    /// The wire code that fits, for `--json`.
+    pub fn code(&self) -> orbit_wire::ErrorCode {
+        use orbit_wire::ErrorCode;
+        match self {
+            AddStarError::Grid(e) => e.code(),
+            AddStarError::Exists { .. } | AddStarError::FolderExists(_) => ErrorCode::AlreadyExists,
+            AddStarError::Cert(_) | AddStarError::Write(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Runs `orbitctl add-star` on the grid at `grid_dir` and prints what it wrote (with
+/// `--json`, also what failed).
 ///
 /// # Errors
 ///
 /// [`AddStarError`].
 pub fn run(grid_dir: &Path, args: Args) -> Result<(), AddStarError> {
-    let star_dir = add_star(grid_dir, &args.star)?;
+    let star_dir = match add_star(grid_dir, &args.star) {
+        Ok(dir) => dir,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    crate::replicate::failure_json(e.code(), &e.to_string())
+                );
+            }
+            return Err(e);
+        }
+    };
     let StarSpec { name, addr } = &args.star;
     if args.json {
         let json = AddedJson {

@@ -38,6 +38,7 @@ pub struct Args {
     /// Print one JSON object instead of the summary and next steps:
     /// {"type":"grid","ok":true,"grid":..,"name":..,"stars":[{"name":..,"addr":..,
     /// "config":..}]}, where config is the star's star.toml in the grid.
+    /// A failure prints {"type":"result","ok":false,"code":..,"retryable":..,"message":..}.
     #[arg(long)]
     pub json: bool,
 }
@@ -77,13 +78,34 @@ pub enum InitError {
     Write(#[from] WriteError),
 }
 
-/// Runs `orbitctl init` and prints what it wrote.
+impl InitError {
+    /// The wire code that fits, for `--json`.
+    pub fn code(&self) -> orbit_wire::ErrorCode {
+        use orbit_wire::ErrorCode;
+        match self {
+            InitError::DuplicateStar(_) => ErrorCode::InvalidArgument,
+            InitError::NotEmpty(_) => ErrorCode::AlreadyExists,
+            InitError::NotADirectory(_) => ErrorCode::FailedPrecondition,
+            InitError::Cert(_) | InitError::Write(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Runs `orbitctl init` and prints what it wrote (with `--json`, also what failed).
 ///
 /// # Errors
 ///
 /// [`InitError`].
 pub fn run(args: Args) -> Result<(), InitError> {
-    create_grid(&args.dir, &args.stars)?;
+    if let Err(e) = create_grid(&args.dir, &args.stars) {
+        if args.json {
+            println!(
+                "{}",
+                crate::replicate::failure_json(e.code(), &e.to_string())
+            );
+        }
+        return Err(e);
+    }
     if args.json {
         let json = GridJson {
             ok: true,

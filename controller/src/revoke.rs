@@ -33,6 +33,7 @@ pub struct Args {
     /// Print one JSON object instead of the summary and next steps: {"type":"revoked",
     /// "ok":true,"name":..,"already":..,"crl_number":..,"revoked":..,"written":[..],
     /// "reissued":{"cert":..,"key":..} or null}.
+    /// A failure prints {"type":"result","ok":false,"code":..,"retryable":..,"message":..}.
     #[arg(long)]
     pub json: bool,
 }
@@ -81,13 +82,34 @@ pub struct Revoked {
     pub reissued: Option<(PathBuf, PathBuf)>,
 }
 
-/// Runs `orbitctl revoke` and prints what to deploy.
+impl RevokeError {
+    /// The wire code that fits, for `--json`.
+    pub fn code(&self) -> orbit_wire::ErrorCode {
+        match self {
+            RevokeError::Grid(e) => e.code(),
+            RevokeError::Cert(_) | RevokeError::Write(_) => orbit_wire::ErrorCode::Internal,
+        }
+    }
+}
+
+/// Runs `orbitctl revoke` and prints what to deploy (with `--json`, also what failed).
 ///
 /// # Errors
 ///
 /// [`RevokeError`].
 pub fn run(grid_dir: &Path, args: Args) -> Result<(), RevokeError> {
-    let done = revoke(grid_dir, &args.name, args.reissue)?;
+    let done = match revoke(grid_dir, &args.name, args.reissue) {
+        Ok(done) => done,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    crate::replicate::failure_json(e.code(), &e.to_string())
+                );
+            }
+            return Err(e);
+        }
+    };
     if args.json {
         let json = RevokedJson {
             ok: true,

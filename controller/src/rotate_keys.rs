@@ -46,6 +46,7 @@ pub struct Args {
     /// "next_master_key":..,"stars":[{"name":..,"addr":..,"folder":..,"key_id":..,
     /// "previous_key_id":..}]}, or with --finish {"type":"keys","ok":true,"step":"finish",
     /// "stars":[{"name":..,"key_id":..}]}; key ids as 8 hexadecimal digits, as stars log them.
+    /// A failure prints {"type":"result","ok":false,"code":..,"retryable":..,"message":..}.
     #[arg(long)]
     pub json: bool,
 }
@@ -100,12 +101,37 @@ pub struct StarKeys {
     pub previous_key_id: u32,
 }
 
-/// Runs `orbitctl rotate-keys [--finish]` and prints what to do next.
+impl RotateError {
+    /// The wire code that fits, for `--json`.
+    pub fn code(&self) -> orbit_wire::ErrorCode {
+        use orbit_wire::ErrorCode;
+        match self {
+            RotateError::Grid(e) => e.code(),
+            RotateError::NotStarted(_) => ErrorCode::FailedPrecondition,
+            RotateError::Write(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Runs `orbitctl rotate-keys [--finish]` and prints what to do next (with `--json`, also
+/// what failed).
 ///
 /// # Errors
 ///
 /// [`RotateError`].
 pub fn run(grid_dir: &Path, args: Args) -> Result<(), RotateError> {
+    let json = args.json;
+    let result = run_step(grid_dir, args);
+    if let (Err(e), true) = (&result, json) {
+        println!(
+            "{}",
+            crate::replicate::failure_json(e.code(), &e.to_string())
+        );
+    }
+    result
+}
+
+fn run_step(grid_dir: &Path, args: Args) -> Result<(), RotateError> {
     if args.finish {
         let ids = finish(grid_dir)?;
         if args.json {

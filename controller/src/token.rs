@@ -41,6 +41,7 @@ pub struct Args {
     /// Print one JSON object instead of the bare token:
     /// {"type":"token","token":..,"source":..,"path":..,"holder":..,"issued_at":..,
     /// "not_after":..}, times in seconds since the Unix epoch.
+    /// A failure prints {"type":"result","ok":false,"code":..,"retryable":..,"message":..}.
     #[arg(long)]
     pub json: bool,
 }
@@ -164,10 +165,24 @@ pub fn unix_now() -> u64 {
 ///
 /// [`GridError`] if the grid cannot be read or either star is unknown.
 pub fn run(grid_dir: &Path, args: Args) -> Result<(), GridError> {
-    let grid = Grid::open(grid_dir)?;
-    grid.star(&args.file.star)?;
-    grid.star(&args.holder)?;
-    let master = grid.master_key()?;
+    let opened = Grid::open(grid_dir).and_then(|grid| {
+        grid.star(&args.file.star)?;
+        grid.star(&args.holder)?;
+        let master = grid.master_key()?;
+        Ok((grid, master))
+    });
+    let (grid, master) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    crate::replicate::failure_json(e.code(), &e.to_string())
+                );
+            }
+            return Err(e);
+        }
+    };
     let ttl = args.ttl.unwrap_or(grid.ttl_secs());
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);

@@ -212,4 +212,23 @@ fn every_command_that_prints_a_result_prints_typed_json() {
     let made = typed_json_lines(&out.stdout).pop().unwrap();
     assert_eq!(made["type"], "grid");
     assert_eq!(made["stars"][0]["name"], "star-x");
+    // A failure is typed JSON too, with the same exit code as without --json.
+    let out = orbit_tests::process::orbitctl(&[
+        "init",
+        &wire(&new_grid),
+        "--star",
+        "star-x=127.0.0.1:9",
+        "--json",
+    ]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    let failed = typed_json_lines(&out.stdout).pop().unwrap();
+    assert_eq!(
+        (
+            failed["type"].as_str(),
+            failed["ok"].as_bool(),
+            failed["code"].as_str()
+        ),
+        (Some("result"), Some(false), Some("AlreadyExists")),
+        "{failed}"
+    );
 }
