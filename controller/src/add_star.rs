@@ -18,6 +18,21 @@ pub struct Args {
     /// The new star's name and the address it will listen on, e.g. star-c=10.0.0.3:7400.
     #[arg(value_name = "NAME=HOST:PORT", value_parser = StarSpec::parse)]
     pub star: StarSpec,
+
+    /// Print one JSON object instead of the summary and next step:
+    /// {"type":"star","ok":true,"name":..,"addr":..,"folder":..,"config":..}.
+    /// A failure prints {"type":"result","ok":false,"code":..,"retryable":..,"message":..}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct AddedJson<'a> {
+    ok: bool,
+    name: &'a str,
+    addr: String,
+    folder: String,
+    config: String,
 }
 
 /// Why a star could not be added.
@@ -47,14 +62,49 @@ pub enum AddStarError {
     Write(#[from] WriteError),
 }
 
-/// Runs `orbitctl add-star` on the grid at `grid_dir` and prints what it wrote.
+impl AddStarError {
+    /// The wire code that fits, for `--json`.
+    pub fn code(&self) -> orbit_wire::ErrorCode {
+        use orbit_wire::ErrorCode;
+        match self {
+            AddStarError::Grid(e) => e.code(),
+            AddStarError::Exists { .. } | AddStarError::FolderExists(_) => ErrorCode::AlreadyExists,
+            AddStarError::Cert(_) | AddStarError::Write(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Runs `orbitctl add-star` on the grid at `grid_dir` and prints what it wrote (with
+/// `--json`, also what failed).
 ///
 /// # Errors
 ///
 /// [`AddStarError`].
 pub fn run(grid_dir: &Path, args: Args) -> Result<(), AddStarError> {
-    let star_dir = add_star(grid_dir, &args.star)?;
+    let star_dir = match add_star(grid_dir, &args.star) {
+        Ok(dir) => dir,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    crate::replicate::failure_json(e.code(), &e.to_string())
+                );
+            }
+            return Err(e);
+        }
+    };
     let StarSpec { name, addr } = &args.star;
+    if args.json {
+        let json = AddedJson {
+            ok: true,
+            name,
+            addr: addr.to_string(),
+            folder: star_dir.display().to_string(),
+            config: star_dir.join(layout::STAR_TOML).display().to_string(),
+        };
+        println!("{}", crate::json::line(crate::json::STAR, &json));
+        return Ok(());
+    }
     println!(
         "Added star {name:?} at {addr} to {}.",
         grid_dir.join(layout::GRID_TOML).display()

@@ -19,7 +19,7 @@ use crate::replicate::fanout::{self, FanoutError, LegError};
 /// ID is the transfer id that `replicate --detach` printed. Every star of the grid is asked
 /// unless --star names the destination. Exits 0 once the destination has stopped and removed
 /// its temporary files (also if the transfer was cancelled already); 1 if the transfer had
-/// already ended otherwise, or no star knows it.
+/// already ended otherwise, or no star knows it; 4 if a star that may hold it did not answer.
 ///
 /// For a fan-out, name every destination: --star once per star, or --to-file with the file
 /// given to `replicate --to-file`. Each is told at once and gets its own line (stdout when it
@@ -41,8 +41,10 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub to_file: Option<PathBuf>,
 
-    /// Print one JSON object instead of a line (with several stars, one per star, then
-    /// {"fanout":true,"ok":..,"cancelled":..,"failed":..,"transfer_id":..}).
+    /// Print one JSON object instead of a line ({"type":"result","ok":true,"cancelled":true,..}
+    /// or a failure {"type":"result","ok":false,"code":..,"retryable":..,"message":..}); with
+    /// several stars, one {"type":"destination",..} per star, then {"type":"summary",
+    /// "fanout":true,"ok":..,"cancelled":..,"failed":..,"transfer_id":..}.
     #[arg(long)]
     pub json: bool,
 }
@@ -90,6 +92,17 @@ impl CancelError {
             CancelError::Usage(e) => e.code(),
         }
     }
+
+    /// The exit code (see [`crate::exit`]): 2 for an unusable `--to-file`; 4 when no star
+    /// could tell because one was unreachable; 1 otherwise (the transfer had ended, no star
+    /// knows it, or some of several stars did not cancel it).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CancelError::Usage(e) => e.exit_code(),
+            CancelError::Locate(e) => crate::exit::of_code(e.code()),
+            CancelError::Ended { .. } | CancelError::Some { .. } => crate::exit::FAILED,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -124,13 +137,18 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), CancelError> {
         return cancel_many(grid_dir, &args, &stars).await;
     }
     let result = cancel(grid_dir, &args, stars.first().map(String::as_str)).await;
-    show(&args, view(&result));
+    show(&args, crate::json::RESULT, view(&result));
     result.map(drop)
 }
 
-/// Prints one star's answer: the line (or JSON object) of a cancelled transfer on stdout, or
-/// with `--json` the failure object. Without `--json` a failure is left to the caller.
-fn show(args: &Args, result: Result<(&str, Option<&TransferStatus>), &CancelError>) {
+/// Prints one star's answer: the line (or JSON object, of type `kind`) of a cancelled transfer
+/// on stdout, or with `--json` the failure object. Without `--json` a failure is left to the
+/// caller.
+fn show(
+    args: &Args,
+    kind: &'static str,
+    result: Result<(&str, Option<&TransferStatus>), &CancelError>,
+) {
     match result {
         Ok((star, status)) => {
             let target = status.map(|s| s.target_path.as_str());
@@ -142,7 +160,7 @@ fn show(args: &Args, result: Result<(&str, Option<&TransferStatus>), &CancelErro
                     destination: star,
                     target_path: target,
                 };
-                println!("{}", serde_json::to_string(&json).unwrap_or_default());
+                println!("{}", crate::json::line(kind, &json));
             } else {
                 println!(
                     // True of a file (nothing published) and of a tree (the files published
@@ -155,7 +173,7 @@ fn show(args: &Args, result: Result<(&str, Option<&TransferStatus>), &CancelErro
         }
         Err(e) if args.json => println!(
             "{}",
-            crate::replicate::failure_json(e.code(), &e.to_string())
+            crate::replicate::failure_json_as(kind, e.code(), &e.to_string())
         ),
         Err(_) => {}
     }
@@ -192,7 +210,7 @@ async fn cancel_many(grid_dir: &Path, args: &Args, stars: &[String]) -> Result<(
         Ok(answers) => answers,
         Err(e) => {
             let e = CancelError::Locate(e.into());
-            show(args, Err(&e));
+            show(args, crate::json::RESULT, Err(&e));
             return Err(e);
         }
     };
@@ -217,7 +235,7 @@ async fn cancel_many(grid_dir: &Path, args: &Args, stars: &[String]) -> Result<(
                 error: StreamError::NoResult,
             })),
         };
-        show(args, view(&result));
+        show(args, crate::json::DESTINATION, view(&result));
         if let Err(e) = &result {
             failed += 1;
             if !args.json {
@@ -233,7 +251,7 @@ async fn cancel_many(grid_dir: &Path, args: &Args, stars: &[String]) -> Result<(
             failed,
             transfer_id: args.id.to_string(),
         };
-        println!("{}", serde_json::to_string(&json).unwrap_or_default());
+        println!("{}", crate::json::line(crate::json::SUMMARY, &json));
     }
     match failed {
         0 => Ok(()),

@@ -34,6 +34,28 @@ pub struct Args {
         value_parser = StarSpec::parse
     )]
     pub stars: Vec<StarSpec>,
+
+    /// Print one JSON object instead of the summary and next steps:
+    /// {"type":"grid","ok":true,"grid":..,"name":..,"stars":[{"name":..,"addr":..,
+    /// "config":..}]}, where config is the star's star.toml in the grid.
+    /// A failure prints {"type":"result","ok":false,"code":..,"retryable":..,"message":..}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct GridJson {
+    ok: bool,
+    grid: String,
+    name: String,
+    stars: Vec<StarJson>,
+}
+
+#[derive(serde::Serialize)]
+struct StarJson {
+    name: String,
+    addr: String,
+    config: String,
 }
 
 /// Why a grid could not be made.
@@ -56,13 +78,52 @@ pub enum InitError {
     Write(#[from] WriteError),
 }
 
-/// Runs `orbitctl init` and prints what it wrote.
+impl InitError {
+    /// The wire code that fits, for `--json`.
+    pub fn code(&self) -> orbit_wire::ErrorCode {
+        use orbit_wire::ErrorCode;
+        match self {
+            InitError::DuplicateStar(_) => ErrorCode::InvalidArgument,
+            InitError::NotEmpty(_) => ErrorCode::AlreadyExists,
+            InitError::NotADirectory(_) => ErrorCode::FailedPrecondition,
+            InitError::Cert(_) | InitError::Write(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Runs `orbitctl init` and prints what it wrote (with `--json`, also what failed).
 ///
 /// # Errors
 ///
 /// [`InitError`].
 pub fn run(args: Args) -> Result<(), InitError> {
-    create_grid(&args.dir, &args.stars)?;
+    if let Err(e) = create_grid(&args.dir, &args.stars) {
+        if args.json {
+            println!(
+                "{}",
+                crate::replicate::failure_json(e.code(), &e.to_string())
+            );
+        }
+        return Err(e);
+    }
+    if args.json {
+        let json = GridJson {
+            ok: true,
+            grid: args.dir.display().to_string(),
+            name: layout::grid_name(&args.dir),
+            stars: args
+                .stars
+                .iter()
+                .map(|star| StarJson {
+                    name: star.name.clone(),
+                    addr: star.addr.to_string(),
+                    config: star_toml(&args.dir, &star.name).display().to_string(),
+                })
+                .collect(),
+        };
+        println!("{}", crate::json::line(crate::json::GRID, &json));
+        return Ok(());
+    }
     let grid = args.dir.display();
     let line = |label: &str, text: &str| println!("  {label:<26}{text}");
     println!("Created grid {:?} in {grid}:", layout::grid_name(&args.dir));
@@ -93,6 +154,13 @@ pub fn run(args: Args) -> Result<(), InitError> {
     println!("then check that they answer:");
     println!("  orbitctl --grid {grid} status");
     Ok(())
+}
+
+/// The star `name`'s `star.toml` in the grid at `dir`.
+fn star_toml(dir: &Path, name: &str) -> PathBuf {
+    dir.join(layout::STARS_DIR)
+        .join(name)
+        .join(layout::STAR_TOML)
 }
 
 /// Makes the grid at `dir` with `stars`: checks, generates, writes into a staging folder and

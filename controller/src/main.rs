@@ -1,8 +1,6 @@
 //! `orbitctl`: the command line of the Orbit controller. Thin on purpose: parse the arguments,
 //! set up logging, run the subcommand from the library, and turn its result into one line on
-//! stderr and an exit code: 0 success, 1 failure, 2 usage error, and for `replicate` and `wait`
-//! 3 when a tree was replicated with some files failed and 130 when Ctrl-C cancelled a
-//! replication (see `replicate::EXIT_*`).
+//! stderr and an exit code from the one table in `orbit_controller::exit` (shown by `--help`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +8,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use orbit_controller::{
-    add_star, cancel, demo, human, init, manual, replicate, revoke, rotate_keys, status, token,
-    wait, VERSION,
+    add_star, cancel, demo, exit, human, init, manual, replicate, revoke, rotate_keys, status,
+    token, wait, VERSION,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -21,7 +19,7 @@ use tracing_subscriber::EnvFilter;
 /// authority, the controller's certificate and the master token key. Point the other commands at
 /// it with --grid or ORBIT_GRID. Try `orbitctl demo` to see one replication on this machine.
 #[derive(Debug, Parser)]
-#[command(name = "orbitctl", version = VERSION)]
+#[command(name = "orbitctl", version = VERSION, after_help = exit::TABLE)]
 struct Cli {
     /// The grid folder made by `orbitctl init` (every command but init and demo needs one).
     #[arg(long, global = true, env = "ORBIT_GRID", value_name = "GRID")]
@@ -39,7 +37,7 @@ struct Cli {
 enum Command {
     Init(init::Args),
     AddStar(add_star::Args),
-    Replicate(replicate::Args),
+    Replicate(Box<replicate::Args>),
     Status(status::Args),
     Token(token::Args),
     Demo(demo::Args),
@@ -91,7 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => Ok(init::run(args)?),
         Command::AddStar(args) => Ok(add_star::run(&need_grid(grid), args)?),
-        Command::Replicate(args) => Ok(replicate::run(&need_grid(grid), args).await?),
+        Command::Replicate(args) => Ok(replicate::run(&need_grid(grid), *args).await?),
         Command::Status(args) => Ok(status::run(&need_grid(grid), args).await?),
         Command::Token(args) => Ok(token::run(&need_grid(grid), args)?),
         Command::Demo(args) => demo::run(args).await,
@@ -112,20 +110,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The exit code a replication's failure calls for (`replicate` and `wait`: 3, 130, 2 or 1,
-/// see [`replicate::ReplicateError::exit_code`]); 2 for a `cancel` whose `--to-file` is
-/// unusable; 1 for every other failure.
+/// The exit code `e` calls for (the table in [`exit`]): `replicate`, `wait` and `cancel` tell
+/// their failures apart; every other command's failure is 1 (`status`: some star did not
+/// answer).
 fn exit_code(e: &anyhow::Error) -> ExitCode {
-    if let Some(cancel::CancelError::Usage(usage)) = e.downcast_ref::<cancel::CancelError>() {
-        return ExitCode::from(usage.exit_code());
-    }
-    let replication = e
-        .downcast_ref::<replicate::ReplicateError>()
-        .or_else(|| match e.downcast_ref::<wait::WaitError>() {
-            Some(wait::WaitError::Replicate(r)) => Some(r),
-            _ => None,
-        });
-    ExitCode::from(replication.map_or(replicate::EXIT_FAILED, |r| r.exit_code()))
+    let code = if let Some(e) = e.downcast_ref::<replicate::ReplicateError>() {
+        e.exit_code()
+    } else if let Some(e) = e.downcast_ref::<wait::WaitError>() {
+        e.exit_code()
+    } else if let Some(e) = e.downcast_ref::<cancel::CancelError>() {
+        e.exit_code()
+    } else {
+        exit::FAILED
+    };
+    ExitCode::from(code)
 }
 
 /// The grid from --grid or ORBIT_GRID, or a usage error (exit code 2).

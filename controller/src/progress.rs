@@ -178,7 +178,7 @@ impl Progress {
 /// Writes `json` as one line on stdout, at once.
 fn json_line(json: &impl Serialize) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", serde_json::to_string(json).unwrap_or_default());
+    let _ = writeln!(out, "{}", crate::json::line(crate::json::PROGRESS, json));
     let _ = out.flush();
 }
 

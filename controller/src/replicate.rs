@@ -18,11 +18,13 @@ use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile, Transfe
 use rand::RngCore;
 
 use crate::connect::{self, ConnectError, StarConnection, StreamError, WireBytes};
+use crate::exit;
 use crate::grid::{Grid, GridError};
 use crate::progress::{Mode, Progress};
 use crate::spec::{parse_glob, parse_sha256, parse_ttl, star_path_text, SpecError, StarPath};
 use crate::token;
 
+pub mod batch;
 pub mod fanout;
 mod fanout_report;
 mod file_report;
@@ -31,7 +33,9 @@ pub mod plan;
 pub mod report;
 pub mod tree;
 
-pub use file_report::{detached_json, event_line, failure_json, success_json, summary_line};
+pub use file_report::{
+    detached_json, event_line, failure_json, failure_json_as, success_json, summary_line,
+};
 use interrupt::{interrupt_signal, Cancelling};
 use plan::Topology;
 
@@ -95,24 +99,39 @@ use plan::Topology;
 /// `orbitctl cancel` takes the same stars. A fan-out copies one file: --recursive takes one
 /// destination.
 ///
-/// Exit codes:
+/// With --from-file JOBS, it runs every replication JOBS lists (one `SRC DST` pair a line), at
+/// most --transfers at once, retrying those that failed for a temporary reason (exit code 4's),
+/// and prints one line per replication as it ends, then a summary:
+///
+///   orbitctl --grid /etc/orbit/grid replicate --from-file nightly.jobs --transfers 8
+///
+/// Exit codes (`orbitctl --help` has the table for every command):
 ///
 ///   0    done: the file, or every entry of the tree, is replicated (or, with --dry-run,
-///        was checked); for a fan-out, at least --min-success destinations verified it
-///   1    failed: for a file, nothing was published; a tree stopped as a whole (files
-///        published before that stay); a fan-out verified fewer than --min-success
-///        destinations (those verified keep the file), or two reported different digests
-///   2    usage: a bad option, path or pattern; nothing was contacted
+///        was checked); for a fan-out, at least --min-success destinations verified it;
+///        for a batch, every replication
+///   1    failed, and running it again will not fix it: for a file, nothing was published;
+///        a tree stopped as a whole (files published before that stay); a fan-out verified
+///        fewer than --min-success destinations (those verified keep the file), or two
+///        reported different digests; a batch had a replication that failed so
+///   2    usage: a bad option, path, pattern or batch line; nothing was contacted
 ///   3    partly done (trees only): the tree was walked to the end but some files failed,
 ///        or --delete did not run
+///   4    failed for a temporary reason, as 1 otherwise: a star unreachable or shutting
+///        down, a deadline passed, a connection lost, a star out of slots or space (for a
+///        fan-out or a batch: every failure was such); the same command may succeed later
 ///   130  interrupted with Ctrl-C: the transfer was cancelled
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// What to copy: the source star's name and the absolute path on it, e.g.
     /// star-a:/srv/data/f.bin, or with --recursive a directory, e.g. star-a:/srv/data.
-    #[arg(value_name = "SRC:/abs/path", value_parser = star_path_text)]
-    pub source: String,
+    #[arg(
+        value_name = "SRC:/abs/path",
+        value_parser = star_path_text,
+        required_unless_present = "from_file"
+    )]
+    pub source: Option<String>,
 
     /// Where to put it: the destination star's name and the absolute path on it, e.g.
     /// star-b:/srv/backup/f.bin, or with --recursive a directory, e.g. star-b:/srv/backup. An
@@ -121,7 +140,7 @@ pub struct Args {
     #[arg(
         value_name = "DST:/abs/path",
         value_parser = star_path_text,
-        required_unless_present_any = ["to", "to_file"]
+        required_unless_present_any = ["to", "to_file", "from_file"]
     )]
     pub targets: Vec<String>,
 
@@ -200,18 +219,25 @@ pub struct Args {
     #[arg(long, value_name = "SECS", value_parser = parse_ttl)]
     pub ttl: Option<u64>,
 
-    /// Print JSON on stdout instead of the progress bar and the summary line: one progress
-    /// event per line ({"event":"progress","transfer_id":..,"bytes":..,"total":..,"seconds":..}),
-    /// then one result object ({"ok":true,..} or {"ok":false,"code":..,"message":..}). For a
-    /// tree, progress counts files and bytes ({"event":"progress",..,"files_done":..,
-    /// "files_total":..,"bytes_done":..,"bytes_total":..,"listed":..}), --itemize adds
-    /// {"event":"item","action":..,"kind":..,"name":..,..} events, and the result object
-    /// counts what was copied, skipped, deleted and failed, naming each failure. For a
-    /// fan-out, progress events add "destination" and "path"; each destination ends with
-    /// {"destination":..,"path":..,"ok":true,"bytes":..,"sha256":..,"seconds":..} or
-    /// {"destination":..,"path":..,"ok":false,"code":..,"message":..}; and the last line is
-    /// {"fanout":true,"ok":..,"verified":..,"failed":..,"min_success":..,"transfer_id":..,
-    /// "sha256":..,"digests_differ":..,"seconds":..}.
+    /// Print JSON on stdout instead of the progress bar and the summary line, one object per
+    /// line, each with a "type" first: "progress", "item", "plan", "result", "destination",
+    /// "job" or "summary" (progress, item and plan lines also keep their older "event" field,
+    /// with the same value). One progress event per line ({"type":"progress",
+    /// "event":"progress","transfer_id":..,"bytes":..,"total":..,"seconds":..}), then one
+    /// result object ({"type":"result","ok":true,..} or {"type":"result","ok":false,
+    /// "code":..,"retryable":..,"message":..}). For a tree, progress counts files and bytes
+    /// (..,"files_done":..,"files_total":..,"bytes_done":..,"bytes_total":..,"listed":..),
+    /// --itemize adds {"type":"item",..,"action":..,"kind":..,"name":..,..} events, and the
+    /// result object counts what was copied, skipped, deleted and failed, naming each failure.
+    /// For a fan-out, a "plan" line comes first and progress events add "destination" and
+    /// "path"; each destination ends with {"type":"destination","destination":..,"path":..,
+    /// "ok":true,"bytes":..,"sha256":..,"seconds":..} or {..,"ok":false,"code":..,
+    /// "retryable":..,"message":..}; and the last line is {"type":"summary","fanout":true,
+    /// "ok":..,"verified":..,"failed":..,"min_success":..,"transfer_id":..,"sha256":..,
+    /// "digests_differ":..,"seconds":..}. For a batch (--from-file), one {"type":"job",
+    /// "line":..,"source":..,"destination":..,"ok":..,"attempts":..,..} per replication (no
+    /// progress), then {"type":"summary","ok":..,"jobs":..,"verified":..,"failed":..,
+    /// "not_started":..,"retries":..,"bytes":..,"seconds":..,"exit_code":..}.
     #[arg(long)]
     pub json: bool,
 
@@ -268,6 +294,55 @@ pub struct Args {
         conflicts_with = "recursive"
     )]
     pub also_from: Vec<String>,
+
+    /// Run the replications JOBS lists, one `SRC DST` pair a line, instead of one (a batch).
+    ///
+    /// At most --transfers run at once, each retried (--retries) when it failed for a reason
+    /// that may go away by itself. SRC and DST are separated by spaces or tabs:
+    ///
+    ///   # nightly copies
+    ///   star-a:/srv/data/a.bin  star-b:/srv/backup/a.bin
+    ///   star-a:/srv/data/b.bin  star-c:/srv/backup/b.bin
+    ///
+    /// Blank lines and lines starting with # are ignored; a path cannot hold spaces here.
+    /// `-` reads JOBS from stdin. Every line is checked before anything starts: a bad line, an
+    /// unknown star or a destination named twice is a usage error naming the line (exit 2),
+    /// and nothing is copied. Each replication prints one line on stdout as it ends
+    /// (`line 3  star-a:/srv/data/a.bin -> star-b:/srv/backup/a.bin  verified ...`, or FAILED
+    /// with the code and why), then a summary; with --json, one {"type":"job",..} object per
+    /// line and a {"type":"summary",..} object. One that fails does not stop the others. The
+    /// exit code is the worst: 130 after Ctrl-C (which cancels the replications running and
+    /// starts no more), else 1 if any failed for good, else 4 if any still failed after its
+    /// retries, else 0.
+    #[arg(
+        long,
+        value_name = "JOBS",
+        verbatim_doc_comment,
+        conflicts_with_all = [
+            "source", "targets", "to", "to_file", "recursive", "detach", "also_from",
+            "min_success", "expect_sha256",
+        ]
+    )]
+    pub from_file: Option<PathBuf>,
+
+    /// With --from-file: how many replications run at once, 1 to 256. Default: 4.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=256)
+    )]
+    pub transfers: Option<u32>,
+
+    /// With --from-file: how many times a replication that failed for a reason that may go
+    /// away by itself (exit code 4's reasons: a star unreachable, a deadline, a lost
+    /// connection, a star out of slots) is tried again, after 1 s, 2 s, 4 s... (at most 30 s,
+    /// less a random part). 0 never retries; at most 100. Default: 3.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(0..=100)
+    )]
+    pub retries: Option<u32>,
 }
 
 impl Args {
@@ -291,24 +366,11 @@ impl Args {
                 e => e,
             })
         };
+        let source = self.source.as_deref().unwrap_or("");
         let target = self.targets.first().map_or("", String::as_str);
-        Ok((parse(&self.source)?, parse(target)?))
+        Ok((parse(source)?, parse(target)?))
     }
 }
-
-/// `orbitctl replicate`'s exit code when it succeeded.
-pub const EXIT_OK: u8 = 0;
-/// The exit code when the replication failed: nothing published for a file, a tree stopped as
-/// a whole.
-pub const EXIT_FAILED: u8 = 1;
-/// The exit code of a usage error (also clap's): nothing was contacted.
-pub const EXIT_USAGE: u8 = 2;
-/// The exit code when a tree was walked to the end but some files failed or `--delete` did
-/// not run, so that scripts can tell "partly done" from "nothing happened".
-pub const EXIT_INCOMPLETE: u8 = 3;
-/// The exit code after Ctrl-C cancelled the transfer, as shells report a process ended by
-/// SIGINT.
-pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// A new transfer id, drawn at random. From the operating system's generator: stars refuse an id
 /// they already know, and any number of controllers may start transfers on the same star.
@@ -438,6 +500,9 @@ pub enum ReplicateError {
     /// A fan-out could not be planned, or failed as a whole.
     #[error(transparent)]
     Fanout(#[from] fanout::FanoutError),
+    /// A batch (`--from-file`) could not start, or some of its replications failed.
+    #[error(transparent)]
+    Batch(#[from] batch::BatchError),
     /// The destination reported another digest than the one expected.
     #[error(
         "{star}: reported sha256 {} but {} was expected",
@@ -486,20 +551,28 @@ impl ReplicateError {
                 .map_or(ErrorCode::FailedPrecondition, |e| e.code),
             ReplicateError::Usage(_) => ErrorCode::InvalidArgument,
             ReplicateError::Fanout(e) => e.code(),
+            ReplicateError::Batch(e) => e.code(),
         }
     }
 
-    /// The process exit code that reports this failure: [`EXIT_INCOMPLETE`],
-    /// [`EXIT_INTERRUPTED`], [`EXIT_USAGE`] or [`EXIT_FAILED`].
+    /// The process exit code that reports this failure (see [`crate::exit`]):
+    /// [`exit::INCOMPLETE`], [`exit::INTERRUPTED`], [`exit::USAGE`], or by the class of its
+    /// wire code [`exit::TEMPORARY`] or [`exit::FAILED`].
     pub fn exit_code(&self) -> u8 {
         match self {
-            ReplicateError::Incomplete { .. } => EXIT_INCOMPLETE,
+            ReplicateError::Incomplete { .. } => exit::INCOMPLETE,
             ReplicateError::Interrupted { .. } | ReplicateError::TreeInterrupted { .. } => {
-                EXIT_INTERRUPTED
+                exit::INTERRUPTED
             }
-            ReplicateError::Usage(_) => EXIT_USAGE,
+            ReplicateError::Usage(_) => exit::USAGE,
             ReplicateError::Fanout(e) => e.exit_code(),
-            _ => EXIT_FAILED,
+            ReplicateError::Batch(e) => e.exit_code(),
+            ReplicateError::Grid(_)
+            | ReplicateError::Connect(_)
+            | ReplicateError::Failed { .. }
+            | ReplicateError::Stream { .. }
+            | ReplicateError::Unexpected { .. }
+            | ReplicateError::DigestMismatch { .. } => exit::of_code(self.code()),
         }
     }
 }
@@ -510,6 +583,16 @@ impl ReplicateError {
 ///
 /// [`ReplicateError`]; with `--json` the failure object has been printed already.
 pub async fn run(grid_dir: &Path, mut args: Args) -> Result<(), ReplicateError> {
+    if let Some(jobs) = args.from_file.clone() {
+        return batch::run(grid_dir, &args, &jobs).await;
+    }
+    if let Err(e) = batch::check_unbatched(&args) {
+        let e = ReplicateError::from(e);
+        if args.json {
+            println!("{}", failure_json(e.code(), &e.to_string()));
+        }
+        return Err(e);
+    }
     match fanout_destinations(&mut args) {
         Ok(Some(destinations)) => return fanout::run(grid_dir, &args, destinations).await,
         Ok(None) => {}
@@ -577,38 +660,25 @@ async fn execute(
     let mut interrupt = interrupt_signal();
     let (source, target) = args.endpoints()?;
     let grid = Grid::open(grid_dir)?;
-    let source_addr = grid.star(&source.star)?;
-    let target_addr = grid.star(&target.star)?;
     let master = grid.master_key()?;
     let tls = grid.client_tls()?;
-    let ttl = args.ttl.unwrap_or(grid.ttl_secs());
-    let token = token::mint(&master, &source.star, &target.star, &source.path, ttl);
-    let mut also = Vec::new();
+    let minting = Minting {
+        grid: &grid,
+        master: &master,
+        ttl: args.ttl.unwrap_or(grid.ttl_secs()),
+        expect_sha256: args.expect_sha256,
+        timeout_secs: args.timeout,
+    };
+    let mut job = minting.job(&source, &target).await?;
     for text in &args.also_from {
         let other = StarPath::parse(text)?;
-        also.push(orbit_wire::fanout::Upstream {
+        job.also.push(orbit_wire::fanout::Upstream {
             addr: grid.star(&other.star)?.to_string(),
-            token: token::mint(&master, &other.star, &target.star, &other.path, ttl),
+            token: token::mint(&master, &other.star, &target.star, &other.path, minting.ttl),
             star: other.star,
             path: other.path,
         });
     }
-    let destination_addr = connect::resolve(&target.star, target_addr).await?;
-    let job = ReplicateJob {
-        destination: target.star.clone(),
-        destination_addr,
-        command: ReplicateFile {
-            transfer_id: new_transfer_id(),
-            source: source.star.clone(),
-            source_addr: source_addr.to_string(),
-            source_path: source.path.clone(),
-            target_path: target.path.clone(),
-            token,
-            expect_sha256: args.expect_sha256,
-            timeout_secs: args.timeout,
-        },
-        also,
-    };
     if args.detach {
         start_detached(tls, &job).await?;
         return Ok((job, None));
@@ -652,6 +722,62 @@ async fn execute(
         }
     };
     Ok((job, Some(done)))
+}
+
+/// What every single-file replication of one command shares: the grid, the key its tokens are
+/// minted under, and the options of the command line.
+pub(crate) struct Minting<'a> {
+    /// The grid, for the stars' addresses.
+    pub(crate) grid: &'a Grid,
+    /// The master token key.
+    pub(crate) master: &'a orbit_wire::token::MasterKey,
+    /// How long a token lives, in seconds.
+    pub(crate) ttl: u64,
+    /// `--expect-sha256`.
+    pub(crate) expect_sha256: Option<[u8; 32]>,
+    /// `--timeout`: how long the destination retries without progress.
+    pub(crate) timeout_secs: u32,
+}
+
+impl Minting<'_> {
+    /// A new job that copies `source` to `target` from one source: a fresh transfer id and
+    /// token, and the destination's address resolved now.
+    ///
+    /// # Errors
+    ///
+    /// [`ReplicateError::Grid`] for a star the grid does not list;
+    /// [`ReplicateError::Connect`] when the destination's host name does not resolve.
+    pub(crate) async fn job(
+        &self,
+        source: &StarPath,
+        target: &StarPath,
+    ) -> Result<ReplicateJob, ReplicateError> {
+        let source_addr = self.grid.star(&source.star)?;
+        let target_addr = self.grid.star(&target.star)?;
+        let token = token::mint(
+            self.master,
+            &source.star,
+            &target.star,
+            &source.path,
+            self.ttl,
+        );
+        let destination_addr = connect::resolve(&target.star, target_addr).await?;
+        Ok(ReplicateJob {
+            destination: target.star.clone(),
+            destination_addr,
+            command: ReplicateFile {
+                transfer_id: new_transfer_id(),
+                source: source.star.clone(),
+                source_addr: source_addr.to_string(),
+                source_path: source.path.clone(),
+                target_path: target.path.clone(),
+                token,
+                expect_sha256: self.expect_sha256,
+                timeout_secs: self.timeout_secs,
+            },
+            also: Vec::new(),
+        })
+    }
 }
 
 /// Sends `job` as `Start`: the destination begins the transfer and answers at once.

@@ -29,6 +29,30 @@ pub struct Args {
     /// ones.
     #[arg(long)]
     pub reissue: bool,
+
+    /// Print one JSON object instead of the summary and next steps: {"type":"revoked",
+    /// "ok":true,"name":..,"already":..,"crl_number":..,"revoked":..,"written":[..],
+    /// "reissued":{"cert":..,"key":..} or null}.
+    /// A failure prints {"type":"result","ok":false,"code":..,"retryable":..,"message":..}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct RevokedJson<'a> {
+    ok: bool,
+    name: &'a str,
+    already: bool,
+    crl_number: u64,
+    revoked: usize,
+    written: Vec<String>,
+    reissued: Option<ReissuedJson>,
+}
+
+#[derive(serde::Serialize)]
+struct ReissuedJson {
+    cert: String,
+    key: String,
 }
 
 /// Why a certificate could not be revoked.
@@ -58,13 +82,54 @@ pub struct Revoked {
     pub reissued: Option<(PathBuf, PathBuf)>,
 }
 
-/// Runs `orbitctl revoke` and prints what to deploy.
+impl RevokeError {
+    /// The wire code that fits, for `--json`.
+    pub fn code(&self) -> orbit_wire::ErrorCode {
+        match self {
+            RevokeError::Grid(e) => e.code(),
+            RevokeError::Cert(_) | RevokeError::Write(_) => orbit_wire::ErrorCode::Internal,
+        }
+    }
+}
+
+/// Runs `orbitctl revoke` and prints what to deploy (with `--json`, also what failed).
 ///
 /// # Errors
 ///
 /// [`RevokeError`].
 pub fn run(grid_dir: &Path, args: Args) -> Result<(), RevokeError> {
-    let done = revoke(grid_dir, &args.name, args.reissue)?;
+    let done = match revoke(grid_dir, &args.name, args.reissue) {
+        Ok(done) => done,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    crate::replicate::failure_json(e.code(), &e.to_string())
+                );
+            }
+            return Err(e);
+        }
+    };
+    if args.json {
+        let json = RevokedJson {
+            ok: true,
+            name: &args.name,
+            already: done.already,
+            crl_number: done.crl.number(),
+            revoked: done.crl.len(),
+            written: done
+                .written
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            reissued: done.reissued.as_ref().map(|(cert, key)| ReissuedJson {
+                cert: cert.display().to_string(),
+                key: key.display().to_string(),
+            }),
+        };
+        println!("{}", crate::json::line(crate::json::REVOKED, &json));
+        return Ok(());
+    }
     let what = if args.name == layout::CONTROLLER_NAME {
         "the controller's".to_owned()
     } else {

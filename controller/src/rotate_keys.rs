@@ -41,6 +41,35 @@ pub struct Args {
     /// token.previous.key and has been reloaded.
     #[arg(long)]
     pub finish: bool,
+
+    /// Print one JSON object instead of the steps: {"type":"keys","ok":true,"step":"start",
+    /// "next_master_key":..,"stars":[{"name":..,"addr":..,"folder":..,"key_id":..,
+    /// "previous_key_id":..}]}, or with --finish {"type":"keys","ok":true,"step":"finish",
+    /// "stars":[{"name":..,"key_id":..}]}; key ids as 8 hexadecimal digits, as stars log them.
+    /// A failure prints {"type":"result","ok":false,"code":..,"retryable":..,"message":..}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct KeysJson {
+    ok: bool,
+    step: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_master_key: Option<String>,
+    stars: Vec<StarKeysJson>,
+}
+
+#[derive(serde::Serialize)]
+struct StarKeysJson {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    folder: Option<String>,
+    key_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_key_id: Option<String>,
 }
 
 /// Why keys could not be rotated.
@@ -72,14 +101,58 @@ pub struct StarKeys {
     pub previous_key_id: u32,
 }
 
-/// Runs `orbitctl rotate-keys [--finish]` and prints what to do next.
+impl RotateError {
+    /// The wire code that fits, for `--json`.
+    pub fn code(&self) -> orbit_wire::ErrorCode {
+        use orbit_wire::ErrorCode;
+        match self {
+            RotateError::Grid(e) => e.code(),
+            RotateError::NotStarted(_) => ErrorCode::FailedPrecondition,
+            RotateError::Write(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Runs `orbitctl rotate-keys [--finish]` and prints what to do next (with `--json`, also
+/// what failed).
 ///
 /// # Errors
 ///
 /// [`RotateError`].
 pub fn run(grid_dir: &Path, args: Args) -> Result<(), RotateError> {
+    let json = args.json;
+    let result = run_step(grid_dir, args);
+    if let (Err(e), true) = (&result, json) {
+        println!(
+            "{}",
+            crate::replicate::failure_json(e.code(), &e.to_string())
+        );
+    }
+    result
+}
+
+fn run_step(grid_dir: &Path, args: Args) -> Result<(), RotateError> {
     if args.finish {
         let ids = finish(grid_dir)?;
+        if args.json {
+            let json = KeysJson {
+                ok: true,
+                step: "finish",
+                next_master_key: None,
+                stars: ids
+                    .into_iter()
+                    .map(|(name, id)| StarKeysJson {
+                        name,
+                        addr: None,
+                        folder: None,
+                        key_id: format!("{id:08x}"),
+                        previous_key_id: None,
+                    })
+                    .collect(),
+            };
+            println!("{}", crate::json::line(crate::json::KEYS, &json));
+            return Ok(());
+        }
         println!("orbitctl now signs tokens with the new master key.");
         for (name, id) in ids {
             println!("  {name:<20} token key id {id:08x}");
@@ -93,6 +166,25 @@ pub fn run(grid_dir: &Path, args: Args) -> Result<(), RotateError> {
         return Ok(());
     }
     let stars = start(grid_dir)?;
+    if args.json {
+        let json = KeysJson {
+            ok: true,
+            step: "start",
+            next_master_key: Some(grid_dir.join(NEXT_MASTER_KEY).display().to_string()),
+            stars: stars
+                .into_iter()
+                .map(|star| StarKeysJson {
+                    name: star.name,
+                    addr: Some(star.addr),
+                    folder: Some(star.dir.display().to_string()),
+                    key_id: format!("{:08x}", star.key_id),
+                    previous_key_id: Some(format!("{:08x}", star.previous_key_id)),
+                })
+                .collect(),
+        };
+        println!("{}", crate::json::line(crate::json::KEYS, &json));
+        return Ok(());
+    }
     println!(
         "Rotation started: the new master key is {} (orbitctl still signs with the current one).",
         grid_dir.join(NEXT_MASTER_KEY).display()

@@ -23,14 +23,16 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ask stars whether they are up: version, uptime, transfers in flight and roots; then list
 /// the transfers in flight with their progress.
 ///
-/// Exits 0 if every star asked answered, 1 otherwise.
+/// Exits 0 if every star asked answered, 1 otherwise (with --json, each star that did not says
+/// why in "code" and "error").
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The stars to ask. Default: every star in grid.toml.
     #[arg(value_name = "NAME")]
     pub names: Vec<String>,
 
-    /// Print one JSON object instead of a table.
+    /// Print one JSON object instead of a table: {"type":"status","stars":[..]}, each star with
+    /// "up" and either its status or "code", "retryable" and "error".
     #[arg(long)]
     pub json: bool,
 }
@@ -338,6 +340,7 @@ enum StarJson<'a> {
         addr: &'a str,
         up: bool,
         code: &'static str,
+        retryable: bool,
         error: String,
     },
 }
@@ -358,7 +361,7 @@ struct ReportJson<'a> {
     stars: Vec<StarJson<'a>>,
 }
 
-/// The `--json` object: `{"stars":[...]}`, on one line.
+/// The `--json` object: `{"type":"status","stars":[...]}`, on one line.
 pub fn report_json(reports: &[StarReport]) -> String {
     let stars = reports
         .iter()
@@ -392,11 +395,12 @@ pub fn report_json(reports: &[StarReport]) -> String {
                 addr: &r.addr,
                 up: false,
                 code: e.code().name(),
+                retryable: crate::exit::retryable(e.code()),
                 error: e.to_string(),
             },
         })
         .collect();
-    serde_json::to_string(&ReportJson { stars }).unwrap_or_default()
+    crate::json::line(crate::json::STATUS, &ReportJson { stars })
 }
 
 #[cfg(test)]
@@ -485,6 +489,7 @@ mod tests {
         );
 
         let json: serde_json::Value = serde_json::from_str(&report_json(&all)).unwrap();
+        assert_eq!(json["type"], "status");
         let stars = json["stars"].as_array().unwrap();
         assert_eq!(stars[0]["name"], "star-a");
         assert_eq!(stars[0]["up"], true);
@@ -495,6 +500,7 @@ mod tests {
         assert_eq!(stars[0]["transfers"][0]["bytes"], 64 << 20);
         assert_eq!(stars[1]["up"], false);
         assert_eq!(stars[1]["code"], "DeadlineExceeded");
+        assert_eq!(stars[1]["retryable"], true);
         assert!(stars[1]["error"].as_str().unwrap().starts_with("star-b"));
     }
 }

@@ -37,6 +37,23 @@ pub struct Args {
     /// or 300.
     #[arg(long, value_name = "SECS", value_parser = parse_ttl)]
     pub ttl: Option<u64>,
+
+    /// Print one JSON object instead of the bare token:
+    /// {"type":"token","token":..,"source":..,"path":..,"holder":..,"issued_at":..,
+    /// "not_after":..}, times in seconds since the Unix epoch.
+    /// A failure prints {"type":"result","ok":false,"code":..,"retryable":..,"message":..}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct TokenJson<'a> {
+    token: &'a str,
+    source: &'a str,
+    path: &'a str,
+    holder: &'a str,
+    issued_at: u64,
+    not_after: u64,
 }
 
 /// What a token grants.
@@ -142,21 +159,55 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Runs `orbitctl token`: prints the token alone on stdout.
+/// Runs `orbitctl token`: prints the token alone on stdout, or with `--json` an object.
 ///
 /// # Errors
 ///
 /// [`GridError`] if the grid cannot be read or either star is unknown.
 pub fn run(grid_dir: &Path, args: Args) -> Result<(), GridError> {
-    let grid = Grid::open(grid_dir)?;
-    grid.star(&args.file.star)?;
-    grid.star(&args.holder)?;
-    let master = grid.master_key()?;
+    let opened = Grid::open(grid_dir).and_then(|grid| {
+        grid.star(&args.file.star)?;
+        grid.star(&args.holder)?;
+        let master = grid.master_key()?;
+        Ok((grid, master))
+    });
+    let (grid, master) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    crate::replicate::failure_json(e.code(), &e.to_string())
+                );
+            }
+            return Err(e);
+        }
+    };
     let ttl = args.ttl.unwrap_or(grid.ttl_secs());
-    println!(
-        "{}",
-        mint(&master, &args.file.star, &args.holder, &args.file.path, ttl)
-    );
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let now = unix_now();
+    let grant = Grant {
+        source: &args.file.star,
+        holder: &args.holder,
+        path: &args.file.path,
+        issued_at: now,
+        not_after: now.saturating_add(ttl),
+    };
+    let token = mint_with(&master, &grant, nonce);
+    if args.json {
+        let json = TokenJson {
+            token: &token,
+            source: grant.source,
+            path: grant.path,
+            holder: grant.holder,
+            issued_at: grant.issued_at,
+            not_after: grant.not_after,
+        };
+        println!("{}", crate::json::line(crate::json::TOKEN, &json));
+    } else {
+        println!("{token}");
+    }
     Ok(())
 }
 

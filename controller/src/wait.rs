@@ -23,14 +23,15 @@ use crate::replicate::{self, report, ReplicateError, ReplicateJob};
 /// events and in both stars' logs). Every star of the grid is asked unless --star names the
 /// destination. Works while the transfer runs and for an hour after it ended. Exits 0 only if
 /// the transfer produced a verified copy (for a tree: of every file), 3 if a tree ended with
-/// some files failed or its --delete not run, 1 otherwise. Ctrl-C stops waiting; the transfer
-/// carries on.
+/// some files failed or its --delete not run, 4 if it failed for a temporary reason or a star
+/// that may hold it did not answer, 1 otherwise. Ctrl-C stops waiting; the transfer carries
+/// on.
 ///
 /// For a fan-out, name every destination: --star once per star, or --to-file with the file
 /// given to `replicate --to-file`. All are followed at once and reported as `replicate` reports
 /// a fan-out: one line per destination on stdout as it ends (`verified`, or FAILED with the
 /// code and why), then the summary; exits 0 when at least --min-success of them (default: all)
-/// verified the file, 1 otherwise.
+/// verified the file, else 4 when every failure was temporary, 1 otherwise.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The transfer id (16 hexadecimal digits).
@@ -80,6 +81,16 @@ impl WaitError {
         match self {
             WaitError::Locate(e) => e.code(),
             WaitError::Replicate(e) => e.code(),
+        }
+    }
+
+    /// The exit code (see [`crate::exit`]): as `replicate`'s for the transfer's own failure;
+    /// for a transfer no star could report, by the class of the code (4 when a star was
+    /// unreachable, 1 when every star answered and none knows the id).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            WaitError::Locate(e) => crate::exit::of_code(e.code()),
+            WaitError::Replicate(e) => e.exit_code(),
         }
     }
 }

@@ -315,8 +315,9 @@ fn errors_are_one_line_naming_the_star_with_a_hint() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let g = wire(&grid);
 
+    // A star that is down may be up later: exit code 4, "temporary".
     let out = orbitctl(&["--grid", &g, "replicate", "star-a:/a/f", "star-b:/b/f"]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(4));
     assert_eq!(
         out.stderr,
         format!(
@@ -326,7 +327,7 @@ fn errors_are_one_line_naming_the_star_with_a_hint() {
     );
 
     let out = orbitctl(&["--grid", &g, "wait", "abc", "--star", "star-b"]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(4));
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(
         out.stderr
@@ -343,6 +344,7 @@ fn errors_are_one_line_naming_the_star_with_a_hint() {
         out.stderr
     );
 
+    // A star the grid does not list: a failure retrying will not fix.
     let out = orbitctl(&["--grid", &g, "replicate", "star-c:/a/f", "star-b:/b/f"]);
     assert_eq!(out.code, Some(1));
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);

@@ -2,6 +2,7 @@
 //! As 24 binaries, each linking the stars, quinn and rustls again, this crate took 172 s to build
 //! here; as one, 47 s. One file's tests: `cargo test -p orbit-tests --test integration paths::`.
 
+mod batch_cli;
 mod cli;
 mod config;
 mod crash;
@@ -9,6 +10,7 @@ mod detach;
 mod dial;
 mod disk;
 mod drain;
+mod exit_codes;
 mod face;
 mod fanout;
 mod fanout_cli;

@@ -331,7 +331,8 @@ fn a_partition_longer_than_the_deadline_fails_with_deadline_exceeded_and_leaves_
     let partition = net.a_link.partition();
     let (out, json) = finish(&net, &rx);
     let elapsed = started.elapsed();
-    assert_eq!(out.code, Some(1), "{out:?}\n{}", net.logs());
+    // A deadline that passed may not pass next time: exit code 4, "try again later".
+    assert_eq!(out.code, Some(4), "{out:?}\n{}", net.logs());
     assert_eq!(json["ok"], false, "{json}");
     assert_eq!(json["code"], "DeadlineExceeded", "{json}");
     assert!(

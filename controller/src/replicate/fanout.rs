@@ -21,6 +21,7 @@ use super::interrupt::interrupt_signal;
 use super::plan::{self, Plan, PlanError};
 use super::tree::Output;
 use super::{failure_json, new_transfer_id, Args, ReplicateError};
+use crate::exit;
 use crate::grid::{Grid, GridError};
 use crate::spec::{StarAddr, StarPath};
 use crate::token;
@@ -52,7 +53,9 @@ pub enum FanoutError {
         total: usize,
         /// `--min-success`.
         needed: usize,
-        /// The code of the first destination that failed.
+        /// The code of the first destination that failed for a reason that will not go away
+        /// by itself, or if none did, of the first that failed: so its exit code is 4 only
+        /// when every failure may clear by itself.
         code: ErrorCode,
     },
     /// Two destinations reported different digests for the same transfer. Every destination
@@ -100,12 +103,16 @@ impl FanoutError {
         }
     }
 
-    /// The exit code: 2 for a usage error, 130 after Ctrl-C, 1 otherwise.
+    /// The exit code: 2 for a usage error, 130 after Ctrl-C, 4 when fewer than --min-success
+    /// destinations verified the file and every failure may go away by itself, 1 otherwise
+    /// (see [`crate::exit`]).
     pub fn exit_code(&self) -> u8 {
         match self {
-            FanoutError::Plan(_) => super::EXIT_USAGE,
-            FanoutError::Interrupted { .. } => super::EXIT_INTERRUPTED,
-            _ => super::EXIT_FAILED,
+            FanoutError::Plan(_) => exit::USAGE,
+            FanoutError::Interrupted { .. } => exit::INTERRUPTED,
+            FanoutError::TooFew { code, .. } => exit::of_code(*code),
+            // Starting it again would start the destinations that did start a second time.
+            FanoutError::NotStarted { .. } | FanoutError::DigestsDiffer => exit::FAILED,
         }
     }
 
@@ -214,7 +221,7 @@ async fn execute(
 ) -> Result<(), ReplicateError> {
     // From here on Ctrl-C cancels the fan-out rather than killing orbitctl.
     let mut interrupt = interrupt_signal();
-    let source = StarPath::parse(&args.source)?;
+    let source = StarPath::parse(args.source.as_deref().unwrap_or(""))?;
     let grid = Grid::open(grid_dir)?;
     // Checked as given (the first of two duplicates is the one named), planned by zone.
     plan::check_destinations(&source, &destinations).map_err(FanoutError::from)?;

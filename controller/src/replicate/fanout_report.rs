@@ -87,6 +87,8 @@ struct ResultJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    retryable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
 }
 
@@ -106,6 +108,7 @@ pub fn result_json(star: &str, path: Option<&str>, outcome: &Outcome) -> String 
         controller_bytes_sent: None,
         controller_bytes_received: None,
         code: None,
+        retryable: None,
         message: None,
     };
     match outcome {
@@ -119,10 +122,11 @@ pub fn result_json(star: &str, path: Option<&str>, outcome: &Outcome) -> String 
         }
         Err(failure) => {
             json.code = Some(failure.code.name());
+            json.retryable = Some(crate::exit::retryable(failure.code));
             json.message = Some(&failure.message);
         }
     }
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::DESTINATION, &json)
 }
 
 #[derive(Serialize)]
@@ -155,7 +159,7 @@ pub fn progress_json(
         total,
         seconds,
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::PROGRESS, &json)
 }
 
 /// How a whole fan-out ended.
@@ -240,7 +244,7 @@ pub fn summary_json(summary: &Summary) -> String {
         digests_differ: summary.digests_differ,
         seconds: summary.seconds,
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::SUMMARY, &json)
 }
 
 #[derive(Serialize)]
@@ -286,7 +290,7 @@ pub fn plan_json<'a>(
             })
             .collect(),
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::PLAN, &json)
 }
 
 /// The line of one destination of a detached fan-out: `star-b:/data/f  started`, or
@@ -312,6 +316,8 @@ struct StartedJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    retryable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
 }
 
@@ -329,9 +335,13 @@ pub fn started_json(
         detached: true,
         transfer_id: transfer.to_string(),
         code: started.as_ref().err().map(|f| f.code.name()),
+        retryable: started
+            .as_ref()
+            .err()
+            .map(|f| crate::exit::retryable(f.code)),
         message: started.as_ref().err().map(|f| f.message.as_str()),
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::DESTINATION, &json)
 }
 
 #[derive(Serialize)]
@@ -354,7 +364,7 @@ pub fn detached_json(transfer: TransferId, started: usize, failed: usize) -> Str
         failed,
         transfer_id: transfer.to_string(),
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::SUMMARY, &json)
 }
 
 #[cfg(test)]
@@ -426,6 +436,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
+                "type": "destination",
                 "destination": "star-b", "path": "/data/f", "ok": true, "bytes": 1u64 << 30,
                 "sha256": "ab".repeat(32), "seconds": 12.34, "resumed_bytes": 0,
                 "controller_bytes_sent": 3000, "controller_bytes_received": 2000,
@@ -436,8 +447,9 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
+                "type": "destination",
                 "destination": "star-c", "path": null, "ok": false, "code": "PermissionDenied",
-                "message": "star-c: /data/f is outside\\nthe allowed roots",
+                "retryable": false, "message": "star-c: /data/f is outside\\nthe allowed roots",
             })
         );
         let json: serde_json::Value = serde_json::from_str(&progress_json(
@@ -451,6 +463,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
+                "type": "progress",
                 "event": "progress", "transfer_id": "0000000000000abc", "destination": "star-b",
                 "path": "/f", "bytes": 5, "total": 10, "seconds": 0.5,
             })
@@ -486,6 +499,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
+                "type": "summary",
                 "fanout": true, "ok": true, "verified": 2, "failed": 1, "min_success": 2,
                 "transfer_id": "0000000000000abc", "sha256": "ab".repeat(32),
                 "digests_differ": false, "seconds": 12.44,
@@ -521,6 +535,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
+                "type": "summary",
                 "fanout": true, "detached": true, "ok": false, "started": 2, "failed": 1,
                 "transfer_id": "0000000000000001",
             })

@@ -69,6 +69,7 @@ struct SuccessJson<'a> {
 struct FailureJson<'a> {
     ok: bool,
     code: &'static str,
+    retryable: bool,
     message: &'a str,
 }
 
@@ -94,7 +95,7 @@ pub fn success_json(job: &ReplicateJob, done: &Replicated) -> String {
         controller_bytes_received: done.wire.received,
         resumed_bytes: done.resumed_bytes,
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::RESULT, &json)
 }
 
 #[derive(Serialize)]
@@ -119,15 +120,22 @@ pub fn detached_json(job: &ReplicateJob) -> String {
         source_path: &job.command.source_path,
         target_path: &job.command.target_path,
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::RESULT, &json)
 }
 
-/// The `--json` object of a failure, on one line.
+/// The `--json` object of a failure, on one line:
+/// `{"type":"result","ok":false,"code":"NotFound","retryable":false,"message":".."}`.
 pub fn failure_json(code: ErrorCode, message: &str) -> String {
+    failure_json_as(crate::json::RESULT, code, message)
+}
+
+/// As [`failure_json`], with another `type` (see [`crate::json`]).
+pub fn failure_json_as(kind: &'static str, code: ErrorCode, message: &str) -> String {
     let json = FailureJson {
         ok: false,
         code: code.name(),
+        retryable: crate::exit::retryable(code),
         message,
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(kind, &json)
 }

@@ -215,6 +215,8 @@ struct ItemJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    retryable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
 }
 
@@ -230,14 +232,16 @@ pub fn item_json(transfer: TransferId, item: &Item) -> String {
         name: NameJson::new(&item.name),
         size: item.size,
         code: item.error.as_ref().map(|e| e.code.name()),
+        retryable: item.error.as_ref().map(|e| crate::exit::retryable(e.code)),
         message: item.error.as_ref().map(|e| e.message.as_str()),
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::ITEM, &json)
 }
 
 #[derive(Serialize)]
 struct ErrorJson<'a> {
     code: &'static str,
+    retryable: bool,
     message: &'a str,
 }
 
@@ -245,6 +249,7 @@ impl<'a> From<&'a WireError> for ErrorJson<'a> {
     fn from(error: &'a WireError) -> ErrorJson<'a> {
         ErrorJson {
             code: error.code.name(),
+            retryable: crate::exit::retryable(error.code),
             message: &error.message,
         }
     }
@@ -319,7 +324,7 @@ pub fn result_json(job: &TreeJob, done: &TreeDone) -> String {
         controller_bytes_sent: done.wire.sent,
         controller_bytes_received: done.wire.received,
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::RESULT, &json)
 }
 
 #[derive(Serialize)]
@@ -346,7 +351,7 @@ pub fn detached_json(job: &TreeJob) -> String {
         source_path: &job.command.source_path,
         target_path: &job.command.target_path,
     };
-    serde_json::to_string(&json).unwrap_or_default()
+    crate::json::line(crate::json::RESULT, &json)
 }
 
 #[cfg(test)]
@@ -468,7 +473,7 @@ mod tests {
             ]
         );
         let err = outcome("star-b", &summary).unwrap_err();
-        assert_eq!(err.exit_code(), super::super::EXIT_INCOMPLETE);
+        assert_eq!(err.exit_code(), crate::exit::INCOMPLETE);
         assert_eq!(
             err.to_string(),
             "star-b: tree replicated, but 3 files failed and --delete did not run"
@@ -532,9 +537,10 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
+                "type": "item",
                 "event": "item", "transfer_id": "0000000000000abc", "action": "failed",
                 "kind": "f", "name": "x\\xff", "name_hex": "78ff", "size": 5,
-                "code": "PermissionDenied", "message": "no",
+                "code": "PermissionDenied", "retryable": false, "message": "no",
             })
         );
         let json: serde_json::Value = serde_json::from_str(&item_json(
@@ -571,13 +577,15 @@ mod tests {
             json["failures"],
             serde_json::json!([
                 {"name": "a/caf\\xe9.txt", "name_hex": hex::encode(b"a/caf\xe9.txt"),
-                 "code": "PermissionDenied", "message": "permission denied"},
-                {"name": "two\nlines", "code": "DataLoss", "message": ""},
+                 "code": "PermissionDenied", "retryable": false, "message": "permission denied"},
+                {"name": "two\nlines", "code": "DataLoss", "retryable": false, "message": ""},
             ])
         );
         assert_eq!(
             json["delete_skipped"],
-            serde_json::json!({"code": "FailedPrecondition", "message": "3 files failed"})
+            serde_json::json!({
+                "code": "FailedPrecondition", "retryable": false, "message": "3 files failed"
+            })
         );
 
         let clean = TreeDone {

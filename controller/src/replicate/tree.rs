@@ -417,7 +417,7 @@ mod tests {
                 .ends_with("for a directory, add --recursive"),
             "{err}"
         );
-        assert_eq!(err.exit_code(), super::super::EXIT_USAGE);
+        assert_eq!(err.exit_code(), crate::exit::USAGE);
         // Two slashes are one too many, and a relative path is never right.
         for bad in ["star-a:/srv/data//", "star-a:srv/data/"] {
             let err = parse(&[bad, "star-b:/b", "-r"]).unwrap_err();
@@ -505,30 +505,35 @@ mod tests {
 
     #[test]
     fn exit_codes_tell_partial_from_failed() {
-        use super::super::{EXIT_FAILED, EXIT_INCOMPLETE, EXIT_INTERRUPTED};
+        use crate::exit;
         let star = || "star-b".to_owned();
         let failed = ReplicateError::Failed {
             star: star(),
             error: WireError::new(ErrorCode::NotFound, "no such directory"),
         };
-        assert_eq!(failed.exit_code(), EXIT_FAILED);
+        assert_eq!(failed.exit_code(), exit::FAILED);
+        let unreachable = ReplicateError::Failed {
+            star: star(),
+            error: WireError::new(ErrorCode::Unavailable, "star-a is shutting down"),
+        };
+        assert_eq!(unreachable.exit_code(), exit::TEMPORARY);
         let interrupted = ReplicateError::TreeInterrupted {
             star: star(),
             target: "/srv/backup".into(),
         };
-        assert_eq!(interrupted.exit_code(), EXIT_INTERRUPTED);
+        assert_eq!(interrupted.exit_code(), exit::INTERRUPTED);
         assert_eq!(interrupted.code(), ErrorCode::Cancelled);
         let file_interrupted = ReplicateError::Interrupted {
             star: star(),
             target: "/f".into(),
         };
-        assert_eq!(file_interrupted.exit_code(), EXIT_INTERRUPTED);
+        assert_eq!(file_interrupted.exit_code(), exit::INTERRUPTED);
         let incomplete = ReplicateError::Incomplete {
             star: star(),
             failed: 0,
             delete_skipped: Some(WireError::new(ErrorCode::FailedPrecondition, "over 5")),
         };
-        assert_eq!(incomplete.exit_code(), EXIT_INCOMPLETE);
+        assert_eq!(incomplete.exit_code(), exit::INCOMPLETE);
         assert_eq!(incomplete.code(), ErrorCode::FailedPrecondition);
     }
 
@@ -579,7 +584,7 @@ mod tests {
 
         // The tree ran to its end, but a file failed: exit code 3, not 1.
         let err = report::outcome("star-b", &done.summary).unwrap_err();
-        assert_eq!(err.exit_code(), super::super::EXIT_INCOMPLETE);
+        assert_eq!(err.exit_code(), crate::exit::INCOMPLETE);
         assert_eq!(
             err.to_string(),
             "star-b: tree replicated, but 1 file failed"
@@ -599,7 +604,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), ErrorCode::PermissionDenied);
-        assert_eq!(err.exit_code(), super::super::EXIT_FAILED);
+        assert_eq!(err.exit_code(), crate::exit::FAILED);
         assert_eq!(
             err.to_string(),
             "star-b: replication failed: star-a refused the listing: token expired"

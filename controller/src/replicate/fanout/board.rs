@@ -297,11 +297,17 @@ impl Board {
         if summary.ok() {
             return Ok(());
         }
-        let code = self
+        let codes: Vec<ErrorCode> = self
             .outcomes
             .iter()
             .flatten()
-            .find_map(|o| o.as_ref().err().map(|f| f.code))
+            .filter_map(|o| o.as_ref().err().map(|f| f.code))
+            .collect();
+        let code = codes
+            .iter()
+            .find(|code| !crate::exit::retryable(**code))
+            .or(codes.first())
+            .copied()
             .unwrap_or(ErrorCode::Internal);
         Err(FanoutError::TooFew {
             verified,
@@ -390,7 +396,7 @@ mod tests {
         // Every destination needed: the same run fails, exit code 1.
         let (_, result) = follow(tls, &targets, 3).await;
         let err = ReplicateError::from(result.unwrap_err());
-        assert_eq!(err.exit_code(), crate::replicate::EXIT_FAILED);
+        assert_eq!(err.exit_code(), crate::exit::FAILED);
         assert_eq!(err.code(), ErrorCode::PermissionDenied);
         assert_eq!(
             err.to_string(),
@@ -439,6 +445,6 @@ mod tests {
         );
         let err = result.unwrap_err();
         assert!(matches!(err, FanoutError::DigestsDiffer), "{err}");
-        assert_eq!(err.exit_code(), crate::replicate::EXIT_FAILED);
+        assert_eq!(err.exit_code(), crate::exit::FAILED);
     }
 }
