@@ -69,7 +69,27 @@ pub fn run(grid_dir: &Path, args: Args) -> Result<(), AddStarError> {
         "  orbit-star --config {}/star.toml --allow DIR",
         star_dir.display()
     );
+    print_unit_install();
     Ok(())
+}
+
+/// How to install a star's folder for `dist/systemd/orbit-star.service` (docs/OPERATIONS.md).
+pub(crate) fn print_unit_install() {
+    println!("or, under the systemd unit, as root in the copy of the folder:");
+    let files = [
+        layout::STAR_TOML,
+        layout::STAR_CERT,
+        layout::STAR_KEY,
+        layout::STAR_CA,
+        layout::STAR_TOKEN_KEY,
+    ];
+    for command in layout::install_commands(&files, true) {
+        println!("  {command}");
+    }
+    println!(
+        "  then set `allow` in {}/star.toml and run: systemctl enable --now orbit-star",
+        layout::HOST_DIR
+    );
 }
 
 /// Adds `spec` to the grid at `grid_dir` and returns the star's new folder.

@@ -18,6 +18,7 @@ pub mod netlab;
 pub mod ops;
 pub mod process;
 pub mod slow_source;
+pub mod unit;
 
 use orbit_agent::{Star, StarConfig};
 use orbit_certs::{GridCa, IssuedCert, Role};

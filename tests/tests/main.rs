@@ -34,3 +34,4 @@ mod special_files;
 mod tokens;
 mod tree;
 mod tree_cli;
+mod unit_layout;
