@@ -14,6 +14,7 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use sha2::{Digest, Sha256};
 
 pub mod hostile;
+pub mod mount;
 pub mod netlab;
 pub mod ops;
 pub mod process;

@@ -21,6 +21,7 @@ mod keys;
 mod limits;
 mod logs;
 mod metrics;
+mod mounts;
 mod network;
 mod paths;
 mod peers;
