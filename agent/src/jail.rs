@@ -142,6 +142,8 @@ pub struct TargetDir {
     /// The root it lies under, and its path from there, to check before publishing that it
     /// was not moved out of the root meanwhile.
     root: OwnedFd,
+    /// The root's path, to check before publishing that it still leads to `root`.
+    root_path: PathBuf,
     parents: String,
     protected: Arc<Protected>,
 }
@@ -413,6 +415,7 @@ impl Jail {
             dir,
             name: (*name).to_owned(),
             root: root.try_clone().map_err(JailError::Io)?,
+            root_path: self.roots[path.root].canonical.clone(),
             parents: parents.join("/"),
             protected: self.protected.clone(),
         }))
@@ -597,12 +600,13 @@ impl TargetDir {
     /// appeared at the target meanwhile is replaced, not followed: rename never follows.
     ///
     /// Refused when the name `part` no longer holds `file` (replaced by a link or another file:
-    /// only the bytes written and checked are published), or when the directory was moved out of
-    /// its root since it was opened (the rename would land outside the root).
+    /// only the bytes written and checked are published), when the directory was moved out of
+    /// its root since it was opened (the rename would land outside the root), or when the root's
+    /// path leads elsewhere since (a mount would hide the file).
     ///
     /// # Errors
     ///
-    /// `InvalidData` or `PermissionDenied` for the two refusals; I/O from `renameat` or the
+    /// `InvalidData` or `PermissionDenied` for the refusals; I/O from `renameat` or the
     /// directory's `fsync`.
     pub fn publish(&self, part: &str, file: &File) -> io::Result<()> {
         let ours = rustix::fs::fstat(file)?;
@@ -634,8 +638,9 @@ impl TargetDir {
         Ok(())
     }
 
-    /// Checks that the directory is still where it was opened, beneath its root: a parent
-    /// renamed out of the root since then would take the rename with it.
+    /// Checks that the directory is still where it was opened, beneath its root (a parent
+    /// renamed out of the root since then would take the rename with it), and that the root's
+    /// path still leads to that root (a mount since then would hide the file).
     fn check_beneath_root(&self) -> io::Result<()> {
         let parents = if self.parents.is_empty() {
             "."
@@ -659,6 +664,21 @@ impl TargetDir {
         let (now, ours) = (rustix::fs::fstat(&now)?, rustix::fs::fstat(&self.dir)?);
         if (now.st_dev, now.st_ino) != (ours.st_dev, ours.st_ino) {
             return Err(moved());
+        }
+        // A file system mounted on the root (or unmounted from it) during the transfer would
+        // hide the file published through the handle taken before.
+        let hidden = || {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the allowed root's path leads to another directory since the transfer began (a \
+                 file system mounted on it or unmounted from it): nothing published where it \
+                 would be hidden; replicate again",
+            )
+        };
+        let at_path = rustix::fs::stat(&self.root_path).map_err(|_| hidden())?;
+        let root = rustix::fs::fstat(&self.root)?;
+        if (at_path.st_dev, at_path.st_ino) != (root.st_dev, root.st_ino) {
+            return Err(hidden());
         }
         Ok(())
     }

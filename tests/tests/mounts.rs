@@ -1,8 +1,9 @@
 //! A file system mounted on a star's root after the star started (or unmounted from it): the
 //! star follows the root's path to the mounted file system, so a replicated file is where the
 //! operator looks, never hidden under the mount; and after the unmount it lands in the directory
-//! itself again. A root whose path leads through a symbolic link since then is refused, not
-//! followed. Mounting needs root (CI runs as root); elsewhere those tests say so and pass, under
+//! itself again. A transfer already running when its root is mounted over publishes nothing
+//! (it would be hidden) and fails, to be run again. A root whose path leads through a symbolic
+//! link since then is refused, not followed. Mounting needs root (CI runs as root); elsewhere those tests say so and pass, under
 //! CI they fail (`skip_or_fail`).
 
 use std::path::{Path, PathBuf};
@@ -110,4 +111,34 @@ async fn a_root_whose_path_became_a_symbolic_link_is_refused_not_followed() {
     assert_eq!(list_tree(&dst_root), names(&["f.bin"]));
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[test]
+fn a_transfer_in_flight_when_its_root_is_mounted_over_publishes_nothing_hidden() {
+    let held = orbit_tests::slow_source::HeldGrid::start(400_000, 100_000);
+    let mut replicate = held
+        .command(&["replicate", &held.src(), &held.dst("f.bin")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    held.wait_for_part(100_000);
+    let disk = match Tmpfs::mount_on(&held.dst_root, "8m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            held.source.release();
+            let _ = replicate.wait();
+            skip_or_fail("root to mount a tmpfs", why);
+            return;
+        }
+    };
+    held.source.release();
+    let out = replicate.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("mounted on it"), "{stderr}");
+    // Nothing on the mount, and nothing hidden under it: the temporary file is gone too.
+    assert_eq!(held.leftovers(), Vec::<PathBuf>::new());
+    disk.unmount();
+    assert_eq!(held.leftovers(), names(&["backup"]));
 }
