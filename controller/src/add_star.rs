@@ -75,7 +75,8 @@ pub fn run(grid_dir: &Path, args: Args) -> Result<(), AddStarError> {
 
 /// How to install a star's folder for `dist/systemd/orbit-star.service` (docs/OPERATIONS.md).
 pub(crate) fn print_unit_install() {
-    println!("or, under the systemd unit, as root in the copy of the folder:");
+    println!("or, under the systemd unit: set `allow` in the grid's star.toml first (deploying");
+    println!("it again after rotate-keys or revoke then keeps it), then as root in the copy:");
     let files = [
         layout::STAR_TOML,
         layout::STAR_CERT,
@@ -86,10 +87,7 @@ pub(crate) fn print_unit_install() {
     for command in layout::install_commands(&files, true) {
         println!("  {command}");
     }
-    println!(
-        "  then set `allow` in {}/star.toml and run: systemctl enable --now orbit-star",
-        layout::HOST_DIR
-    );
+    println!("  systemctl enable --now orbit-star");
 }
 
 /// Adds `spec` to the grid at `grid_dir` and returns the star's new folder.
