@@ -369,15 +369,16 @@ impl StarFile {
             let path = path.ok_or(ConfigError::Missing(setting))?;
             std::fs::read_to_string(&path).map_err(|error| ConfigError::Read { path, error })
         };
-        // A key file named in the settings must be private to its owner; systemd makes the
-        // credentials directory and its files private to the service itself.
+        // A key file named in the settings must be private to its owner, or root's and shared
+        // with its group only (root:orbit 0640, as the systemd unit's layout has it); systemd
+        // makes the credentials directory and its files private to the service itself.
         let secret = |path: Option<PathBuf>, file: &str, setting: &'static str, what: &str| match (
             path,
             &credentials,
         ) {
             (Some(path), _) => Ok((
                 path.display().to_string(),
-                orbit_certs::read_secret_file(&path, what)?,
+                orbit_certs::read_service_secret_file(&path, what)?,
             )),
             (None, Some(dir)) => {
                 let path = dir.join(file);

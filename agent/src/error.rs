@@ -29,6 +29,7 @@ impl ToWire for JailError {
             | JailError::Protected
             | JailError::HardLinked(_) => ErrorCode::PermissionDenied,
             JailError::NotFound => ErrorCode::NotFound,
+            JailError::RootChanged { .. } => ErrorCode::FailedPrecondition,
             JailError::Io(e) => return e.to_wire(),
         };
         WireError::new(code, self.to_string())

@@ -1,15 +1,23 @@
 //! Confinement: every file a star reads or writes is opened relative to a directory handle of one
 //! of its allowed roots with `openat2(RESOLVE_BENEATH)`, so that no symlink, `..` or rename race
 //! can lead outside the root. Wire paths are validated first (`orbit_wire::path`) and never
-//! normalised. This module must never open anything by its absolute path.
+//! normalised. This module must never open anything by its absolute path, but a root's own.
+//!
+//! A root's handle is taken at start, and a file system mounted on the root afterwards (or
+//! unmounted from it) would leave it naming the directory the mount hides: files written there
+//! vanish from view. So before each use the root's path is looked up again, and when it no longer
+//! leads to the directory held (another device or inode), the root is reopened, through no
+//! symbolic link, as the directory an operator who mounted something there expects; a root that
+//! cannot be reopened so is refused with [`JailError::RootChanged`].
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, CWD};
+use tracing::warn;
 
 pub use crate::protected::Protected;
 
@@ -58,6 +66,15 @@ pub enum JailError {
         "path is one of this star's own files (keys, config or state), never served or overwritten"
     )]
     Protected,
+    /// The root's path leads to another directory than at start (a mount), and that one cannot
+    /// be used as the root.
+    #[error("allowed root {} changed since the star started and cannot be reopened: {reason}", root.display())]
+    RootChanged {
+        /// The root as the operator gave it.
+        root: PathBuf,
+        /// Why it cannot be reopened.
+        reason: String,
+    },
 }
 
 impl JailError {
@@ -86,7 +103,8 @@ struct Root {
     given: PathBuf,
     /// The root with symlinks resolved, as the kernel sees it.
     canonical: PathBuf,
-    dir: OwnedFd,
+    /// The directory, as last opened: replaced when the path leads elsewhere (see the module).
+    dir: RwLock<Arc<OwnedFd>>,
     /// Whether files may be stored under it (`--allow`), or only served (`--allow-read`).
     writable: bool,
 }
@@ -124,6 +142,8 @@ pub struct TargetDir {
     /// The root it lies under, and its path from there, to check before publishing that it
     /// was not moved out of the root meanwhile.
     root: OwnedFd,
+    /// The root's path, to check before publishing that it still leads to `root`.
+    root_path: PathBuf,
     parents: String,
     protected: Arc<Protected>,
 }
@@ -153,7 +173,7 @@ impl Jail {
             opened.push(Root {
                 given: clean(&absolute),
                 canonical,
-                dir,
+                dir: RwLock::new(Arc::new(dir)),
                 writable,
             });
         }
@@ -179,6 +199,56 @@ impl Jail {
     /// The roots, as the operator gave them, each with whether it is writable.
     pub fn roots(&self) -> impl Iterator<Item = (&Path, bool)> {
         self.roots.iter().map(|r| (r.given.as_path(), r.writable))
+    }
+
+    /// The handle of root `index`, reopened first when its path no longer leads to the directory
+    /// held: a file system was mounted on the root, or unmounted from it, since the handle was
+    /// taken. The new directory is opened through no symbolic link and must not be one of the
+    /// star's own folders. Costs one `stat` of the root's path. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`JailError::RootChanged`] when the path leads nowhere usable: gone, not a directory,
+    /// through a symbolic link, or one of the star's own folders.
+    fn root_dir(&self, index: usize) -> Result<Arc<OwnedFd>, JailError> {
+        let root = &self.roots[index];
+        let held = root
+            .dir
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let changed = |reason: String| JailError::RootChanged {
+            root: root.given.clone(),
+            reason,
+        };
+        let was = rustix::fs::fstat(&*held)?;
+        match rustix::fs::stat(&root.canonical) {
+            Ok(now) if (now.st_dev, now.st_ino) == (was.st_dev, was.st_ino) => return Ok(held),
+            Ok(_) => {}
+            Err(e) => return Err(changed(format!("{}: {e}", root.canonical.display()))),
+        }
+        // The path was resolved at start: a symbolic link on it now is not the operator's.
+        let fresh = rustix::fs::openat2(
+            CWD,
+            &root.canonical,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(|e| changed(format!("{}: {e}", root.canonical.display())))?;
+        let now = rustix::fs::fstat(&fresh)?;
+        if self.protected.holds(&now) {
+            return Err(changed("it is now one of this star's own folders".into()));
+        }
+        warn!(
+            root = %root.given.display(),
+            "allowed root {} leads to another directory than before (a file system was mounted \
+             on it or unmounted from it): reopened, files now go to the new one",
+            root.given.display()
+        );
+        let fresh = Arc::new(fresh);
+        *root.dir.write().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+        Ok(fresh)
     }
 
     /// Validates a wire path to read and finds the root it lies under, read-only or not.
@@ -262,12 +332,12 @@ impl Jail {
     ///
     /// [`JailError::Escapes`], [`JailError::NotFound`], [`JailError::NotRegular`] or I/O.
     pub fn open_read(&self, path: &Confined) -> Result<OpenedFile, JailError> {
-        let root = &self.roots[path.root];
+        let root = self.root_dir(path.root)?;
         // First a handle that names the inode without opening it (O_PATH): opening a device can
         // do things (rewind a tape, arm a watchdog), and opening a FIFO can block. Only once the
         // inode is known to be a regular file is it opened for reading.
         let handle = rustix::fs::openat2(
-            root.dir.as_fd(),
+            root.as_fd(),
             path.relative.as_str(),
             OFlags::PATH | OFlags::CLOEXEC,
             Mode::empty(),
@@ -276,13 +346,13 @@ impl Jail {
         let stat = rustix::fs::fstat(&handle)?;
         check_regular(&stat)?;
         not_protected(&self.protected, &stat)?;
-        self.check_parent(root, &path.relative)?;
+        self.check_parent(&root, &path.relative)?;
         // Another name of this inode may lie outside every root (a link made by someone who can
         // write inside a root), and nothing can tell where: see docs/SECURITY.md.
         if stat.st_nlink > 1 {
             return Err(JailError::HardLinked(stat.st_nlink as u64));
         }
-        let fd = reopen_for_reading(root, path, &handle)?;
+        let fd = reopen_for_reading(&root, path, &handle)?;
         let stat = rustix::fs::fstat(&fd)?;
         Ok(OpenedFile {
             file: File::from(fd),
@@ -292,10 +362,10 @@ impl Jail {
 
     /// Refuses a file whose directory is one of the star's own folders (the state directory, the
     /// grid's folder), reached through a mount or a move after start.
-    fn check_parent(&self, root: &Root, relative: &str) -> Result<(), JailError> {
+    fn check_parent(&self, root: &OwnedFd, relative: &str) -> Result<(), JailError> {
         let parent = relative.rsplit_once('/').map_or(".", |(parent, _)| parent);
         let dir = rustix::fs::openat2(
-            root.dir.as_fd(),
+            root.as_fd(),
             parent,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
@@ -330,8 +400,8 @@ impl Jail {
     fn target_dir(&self, path: &Confined, create: bool) -> Result<Option<TargetDir>, JailError> {
         let components: Vec<&str> = wire_path::components(&path.relative).collect();
         let (name, parents) = components.split_last().ok_or(JailError::IsRoot)?;
-        let root = &self.roots[path.root];
-        let Some(dir) = self.open_dirs(root, parents, create)? else {
+        let root = self.root_dir(path.root)?;
+        let Some(dir) = self.open_dirs(&root, parents, create)? else {
             return Ok(None);
         };
         not_protected(&self.protected, &rustix::fs::fstat(&dir)?)?;
@@ -349,7 +419,8 @@ impl Jail {
         Ok(Some(TargetDir {
             dir,
             name: (*name).to_owned(),
-            root: root.dir.try_clone().map_err(JailError::Io)?,
+            root: root.try_clone().map_err(JailError::Io)?,
+            root_path: self.roots[path.root].canonical.clone(),
             parents: parents.join("/"),
             protected: self.protected.clone(),
         }))
@@ -363,14 +434,14 @@ impl Jail {
     /// [`JailError::Escapes`], [`JailError::NotFound`], [`JailError::NotRegular`] for anything
     /// but a directory, or I/O.
     pub fn open_dir(&self, path: &Confined) -> Result<OwnedFd, JailError> {
-        let root = &self.roots[path.root];
+        let root = self.root_dir(path.root)?;
         let relative = if path.relative.is_empty() {
             "."
         } else {
             path.relative.as_str()
         };
         let handle = rustix::fs::openat2(
-            root.dir.as_fd(),
+            root.as_fd(),
             relative,
             OFlags::PATH | OFlags::CLOEXEC,
             Mode::empty(),
@@ -386,7 +457,7 @@ impl Jail {
             other => return Err(JailError::NotRegular(describe(other))),
         }
         Ok(rustix::fs::openat2(
-            root.dir.as_fd(),
+            root.as_fd(),
             relative,
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
@@ -407,7 +478,7 @@ impl Jail {
         } else {
             wire_path::components(&path.relative).collect()
         };
-        self.open_dirs(&self.roots[path.root], &components, create)
+        self.open_dirs(&*self.root_dir(path.root)?, &components, create)
     }
 
     /// Opens the directory `components` names beneath `root`, creating missing levels with
@@ -416,18 +487,17 @@ impl Jail {
     /// missing and `create` is off.
     fn open_dirs(
         &self,
-        root: &Root,
+        root: &OwnedFd,
         components: &[&str],
         create: bool,
     ) -> Result<Option<OwnedFd>, JailError> {
         let parents = components;
         let dir_flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
-        let mut dir =
-            rustix::fs::openat2(root.dir.as_fd(), ".", dir_flags, Mode::empty(), RESOLVE)?;
+        let mut dir = rustix::fs::openat2(root.as_fd(), ".", dir_flags, Mode::empty(), RESOLVE)?;
         for (depth, component) in parents.iter().enumerate() {
             let prefix = parents[..=depth].join("/");
             match rustix::fs::openat2(
-                root.dir.as_fd(),
+                root.as_fd(),
                 prefix.as_str(),
                 dir_flags,
                 Mode::empty(),
@@ -441,7 +511,7 @@ impl Jail {
                         Err(e) => return Err(e.into()),
                     }
                     dir = rustix::fs::openat2(
-                        root.dir.as_fd(),
+                        root.as_fd(),
                         prefix.as_str(),
                         dir_flags,
                         Mode::empty(),
@@ -546,12 +616,13 @@ impl TargetDir {
     /// that held its name.
     ///
     /// Refused when the name `part` no longer holds `file` (replaced by a link or another file:
-    /// only the bytes written and checked are published), or when the directory was moved out of
-    /// its root since it was opened (the rename would land outside the root).
+    /// only the bytes written and checked are published), when the directory was moved out of
+    /// its root since it was opened (the rename would land outside the root), or when the root's
+    /// path leads elsewhere since (a mount would hide the file).
     ///
     /// # Errors
     ///
-    /// `InvalidData` or `PermissionDenied` for the two refusals; I/O from `renameat` or the
+    /// `InvalidData` or `PermissionDenied` for the refusals; I/O from `renameat` or the
     /// directory's `fsync`.
     pub fn publish(&self, part: &str, file: &File, mode: Option<u32>) -> io::Result<()> {
         let ours = rustix::fs::fstat(file)?;
@@ -584,8 +655,9 @@ impl TargetDir {
         Ok(())
     }
 
-    /// Checks that the directory is still where it was opened, beneath its root: a parent
-    /// renamed out of the root since then would take the rename with it.
+    /// Checks that the directory is still where it was opened, beneath its root (a parent
+    /// renamed out of the root since then would take the rename with it), and that the root's
+    /// path still leads to that root (a mount since then would hide the file).
     fn check_beneath_root(&self) -> io::Result<()> {
         let parents = if self.parents.is_empty() {
             "."
@@ -609,6 +681,21 @@ impl TargetDir {
         let (now, ours) = (rustix::fs::fstat(&now)?, rustix::fs::fstat(&self.dir)?);
         if (now.st_dev, now.st_ino) != (ours.st_dev, ours.st_ino) {
             return Err(moved());
+        }
+        // A file system mounted on the root (or unmounted from it) during the transfer would
+        // hide the file published through the handle taken before.
+        let hidden = || {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the allowed root's path leads to another directory since the transfer began (a \
+                 file system mounted on it or unmounted from it): nothing published where it \
+                 would be hidden; replicate again",
+            )
+        };
+        let at_path = rustix::fs::stat(&self.root_path).map_err(|_| hidden())?;
+        let root = rustix::fs::fstat(&self.root)?;
+        if (at_path.st_dev, at_path.st_ino) != (root.st_dev, root.st_ino) {
+            return Err(hidden());
         }
         Ok(())
     }
@@ -714,13 +801,13 @@ impl Confined {
 /// the root (non-blocking, so a FIFO swapped in meanwhile cannot hang it) and refuses anything
 /// that is not the same inode.
 fn reopen_for_reading(
-    root: &Root,
+    root: &OwnedFd,
     path: &Confined,
     handle: &OwnedFd,
 ) -> Result<OwnedFd, JailError> {
     reopen(handle, || {
         Ok(rustix::fs::openat2(
-            root.dir.as_fd(),
+            root.as_fd(),
             path.relative.as_str(),
             OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
             Mode::empty(),

@@ -30,7 +30,8 @@
 //!    configuration built with one (`*_with_crl`) makes rustls refuse every listed certificate.
 //!
 //! Secret files (private keys, token keys) are read with [`read_secret_file`], which refuses a
-//! file that its group or others may access.
+//! file that its group or others may access, or [`read_service_secret_file`], which also takes a
+//! root-owned file its group may only read (how root shares a key with the star's user).
 //!
 //! This crate must never accept a certificate on its own judgement: chain and name checks are
 //! always rustls's, and [`peer_identity`] is only ever applied to a certificate rustls verified.
@@ -49,7 +50,7 @@ pub use error::CertError;
 pub use identity::{
     peer_identity, validate_name, validate_star_name, PeerIdentity, Role, RESERVED_STAR_NAMES,
 };
-pub use secret::{forbid_core_dumps, read_secret_file, SecretFileError};
+pub use secret::{forbid_core_dumps, read_secret_file, read_service_secret_file, SecretFileError};
 pub use sign::{Attester, SignatureError, Signed};
 pub use tls::{
     client_config, client_config_with_crl, load_certs, load_key, server_config,

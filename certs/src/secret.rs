@@ -1,9 +1,15 @@
 //! Reading secret files (private keys, token keys) the way ssh does: a file that its group or
 //! other users may read or write is refused, with the command that fixes it. The contents never
 //! appear in an error.
+//!
+//! A service's secret may also be shared by root with the service's group, as PostgreSQL allows
+//! for its TLS key ([`read_service_secret_file`]): owned by root, readable by its group, nothing
+//! more (mode 0640 at most). The service can read it but neither change it nor loosen it, and
+//! root can replace it at run time (a rotated token key) without handing the file to the
+//! service's user.
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// A secret file could not be used.
@@ -20,7 +26,7 @@ pub enum SecretFileError {
         error: io::Error,
     },
     /// Group or others have access to it.
-    #[error("{what} {} is {who} (mode {mode:04o}); run: chmod 600 {}", path.display(), path.display())]
+    #[error("{what} {} is {who} (mode {mode:04o}); run: chmod {fix:o} {}", path.display(), path.display())]
     TooOpen {
         /// What the file holds.
         what: String,
@@ -30,6 +36,8 @@ pub enum SecretFileError {
         mode: u32,
         /// "readable by others", "readable by its group", ...
         who: &'static str,
+        /// The mode that fixes it: 600, or 640 for a root-owned service secret.
+        fix: u32,
     },
 }
 
@@ -40,6 +48,23 @@ pub enum SecretFileError {
 /// [`SecretFileError::TooOpen`] if group or others have any access, and
 /// [`SecretFileError::Read`] if it cannot be read.
 pub fn read_secret_file(path: &Path, what: &str) -> Result<String, SecretFileError> {
+    read_checked(path, what, false)
+}
+
+/// As [`read_secret_file`], but a file owned by root may also be readable (only readable) by its
+/// group: mode 0640, 0440 or less. That is how root shares a secret with a service running as
+/// another user, e.g. `/etc/orbit/token.key` as `root:orbit 0640`.
+///
+/// # Errors
+///
+/// [`SecretFileError::TooOpen`] if others have any access, or the group has any access but read,
+/// or the group may read a file root does not own; [`SecretFileError::Read`] if it cannot be
+/// read.
+pub fn read_service_secret_file(path: &Path, what: &str) -> Result<String, SecretFileError> {
+    read_checked(path, what, true)
+}
+
+fn read_checked(path: &Path, what: &str, group_read: bool) -> Result<String, SecretFileError> {
     let read_error = |error| SecretFileError::Read {
         what: what.to_owned(),
         path: path.to_owned(),
@@ -47,13 +72,18 @@ pub fn read_secret_file(path: &Path, what: &str) -> Result<String, SecretFileErr
     };
     let file = std::fs::File::open(path).map_err(read_error)?;
     // The mode of the file opened, not of whatever the path names a moment later.
-    let mode = file.metadata().map_err(read_error)?.permissions().mode() & 0o7777;
-    if let Some(who) = too_open(mode) {
+    let meta = file.metadata().map_err(read_error)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    // Root's file may be shared with its group, read only; anyone else's stays theirs alone.
+    let shared = group_read && meta.uid() == 0;
+    let checked = if shared { mode & !0o040 } else { mode };
+    if let Some(who) = too_open(checked) {
         return Err(SecretFileError::TooOpen {
             what: what.to_owned(),
             path: path.to_owned(),
             mode,
             who,
+            fix: if shared { 0o640 } else { 0o600 },
         });
     }
     io::read_to_string(file).map_err(read_error)
@@ -130,5 +160,49 @@ mod tests {
         }
         let err = read_secret_file(&dir.path().join("none"), "key").unwrap_err();
         assert!(matches!(err, SecretFileError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_service_secret_may_be_readable_by_its_group_only_when_root_owns_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.key");
+        std::fs::write(&path, "secret\n").unwrap();
+        let root_owns = std::fs::metadata(&path).unwrap().uid() == 0;
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(read_service_secret_file(&path, "key").unwrap(), "secret\n");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let result = read_service_secret_file(&path, "token key file");
+        match root_owns {
+            true => assert_eq!(result.unwrap(), "secret\n"),
+            false => {
+                let err = result.unwrap_err().to_string();
+                assert!(
+                    err.ends_with(&format!("run: chmod 600 {}", path.display())),
+                    "{err}"
+                );
+            }
+        }
+        // Never writable by the group, never anything for others, whoever owns it.
+        let fix = if root_owns { 640 } else { 600 };
+        for (mode, who) in [
+            (0o644, "readable by others"),
+            (0o660, "writable by its group"),
+            (0o650, "accessible by group or others"),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = read_service_secret_file(&path, "token key file").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "token key file {p} is {who} (mode {mode:04o}); run: chmod {fix} {p}",
+                    p = path.display()
+                )
+            );
+        }
+        // orbitctl's own secrets stay owner-only.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(read_secret_file(&path, "key").is_err());
     }
 }

@@ -119,7 +119,25 @@ pub fn run(grid_dir: &Path, args: Args) -> Result<(), AddStarError> {
         "  orbit-star --config {}/star.toml --allow DIR",
         star_dir.display()
     );
+    print_unit_install();
     Ok(())
+}
+
+/// How to install a star's folder for `dist/systemd/orbit-star.service` (docs/OPERATIONS.md).
+pub(crate) fn print_unit_install() {
+    println!("or, under the systemd unit: set `allow` in the grid's star.toml first (deploying");
+    println!("it again after rotate-keys or revoke then keeps it), then as root in the copy:");
+    let files = [
+        layout::STAR_TOML,
+        layout::STAR_CERT,
+        layout::STAR_KEY,
+        layout::STAR_CA,
+        layout::STAR_TOKEN_KEY,
+    ];
+    for command in layout::install_commands(&files, true) {
+        println!("  {command}");
+    }
+    println!("  systemctl enable --now orbit-star");
 }
 
 /// Adds `spec` to the grid at `grid_dir` and returns the star's new folder.

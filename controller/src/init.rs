@@ -151,6 +151,7 @@ pub fn run(args: Args) -> Result<(), InitError> {
             star.name
         );
     }
+    crate::add_star::print_unit_install();
     println!("then check that they answer:");
     println!("  orbitctl --grid {grid} status");
     Ok(())

@@ -65,6 +65,50 @@ pub const STAR_STATE_DIR: &str = "state";
 /// The name in the controller's certificate.
 pub const CONTROLLER_NAME: &str = "orbitctl";
 
+/// Where a star's files go on its host under `dist/systemd/orbit-star.service`.
+pub const HOST_DIR: &str = "/etc/orbit";
+/// The group the star runs as under the unit (`dist/sysusers.d/orbit.conf`).
+pub const HOST_GROUP: &str = "orbit";
+
+/// The group and mode of a star's file in [`HOST_DIR`] (its owner is root), as the unit needs
+/// them: the TLS files are credentials systemd reads as root and copies for the star at start;
+/// the token keys are read by the star itself at start and on every reload, so root shares them
+/// with its group, read only; the rest holds no secret.
+pub fn host_access(file: &str) -> (&'static str, u32) {
+    match file {
+        STAR_TOKEN_KEY | STAR_PREVIOUS_TOKEN_KEY => (HOST_GROUP, 0o640),
+        STAR_KEY | STAR_CERT | STAR_CA => ("root", 0o600),
+        _ => ("root", 0o644),
+    }
+}
+
+/// The commands that make [`HOST_DIR`] and install `files` (names in a star's folder) into it
+/// with their owner, group and mode, run as root in a copy of the star's folder on its host:
+/// one `install` per group and mode, in the order the files are given.
+pub fn install_commands(files: &[&str], make_dir: bool) -> Vec<String> {
+    let mut commands = Vec::new();
+    if make_dir {
+        commands.push(format!(
+            "install -d -o root -g {HOST_GROUP} -m 0750 {HOST_DIR}"
+        ));
+    }
+    let mut groups: Vec<((&str, u32), Vec<&str>)> = Vec::new();
+    for file in files {
+        let access = host_access(file);
+        match groups.iter_mut().find(|(a, _)| *a == access) {
+            Some((_, names)) => names.push(file),
+            None => groups.push((access, vec![file])),
+        }
+    }
+    for ((group, mode), names) in groups {
+        commands.push(format!(
+            "install -o root -g {group} -m {mode:04o} {} {HOST_DIR}/",
+            names.join(" ")
+        ));
+    }
+    commands
+}
+
 /// Who may read a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -389,6 +433,27 @@ mod tests {
         let kit = StarKit::issue(&ca, &master, "star-b", &ip).unwrap();
         let table: toml::Table = kit.star_toml("prod", "init").parse().unwrap();
         assert_eq!(table["listen"].as_str(), Some("10.1.2.3:7401"));
+    }
+
+    #[test]
+    fn install_commands_give_each_file_the_units_owner_and_mode() {
+        let all = [STAR_TOML, STAR_CERT, STAR_KEY, STAR_CA, STAR_TOKEN_KEY];
+        assert_eq!(
+            install_commands(&all, true),
+            [
+                "install -d -o root -g orbit -m 0750 /etc/orbit",
+                "install -o root -g root -m 0644 star.toml /etc/orbit/",
+                "install -o root -g root -m 0600 cert.pem key.pem ca.pem /etc/orbit/",
+                "install -o root -g orbit -m 0640 token.key /etc/orbit/",
+            ]
+        );
+        assert_eq!(
+            install_commands(&[STAR_TOKEN_KEY, STAR_PREVIOUS_TOKEN_KEY, STAR_TOML], false),
+            [
+                "install -o root -g orbit -m 0640 token.key token.previous.key /etc/orbit/",
+                "install -o root -g root -m 0644 star.toml /etc/orbit/",
+            ]
+        );
     }
 
     #[test]

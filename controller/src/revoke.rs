@@ -151,7 +151,12 @@ pub fn run(grid_dir: &Path, args: Args) -> Result<(), RevokeError> {
     println!();
     println!("Deploy each star's crl.pem (and star.toml, which now names it) to its host, then");
     println!("reload the star (SIGHUP: `systemctl reload orbit-star` or `kill -HUP PID`).");
-    println!("Open connections with the revoked certificate are closed at once.");
+    println!("Open connections with the revoked certificate are closed at once. Under the");
+    println!("systemd unit, as root in the copy of the star's folder on its host:");
+    for command in layout::install_commands(&[CRL_FILE, layout::STAR_TOML], false) {
+        println!("  {command}");
+    }
+    println!("  systemctl reload orbit-star");
     if let Some((cert, key)) = &done.reissued {
         println!();
         println!(
@@ -161,7 +166,16 @@ pub fn run(grid_dir: &Path, args: Args) -> Result<(), RevokeError> {
             key.display()
         );
         if args.name != layout::CONTROLLER_NAME {
-            println!("Deploy them with the list to {}'s host.", args.name);
+            println!(
+                "Deploy them with the list to {}'s host and restart it there: the",
+                args.name
+            );
+            println!("unit hands the star its certificate and key when it starts, so a reload");
+            println!("does not change them. As root in the copy of its folder:");
+            for command in layout::install_commands(&[layout::STAR_CERT, layout::STAR_KEY], false) {
+                println!("  {command}");
+            }
+            println!("  systemctl restart orbit-star");
         }
     }
     Ok(())

@@ -162,7 +162,13 @@ fn run_step(grid_dir: &Path, args: Args) -> Result<(), RotateError> {
         println!("token.previous.key; delete that file from the star's host or credentials) and");
         println!("reload the star. From then on it refuses every token under the previous key,");
         println!("including tokens minted before this step: reload once replications under them");
-        println!("have finished (at most the token lifetime).");
+        println!("have finished (at most the token lifetime). Under the systemd unit, as root in");
+        println!("the copy of the star's folder on its host:");
+        for command in layout::install_commands(&[layout::STAR_TOML], false) {
+            println!("  {command}");
+        }
+        println!("  rm -f {}/{STAR_PREVIOUS_TOKEN_KEY}", layout::HOST_DIR);
+        println!("  systemctl reload orbit-star");
         return Ok(());
     }
     let stars = start(grid_dir)?;
@@ -209,6 +215,16 @@ fn run_step(grid_dir: &Path, args: Args) -> Result<(), RotateError> {
             star.key_id, star.previous_key_id
         );
     }
+    println!("   Under the systemd unit, as root in the copy of the star's folder on its host:");
+    let files = [
+        layout::STAR_TOKEN_KEY,
+        STAR_PREVIOUS_TOKEN_KEY,
+        layout::STAR_TOML,
+    ];
+    for command in layout::install_commands(&files, false) {
+        println!("     {command}");
+    }
+    println!("     systemctl reload orbit-star");
     println!("2. Once every star runs with its new keys:");
     println!(
         "   orbitctl --grid {} rotate-keys --finish",

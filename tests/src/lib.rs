@@ -14,11 +14,13 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use sha2::{Digest, Sha256};
 
 pub mod hostile;
+pub mod mount;
 pub mod netlab;
 pub mod ops;
 pub mod process;
 pub mod slow_source;
 pub mod star_grid;
+pub mod unit;
 
 use orbit_agent::{Star, StarConfig};
 use orbit_certs::{GridCa, IssuedCert, Role};

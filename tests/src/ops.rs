@@ -11,6 +11,11 @@ use crate::{wire, STEP_TIMEOUT};
 
 /// `orbitctl init ROOT/grid` for stars `names` on loopback ports that are free right now.
 pub fn init_grid(root: &Path, names: &[&str]) -> PathBuf {
+    init_grid_printing(root, names).0
+}
+
+/// As [`init_grid`], with what `orbitctl init` printed.
+pub fn init_grid_printing(root: &Path, names: &[&str]) -> (PathBuf, crate::process::Output) {
     let grid = root.join("grid");
     let mut args = vec!["init".to_owned(), wire(&grid)];
     for name in names {
@@ -31,7 +36,52 @@ pub fn init_grid(root: &Path, names: &[&str]) -> PathBuf {
         out.stdout,
         out.stderr
     );
-    grid
+    (grid, out)
+}
+
+/// `orbitctl token star-a:FILE --holder star-b` in the grid at `grid`: a read token as the
+/// controller mints it now, under its current master key.
+pub fn mint(grid: &Path, file: &Path) -> String {
+    let out = orbitctl(&[
+        "--grid",
+        &wire(grid),
+        "token",
+        &format!("star-a:{}", wire(file)),
+        "--holder",
+        "star-b",
+        "--ttl",
+        "600",
+    ]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    out.stdout.trim().to_owned()
+}
+
+/// Reads `path` from star-a at `addr` with `token`, as star-b does, with star-b's certificate
+/// and key as they are in the grid at `grid` now.
+///
+/// # Errors
+///
+/// When the connection fails or is closed before the read's answer (a revoked certificate).
+pub async fn raw_read(
+    grid: &Path,
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+) -> anyhow::Result<crate::ReadOutcome> {
+    let read = |f: &str| std::fs::read_to_string(grid.join(f)).unwrap();
+    let client = crate::Client::new(
+        &read("ca.pem"),
+        &orbit_certs::IssuedCert {
+            cert_pem: read("stars/star-b/cert.pem"),
+            key_pem: read("stars/star-b/key.pem"),
+        },
+    );
+    let conn = client.connect(addr, "star-a").await?;
+    let outcome = client
+        .read(&conn, &crate::read_request(path, token.to_owned()))
+        .await?;
+    conn.close(0u32.into(), b"done");
+    Ok(outcome)
 }
 
 /// `GET /metrics` from `addr`: the body of a 200 answer.

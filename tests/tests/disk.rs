@@ -5,50 +5,30 @@
 //! without checking, but under CI it fails (`skip_or_fail`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use orbit_tests::*;
 use orbit_wire::ErrorCode;
 
-/// A tmpfs of `size` mounted on a fresh directory, lazily unmounted when dropped.
+/// A tmpfs of `size` mounted on a fresh directory.
 struct SmallDisk {
-    dir: PathBuf,
+    disk: orbit_tests::mount::Tmpfs,
     _parent: tempfile::TempDir,
 }
 
 impl SmallDisk {
-    /// The mounted disk, or why it could not be mounted: `mount`'s own message, for the skip or
-    /// the failure to show.
+    /// The mounted disk, or why it could not be mounted.
     fn mount(size: &str) -> Result<SmallDisk, String> {
         let parent = tempfile::tempdir().unwrap();
         let dir = parent.path().join("disk");
         std::fs::create_dir(&dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .output()
-            .map_err(|e| format!("mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
         Ok(SmallDisk {
-            dir,
+            disk: orbit_tests::mount::Tmpfs::mount_on(&dir, size)?,
             _parent: parent,
         })
     }
 
     fn path(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        self.disk.path()
     }
 }
 

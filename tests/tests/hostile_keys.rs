@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use orbit_certs::{IssuedCert, Role};
+use orbit_certs::Role;
 use orbit_tests::process::{orbitctl, Output, StarProcess};
 use orbit_tests::*;
 use orbit_wire::token::{self, TokenKey};
@@ -181,37 +181,13 @@ fn reload(star: &StarProcess) -> String {
 
 /// A raw read of `path` from `star` with star-b's certificate in `grid`.
 async fn raw_read(grid: &Path, star: &StarProcess, path: &str, token: &str) -> ReadOutcome {
-    let read = |f: &str| std::fs::read_to_string(grid.join(f)).unwrap();
-    let client = Client::new(
-        &read("ca.pem"),
-        &IssuedCert {
-            cert_pem: read("stars/star-b/cert.pem"),
-            key_pem: read("stars/star-b/key.pem"),
-        },
-    );
-    let conn = client.connect(star.addr, "star-a").await.unwrap();
-    let outcome = client
-        .read(&conn, &read_request(path, token.to_owned()))
+    orbit_tests::ops::raw_read(grid, star.addr, path, token)
         .await
-        .unwrap();
-    conn.close(0u32.into(), b"done");
-    outcome
+        .unwrap()
 }
 
 fn mint(grid: &Path, file: &Path) -> String {
-    ok(orbitctl(&[
-        "--grid",
-        &wire(grid),
-        "token",
-        &format!("star-a:{}", wire(file)),
-        "--holder",
-        "star-b",
-        "--ttl",
-        "600",
-    ]))
-    .stdout
-    .trim()
-    .to_owned()
+    orbit_tests::ops::mint(grid, file)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
-//! Running as a systemd service: the unit in dist/ passes `systemd-analyze verify`; the star
-//! tells `$NOTIFY_SOCKET` READY=1 once it serves, pings the watchdog, and says STOPPING=1; it
-//! runs with its keys only in `$CREDENTIALS_DIRECTORY`; both binaries report their version and
-//! the wire protocol.
+//! Running as a systemd service: the unit in dist/ passes `systemd-analyze verify` (reload and
+//! rotation under its layout are in unit_layout.rs); the star tells `$NOTIFY_SOCKET` READY=1
+//! once it serves, pings the watchdog, says RELOADING=1 and READY=1 around a reload, and
+//! STOPPING=1; it runs with its keys only in `$CREDENTIALS_DIRECTORY`; both binaries report
+//! their version and the wire protocol.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -9,12 +10,8 @@ use std::process::Command;
 
 use orbit_tests::ops::{init_grid, listen_of, metrics_addr, orbit_star, sample, scrape};
 use orbit_tests::process::{bin, orbitctl, StarProcess};
+use orbit_tests::unit::{Unit, UNIT};
 use orbit_tests::{random_file, sha256_file, wire, STEP_TIMEOUT};
-
-const UNIT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../dist/systemd/orbit-star.service"
-);
 
 #[test]
 fn the_unit_passes_systemd_analyze_verify() {
@@ -34,10 +31,25 @@ fn the_unit_passes_systemd_analyze_verify() {
         "ProtectHome=yes",
         "SystemCallFilter=@system-service",
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
-        "LoadCredential=token.key:",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "RequiresMountsFor=/srv/orbit",
+        "LoadCredential=key.pem:",
     ] {
         assert!(unit.contains(directive), "the unit lacks {directive:?}");
     }
+    // What changes at run time is not a credential, which systemd copies only at start: the
+    // token keys and the revocation list are read from /etc/orbit on every reload.
+    let credentials = Unit::load();
+    let credentials = credentials.values("LoadCredential");
+    assert_eq!(
+        credentials,
+        [
+            "cert.pem:/etc/orbit/cert.pem",
+            "key.pem:/etc/orbit/key.pem",
+            "ca.pem:/etc/orbit/ca.pem"
+        ]
+    );
+    assert!(!unit.contains("--token-key-file"), "{unit}");
     // verify checks that ExecStart's binary exists: point it at the one just built.
     let installed = "/usr/local/bin/orbit-star";
     assert!(unit.contains(&format!("ExecStart={installed} ")));
@@ -131,6 +143,22 @@ fn ready_once_serving_then_watchdog_pings_then_stopping() {
     let text = scrape(metrics);
     let inbound = "orbit_p2p_handshakes_total{direction=\"inbound\",status=\"ok\"}";
     assert_eq!(sample(&text, inbound), 1.0, "{text}");
+
+    // A reload (what the unit's ExecReload= sends) is bracketed as Type=notify-reload needs:
+    // RELOADING=1 with the time it began on CLOCK_MONOTONIC, then READY=1 once it is done.
+    let sent = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    a.hangup();
+    let mut not_pings = std::iter::repeat_with(|| next(&socket)).filter(|m| m != "WATCHDOG=1");
+    let reloading = not_pings.next().unwrap();
+    let usec: u64 = reloading
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a reload notification: {reloading:?}"));
+    let sent = sent.tv_sec.unsigned_abs() * 1_000_000 + sent.tv_nsec.unsigned_abs() / 1_000;
+    assert!(usec >= sent, "{usec} < {sent}: not CLOCK_MONOTONIC");
+    assert_eq!(not_pings.next().unwrap(), "READY=1");
+    a.wait_for_line("reloaded:", STEP_TIMEOUT);
+
     let status = a.terminate();
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = std::iter::from_fn(|| {
