@@ -179,7 +179,7 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
         }
         // Bound, keys loaded, metrics up: tell systemd (when it is watching).
         let notifier = notify::Notifier::from_env();
-        if let Err(e) = notifier.notify("READY=1") {
+        if let Err(e) = notifier.ready() {
             warn!("cannot notify systemd: {e}");
         }
         // Watched before waiting, so that no signal finds the default action.
@@ -192,7 +192,7 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
             if signal == Signal::Stop {
                 break;
             }
-            let _ = notifier.notify("RELOADING=1");
+            let _ = notifier.reloading();
             // A reload that fails keeps the star running as it was.
             let result = match reread(args.config.as_deref(), &overrides, secret.clone()) {
                 Ok(config) => star.reload(&config).await.map_err(anyhow::Error::from),
@@ -201,9 +201,9 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
             if let Err(e) = result {
                 tracing::error!("reload failed, nothing changed: {e:#}");
             }
-            let _ = notifier.notify("READY=1");
+            let _ = notifier.ready();
         }
-        let _ = notifier.notify("STOPPING=1");
+        let _ = notifier.stopping();
         star.shutdown().await;
         info!("bye");
         Ok(())

@@ -59,13 +59,23 @@ fn the_unit_passes_systemd_analyze_verify() {
     );
 }
 
-/// Receives the next datagram on `socket` as text.
+/// Receives the next datagram on `socket` as text: its `KEY=VALUE` lines, each ended by a
+/// newline as sd_notify(3) writes them, joined by newlines without the last.
 fn next(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
     let n = socket
         .recv(&mut buf)
         .expect("a notification within the step timeout");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    datagram(&buf[..n])
+}
+
+fn datagram(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    assert!(
+        text.ends_with('\n'),
+        "a notification not ended by a newline: {text:?}"
+    );
+    text.trim_end_matches('\n').to_owned()
 }
 
 fn replicate(grid: &Path, src: &Path, dst: &Path) -> orbit_tests::process::Output {
@@ -131,14 +141,28 @@ fn ready_once_serving_then_watchdog_pings_then_stopping() {
     let text = scrape(metrics);
     let inbound = "orbit_p2p_handshakes_total{direction=\"inbound\",status=\"ok\"}";
     assert_eq!(sample(&text, inbound), 1.0, "{text}");
+    // A reload says RELOADING=1 with the monotonic time (as Type=notify-reload requires), then
+    // READY=1 again.
+    a.hangup();
+    let reloading = std::iter::repeat_with(|| next(&socket))
+        .find(|m| m != "WATCHDOG=1")
+        .unwrap();
+    let (first, usec) = reloading.split_once('\n').expect(&reloading);
+    assert_eq!(first, "RELOADING=1");
+    let usec: u64 = usec
+        .strip_prefix("MONOTONIC_USEC=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{reloading:?}"));
+    assert!(usec > 0);
+    let ready = std::iter::repeat_with(|| next(&socket))
+        .find(|m| m != "WATCHDOG=1")
+        .unwrap();
+    assert_eq!(ready, "READY=1");
     let status = a.terminate();
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = std::iter::from_fn(|| {
         let mut buf = [0u8; 4096];
-        socket
-            .recv(&mut buf)
-            .ok()
-            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        socket.recv(&mut buf).ok().map(|n| datagram(&buf[..n]))
     })
     .take_while(|m| m != "STOPPING=1")
     .collect();
