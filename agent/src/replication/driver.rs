@@ -382,12 +382,13 @@ impl<'a> Driver<'a> {
                         Event::Failed(e)
                     }
                 },
-                Io::Receiving { recv, .. } => match framed::read_data_frame(recv).await {
+                Io::Receiving { recv, peer } => match framed::read_data_frame(recv).await {
                     Ok(DataRead::Chunk {
                         offset: at,
                         payload: data,
                     }) => {
                         let len = data.len() as u64;
+                        peer.received(len);
                         *payload = Some(data);
                         Event::Chunk { offset: at, len }
                     }
