@@ -5,6 +5,7 @@
 mod cli;
 mod config;
 mod crash;
+mod dashboards;
 mod detach;
 mod dial;
 mod disk;
