@@ -26,7 +26,7 @@ use crate::control::Commands;
 use crate::error::varint;
 use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
-use crate::metrics::Metrics;
+use crate::metrics::{Direction, Metrics};
 use crate::serve::Server;
 use crate::trust::peer_of;
 
@@ -169,11 +169,11 @@ async fn handle(acceptor: Arc<Acceptor>, incoming: quinn::Incoming) {
     let conn = match done {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            metrics.inbound_handshakes_failed.inc();
+            metrics.handshake(Direction::Inbound, false);
             return debug!("handshake failed: {e}");
         }
         Err(_) => {
-            metrics.inbound_handshakes_failed.inc();
+            metrics.handshake(Direction::Inbound, false);
             return debug!("handshake timed out");
         }
     };
@@ -186,7 +186,7 @@ async fn handle(acceptor: Arc<Acceptor>, incoming: quinn::Incoming) {
         }
         Ok(peer) => peer,
         Err(reason) => {
-            metrics.inbound_handshakes_failed.inc();
+            metrics.handshake(Direction::Inbound, false);
             warn!("refused a connection: {reason}");
             conn.close(
                 varint(ErrorCode::Unauthenticated),
@@ -205,14 +205,14 @@ async fn handle(acceptor: Arc<Acceptor>, incoming: quinn::Incoming) {
     // Registered first, then checked: either a reload's scan finds this connection, or this
     // check sees the list that reload put in force.
     if acceptor.server.trust.revokes(&conn) {
-        metrics.inbound_handshakes_failed.inc();
+        metrics.handshake(Direction::Inbound, false);
         warn!(%peer, "refused a connection: its certificate is revoked");
         conn.close(varint(ErrorCode::PermissionDenied), b"certificate revoked");
         return;
     }
     debug!(%peer, "connected");
-    metrics.inbound_handshakes_ok.inc();
-    let _open = metrics.inbound_connections.track();
+    metrics.handshake(Direction::Inbound, true);
+    let _open = metrics.connection_open(Direction::Inbound);
     let cancel = acceptor.life.cancel.child_token();
     let tracker = &acceptor.life.tracker;
     let sessions = Arc::new(crate::tree_serve::Sessions::default());

@@ -23,8 +23,8 @@
 //! | `limits` | the caps on connections, streams, transfers, token lifetime and timeouts |
 //! | `log_output` | plain log text off a terminal, syslog priorities for the journal |
 //! | `config` | `star.toml`, `ORBIT_*` variables and flags, one precedence |
-//! | `metrics` | counters and the Prometheus `/metrics` server |
-//! | `notify` | systemd readiness and watchdog |
+//! | `metrics` | the Prometheus series (`prometheus-client`), the process's own, the `/metrics` server |
+//! | `notify` | systemd readiness and watchdog (`sd-notify`) |
 //! | `check` | `--check-config`: everything spawning would check, without binding |
 //! | `error` | the wire codes of local errors (jail, I/O, token, framing) |
 //! | `framed` | frames on QUIC streams |

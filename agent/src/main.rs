@@ -167,7 +167,7 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
         }
         // Bound, keys loaded, metrics up: tell systemd (when it is watching).
         let notifier = notify::Notifier::from_env();
-        if let Err(e) = notifier.notify("READY=1") {
+        if let Err(e) = notifier.ready() {
             warn!("cannot notify systemd: {e}");
         }
         loop {
@@ -178,7 +178,7 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
             if signal == Signal::Stop {
                 break;
             }
-            let _ = notifier.notify(&reloading());
+            let _ = notifier.reloading();
             // A reload that fails keeps the star running as it was.
             let result = match reread(args.config.as_deref(), &overrides, secret.clone()) {
                 Ok(config) => star.reload(&config).await.map_err(anyhow::Error::from),
@@ -187,22 +187,13 @@ fn run(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
             if let Err(e) = result {
                 tracing::error!("reload failed, nothing changed: {e:#}");
             }
-            let _ = notifier.notify("READY=1");
+            let _ = notifier.ready();
         }
-        let _ = notifier.notify("STOPPING=1");
+        let _ = notifier.stopping();
         star.shutdown().await;
         info!("bye");
         Ok(())
     })
-}
-
-/// What tells systemd a reload began: `RELOADING=1` with the time on `CLOCK_MONOTONIC`, which
-/// `Type=notify-reload` (systemd 253 and later) needs to match it with the signal it sent; the
-/// reload ends with `READY=1`.
-fn reloading() -> String {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    let usec = now.tv_sec.unsigned_abs() * 1_000_000 + now.tv_nsec.unsigned_abs() / 1_000;
-    format!("RELOADING=1\nMONOTONIC_USEC={usec}")
 }
 
 /// The configuration as on SIGHUP: the config file read again, the same flags and environment

@@ -1,6 +1,6 @@
-//! systemd's readiness protocol, without libsystemd: datagrams such as `READY=1` sent to the
-//! socket named by `$NOTIFY_SOCKET` (a path, or an abstract name written with a leading `@`), and
-//! watchdog pings at half of `$WATCHDOG_USEC`.
+//! systemd's readiness protocol through the `sd-notify` crate: `READY=1`, `RELOADING=1` with
+//! `MONOTONIC_USEC`, `STOPPING=1` and watchdog pings at half of `$WATCHDOG_USEC`, sent to the
+//! socket `$NOTIFY_SOCKET` names.
 //!
 //! A ping is sent only after the star has proved it serves: it completes a QUIC handshake with
 //! itself, through its own UDP socket, accept loop and TLS configuration (see
@@ -8,74 +8,96 @@
 //! loop stopped therefore stops pinging, and systemd restarts it after `WatchdogSec`.
 //!
 //! Without `$NOTIFY_SOCKET` every call here does nothing: the same binary runs under systemd and
-//! in a terminal.
+//! in a terminal. `sd-notify` 0.5 reaches a socket by its path only; an abstract socket
+//! (`@name`, which sd_notify(3) allows and some container managers use) is reached here with the
+//! same message.
 
 use std::io;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::net::UnixDatagram;
-use std::time::Duration;
 
+use sd_notify::NotifyState;
 use tracing::{debug, warn};
 
 use crate::Star;
 
-/// Sends notifications to systemd's socket, if there is one.
+const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// Tells systemd how the star is doing, if systemd is listening.
 #[derive(Debug, Default)]
 pub struct Notifier {
-    socket: Option<String>,
+    listening: bool,
 }
 
 impl Notifier {
     /// The notifier for `$NOTIFY_SOCKET`; one that does nothing when it is unset or empty.
     pub fn from_env() -> Notifier {
         Notifier {
-            socket: std::env::var("NOTIFY_SOCKET")
-                .ok()
-                .filter(|s| !s.is_empty()),
+            listening: std::env::var_os(NOTIFY_SOCKET).is_some_and(|s| !s.is_empty()),
         }
     }
 
-    /// Sends `state` (for example `READY=1`) as one datagram.
+    /// The star serves: bound, keys loaded, metrics up; or a reload has ended.
     ///
     /// # Errors
     ///
     /// When the socket cannot be reached.
-    pub fn notify(&self, state: &str) -> io::Result<()> {
-        let Some(socket) = &self.socket else {
+    pub fn ready(&self) -> io::Result<()> {
+        self.send(&[NotifyState::Ready])
+    }
+
+    /// The star rereads its configuration and keys. `MONOTONIC_USEC` goes with it, as
+    /// `Type=notify-reload` requires.
+    ///
+    /// # Errors
+    ///
+    /// When the clock or the socket cannot be read or reached.
+    pub fn reloading(&self) -> io::Result<()> {
+        if !self.listening {
             return Ok(());
-        };
-        let sock = UnixDatagram::unbound()?;
-        match socket.strip_prefix('@') {
-            Some(name) => {
-                use std::os::linux::net::SocketAddrExt as _;
-                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-                sock.send_to_addr(state.as_bytes(), &addr)?;
-            }
-            None => {
-                sock.send_to(state.as_bytes(), socket)?;
-            }
         }
-        Ok(())
+        self.send(&[NotifyState::Reloading, NotifyState::monotonic_usec_now()?])
+    }
+
+    /// The star is shutting down.
+    ///
+    /// # Errors
+    ///
+    /// When the socket cannot be reached.
+    pub fn stopping(&self) -> io::Result<()> {
+        self.send(&[NotifyState::Stopping])
+    }
+
+    fn send(&self, states: &[NotifyState<'_>]) -> io::Result<()> {
+        if !self.listening {
+            return Ok(());
+        }
+        match std::env::var_os(NOTIFY_SOCKET) {
+            Some(socket) if socket.as_bytes().starts_with(b"@") => {
+                send_abstract(&socket.as_bytes()[1..], states)
+            }
+            _ => sd_notify::notify(states),
+        }
     }
 }
 
-/// The watchdog interval systemd asked for, if it asked this process: `$WATCHDOG_USEC`, when
-/// `$WATCHDOG_PID` is unset or names this process.
-pub fn watchdog_interval() -> Option<Duration> {
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
-            return None;
-        }
-    }
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
-    (usec > 0).then(|| Duration::from_micros(usec))
+/// Sends `states` as one datagram to the abstract socket `name`, formatted as `sd-notify` does:
+/// one `KEY=VALUE` line each.
+fn send_abstract(name: &[u8], states: &[NotifyState<'_>]) -> io::Result<()> {
+    use std::os::linux::net::SocketAddrExt as _;
+    let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    UnixDatagram::unbound()?.send_to_addr(message.as_bytes(), &addr)?;
+    Ok(())
 }
 
-/// Pings systemd's watchdog at half the interval it asked for, each time after the star passed
-/// its self-check. Never returns; without a watchdog it just waits forever.
+/// Pings systemd's watchdog at half the interval it asked for (`$WATCHDOG_USEC`, when
+/// `$WATCHDOG_PID` is unset or names this process), each time after the star passed its
+/// self-check. Never returns; without a watchdog it just waits forever.
 ///
 /// Cancel-safe: it holds nothing between pings.
 pub async fn watchdog(star: &Star, notifier: &Notifier) {
-    let Some(interval) = watchdog_interval().filter(|_| notifier.socket.is_some()) else {
+    let Some(interval) = sd_notify::watchdog_enabled().filter(|_| notifier.listening) else {
         return std::future::pending().await;
     };
     let every = interval / 2;
@@ -86,7 +108,7 @@ pub async fn watchdog(star: &Star, notifier: &Notifier) {
         ticker.tick().await;
         match tokio::time::timeout(every, star.self_check()).await {
             Ok(Ok(())) => {
-                if let Err(e) = notifier.notify("WATCHDOG=1") {
+                if let Err(e) = notifier.send(&[NotifyState::Watchdog]) {
                     warn!("cannot ping systemd's watchdog: {e}");
                 }
             }
@@ -101,32 +123,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reaches_a_path_socket_and_an_abstract_one() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("notify");
-        let listener = UnixDatagram::bind(&path).unwrap();
-        let notifier = Notifier {
-            socket: Some(path.display().to_string()),
-        };
-        notifier.notify("READY=1").unwrap();
-        let mut buf = [0u8; 64];
-        let n = listener.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1");
-
+    fn reaches_an_abstract_socket_with_one_line_per_state() {
         use std::os::linux::net::SocketAddrExt as _;
         let name = format!("orbit-notify-test-{}", std::process::id());
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let listener = UnixDatagram::bind_addr(&addr).unwrap();
-        let notifier = Notifier {
-            socket: Some(format!("@{name}")),
-        };
-        notifier.notify("STOPPING=1").unwrap();
+        let states = [NotifyState::Reloading, NotifyState::MonotonicUsec(42)];
+        send_abstract(name.as_bytes(), &states).unwrap();
+        let mut buf = [0u8; 64];
         let n = listener.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"STOPPING=1");
+        assert_eq!(&buf[..n], b"RELOADING=1\nMONOTONIC_USEC=42\n");
     }
 
     #[test]
     fn without_a_socket_nothing_is_sent_and_nothing_fails() {
-        assert!(Notifier::default().notify("READY=1").is_ok());
+        let quiet = Notifier::default();
+        assert!(quiet.ready().is_ok());
+        assert!(quiet.reloading().is_ok());
+        assert!(quiet.stopping().is_ok());
     }
 }

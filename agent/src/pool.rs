@@ -23,7 +23,7 @@ use orbit_wire::{DataFrame, ErrorCode, WANTS_MODE};
 use crate::error::varint;
 use crate::framed::{self, DataRead};
 use crate::lifecycle::Lifecycle;
-use crate::metrics::Metrics;
+use crate::metrics::{Direction, Metrics};
 use crate::trust::{peer_of, Trust};
 
 /// How long dialling a source star may take.
@@ -42,6 +42,7 @@ pub(crate) struct PeerConn {
     pub(crate) conn: Connection,
     waiters: Arc<Waiters>,
     next_id: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// The data stream answering one read request, once it arrives. Dropping it forgets the request,
@@ -75,6 +76,11 @@ impl Drop for Expected {
 }
 
 impl PeerConn {
+    /// Counts `bytes` of file data received on this connection, as each chunk arrives.
+    pub(crate) fn received(&self, bytes: u64) {
+        self.metrics.received(bytes);
+    }
+
     /// A fresh request id, and the future of the data stream that will answer it.
     pub(crate) fn expect_stream(&self) -> Expected {
         // Every read asks for the file's permission bits; a source of an earlier release echoes
@@ -228,8 +234,8 @@ impl Pool {
         }
         match result {
             Ok(peer) => {
-                self.metrics.outbound_handshakes_ok.inc();
-                let open = self.metrics.outbound_connections.track();
+                self.metrics.handshake(Direction::Outbound, true);
+                let open = self.metrics.connection_open(Direction::Outbound);
                 let dispatcher = dispatch(peer.clone(), self.life.clone());
                 // The dispatcher lives as long as the connection; so does its count.
                 let dispatcher = async move {
@@ -242,7 +248,7 @@ impl Pool {
                 conns.insert(name.to_owned(), Entry::Live(peer.clone()));
             }
             Err(_) => {
-                self.metrics.outbound_handshakes_failed.inc();
+                self.metrics.handshake(Direction::Outbound, false);
                 conns.remove(name);
             }
         }
@@ -297,6 +303,7 @@ impl Pool {
             conn,
             waiters: Arc::default(),
             next_id: AtomicU64::new(1),
+            metrics: self.metrics.clone(),
         })
     }
 

@@ -67,8 +67,9 @@ pub(crate) async fn handle(
         Ok(verified) => verified,
         Err(error) => {
             warn!(%peer, transfer, path = %Logged(&request.path), "relay read refused: {error}");
-            server.metrics.reads_failed.inc();
-            return refuse(&mut send, id, error.to_wire()).await;
+            let error = error.to_wire();
+            server.metrics.read_failed(error.code);
+            return refuse(&mut send, id, error).await;
         }
     };
     // Taken only once the peer has shown it may read, so that no one else can fill the slots.
@@ -78,8 +79,10 @@ pub(crate) async fn handle(
         let error = ServeError::Busy {
             star: star.clone(),
             max,
-        };
-        return refuse(&mut send, id, error.to_wire()).await;
+        }
+        .to_wire();
+        server.metrics.read_failed(error.code);
+        return refuse(&mut send, id, error).await;
     };
     // A star not the origin is a destination whose own command may be a moment behind.
     let patience = match request.origin == *star {
@@ -114,14 +117,13 @@ pub(crate) async fn handle(
         Ok(bytes) => {
             // Counted once everything is written, before the peer acknowledges it: a peer that
             // has the last frame and says so (its transfer done) finds it counted.
-            server.metrics.reads_ok.inc();
-            server.metrics.bytes_sent.add(bytes);
+            server.metrics.reads_ok(1);
             let _ = tokio::time::timeout(server.write_timeout, send.stopped()).await;
             info!(%peer, transfer, path = %Logged(&request.path), bytes, "relay read completed");
         }
         Err(error) => {
-            server.metrics.reads_failed.inc();
             let error = error.to_wire();
+            server.metrics.read_failed(error.code);
             warn!(%peer, transfer, path = %Logged(&request.path), "relay read failed: {error}");
             refuse(&mut send, id, error).await;
         }
@@ -267,6 +269,7 @@ async fn follow(
                 _ = server.life.cancel.cancelled() => return Err(ServeError::ShuttingDown(star.clone())),
                 written = bounded(server.write_timeout, write_chunk(send, offset, chunk)) => written?,
             }
+            server.metrics.sent(len);
             offset += len;
         }
     }

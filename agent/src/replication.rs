@@ -363,10 +363,8 @@ async fn run(
         fanout.feed.send_modify(|f| f.failed = Some(error));
     }
     let took = transfer.started.elapsed();
-    let bytes = result.as_ref().map_or(0, |done| done.bytes);
-    replicator
-        .metrics
-        .transfer_done(result.is_ok(), bytes, took);
+    let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_wire().code);
+    replicator.metrics.transfer_done(outcome, took);
     let seconds = took.as_secs_f64();
     let event = match result {
         Ok(done) => {
@@ -405,10 +403,8 @@ async fn run_many(
     );
     let result = many::replicate(&replicator, &cmd, &target, &transfer).await;
     let took = transfer.started.elapsed();
-    let bytes = result.as_ref().map_or(0, |done| done.bytes);
-    replicator
-        .metrics
-        .transfer_done(result.is_ok(), bytes, took);
+    let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_wire().code);
+    replicator.metrics.transfer_done(outcome, took);
     let event = match result {
         Ok(done) => {
             info!(
@@ -444,9 +440,13 @@ async fn run_tree(
     let took = transfer.started.elapsed();
     let event = match result {
         Ok(summary) => {
-            replicator
-                .metrics
-                .transfer_done(summary.failed == 0, summary.bytes, took);
+            // A tree with failed files failed, with the code of the first failure.
+            let outcome = match summary.failures.first() {
+                None if summary.failed == 0 => Ok(()),
+                None => Err(ErrorCode::Internal),
+                Some(failed) => Err(failed.error.code),
+            };
+            replicator.metrics.transfer_done(outcome, took);
             info!(
                 transfer = %cmd.transfer_id, copied = summary.copied, skipped = summary.skipped,
                 deleted = summary.deleted, failed = summary.failed, bytes = summary.bytes,
@@ -455,8 +455,8 @@ async fn run_tree(
             ControlEvent::TreeDone(summary)
         }
         Err(error) => {
-            replicator.metrics.transfer_done(false, 0, took);
             let error = error.to_wire();
+            replicator.metrics.transfer_done(Err(error.code), took);
             warn!(transfer = %cmd.transfer_id, code = error.code.name(), "tree replication failed: {}", error.message);
             ControlEvent::Failed(error)
         }

@@ -260,10 +260,12 @@ pub(crate) async fn handle(
         },
         Err(error) => {
             warn!(%peer, transfer, path = %Logged(&request.path), "read refused: {error}");
-            server.metrics.reads_failed.inc();
             Err(error)
         }
     };
+    if let Err(error) = &slot {
+        server.metrics.read_failed(error.to_wire().code);
+    }
     // A peer may grant no stream to answer on: bounded like every other write to it.
     let open = bounded(server.write_timeout, async {
         conn.open_uni()
@@ -299,8 +301,7 @@ pub(crate) async fn handle(
     );
     match result {
         Ok(bytes) => {
-            server.metrics.reads_ok.inc();
-            server.metrics.bytes_sent.add(bytes);
+            server.metrics.reads_ok(1);
             info!(
                 %peer, transfer, path = %Logged(&request.path), bytes,
                 seconds = started.elapsed().as_secs_f64(),
@@ -308,9 +309,9 @@ pub(crate) async fn handle(
             )
         }
         Err(error) => {
-            server.metrics.reads_failed.inc();
             let stalled = matches!(error, ServeError::Stream(FramedError::Stalled(_)));
             let error = error.to_wire();
+            server.metrics.read_failed(error.code);
             warn!(%peer, transfer, path = %Logged(&request.path), "read failed: {error}");
             if stalled {
                 // A peer that took nothing would take no Error frame either.
@@ -343,13 +344,13 @@ pub(crate) fn authorize(
         now,
     };
     let token = token::verify_with(&request.token, &server.trust.keys(), &expected)
-        .inspect_err(|_| server.metrics.token_errors.inc())?;
+        .inspect_err(|_| server.metrics.token_error())?;
     // The whole lifetime, from issue to expiry: a post-dated token cannot hide a long one
     // (verify refused one issued in the future already).
     let lifetime = token.claims().lifetime();
     let cap = server.max_token_lifetime.as_secs();
     if lifetime > cap {
-        server.metrics.token_errors.inc();
+        server.metrics.token_error();
         return Err(ServeError::TokenTooLong { lifetime, cap });
     }
     let path = server.jail.confine(&request.path)?;
@@ -451,6 +452,7 @@ pub(crate) async fn stream_file(
         let Some(chunk) = chunk else { break };
         let len = chunk.len() as u64;
         bounded(limit, write_chunk(send, offset, chunk)).await?;
+        server.metrics.sent(len);
         offset += len;
     }
     let (sha256, after) = reader.await.map_err(lost_task)??;

@@ -92,7 +92,8 @@ impl Star {
         let limits = config.limits;
         let name = config.name;
         let life = Lifecycle::default();
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_certificates(&config.cert_pem, &config.ca_pem);
         let jail = Arc::new(jail);
         let keys = KeyRing::new(config.token_key, config.previous_token_key);
         let trust = Arc::new(Trust::new(
@@ -197,7 +198,10 @@ impl Star {
             connections: &self.connections,
             pool: &self.pool,
         };
-        crate::reload::reload(parts, config)
+        let reloaded = crate::reload::reload(parts, config)?;
+        self.metrics
+            .set_certificates(&config.cert_pem, &config.ca_pem);
+        Ok(reloaded)
     }
 
     /// Stops gracefully: new commands and reads are refused with `Unavailable`, transfers in
@@ -263,6 +267,8 @@ impl Star {
     }
 
     /// The counters as Prometheus text, exactly as `GET /metrics` serves them.
+    ///
+    /// Blocking, briefly: it reads `/proc/self` for the process's series.
     pub fn render_metrics(&self) -> String {
         self.metrics
             .render(self.register.count(), self.reads.in_flight())
@@ -284,8 +290,8 @@ impl Star {
             self.register.clone(),
             self.reads.clone(),
         );
-        let render = move || metrics.render(register.count(), reads.in_flight());
-        let task = crate::metrics::serve(listener, render, self.life.clone());
+        let render = Arc::new(move || metrics.render(register.count(), reads.in_flight()));
+        let task = crate::metrics::http::serve(listener, render, self.life.clone());
         self.life.tracker.spawn(task.instrument(span));
         Ok(bound)
     }

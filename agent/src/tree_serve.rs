@@ -116,8 +116,8 @@ pub(crate) async fn handle(
         Ok(ok) => ok,
         Err(error) => {
             warn!(%peer, %transfer, path = %Logged(path), "tree {what} refused: {error}");
-            server.metrics.reads_failed.inc();
             let error = error.to_wire();
+            server.metrics.read_failed(error.code);
             match request {
                 TreeRequest::List(_) => {
                     let _ = bounded(
@@ -195,11 +195,11 @@ async fn authorize(
                 now,
             };
             let verified = token::verify_tree(token, &server.trust.keys(), &expected)
-                .inspect_err(|_| server.metrics.token_errors.inc())?;
+                .inspect_err(|_| server.metrics.token_error())?;
             let lifetime = verified.claims().lifetime();
             let cap = server.max_token_lifetime.as_secs();
             if lifetime > cap {
-                server.metrics.token_errors.inc();
+                server.metrics.token_error();
                 return Err(ServeError::TokenTooLong { lifetime, cap });
             }
             let claims = Arc::new(verified.claims().clone());
@@ -314,7 +314,8 @@ async fn fetch(
             }
             Err(ServeError::Stream(e)) => {
                 warn!(%peer, %transfer, "tree fetch abandoned: {e}");
-                server.metrics.reads_failed.inc();
+                server.metrics.reads_ok(sent);
+                server.metrics.read_failed(e.to_wire().code);
                 return;
             }
             Err(ServeError::ShuttingDown(star)) => {
@@ -324,10 +325,11 @@ async fn fetch(
             Err(error) => {
                 let name = tree::display_name(&file.name);
                 warn!(%peer, %transfer, file = %name, "tree file refused: {error}");
-                server.metrics.reads_failed.inc();
+                let error = error.to_wire();
+                server.metrics.read_failed(error.code);
                 let frame = DataFrame::Error {
                     request_id: index,
-                    error: error.to_wire(),
+                    error,
                 };
                 if bounded(server.write_timeout, write_frame(send, &frame))
                     .await
@@ -338,8 +340,7 @@ async fn fetch(
             }
         }
     }
-    server.metrics.reads_ok.add(sent);
-    server.metrics.bytes_sent.add(bytes);
+    server.metrics.reads_ok(sent);
     tracing::debug!(%peer, %transfer, files = sent, bytes, "tree fetch sent");
     if send.finish().map_err(FramedError::from).is_ok() {
         let _ = tokio::time::timeout(server.write_timeout, send.stopped()).await;
@@ -388,6 +389,7 @@ async fn send_one(
                     write_chunk(send, at as u64, data.slice(at..end)),
                 )
                 .await?;
+                server.metrics.sent((end - at) as u64);
                 at = end;
             }
             bounded(

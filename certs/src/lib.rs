@@ -43,6 +43,7 @@ mod identity;
 mod secret;
 mod sign;
 mod tls;
+mod validity;
 
 pub use ca::{GridCa, IssueOptions, IssuedCert};
 pub use crl::{serial_of, RevocationList};
@@ -56,3 +57,4 @@ pub use tls::{
     client_config, client_config_with_crl, load_certs, load_key, server_config,
     server_config_with_crl,
 };
+pub use validity::not_after_of;

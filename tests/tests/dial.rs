@@ -1,6 +1,7 @@
 //! Dialling source stars: a source that never answers its handshake costs only its own
 //! replications, and pulls from one unconnected source share one dial.
 
+use orbit_agent::metrics::Direction;
 use orbit_tests::*;
 use orbit_wire::{ControlEvent, ControlRequest, ReplicateFile, TransferId};
 
@@ -49,7 +50,7 @@ async fn a_source_that_never_answers_does_not_hold_up_a_pull_from_a_healthy_one(
     assert_eq!(sha256_file(&copy), sha);
     // It finished while the dial to star-x was still waiting: with the pool locked during a
     // dial, it could only have started once that dial had failed.
-    assert_eq!(b.metrics().outbound_handshakes_failed.get(), 0);
+    assert_eq!(b.metrics().handshakes(Direction::Outbound, false), 0);
     assert!(!dst.path().join("stuck.bin").exists());
 }
 
@@ -76,6 +77,6 @@ async fn pulls_from_one_unconnected_source_share_one_dial() {
         }
     };
     tokio::join!(pull(1), pull(2), pull(3), pull(4));
-    assert_eq!(b.metrics().outbound_handshakes_ok.get(), 1);
-    assert_eq!(b.metrics().outbound_handshakes_failed.get(), 0);
+    assert_eq!(b.metrics().handshakes(Direction::Outbound, true), 1);
+    assert_eq!(b.metrics().handshakes(Direction::Outbound, false), 0);
 }

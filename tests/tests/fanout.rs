@@ -77,7 +77,7 @@ impl Fan {
     }
 
     fn sent(&self, i: usize) -> u64 {
-        self.star(i).metrics().bytes_sent.get()
+        self.star(i).metrics().bytes_sent()
     }
 
     /// The command for destination `i`, pulling from destinations `upstreams` (parent first)
@@ -159,7 +159,7 @@ async fn a_chain_of_five_gets_the_file_with_the_origin_sending_it_once() {
     assert_all_verified(&fan, &events, sha, size);
     // The origin sent the file's bytes once, to the head of the chain; every other star got
     // them from the one before it.
-    assert_eq!(fan.origin.metrics().bytes_sent.get(), size as u64);
+    assert_eq!(fan.origin.metrics().bytes_sent(), size as u64);
     for i in 0..4 {
         assert_eq!(
             fan.sent(i),
@@ -204,7 +204,7 @@ async fn a_tree_of_fan_out_two_sends_from_the_origin_twice() {
     let plan = vec![vec![], vec![], vec![0], vec![0], vec![1]];
     let events = fan.run(&plan).await;
     assert_all_verified(&fan, &events, sha, size);
-    assert_eq!(fan.origin.metrics().bytes_sent.get(), 2 * size as u64);
+    assert_eq!(fan.origin.metrics().bytes_sent(), 2 * size as u64);
     assert_eq!(fan.sent(0), 2 * size as u64);
     assert_eq!(fan.sent(1), size as u64);
 }
@@ -490,7 +490,7 @@ impl Many {
     }
 
     fn sent(&self, i: usize) -> u64 {
-        self.sources[i].as_ref().unwrap().metrics().bytes_sent.get()
+        self.sources[i].as_ref().unwrap().metrics().bytes_sent()
     }
 }
 

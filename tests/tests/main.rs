@@ -6,6 +6,7 @@ mod batch_cli;
 mod cli;
 mod config;
 mod crash;
+mod dashboards;
 mod detach;
 mod dial;
 mod disk;

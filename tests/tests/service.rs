@@ -71,13 +71,23 @@ fn the_unit_passes_systemd_analyze_verify() {
     );
 }
 
-/// Receives the next datagram on `socket` as text.
+/// Receives the next datagram on `socket` as text: its `KEY=VALUE` lines, each ended by a
+/// newline as sd_notify(3) writes them, joined by newlines without the last.
 fn next(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
     let n = socket
         .recv(&mut buf)
         .expect("a notification within the step timeout");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    datagram(&buf[..n])
+}
+
+fn datagram(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    assert!(
+        text.ends_with('\n'),
+        "a notification not ended by a newline: {text:?}"
+    );
+    text.trim_end_matches('\n').to_owned()
 }
 
 fn replicate(grid: &Path, src: &Path, dst: &Path) -> orbit_tests::process::Output {
@@ -163,10 +173,7 @@ fn ready_once_serving_then_watchdog_pings_then_stopping() {
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = std::iter::from_fn(|| {
         let mut buf = [0u8; 4096];
-        socket
-            .recv(&mut buf)
-            .ok()
-            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        socket.recv(&mut buf).ok().map(|n| datagram(&buf[..n]))
     })
     .take_while(|m| m != "STOPPING=1")
     .collect();

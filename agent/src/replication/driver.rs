@@ -389,12 +389,13 @@ impl<'a> Driver<'a> {
                         Event::Failed(e)
                     }
                 },
-                Io::Receiving { recv, .. } => match read_past_mode(recv, mode, feed).await {
+                Io::Receiving { recv, peer } => match read_past_mode(recv, mode, feed).await {
                     Ok(DataRead::Chunk {
                         offset: at,
                         payload: data,
                     }) => {
                         let len = data.len() as u64;
+                        peer.received(len);
                         *payload = Some(data);
                         Event::Chunk { offset: at, len }
                     }

@@ -581,7 +581,7 @@ impl Worker {
         let source = &self.source.source;
         let star = &source.star;
         let range = ByteRange { start, end };
-        let (first, mut recv, _peer) = open_relay(&self.pool, self.id, star, source, range).await?;
+        let (first, mut recv, peer) = open_relay(&self.pool, self.id, star, source, range).await?;
         match first {
             DataFrame::Header { size, version, .. }
                 if size == end - start && version == self.source.version => {}
@@ -617,6 +617,7 @@ impl Worker {
                     payload,
                 }) => {
                     let len = payload.len() as u64;
+                    peer.received(len);
                     if at != offset || offset + len > end {
                         return Err(protocol(star, "a chunk out of order or past its range"));
                     }

@@ -349,6 +349,7 @@ async fn receive(
                     return protocol("a chunk outside a file".into());
                 };
                 let len = payload.len() as u64;
+                peer.received(len);
                 if offset != *base + *got || *got + len > *size {
                     return protocol("a chunk out of order or past the file's end".into());
                 }
