@@ -169,6 +169,56 @@ async fn one_byte_packets_pin_about_the_bytes_sent() {
     drop(a);
 }
 
+/// Issue 16.8: the metrics listener holds at most 16 connections; more wait in the kernel's
+/// backlog and cost the star no file descriptor, and a scrape is served once one is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_holds_at_most_sixteen_connections() {
+    const CAP: usize = 16;
+    let grid = Grid::new();
+    let files = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut args = hostile::star_args(&grid, "star-a", files.path());
+    args.extend(["--allow".into(), wire(root.path())]);
+    args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = StarProcess::start(&args);
+    let line = a.wait_for_line("metrics on http://", BOUND);
+    let metrics: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let before = hostile::open_fds(a.pid());
+    // Connections that never send a request: each one the star accepts, it holds for up to
+    // the request timeout (5 s).
+    let idle: Vec<_> = (0..3 * CAP)
+        .map(|_| std::net::TcpStream::connect(metrics).unwrap())
+        .collect();
+    bounded("the star to take its 16 connections", async {
+        while hostile::open_fds(a.pid()) < before + CAP {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // A measurement over a fixed time, not a wait for an event: without the cap, the other 32
+    // are accepted within milliseconds.
+    let mut most = 0;
+    for _ in 0..50 {
+        most = most.max(hostile::open_fds(a.pid()).saturating_sub(before));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(most, CAP, "descriptors held beyond the star's own");
+    drop(idle);
+    let scrape = bounded("a scrape once the connections are gone", async {
+        tokio::task::spawn_blocking(move || orbit_tests::ops::scrape(metrics))
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(scrape.contains("orbit_p2p_"), "{scrape}");
+}
+
 /// Issue 16.8: with its file descriptors gone, the metrics listener pauses between failed
 /// accepts instead of spinning, and serves a scrape again once they are back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
