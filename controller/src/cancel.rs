@@ -125,10 +125,7 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), CancelError> {
         Err(e) => {
             let e = CancelError::Usage(e.into());
             if args.json {
-                println!(
-                    "{}",
-                    crate::replicate::failure_json(e.code(), &e.to_string())
-                );
+                println!("{}", crate::json::failure(e.code(), &e.to_string()));
             }
             return Err(e);
         }
@@ -173,7 +170,7 @@ fn show(
         }
         Err(e) if args.json => println!(
             "{}",
-            crate::replicate::failure_json_as(kind, e.code(), &e.to_string())
+            crate::json::failure_as(kind, e.code(), &e.to_string())
         ),
         Err(_) => {}
     }

@@ -99,10 +99,7 @@ impl InitError {
 pub fn run(args: Args) -> Result<(), InitError> {
     if let Err(e) = create_grid(&args.dir, &args.stars) {
         if args.json {
-            println!(
-                "{}",
-                crate::replicate::failure_json(e.code(), &e.to_string())
-            );
+            println!("{}", crate::json::failure(e.code(), &e.to_string()));
         }
         return Err(e);
     }

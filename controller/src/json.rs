@@ -36,6 +36,31 @@ pub const REVOKED: &str = "revoked";
 pub const TOKEN: &str = "token";
 
 #[derive(Serialize)]
+struct Failure<'a> {
+    ok: bool,
+    code: &'static str,
+    retryable: bool,
+    message: &'a str,
+}
+
+/// The `--json` object of a failure, on one line:
+/// `{"type":"result","ok":false,"code":"NotFound","retryable":false,"message":".."}`.
+pub fn failure(code: orbit_wire::ErrorCode, message: &str) -> String {
+    failure_as(RESULT, code, message)
+}
+
+/// As [`failure`], with another `type`.
+pub fn failure_as(kind: &'static str, code: orbit_wire::ErrorCode, message: &str) -> String {
+    let json = Failure {
+        ok: false,
+        code: code.name(),
+        retryable: crate::exit::retryable(code),
+        message,
+    };
+    line(kind, &json)
+}
+
+#[derive(Serialize)]
 struct Typed<'a, T> {
     #[serde(rename = "type")]
     kind: &'static str,

@@ -33,9 +33,7 @@ pub mod plan;
 pub mod report;
 pub mod tree;
 
-pub use file_report::{
-    detached_json, event_line, failure_json, failure_json_as, success_json, summary_line,
-};
+pub use file_report::{detached_json, event_line, success_json, summary_line};
 use interrupt::{interrupt_signal, Cancelling};
 use plan::Topology;
 
@@ -589,7 +587,7 @@ pub async fn run(grid_dir: &Path, mut args: Args) -> Result<(), ReplicateError> 
     if let Err(e) = batch::check_unbatched(&args) {
         let e = ReplicateError::from(e);
         if args.json {
-            println!("{}", failure_json(e.code(), &e.to_string()));
+            println!("{}", crate::json::failure(e.code(), &e.to_string()));
         }
         return Err(e);
     }
@@ -599,7 +597,7 @@ pub async fn run(grid_dir: &Path, mut args: Args) -> Result<(), ReplicateError> 
         Err(e) => {
             let e = ReplicateError::from(fanout::FanoutError::from(e));
             if args.json {
-                println!("{}", failure_json(e.code(), &e.to_string()));
+                println!("{}", crate::json::failure(e.code(), &e.to_string()));
             }
             return Err(e);
         }
@@ -626,7 +624,7 @@ pub async fn run(grid_dir: &Path, mut args: Args) -> Result<(), ReplicateError> 
         }
         Err(e) => {
             if args.json {
-                println!("{}", failure_json(e.code(), &e.to_string()));
+                println!("{}", crate::json::failure(e.code(), &e.to_string()));
             }
             Err(e)
         }
@@ -1029,7 +1027,7 @@ mod tests {
             "star-b: replication failed: star-a refused the read: token expired"
         );
         let json: serde_json::Value =
-            serde_json::from_str(&failure_json(err.code(), &err.to_string())).unwrap();
+            serde_json::from_str(&crate::json::failure(err.code(), &err.to_string())).unwrap();
         assert_eq!(json["ok"], false);
         assert_eq!(json["code"], "PermissionDenied");
     }

@@ -102,10 +102,7 @@ pub fn run(grid_dir: &Path, args: Args) -> Result<(), RevokeError> {
         Ok(done) => done,
         Err(e) => {
             if args.json {
-                println!(
-                    "{}",
-                    crate::replicate::failure_json(e.code(), &e.to_string())
-                );
+                println!("{}", crate::json::failure(e.code(), &e.to_string()));
             }
             return Err(e);
         }

@@ -123,10 +123,7 @@ pub fn run(grid_dir: &Path, args: Args) -> Result<(), RotateError> {
     let json = args.json;
     let result = run_step(grid_dir, args);
     if let (Err(e), true) = (&result, json) {
-        println!(
-            "{}",
-            crate::replicate::failure_json(e.code(), &e.to_string())
-        );
+        println!("{}", crate::json::failure(e.code(), &e.to_string()));
     }
     result
 }

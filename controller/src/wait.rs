@@ -122,7 +122,7 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), WaitError> {
         Ok(stars) => stars,
         Err(e) => {
             if args.json {
-                println!("{}", replicate::failure_json(e.code(), &e.to_string()));
+                println!("{}", crate::json::failure(e.code(), &e.to_string()));
             }
             return Err(e.into());
         }
@@ -145,7 +145,7 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), WaitError> {
         }
         Err(e) => {
             if args.json {
-                println!("{}", replicate::failure_json(e.code(), &e.to_string()));
+                println!("{}", crate::json::failure(e.code(), &e.to_string()));
             }
             Err(e)
         }

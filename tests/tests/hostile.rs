@@ -4,6 +4,7 @@
 //! peer is still served and that the star holds only bounded resources meanwhile.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use orbit_tests::hostile::{self, Credit, Hostile};
@@ -169,26 +170,32 @@ async fn one_byte_packets_pin_about_the_bytes_sent() {
     drop(a);
 }
 
+/// A star-a process (its files in `files`, serving `root`) with its metrics on a port of its
+/// own; returns it and the metrics address it logged.
+fn metrics_star(grid: &Grid, files: &Path, root: &Path) -> (StarProcess, SocketAddr) {
+    let mut args = hostile::star_args(grid, "star-a", files);
+    args.extend(["--allow".into(), wire(root)]);
+    args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = StarProcess::start(&args);
+    let line = a.wait_for_line("metrics on http://", BOUND);
+    let metrics = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (a, metrics)
+}
+
 /// Issue 16.8: the metrics listener holds at most 16 connections; more wait in the kernel's
 /// backlog and cost the star no file descriptor, and a scrape is served once one is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_listener_holds_at_most_sixteen_connections() {
     const CAP: usize = 16;
     let grid = Grid::new();
-    let files = tempfile::tempdir().unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let mut args = hostile::star_args(&grid, "star-a", files.path());
-    args.extend(["--allow".into(), wire(root.path())]);
-    args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let a = StarProcess::start(&args);
-    let line = a.wait_for_line("metrics on http://", BOUND);
-    let metrics: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (files, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, metrics) = metrics_star(&grid, files.path(), root.path());
     let before = hostile::open_fds(a.pid());
     // Connections that never send a request: each one the star accepts, it holds for up to
     // the request timeout (5 s).
@@ -224,20 +231,8 @@ async fn the_metrics_listener_holds_at_most_sixteen_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_listener_does_not_spin_without_file_descriptors() {
     let grid = Grid::new();
-    let files = tempfile::tempdir().unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let mut args = hostile::star_args(&grid, "star-a", files.path());
-    args.extend(["--allow".into(), wire(root.path())]);
-    args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let a = StarProcess::start(&args);
-    let line = a.wait_for_line("metrics on http://", BOUND);
-    let metrics: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (files, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, metrics) = metrics_star(&grid, files.path(), root.path());
     // Room for four more descriptors, then accept fails with EMFILE.
     let limit = hostile::open_fds(a.pid()) + 4;
     let status = std::process::Command::new("prlimit")

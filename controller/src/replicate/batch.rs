@@ -200,7 +200,7 @@ pub async fn run(grid_dir: &Path, args: &Args, jobs_file: &Path) -> Result<(), R
             ReplicateError::Batch(BatchError::Failed { .. } | BatchError::Interrupted { .. })
         );
         if args.json && !reported {
-            println!("{}", super::failure_json(e.code(), &e.to_string()));
+            println!("{}", crate::json::failure(e.code(), &e.to_string()));
         }
     }
     result

@@ -20,7 +20,7 @@ use orbit_wire::{ControlRequest, ErrorCode, ReplicateFile, TransferId};
 use super::interrupt::interrupt_signal;
 use super::plan::{self, Plan, PlanError};
 use super::tree::Output;
-use super::{failure_json, new_transfer_id, Args, ReplicateError};
+use super::{new_transfer_id, Args, ReplicateError};
 use crate::exit;
 use crate::grid::{Grid, GridError};
 use crate::spec::{StarAddr, StarPath};
@@ -208,7 +208,7 @@ pub async fn run(
     if let Err(e) = &result {
         let reported = matches!(e, ReplicateError::Fanout(f) if f.reported());
         if args.json && !reported {
-            println!("{}", failure_json(e.code(), &e.to_string()));
+            println!("{}", crate::json::failure(e.code(), &e.to_string()));
         }
     }
     result
@@ -382,7 +382,7 @@ pub async fn wait(
     if let Err(e) = &result {
         let reported = matches!(e, ReplicateError::Fanout(f) if f.reported());
         if output.json && !reported {
-            println!("{}", failure_json(e.code(), &e.to_string()));
+            println!("{}", crate::json::failure(e.code(), &e.to_string()));
         }
     }
     result

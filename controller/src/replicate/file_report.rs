@@ -5,7 +5,7 @@
 //! It only formats: it never prints, and never contacts a star. A tree's output is in
 //! [`super::report`].
 
-use orbit_wire::{ControlEvent, ErrorCode};
+use orbit_wire::ControlEvent;
 use serde::Serialize;
 
 use super::{ReplicateJob, Replicated};
@@ -65,14 +65,6 @@ struct SuccessJson<'a> {
     resumed_bytes: u64,
 }
 
-#[derive(Serialize)]
-struct FailureJson<'a> {
-    ok: bool,
-    code: &'static str,
-    retryable: bool,
-    message: &'a str,
-}
-
 /// The `--json` object of a successful replication, on one line.
 pub fn success_json(job: &ReplicateJob, done: &Replicated) -> String {
     let rate = if done.seconds > 0.0 {
@@ -121,21 +113,4 @@ pub fn detached_json(job: &ReplicateJob) -> String {
         target_path: &job.command.target_path,
     };
     crate::json::line(crate::json::RESULT, &json)
-}
-
-/// The `--json` object of a failure, on one line:
-/// `{"type":"result","ok":false,"code":"NotFound","retryable":false,"message":".."}`.
-pub fn failure_json(code: ErrorCode, message: &str) -> String {
-    failure_json_as(crate::json::RESULT, code, message)
-}
-
-/// As [`failure_json`], with another `type` (see [`crate::json`]).
-pub fn failure_json_as(kind: &'static str, code: ErrorCode, message: &str) -> String {
-    let json = FailureJson {
-        ok: false,
-        code: code.name(),
-        retryable: crate::exit::retryable(code),
-        message,
-    };
-    crate::json::line(kind, &json)
 }

@@ -118,7 +118,7 @@ pub async fn run(grid_dir: &Path, args: &Args) -> Result<(), ReplicateError> {
         }
         Err(e) => {
             if args.json {
-                println!("{}", super::failure_json(e.code(), &e.to_string()));
+                println!("{}", crate::json::failure(e.code(), &e.to_string()));
             }
             Err(e)
         }
