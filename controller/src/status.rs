@@ -223,6 +223,9 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), StatusCommandError> 
     }
 }
 
+/// A star's status and when the certificate it presented expires, or why it gave none.
+type Answer = Result<(StarStatus, Option<SystemTime>), StatusError>;
+
 /// Asks every star at once; the reports come back in the order given.
 pub async fn query_all(
     tls: Arc<rustls::ClientConfig>,
@@ -233,8 +236,7 @@ pub async fn query_all(
         let tls = tls.clone();
         tasks.spawn(async move { (index, query_status(tls, &name, &addr).await) });
     }
-    let mut results: Vec<Option<Result<(StarStatus, Option<SystemTime>), StatusError>>> =
-        stars.iter().map(|_| None).collect();
+    let mut results: Vec<Option<Answer>> = stars.iter().map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((index, result)) => results[index] = Some(result),
