@@ -107,7 +107,7 @@ pub enum RenewError {
     #[error("no renewal in progress ({} holds none): run `orbitctl renew STAR...` first", .0.display())]
     NotStarted(PathBuf),
     /// `--finish` left some renewals in progress; the report has been printed.
-    #[error("{} renewed stars do not present their new certificate yet, their old one stays valid: {}", waiting.len(), names(waiting))]
+    #[error("renewal not finished for {}: an old certificate stays valid until its star presents the new one", names(waiting))]
     Waiting {
         /// Each star left waiting, and why.
         waiting: Vec<Waiting>,
@@ -305,12 +305,12 @@ fn print_start(grid_dir: &Path, renewed: &[Renewed], json: bool) {
         .partition(|r| r.name == layout::CONTROLLER_NAME);
     if let Some(c) = controller.first() {
         println!();
+        println!("orbitctl's own certificate is renewed, and used from now on:");
         println!(
-            "orbitctl's own certificate is renewed (serial {}, valid until {}); orbitctl uses",
+            "   serial {}, valid until {}",
             hex_serial(&c.serial),
             orbit_certs::expiry_text(c.not_after)
         );
-        println!("it from now on.");
     }
     if !stars.is_empty() {
         println!();
@@ -373,7 +373,11 @@ fn print_finish(grid_dir: &Path, done: &Finished, json: bool) {
         return;
     }
     for name in &done.revoked {
-        println!("{name}: presents its new certificate; the old one is revoked.");
+        if name == layout::CONTROLLER_NAME {
+            println!("{name}: the controller's old certificate is revoked.");
+        } else {
+            println!("{name}: presents its new certificate; the old one is revoked.");
+        }
     }
     for w in &done.waiting {
         println!(
