@@ -38,6 +38,7 @@ mod control;
 mod digests;
 mod endpoint;
 mod error;
+mod expiry;
 mod framed;
 mod jail;
 mod journal;

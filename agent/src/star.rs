@@ -44,6 +44,7 @@ pub struct Star {
     register: Arc<Replications>,
     reads: Arc<Reads>,
     metrics: Arc<Metrics>,
+    expiry: Arc<crate::expiry::Expiry>,
     life: Lifecycle,
 }
 
@@ -94,6 +95,7 @@ impl Star {
         let life = Lifecycle::default();
         let metrics = Arc::new(Metrics::new());
         metrics.set_certificates(&config.cert_pem, &config.ca_pem);
+        let expiry = Arc::new(crate::expiry::Expiry::new(&name));
         let jail = Arc::new(jail);
         let keys = KeyRing::new(config.token_key, config.previous_token_key);
         let trust = Arc::new(Trust::new(
@@ -158,9 +160,13 @@ impl Star {
             .spawn(crate::connection::accept_loop(acceptor).instrument(span.clone()));
         span.in_scope(|| {
             crate::reload::log_keys(&trust, crl.as_ref());
+            expiry.set(&config.cert_pem, &config.ca_pem);
             info!("listening on {addr}");
             replicator.resume_journaled();
         });
+        life.tracker.spawn(
+            crate::expiry::repeat(expiry.clone(), life.cancel.clone()).instrument(span.clone()),
+        );
         Ok(Star {
             addr,
             endpoint,
@@ -170,6 +176,7 @@ impl Star {
             register,
             reads,
             metrics,
+            expiry,
             life,
         })
     }
@@ -201,6 +208,7 @@ impl Star {
         let reloaded = crate::reload::reload(parts, config)?;
         self.metrics
             .set_certificates(&config.cert_pem, &config.ca_pem);
+        self.expiry.set(&config.cert_pem, &config.ca_pem);
         Ok(reloaded)
     }
 

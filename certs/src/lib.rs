@@ -57,4 +57,4 @@ pub use tls::{
     client_config, client_config_with_crl, load_certs, load_key, server_config,
     server_config_with_crl,
 };
-pub use validity::not_after_of;
+pub use validity::{days_left, expires_soon, expiry_text, not_after_of, EXPIRY_WARNING};

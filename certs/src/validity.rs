@@ -1,6 +1,7 @@
 //! When a certificate stops being valid, read from the certificate itself: what a star reports
-//! in its metrics so that an operator sees the expiry coming. This module only reads; whether a
-//! certificate is accepted is always rustls's decision (see the crate docs).
+//! in its metrics and its log, and `orbitctl status` shows, so that an operator sees the expiry
+//! coming. This module only reads; whether a certificate is accepted is always rustls's
+//! decision (see the crate docs).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +20,37 @@ pub fn not_after_of(cert: &CertificateDer<'_>) -> Result<SystemTime, CertError> 
     let seconds = u64::try_from(x509.validity().not_after.timestamp())
         .map_err(|_| CertError::Parse("notAfter lies before 1970".into()))?;
     Ok(UNIX_EPOCH + Duration::from_secs(seconds))
+}
+
+/// How long before a certificate expires the star's log and `orbitctl status` start warning:
+/// long enough to renew every star of a grid in an ordinary maintenance window.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// Whether a certificate valid until `not_after` is, at `now`, within [`EXPIRY_WARNING`] of
+/// expiring (or has expired).
+pub fn expires_soon(not_after: SystemTime, now: SystemTime) -> bool {
+    not_after <= now + EXPIRY_WARNING
+}
+
+/// `not_after` as a UTC date and time for people, `2029-12-04 15:02 UTC`.
+pub fn expiry_text(not_after: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(not_after);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
+}
+
+/// Whole days from `now` until `not_after`, rounded down; negative once it has passed.
+pub fn days_left(not_after: SystemTime, now: SystemTime) -> i64 {
+    match not_after.duration_since(now) {
+        Ok(left) => (left.as_secs() / 86_400) as i64,
+        Err(past) => -((past.duration().as_secs() / 86_400) as i64) - 1,
+    }
 }
 
 #[cfg(test)]
@@ -45,6 +77,22 @@ mod tests {
         let ca_cert = &load_certs(&ca.cert_pem()).unwrap()[0];
         let days = (unix(not_after_of(ca_cert).unwrap()) - unix(SystemTime::now())) / 86_400;
         assert!((3650..=3654).contains(&days), "{days} days");
+    }
+
+    #[test]
+    fn soon_means_within_thirty_days() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let day = Duration::from_secs(86_400);
+        assert!(expires_soon(now + 29 * day, now));
+        assert!(expires_soon(now + 30 * day, now));
+        assert!(!expires_soon(now + 31 * day, now));
+        assert!(expires_soon(now - day, now));
+        assert_eq!(days_left(now + 29 * day + day / 2, now), 29);
+        assert_eq!(days_left(now - day / 2, now), -1);
+        assert_eq!(
+            expiry_text(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
+            "2033-05-18 03:33 UTC"
+        );
     }
 
     #[test]

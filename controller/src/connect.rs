@@ -172,6 +172,17 @@ impl StarConnection {
         self.addr
     }
 
+    /// The certificate the star presented in the handshake (the first of its chain), which
+    /// rustls has verified: how `orbitctl` sees its expiry and which certificate it runs with.
+    pub fn peer_certificate(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        self.connection
+            .peer_identity()?
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()?
+            .into_iter()
+            .next()
+    }
+
     /// Sends `request` on a new control stream and reads events until a final one, which it
     /// returns. `on_progress(bytes, total)` sees every progress event on the way.
     ///

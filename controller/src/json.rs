@@ -30,6 +30,8 @@ pub const GRID: &str = "grid";
 pub const STAR: &str = "star";
 /// `orbitctl rotate-keys`'s step.
 pub const KEYS: &str = "keys";
+/// `orbitctl renew`'s step.
+pub const RENEW: &str = "renew";
 /// `orbitctl revoke`'s revocation.
 pub const REVOKED: &str = "revoked";
 /// `orbitctl token`'s token.

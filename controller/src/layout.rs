@@ -8,6 +8,8 @@
 //! GRID/token-master.key          the master token key
 //! GRID/token-master.next.key     the next master token key, during `orbitctl rotate-keys`
 //! GRID/crl.pem                   the revocation list, from the first `orbitctl revoke` on
+//! GRID/renewing/NAME.pem         the certificate `orbitctl renew` replaced, until
+//!                                `renew --finish` revokes it (NAME `orbitctl`: the controller's)
 //! GRID/stars/NAME/star.toml      a ready config for that star
 //! GRID/stars/NAME/{cert.pem,key.pem,ca.pem,token.key}
 //! GRID/stars/NAME/token.previous.key   from the first `orbitctl rotate-keys` on
@@ -16,8 +18,8 @@
 //!
 //! Secret files are created with mode 0600 from the first byte, never loosened and then
 //! tightened. A new file is written with `create_new`, so nothing is overwritten by mistake;
-//! the files later commands change (`grid.toml`, token keys, `crl.pem`, a setting in
-//! `star.toml`) are replaced whole by [`replace_file`], so a reader, or a crash, never leaves
+//! the files later commands change (`grid.toml`, token keys, `crl.pem`, certificates and keys,
+//! a setting in `star.toml`) are replaced whole by [`replace_file`], so a reader, or a crash, never leaves
 //! half of one.
 
 use std::fs::OpenOptions;
@@ -46,6 +48,9 @@ pub const MASTER_KEY: &str = "token-master.key";
 pub const NEXT_MASTER_KEY: &str = "token-master.next.key";
 /// The grid's revocation list, in the grid's folder and in every star's folder.
 pub const CRL_FILE: &str = "crl.pem";
+/// The folder holding, during `orbitctl renew`, the certificate each renewal replaced, as
+/// `NAME.pem`, until `renew --finish` revokes it.
+pub const RENEWING_DIR: &str = "renewing";
 /// The folder holding one folder per star.
 pub const STARS_DIR: &str = "stars";
 /// A star's config, inside its folder.

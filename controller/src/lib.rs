@@ -25,6 +25,7 @@ pub mod layout;
 pub mod locate;
 pub mod manual;
 pub mod progress;
+pub mod renew;
 pub mod replicate;
 pub mod revoke;
 pub mod rotate_keys;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use orbit_controller::{
-    add_star, cancel, demo, exit, human, init, manual, replicate, revoke, rotate_keys, status,
-    token, wait, VERSION,
+    add_star, cancel, demo, exit, human, init, manual, renew, replicate, revoke, rotate_keys,
+    status, token, wait, VERSION,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -43,6 +43,7 @@ enum Command {
     Demo(demo::Args),
     RotateKeys(rotate_keys::Args),
     Revoke(revoke::Args),
+    Renew(renew::Args),
     Wait(wait::Args),
     Cancel(cancel::Args),
     Completions(manual::CompletionsArgs),
@@ -95,6 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::RotateKeys(args) => Ok(rotate_keys::run(&need_grid(grid), args)?),
         Command::Revoke(args) => Ok(revoke::run(&need_grid(grid), args)?),
+        Command::Renew(args) => Ok(renew::run(&need_grid(grid), args).await?),
         Command::Wait(args) => Ok(wait::run(&need_grid(grid), args).await?),
         Command::Cancel(args) => Ok(cancel::run(&need_grid(grid), args).await?),
         Command::Completions(args) => {
@@ -110,8 +112,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The exit code `e` calls for (the table in [`exit`]): `replicate`, `wait` and `cancel` tell
-/// their failures apart; every other command's failure is 1 (`status`: some star did not
+/// The exit code `e` calls for (the table in [`exit`]): `replicate`, `wait`, `cancel` and
+/// `renew --finish` tell their failures apart; every other command's failure is 1 (`status`: some star did not
 /// answer).
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     let code = if let Some(e) = e.downcast_ref::<replicate::ReplicateError>() {
@@ -119,6 +121,8 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
     } else if let Some(e) = e.downcast_ref::<wait::WaitError>() {
         e.exit_code()
     } else if let Some(e) = e.downcast_ref::<cancel::CancelError>() {
+        e.exit_code()
+    } else if let Some(e) = e.downcast_ref::<renew::RenewError>() {
         e.exit_code()
     } else {
         exit::FAILED

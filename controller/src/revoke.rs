@@ -213,20 +213,7 @@ pub fn revoke(grid_dir: &Path, name: &str, reissue: bool) -> Result<Revoked, Rev
             .map(|certs| certs.iter().all(|c| crl.is_revoked(c)))
             .unwrap_or(false)
     });
-    let crl = ca
-        .revocation_list(previous.as_ref(), &[&cert_pem])
-        .map_err(cert_error)?;
-
-    // The grid's copy first: it is what the next revocation builds on.
-    let mut written = vec![grid_dir.join(CRL_FILE)];
-    replace_file(&written[0], crl.pem().as_bytes(), Access::Public)?;
-    for star in grid.inventory().stars.keys() {
-        let dir = grid_dir.join(layout::STARS_DIR).join(star);
-        let path = dir.join(CRL_FILE);
-        replace_file(&path, crl.pem().as_bytes(), Access::Public)?;
-        ensure_setting(&dir.join(layout::STAR_TOML), "crl_file", CRL_FILE)?;
-        written.push(path);
-    }
+    let (crl, written) = write_list(&grid, &ca, previous.as_ref(), &[&cert_pem])?;
 
     let reissued = if reissue {
         let issued = ca.issue(role, name).map_err(cert_error)?;
@@ -244,8 +231,42 @@ pub fn revoke(grid_dir: &Path, name: &str, reissue: bool) -> Result<Revoked, Rev
     })
 }
 
+/// Signs the list `previous` plus the certificates `revoke` (PEM) and writes it into the grid
+/// and every star's folder, making every `star.toml` name it; returns the list and every copy
+/// written, the grid's first. `orbitctl revoke` and `orbitctl renew --finish` both write their
+/// lists here.
+///
+/// # Errors
+///
+/// [`RevokeError`]; a copy already written stays, and the next list replaces it.
+pub(crate) fn write_list(
+    grid: &Grid,
+    ca: &GridCa,
+    previous: Option<&RevocationList>,
+    revoke: &[&str],
+) -> Result<(RevocationList, Vec<PathBuf>), RevokeError> {
+    let grid_dir = grid.dir();
+    let crl = ca
+        .revocation_list(previous, revoke)
+        .map_err(|e| RevokeError::Cert(e.to_string()))?;
+    // The grid's copy first: it is what the next revocation builds on.
+    let mut written = vec![grid_dir.join(CRL_FILE)];
+    replace_file(&written[0], crl.pem().as_bytes(), Access::Public)?;
+    for star in grid.inventory().stars.keys() {
+        let dir = grid_dir.join(layout::STARS_DIR).join(star);
+        let path = dir.join(CRL_FILE);
+        replace_file(&path, crl.pem().as_bytes(), Access::Public)?;
+        ensure_setting(&dir.join(layout::STAR_TOML), "crl_file", CRL_FILE)?;
+        written.push(path);
+    }
+    Ok((crl, written))
+}
+
 /// The grid's current revocation list, if it has one.
-fn read_list(grid_dir: &Path, ca: &GridCa) -> Result<Option<RevocationList>, RevokeError> {
+pub(crate) fn read_list(
+    grid_dir: &Path,
+    ca: &GridCa,
+) -> Result<Option<RevocationList>, RevokeError> {
     let path = grid_dir.join(CRL_FILE);
     match std::fs::read_to_string(&path) {
         Ok(pem) => RevocationList::from_pem(&pem, &ca.cert_pem())

@@ -3,10 +3,14 @@
 //!
 //! Each star gets its own connection and its own bounded wait, so one star that is down never
 //! delays the report on the others beyond [`connect::CONNECT_TIMEOUT`].
+//!
+//! It also shows when each star's certificate expires, read from the certificate the star
+//! presented in the handshake (what it really runs with, not what the grid holds), and when
+//! the grid CA's does, and warns of any within [`orbit_certs::EXPIRY_WARNING`].
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, StarStatus, TransferStatus, WireError};
 use serde::Serialize;
@@ -20,8 +24,11 @@ use crate::spec::StarAddr;
 /// How long a connected star has to answer a status request.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Ask stars whether they are up: version, uptime, transfers in flight and roots; then list
-/// the transfers in flight with their progress.
+/// Ask stars whether they are up: version, uptime, transfers in flight, certificate expiry and
+/// roots; then list the transfers in flight with their progress.
+///
+/// A star certificate or the grid CA's that expires within 30 days is marked RENEW and
+/// warned of below the table (renew stars with `orbitctl renew`).
 ///
 /// Exits 0 if every star asked answered, 1 otherwise (with --json, each star that did not says
 /// why in "code" and "error").
@@ -31,8 +38,10 @@ pub struct Args {
     #[arg(value_name = "NAME")]
     pub names: Vec<String>,
 
-    /// Print one JSON object instead of a table: {"type":"status","stars":[..]}, each star with
-    /// "up" and either its status or "code", "retryable" and "error".
+    /// Print one JSON object instead of a table: {"type":"status","ca_not_after":..,
+    /// "ca_expires_soon":..,"stars":[..]}, each star with "up" and either its status (with
+    /// "cert_not_after" and "cert_expires_soon") or "code", "retryable" and "error"; times in
+    /// Unix seconds, "expires_soon" true within 30 days.
     #[arg(long)]
     pub json: bool,
 }
@@ -104,7 +113,8 @@ pub enum StatusCommandError {
     },
 }
 
-/// Asks the star `star` at `addr` for its status.
+/// Asks the star `star` at `addr` for its status; also when the certificate it presented
+/// expires.
 ///
 /// # Errors
 ///
@@ -113,9 +123,12 @@ pub async fn query_status(
     tls: Arc<rustls::ClientConfig>,
     star: &str,
     addr: &StarAddr,
-) -> Result<StarStatus, StatusError> {
+) -> Result<(StarStatus, Option<SystemTime>), StatusError> {
     let addr = connect::resolve(star, addr).await?;
     let conn = StarConnection::connect(tls, star, addr).await?;
+    let not_after = conn
+        .peer_certificate()
+        .and_then(|cert| orbit_certs::not_after_of(&cert).ok());
     let answer = tokio::time::timeout(
         STATUS_TIMEOUT,
         conn.control(&ControlRequest::Status, |_, _| {}),
@@ -126,7 +139,7 @@ pub async fn query_status(
     match answer {
         Err(_) => Err(StatusError::Timeout { star }),
         Ok(Err(error)) => Err(StatusError::Stream { star, error }),
-        Ok(Ok(ControlEvent::Status(status))) => Ok(status),
+        Ok(Ok(ControlEvent::Status(status))) => Ok((status, not_after)),
         Ok(Ok(ControlEvent::Failed(error))) => Err(StatusError::Refused { star, error }),
         Ok(Ok(other)) => Err(StatusError::Unexpected {
             star,
@@ -144,6 +157,30 @@ pub struct StarReport {
     pub addr: String,
     /// What it said, or why it did not.
     pub result: Result<StarStatus, StatusError>,
+    /// When the certificate it presented expires, if it answered.
+    pub cert_not_after: Option<SystemTime>,
+}
+
+/// When the grid CA's certificate (in `GRID/ca.pem`) expires.
+///
+/// # Errors
+///
+/// [`GridError`] if it cannot be read.
+pub fn ca_not_after(grid_dir: &Path) -> Result<SystemTime, GridError> {
+    let path = grid_dir.join(crate::layout::CA_CERT);
+    let pem = std::fs::read_to_string(&path).map_err(|error| GridError::Read {
+        path: path.clone(),
+        error,
+    })?;
+    let invalid = |message: String| GridError::Invalid {
+        path: path.clone(),
+        message,
+    };
+    let certs = orbit_certs::load_certs(&pem).map_err(|e| invalid(e.to_string()))?;
+    let cert = certs
+        .first()
+        .ok_or_else(|| invalid("holds no certificate".into()))?;
+    orbit_certs::not_after_of(cert).map_err(|e| invalid(e.to_string()))
 }
 
 /// Runs `orbitctl status` on the grid at `grid_dir`.
@@ -163,11 +200,13 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), StatusCommandError> 
         stars.push((name.clone(), grid.star(name)?.clone()));
     }
     let tls = grid.client_tls()?;
+    let ca = ca_not_after(grid_dir)?;
     let reports = query_all(tls, stars).await;
+    let now = SystemTime::now();
     if args.json {
-        println!("{}", report_json(&reports));
+        println!("{}", report_json(&reports, ca, now));
     } else {
-        print!("{}", report_table(&reports));
+        print!("{}", report_table(&reports, ca, now));
     }
     let down: Vec<String> = reports
         .iter()
@@ -184,6 +223,9 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), StatusCommandError> 
     }
 }
 
+/// A star's status and when the certificate it presented expires, or why it gave none.
+type Answer = Result<(StarStatus, Option<SystemTime>), StatusError>;
+
 /// Asks every star at once; the reports come back in the order given.
 pub async fn query_all(
     tls: Arc<rustls::ClientConfig>,
@@ -194,8 +236,7 @@ pub async fn query_all(
         let tls = tls.clone();
         tasks.spawn(async move { (index, query_status(tls, &name, &addr).await) });
     }
-    let mut results: Vec<Option<Result<StarStatus, StatusError>>> =
-        stars.iter().map(|_| None).collect();
+    let mut results: Vec<Option<Answer>> = stars.iter().map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((index, result)) => results[index] = Some(result),
@@ -206,16 +247,75 @@ pub async fn query_all(
     stars
         .into_iter()
         .zip(results)
-        .map(|((name, addr), result)| StarReport {
-            name,
-            addr: addr.to_string(),
-            result: result.unwrap_or_else(|| unreachable!("every task reports")),
+        .map(|((name, addr), result)| {
+            let result = result.unwrap_or_else(|| unreachable!("every task reports"));
+            let (result, cert_not_after) = match result {
+                Ok((status, not_after)) => (Ok(status), not_after),
+                Err(e) => (Err(e), None),
+            };
+            StarReport {
+                name,
+                addr: addr.to_string(),
+                result,
+                cert_not_after,
+            }
         })
         .collect()
 }
 
-/// The table: one line per star; a star that is down shows the reason after its state.
-pub fn report_table(reports: &[StarReport]) -> String {
+/// A certificate's expiry for the table: `2029-12-04 (1825 days)`, marked `RENEW` within
+/// [`orbit_certs::EXPIRY_WARNING`] and `EXPIRED` after.
+pub fn expiry_cell(not_after: SystemTime, now: SystemTime) -> String {
+    let date = &orbit_certs::expiry_text(not_after)[..10];
+    let days = orbit_certs::days_left(not_after, now);
+    if days < 0 {
+        format!("{date} EXPIRED")
+    } else if orbit_certs::expires_soon(not_after, now) {
+        format!("{date} ({days} days) RENEW")
+    } else {
+        format!("{date} ({days} days)")
+    }
+}
+
+/// The warning lines under the table, one per certificate that expires soon.
+fn expiry_warnings(reports: &[StarReport], ca: SystemTime, now: SystemTime) -> String {
+    let when = |not_after: SystemTime| {
+        let days = orbit_certs::days_left(not_after, now);
+        let date = orbit_certs::expiry_text(not_after);
+        if days < 0 {
+            format!("expired on {date}")
+        } else {
+            format!("expires on {date}, in {days} days")
+        }
+    };
+    let mut out = String::new();
+    for report in reports {
+        let Some(not_after) = report.cert_not_after else {
+            continue;
+        };
+        if orbit_certs::expires_soon(not_after, now) {
+            out.push_str(&format!(
+                "warning: {}'s certificate {}: renew it with `orbitctl renew {}`\n",
+                report.name,
+                when(not_after),
+                report.name
+            ));
+        }
+    }
+    if orbit_certs::expires_soon(ca, now) {
+        out.push_str(&format!(
+            "warning: the grid CA's certificate {}: every certificate of the grid stops being \
+             valid with it (see \"The grid CA\" in docs/KEYS.md)\n",
+            when(ca)
+        ));
+    }
+    out
+}
+
+/// The table: one line per star; a star that is down shows the reason after its state. Then
+/// the grid CA's expiry, the transfers in flight, and a warning for every certificate that
+/// expires soon.
+pub fn report_table(reports: &[StarReport], ca: SystemTime, now: SystemTime) -> String {
     let mut rows: Vec<Vec<String>> = vec![[
         "NAME",
         "ADDR",
@@ -223,6 +323,7 @@ pub fn report_table(reports: &[StarReport]) -> String {
         "VERSION",
         "UPTIME",
         "IN FLIGHT",
+        "CERT EXPIRES",
         "ROOTS",
     ]
     .map(String::from)
@@ -235,6 +336,9 @@ pub fn report_table(reports: &[StarReport]) -> String {
                 s.version.clone(),
                 human::uptime(s.uptime_seconds),
                 (u64::from(s.transfers_in_flight) + u64::from(s.reads_in_flight)).to_string(),
+                report
+                    .cert_not_after
+                    .map_or_else(|| "-".to_owned(), |t| expiry_cell(t, now)),
                 if s.roots.is_empty() {
                     "-".to_owned()
                 } else {
@@ -246,6 +350,7 @@ pub fn report_table(reports: &[StarReport]) -> String {
         rows.push(row);
     }
     let mut out = align(&rows);
+    out.push_str(&format!("grid CA expires {}\n", expiry_cell(ca, now)));
     let mut transfers: Vec<Vec<String>> = vec![["TRANSFER", "STAR", "FROM", "TO", "PROGRESS"]
         .map(String::from)
         .to_vec()];
@@ -264,6 +369,11 @@ pub fn report_table(reports: &[StarReport]) -> String {
     if transfers.len() > 1 {
         out.push('\n');
         out.push_str(&align(&transfers));
+    }
+    let warnings = expiry_warnings(reports, ca, now);
+    if !warnings.is_empty() {
+        out.push('\n');
+        out.push_str(&warnings);
     }
     out
 }
@@ -333,6 +443,8 @@ enum StarJson<'a> {
         roots: &'a [String],
         transfers_in_flight: u32,
         reads_in_flight: u32,
+        cert_not_after: Option<u64>,
+        cert_expires_soon: bool,
         transfers: Vec<TransferJson<'a>>,
     },
     Down {
@@ -358,11 +470,18 @@ struct TransferJson<'a> {
 
 #[derive(Serialize)]
 struct ReportJson<'a> {
+    ca_not_after: u64,
+    ca_expires_soon: bool,
     stars: Vec<StarJson<'a>>,
 }
 
-/// The `--json` object: `{"type":"status","stars":[...]}`, on one line.
-pub fn report_json(reports: &[StarReport]) -> String {
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The `--json` object: `{"type":"status","ca_not_after":..,"ca_expires_soon":..,
+/// "stars":[...]}`, on one line.
+pub fn report_json(reports: &[StarReport], ca: SystemTime, now: SystemTime) -> String {
     let stars = reports
         .iter()
         .map(|r| match &r.result {
@@ -376,6 +495,10 @@ pub fn report_json(reports: &[StarReport]) -> String {
                 roots: &s.roots,
                 transfers_in_flight: s.transfers_in_flight,
                 reads_in_flight: s.reads_in_flight,
+                cert_not_after: r.cert_not_after.map(unix),
+                cert_expires_soon: r
+                    .cert_not_after
+                    .is_some_and(|t| orbit_certs::expires_soon(t, now)),
                 transfers: s
                     .transfers
                     .iter()
@@ -400,7 +523,12 @@ pub fn report_json(reports: &[StarReport]) -> String {
             },
         })
         .collect();
-    crate::json::line(crate::json::STATUS, &ReportJson { stars })
+    let report = ReportJson {
+        ca_not_after: unix(ca),
+        ca_expires_soon: orbit_certs::expires_soon(ca, now),
+        stars,
+    };
+    crate::json::line(crate::json::STATUS, &report)
 }
 
 #[cfg(test)]
@@ -451,6 +579,12 @@ mod tests {
         )
         .await;
         assert_eq!(reports[0].result.as_ref().unwrap(), &status("star-a"));
+        // The fake star's certificate is a standard one: about three years.
+        let now = SystemTime::now();
+        let cert = reports[0]
+            .cert_not_after
+            .expect("the handshake's certificate");
+        assert!((1094..=1096).contains(&orbit_certs::days_left(cert, now)));
 
         let refused = query_all(
             refusing.controller_tls(),
@@ -467,29 +601,48 @@ mod tests {
             result: Err(StatusError::Timeout {
                 star: "star-b".into(),
             }),
+            cert_not_after: None,
         };
+        let day = Duration::from_secs(86_400);
+        let ca = now + 3650 * day;
         let all = [reports.into_iter().next().unwrap(), down];
-        let table = report_table(&all);
+        let table = report_table(&all, ca, now);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("NAME    ADDR"), "{table}");
-        assert!(lines[0].ends_with("IN FLIGHT  ROOTS"), "{table}");
+        assert!(lines[0].contains("IN FLIGHT  CERT EXPIRES  "), "{table}");
+        assert!(lines[0].ends_with("  ROOTS"), "{table}");
         assert!(lines[1].contains("  up  "), "{table}");
         assert!(lines[1].contains("3m 12s"), "{table}");
+        assert!(lines[1].contains(" days)  "), "{table}");
+        assert!(!lines[1].contains("RENEW"), "{table}");
         assert!(lines[1].ends_with("/srv/data, /srv/backup"), "{table}");
         assert!(lines[2].contains(" down   star-b: no status"), "{table}");
-        assert_eq!(lines[3], "", "{table}");
+        assert!(lines[3].starts_with("grid CA expires "), "{table}");
+        assert!(lines[3].ends_with("(3650 days)"), "{table}");
+        assert_eq!(lines[4], "", "{table}");
         assert!(
-            lines[4].starts_with("TRANSFER          STAR    FROM"),
+            lines[5].starts_with("TRANSFER          STAR    FROM"),
             "{table}"
         );
+        assert!(!table.contains("warning"), "{table}");
         assert_eq!(
-            lines[5],
+            lines[6],
             "0000000000000abc  star-a  star-b:/srv/data/f.bin  /srv/backup/f.bin  \
              64.0 MiB of 256.0 MiB (25%), 32.0 MiB/s, 2s"
         );
 
-        let json: serde_json::Value = serde_json::from_str(&report_json(&all)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&report_json(&all, ca, now)).unwrap();
         assert_eq!(json["type"], "status");
+        assert_eq!(json["ca_expires_soon"], false);
+        assert_eq!(
+            json["ca_not_after"],
+            ca.duration_since(UNIX_EPOCH).unwrap().as_secs()
+        );
+        assert_eq!(stars_of(&json)[0]["cert_expires_soon"], false);
+        assert_eq!(
+            stars_of(&json)[0]["cert_not_after"],
+            cert.duration_since(UNIX_EPOCH).unwrap().as_secs()
+        );
         let stars = json["stars"].as_array().unwrap();
         assert_eq!(stars[0]["name"], "star-a");
         assert_eq!(stars[0]["up"], true);
@@ -502,5 +655,30 @@ mod tests {
         assert_eq!(stars[1]["code"], "DeadlineExceeded");
         assert_eq!(stars[1]["retryable"], true);
         assert!(stars[1]["error"].as_str().unwrap().starts_with("star-b"));
+
+        // Within thirty days: marked and warned of, the CA's too.
+        let mut soon = all;
+        soon[0].cert_not_after = Some(now + 10 * day + day / 2);
+        let ca = now + 20 * day + day / 2;
+        let table = report_table(&soon, ca, now);
+        assert!(table.contains("(10 days) RENEW"), "{table}");
+        assert!(
+            table.contains("warning: star-a's certificate expires on ")
+                && table.contains(", in 10 days: renew it with `orbitctl renew star-a`"),
+            "{table}"
+        );
+        assert!(
+            table.contains("warning: the grid CA's certificate expires on "),
+            "{table}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report_json(&soon, ca, now)).unwrap();
+        assert_eq!(json["ca_expires_soon"], true);
+        assert_eq!(stars_of(&json)[0]["cert_expires_soon"], true);
+        soon[0].cert_not_after = Some(now - day);
+        assert!(report_table(&soon, ca, now).contains(" EXPIRED "));
+    }
+
+    fn stars_of(json: &serde_json::Value) -> &Vec<serde_json::Value> {
+        json["stars"].as_array().unwrap()
     }
 }

@@ -6,8 +6,13 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 
-use crate::process::orbitctl;
+use std::time::Duration;
+
+use crate::process::{orbitctl, Output, StarProcess};
 use crate::{wire, STEP_TIMEOUT};
+
+/// How long a star has to log `reloaded:` after SIGHUP.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `orbitctl init ROOT/grid` for stars `names` on loopback ports that are free right now.
 pub fn init_grid(root: &Path, names: &[&str]) -> PathBuf {
@@ -37,6 +42,40 @@ pub fn init_grid_printing(root: &Path, names: &[&str]) -> (PathBuf, crate::proce
         out.stderr
     );
     (grid, out)
+}
+
+/// Starts the real `orbit-star` for `name` with the config `orbitctl` wrote for it in the grid
+/// at `grid`, allowed `root`, with extra environment `env`.
+pub fn start_star(grid: &Path, name: &str, root: &Path, env: &[(&str, &str)]) -> StarProcess {
+    let config = grid.join(format!("stars/{name}/star.toml"));
+    StarProcess::start_with_env(&["--config", &wire(&config), "--allow", &wire(root)], env)
+}
+
+/// `out`, once checked that the command exited 0 (else a panic showing its output).
+pub fn ok(out: Output) -> Output {
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    out
+}
+
+/// `orbitctl replicate star-a:SRC star-b:DST` in the grid at `grid`.
+pub fn replicate(grid: &Path, src: &Path, dst: &Path) -> Output {
+    orbitctl(&[
+        "--grid",
+        &wire(grid),
+        "replicate",
+        &format!("star-a:{}", wire(src)),
+        &format!("star-b:{}", wire(dst)),
+    ])
+}
+
+/// Reloads `stars` (SIGHUP) and waits until each has logged `reloaded:`.
+pub fn reload(stars: &[&StarProcess]) {
+    for star in stars {
+        star.hangup();
+    }
+    for star in stars {
+        star.wait_for_line("reloaded:", RELOAD_TIMEOUT);
+    }
 }
 
 /// `orbitctl token star-a:FILE --holder star-b` in the grid at `grid`: a read token as the
@@ -69,13 +108,27 @@ pub async fn raw_read(
     token: &str,
 ) -> anyhow::Result<crate::ReadOutcome> {
     let read = |f: &str| std::fs::read_to_string(grid.join(f)).unwrap();
-    let client = crate::Client::new(
-        &read("ca.pem"),
-        &orbit_certs::IssuedCert {
-            cert_pem: read("stars/star-b/cert.pem"),
-            key_pem: read("stars/star-b/key.pem"),
-        },
-    );
+    let star_b = orbit_certs::IssuedCert {
+        cert_pem: read("stars/star-b/cert.pem"),
+        key_pem: read("stars/star-b/key.pem"),
+    };
+    raw_read_as(grid, &star_b, addr, path, token).await
+}
+
+/// As [`raw_read`], as star-b with the certificate and key `star_b` (one it held before, say).
+///
+/// # Errors
+///
+/// As [`raw_read`].
+pub async fn raw_read_as(
+    grid: &Path,
+    star_b: &orbit_certs::IssuedCert,
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+) -> anyhow::Result<crate::ReadOutcome> {
+    let ca = std::fs::read_to_string(grid.join("ca.pem")).unwrap();
+    let client = crate::Client::new(&ca, star_b);
     let conn = client.connect(addr, "star-a").await?;
     let outcome = client
         .read(&conn, &crate::read_request(path, token.to_owned()))

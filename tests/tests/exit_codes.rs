@@ -194,6 +194,7 @@ fn every_command_that_prints_a_result_prints_typed_json() {
     for (args, kind) in [
         (&["rotate-keys", "--json"][..], "keys"),
         (&["rotate-keys", "--finish", "--json"][..], "keys"),
+        (&["renew", "star-d", "--json"][..], "renew"),
         (&["revoke", "star-d", "--json"][..], "revoked"),
     ] {
         let out = g.orbitctl(args);

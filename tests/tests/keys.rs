@@ -10,12 +10,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use orbit_certs::IssuedCert;
-use orbit_tests::process::{bin, orbitctl, Output, StarProcess};
+use orbit_tests::ops::{ok, reload, replicate, start_star, RELOAD_TIMEOUT};
+use orbit_tests::process::{bin, orbitctl, StarProcess};
 use orbit_tests::*;
 use orbit_wire::token::{self, MasterKey, TokenKey};
 use orbit_wire::ErrorCode;
-
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A token for star-a's `path`, held by star-b, signed with `key`.
 fn token_under(grid: &Grid, key: &TokenKey, path: &str) -> String {
@@ -139,26 +138,6 @@ fn init_grid(root: &Path) -> PathBuf {
     grid
 }
 
-fn start_star(grid: &Path, name: &str, root: &Path, env: &[(&str, &str)]) -> StarProcess {
-    let config = grid.join(format!("stars/{name}/star.toml"));
-    StarProcess::start_with_env(&["--config", &wire(&config), "--allow", &wire(root)], env)
-}
-
-fn ok(out: Output) -> Output {
-    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    out
-}
-
-fn replicate(grid: &Path, src: &Path, dst: &Path) -> Output {
-    orbitctl(&[
-        "--grid",
-        &wire(grid),
-        "replicate",
-        &format!("star-a:{}", wire(src)),
-        &format!("star-b:{}", wire(dst)),
-    ])
-}
-
 /// star-b's certificate from the grid, to act as star-b in raw reads.
 fn star_b_client(grid: &Path) -> Client {
     let read = |f: &str| std::fs::read_to_string(grid.join(f)).unwrap();
@@ -180,15 +159,6 @@ async fn raw_read(grid: &Path, star: &StarProcess, path: &str, token: &str) -> R
         .unwrap();
     conn.close(0u32.into(), b"done");
     outcome
-}
-
-fn reload(stars: &[&StarProcess]) {
-    for star in stars {
-        star.hangup();
-    }
-    for star in stars {
-        star.wait_for_line("reloaded:", RELOAD_TIMEOUT);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,7 @@ mod network;
 mod paths;
 mod peers;
 mod race;
+mod renew;
 mod replicate;
 mod resume;
 mod revocation;

@@ -2,7 +2,8 @@
 //! them: the files laid out by the `install` commands `orbitctl` prints (owners and modes as the
 //! unit needs them), the TLS files handed over as `LoadCredential=` does, the unit's own
 //! `ExecStart=` run as an unprivileged user standing in for `orbit`, and its own `ExecReload=`
-//! after `orbitctl rotate-keys`, `rotate-keys --finish` and `revoke`. No systemd runs (see
+//! after `orbitctl rotate-keys`, `rotate-keys --finish` and `revoke`, and a restart after
+//! `orbitctl renew`, whose new certificate is a credential. No systemd runs (see
 //! `orbit_tests::unit`). Needs root; elsewhere it says so and passes, under CI it fails.
 
 use std::path::Path;
@@ -41,20 +42,16 @@ fn reload(host: &UnitHost, unit: &Unit, star: &StarProcess) -> String {
     keys
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_and_revocation_work_with_the_units_layout_and_reload() {
-    let tmp = tempfile::tempdir().unwrap();
-    let host = match UnitHost::new(&tmp.path().join("host")) {
-        Ok(host) => host,
-        Err(why) => {
-            skip_or_fail("root, to run the star as another user", why);
-            return;
-        }
-    };
-    let unit = Unit::load();
-    let (grid, init) = init_grid_printing(tmp.path(), &["star-a", "star-b"]);
+/// A grid of star-a and star-b in `dir`; star-a's folder installed on `host` as `orbitctl init`
+/// printed, its layout checked, and its credentials loaded as the unit's start does. Returns
+/// the grid and star-a's folder in it.
+fn install_star_a(
+    host: &UnitHost,
+    unit: &Unit,
+    dir: &Path,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (grid, init) = init_grid_printing(dir, &["star-a", "star-b"]);
     let star_a = grid.join("stars/star-a");
-    let g = wire(&grid);
 
     // The operator sets the roots in the grid's star.toml, then installs the folder as printed.
     let toml = star_a.join("star.toml");
@@ -66,10 +63,10 @@ async fn rotation_and_revocation_work_with_the_units_layout_and_reload() {
     // The layout the unit expects: the token key shared with the star's group, read only; the
     // TLS key root's alone, which the star's user cannot read (systemd hands it over).
     let (root, orbit) = (0, host.gid);
-    let dir = std::fs::metadata(&host.etc).unwrap();
+    let etc = std::fs::metadata(&host.etc).unwrap();
     use std::os::unix::fs::MetadataExt as _;
     assert_eq!(
-        (dir.uid(), dir.gid(), dir.mode() & 0o7777),
+        (etc.uid(), etc.gid(), etc.mode() & 0o7777),
         (root, orbit, 0o750)
     );
     assert_eq!(host.access("token.key"), (root, orbit, 0o640));
@@ -77,7 +74,24 @@ async fn rotation_and_revocation_work_with_the_units_layout_and_reload() {
     assert_eq!(host.access("star.toml"), (root, root, 0o644));
     assert!(host.user_can_read(&host.etc.join("token.key")));
     assert!(!host.user_can_read(&host.etc.join("key.pem")));
-    host.load_credentials(&unit);
+    host.load_credentials(unit);
+    (grid, star_a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_and_revocation_work_with_the_units_layout_and_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = match UnitHost::new(&tmp.path().join("host")) {
+        Ok(host) => host,
+        Err(why) => {
+            skip_or_fail("root, to run the star as another user", why);
+            return;
+        }
+    };
+    let unit = Unit::load();
+    let (grid, star_a) = install_star_a(&host, &unit, tmp.path());
+    let g = wire(&grid);
+    let (root, orbit) = (0, host.gid);
 
     let a = host.start(&unit);
     let dst = tmp.path().join("dst");
@@ -148,6 +162,66 @@ async fn rotation_and_revocation_work_with_the_units_layout_and_reload() {
         "a revoked certificate was served: {refused:?}"
     );
 
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_works_with_the_units_layout_and_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = match UnitHost::new(&tmp.path().join("host")) {
+        Ok(host) => host,
+        Err(why) => {
+            skip_or_fail("root, to run the star as another user", why);
+            return;
+        }
+    };
+    let unit = Unit::load();
+    let (grid, star_a) = install_star_a(&host, &unit, tmp.path());
+    let g = wire(&grid);
+    let mut a = host.start(&unit);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let b = StarProcess::start(&[
+        "--config",
+        &wire(&grid.join("stars/star-b/star.toml")),
+        "--allow",
+        &wire(&dst),
+    ]);
+    let file = host.store.join("f.bin");
+    random_file(&file, 100_000);
+    replicate(&grid, &file, &dst.join("1.bin"));
+
+    // Step 1: the new certificate and key installed as printed; the unit's restart copies the
+    // credentials again.
+    let out = ok(orbitctl(&["--grid", &g, "renew", "--all"]));
+    let ran = host.run_printed(&out.stdout, &star_a);
+    assert!(
+        ran.iter().any(|c| c.contains("cert.pem key.pem")),
+        "{ran:?}"
+    );
+    assert_eq!(host.access("cert.pem"), (0, 0, 0o600));
+    assert_eq!(host.access("key.pem"), (0, 0, 0o600));
+    assert!(a.terminate().success());
+    host.load_credentials(&unit);
+    a = host.start(&unit);
+    replicate(&grid, &file, &dst.join("2.bin"));
+
+    // Step 2: star-b was not restarted, so only star-a's old certificate is revoked; the list
+    // installed as printed and the unit's reload.
+    let out = orbitctl(&["--grid", &g, "renew", "--finish"]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("star-a: presents its new certificate")
+            && out.stdout.contains("star-b: not finished"),
+        "{}",
+        out.stdout
+    );
+    host.run_printed(&out.stdout, &star_a);
+    assert_eq!(host.access("crl.pem"), (0, 0, 0o644));
+    let keys = reload(&host, &unit, &a);
+    assert!(keys.contains("revocation list #1 revoking 1"), "{keys}");
+    replicate(&grid, &file, &dst.join("3.bin"));
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }
