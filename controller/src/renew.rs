@@ -234,10 +234,7 @@ pub async fn run(grid_dir: &Path, args: Args) -> Result<(), RenewError> {
     if let (Err(e), true) = (&result, json) {
         // A finish that left stars waiting has printed its report already.
         if !matches!(e, RenewError::Waiting { .. }) {
-            println!(
-                "{}",
-                crate::replicate::failure_json(e.code(), &e.to_string())
-            );
+            println!("{}", crate::json::failure(e.code(), &e.to_string()));
         }
     }
     result
