@@ -9,7 +9,9 @@
 //!   file as for a read request, then signs an attestation of the file's version and SHA-256.
 //!
 //! Either way the request passes the checks of a read request first (a star's certificate, the
-//! token for this path and range, the path under a root) and takes one read slot.
+//! token for this path and range, the path under a root) and takes one read slot. Its token must
+//! be a link token minted for the transfer the request names: a plain read token, or a link token
+//! of another transfer, is refused, and a link token opens no plain read (`serve`).
 
 use std::fs::File;
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use crate::framed::{bounded, write_chunk, write_frame, FramedError};
 use crate::logged::Logged;
 use crate::replication::{Feed, Replications, Transfer};
 use crate::serve::{
-    authorize, lost_task, refuse, stream_file, version_of, ServeError, Server, VerifiedRead,
+    authorize, lost_task, refuse, stream_file, version_of, Scope, ServeError, Server, VerifiedRead,
 };
 
 /// How long a relay request waits for its transfer's command to reach this star.
@@ -61,7 +63,7 @@ pub(crate) async fn handle(
     let authorized = if server.life.draining.is_cancelled() {
         Err(ServeError::ShuttingDown(star.clone()))
     } else {
-        authorize(&server, &peer, &read)
+        authorize(&server, &peer, &read, Scope::Link(request.transfer_id))
     };
     let verified = match authorized {
         Ok(verified) => verified,

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{info, warn};
 
 use orbit_certs::{PeerIdentity, Role};
-use orbit_wire::token::{self, TokenError, VerifiedToken};
+use orbit_wire::token::{self, TokenError, VerifiedLink, VerifiedToken};
 use orbit_wire::{
     ByteRange, DataFrame, ErrorCode, FileVersion, ReadRequest, WireError, CHUNK_SIZE,
     MAX_CONTROL_FRAME, WANTS_MODE,
@@ -208,9 +208,41 @@ pub(crate) fn lost_task(e: tokio::task::JoinError) -> ServeError {
 /// A read that passed every check. Only [`authorize`] makes one, and only it reaches the disk.
 #[derive(Debug)]
 pub(crate) struct VerifiedRead {
-    token: VerifiedToken,
+    token: Proof,
     pub(crate) path: Confined,
     pub(crate) range: ByteRange,
+}
+
+/// Which token a read needs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Scope {
+    /// A read request: a plain read token. A fan-out's link token is refused.
+    Plain,
+    /// A relay request of this transfer: a link token minted for it.
+    Link(orbit_wire::TransferId),
+}
+
+/// The verified token of a read, of the kind its [`Scope`] asked for.
+#[derive(Debug)]
+enum Proof {
+    Plain(VerifiedToken),
+    Link(VerifiedLink),
+}
+
+impl Proof {
+    fn key_id(&self) -> u32 {
+        match self {
+            Proof::Plain(token) => token.claims().key_id,
+            Proof::Link(token) => token.claims().key_id,
+        }
+    }
+
+    fn lifetime(&self) -> u64 {
+        match self {
+            Proof::Plain(token) => token.claims().lifetime(),
+            Proof::Link(token) => token.claims().lifetime(),
+        }
+    }
 }
 
 /// Handles one read request stream from `peer`.
@@ -244,7 +276,7 @@ pub(crate) async fn handle(
     let authorized = if server.life.draining.is_cancelled() {
         Err(ServeError::ShuttingDown(star.clone()))
     } else {
-        authorize(&server, &peer, &request)
+        authorize(&server, &peer, &request, Scope::Plain)
     };
     let slot = match authorized {
         Ok(verified) => match server.reads.slots.clone().try_acquire_owned() {
@@ -323,12 +355,14 @@ pub(crate) async fn handle(
     }
 }
 
-/// Checks, in order: the peer is a star; the token (MAC, expiry, audience, holder, path, range);
-/// the path lies under a root.
+/// Checks, in order: the peer is a star; the token (its format, which `scope` names: a plain
+/// read token, or a link token of the relay request's transfer; MAC, expiry, audience, holder,
+/// path, range, and for a link its transfer); the path lies under a root.
 pub(crate) fn authorize(
     server: &Server,
     peer: &PeerIdentity,
     request: &ReadRequest,
+    scope: Scope,
 ) -> Result<VerifiedRead, ServeError> {
     if peer.role != Role::Star {
         return Err(ServeError::NotAStar(peer.clone()));
@@ -343,11 +377,21 @@ pub(crate) fn authorize(
         range: request.range,
         now,
     };
-    let token = token::verify_with(&request.token, &server.trust.keys(), &expected)
-        .inspect_err(|_| server.metrics.token_error())?;
+    let keys = server.trust.keys();
+    let token = match scope {
+        Scope::Plain => token::verify_with(&request.token, &keys, &expected).map(Proof::Plain),
+        Scope::Link(transfer_id) => {
+            let expected = token::ExpectedLink {
+                read: expected,
+                transfer_id,
+            };
+            token::verify_link(&request.token, &keys, &expected).map(Proof::Link)
+        }
+    }
+    .inspect_err(|_| server.metrics.token_error())?;
     // The whole lifetime, from issue to expiry: a post-dated token cannot hide a long one
     // (verify refused one issued in the future already).
-    let lifetime = token.claims().lifetime();
+    let lifetime = token.lifetime();
     let cap = server.max_token_lifetime.as_secs();
     if lifetime > cap {
         server.metrics.token_error();
@@ -389,7 +433,7 @@ async fn send_file(
     let opened = tokio::task::spawn_blocking(move || jail.open_read(&path))
         .await
         .map_err(lost_task)??;
-    tracing::debug!(key_id = read.token.claims().key_id, "sending");
+    tracing::debug!(key_id = read.token.key_id(), "sending");
     let jail = server.jail.clone();
     let reopen = move || jail.open_read(&read.path);
     let size = stream_file(server, send, request_id, opened, read.range, reopen).await?;

@@ -668,14 +668,29 @@ async fn execute(
         timeout_secs: args.timeout,
     };
     let mut job = minting.job(&source, &target).await?;
+    // From several sources every read is a relay read of this transfer: link tokens all.
+    let transfer = job.command.transfer_id;
+    let link = |from: &StarPath| {
+        token::mint_link(
+            &master,
+            &from.star,
+            &target.star,
+            &from.path,
+            transfer,
+            minting.ttl,
+        )
+    };
     for text in &args.also_from {
         let other = StarPath::parse(text)?;
         job.also.push(orbit_wire::fanout::Upstream {
             addr: grid.star(&other.star)?.to_string(),
-            token: token::mint(&master, &other.star, &target.star, &other.path, minting.ttl),
+            token: link(&other),
             star: other.star,
             path: other.path,
         });
+    }
+    if !job.also.is_empty() {
+        job.command.token = link(&source);
     }
     if args.detach {
         start_detached(tls, &job).await?;

@@ -2,17 +2,20 @@
 //!
 //! A token lets one star (the holder) read one path on another star (the audience, the source)
 //! until it expires; a tree token ([`mint_tree`]) lets it list and read the entries beneath one
-//! directory that its filter admits. It is signed with the source star's token key, derived here
-//! from the master key; the master key itself never leaves the controller.
+//! directory that its filter admits; a link token ([`mint_link`]) lets it make the relay reads
+//! of one path in one fan-out transfer, and no plain read. It is signed with the source star's
+//! token key, derived here from the master key; the master key itself never leaves the
+//! controller.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use orbit_wire::token::{
-    self, Claims, MasterKey, TokenKey, TreeClaims, NONCE_LEN, TOKEN_VERSION, TREE_TOKEN_VERSION,
+    self, Claims, LinkClaims, MasterKey, TokenKey, TreeClaims, LINK_TOKEN_VERSION, NONCE_LEN,
+    TOKEN_VERSION, TREE_TOKEN_VERSION,
 };
 use orbit_wire::tree::Filter;
-use orbit_wire::ByteRange;
+use orbit_wire::{ByteRange, TransferId};
 use rand::RngCore;
 
 use crate::grid::{Grid, GridError};
@@ -92,17 +95,70 @@ pub fn mint_with(master: &MasterKey, grant: &Grant<'_>, nonce: [u8; NONCE_LEN]) 
 /// Signs a token for `holder` to read `path` on `source`, valid for `ttl_secs` from now, with a
 /// random nonce.
 pub fn mint(master: &MasterKey, source: &str, holder: &str, path: &str, ttl_secs: u64) -> String {
+    mint_with(
+        master,
+        &Grant::from_now(source, holder, path, ttl_secs),
+        random_nonce(),
+    )
+}
+
+/// Signs a link token for `grant` in fan-out transfer `transfer` under the source star's key
+/// derived from `master`, with the given nonce: the relay reads of that transfer may read the
+/// whole file; a plain read may not.
+pub fn mint_link_with(
+    master: &MasterKey,
+    grant: &Grant<'_>,
+    transfer: TransferId,
+    nonce: [u8; NONCE_LEN],
+) -> String {
+    let key = TokenKey::derive(master, grant.source);
+    let claims = LinkClaims {
+        version: LINK_TOKEN_VERSION,
+        key_id: key.key_id(),
+        audience: grant.source.to_owned(),
+        holder: grant.holder.to_owned(),
+        path: grant.path.to_owned(),
+        range: ByteRange::FULL,
+        issued_at: grant.issued_at,
+        not_after: grant.not_after,
+        nonce,
+        transfer_id: transfer,
+    };
+    token::sign_link(&claims, &key)
+}
+
+/// Signs a link token for `holder` to pull `path` from `source` in transfer `transfer`, valid
+/// for `ttl_secs` from now, with a random nonce.
+pub fn mint_link(
+    master: &MasterKey,
+    source: &str,
+    holder: &str,
+    path: &str,
+    transfer: TransferId,
+    ttl_secs: u64,
+) -> String {
+    let grant = Grant::from_now(source, holder, path, ttl_secs);
+    mint_link_with(master, &grant, transfer, random_nonce())
+}
+
+impl<'a> Grant<'a> {
+    /// A grant issued now and valid for `ttl_secs`.
+    fn from_now(source: &'a str, holder: &'a str, path: &'a str, ttl_secs: u64) -> Grant<'a> {
+        let now = unix_now();
+        Grant {
+            source,
+            holder,
+            path,
+            issued_at: now,
+            not_after: now.saturating_add(ttl_secs),
+        }
+    }
+}
+
+fn random_nonce() -> [u8; NONCE_LEN] {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let now = unix_now();
-    let grant = Grant {
-        source,
-        holder,
-        path,
-        issued_at: now,
-        not_after: now.saturating_add(ttl_secs),
-    };
-    mint_with(master, &grant, nonce)
+    nonce
 }
 
 /// Signs a tree token for `grant`, whose path is the tree's top directory, under the source
@@ -139,17 +195,8 @@ pub fn mint_tree(
     filter: &Filter,
     ttl_secs: u64,
 ) -> String {
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let now = unix_now();
-    let grant = Grant {
-        source,
-        holder,
-        path,
-        issued_at: now,
-        not_after: now.saturating_add(ttl_secs),
-    };
-    mint_tree_with(master, &grant, filter, nonce)
+    let grant = Grant::from_now(source, holder, path, ttl_secs);
+    mint_tree_with(master, &grant, filter, random_nonce())
 }
 
 /// Seconds since the Unix epoch; 0 if the clock is set before it.
@@ -181,17 +228,8 @@ pub fn run(grid_dir: &Path, args: Args) -> Result<(), GridError> {
         }
     };
     let ttl = args.ttl.unwrap_or(grid.ttl_secs());
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let now = unix_now();
-    let grant = Grant {
-        source: &args.file.star,
-        holder: &args.holder,
-        path: &args.file.path,
-        issued_at: now,
-        not_after: now.saturating_add(ttl),
-    };
-    let token = mint_with(&master, &grant, nonce);
+    let grant = Grant::from_now(&args.file.star, &args.holder, &args.file.path, ttl);
+    let token = mint_with(&master, &grant, random_nonce());
     if args.json {
         let json = TokenJson {
             token: &token,
@@ -273,6 +311,43 @@ mod tests {
         assert_eq!(claims.holder, "b");
         assert_eq!(claims.not_after, 1_800_000_000);
         assert_eq!(claims.lifetime(), 1000);
+    }
+
+    #[test]
+    fn link_tokens_bind_the_transfer_and_are_no_plain_read() {
+        use orbit_wire::token::{verify_link, verify_with, ExpectedLink};
+        let master = MasterKey::from_bytes([3; 32]);
+        let now = unix_now();
+        let link = mint_link(&master, "star-a", "star-b", "/srv/f", TransferId(7), 60);
+        let ring = KeyRing::from(TokenKey::derive(&master, "star-a"));
+        let read = Expected {
+            audience: "star-a",
+            holder: "star-b",
+            path: "/srv/f",
+            range: ByteRange::FULL,
+            now,
+        };
+        let expected = ExpectedLink {
+            read,
+            transfer_id: TransferId(7),
+        };
+        let verified = verify_link(&link, &ring, &expected).unwrap();
+        let claims = verified.claims();
+        assert_eq!(claims.version, LINK_TOKEN_VERSION);
+        assert_eq!(claims.transfer_id, TransferId(7));
+        assert!((now + 59..=now + 61).contains(&claims.not_after));
+        assert_eq!(
+            verify_with(&link, &ring, &read).unwrap_err(),
+            TokenError::LinkOnly
+        );
+        let elsewhere = ExpectedLink {
+            transfer_id: TransferId(8),
+            ..expected
+        };
+        assert!(matches!(
+            verify_link(&link, &ring, &elsewhere),
+            Err(TokenError::WrongTransfer { .. })
+        ));
     }
 
     #[test]

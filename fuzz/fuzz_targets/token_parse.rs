@@ -1,10 +1,10 @@
 //! Any text as a token, verified under a fixed key: no panic, over-long tokens are refused before
 //! decoding, and the only text that verifies is exactly what `sign` makes of its claims. The
-//! claims of anything that decodes, signed afresh, verify.
+//! claims of anything that decodes, signed afresh, verify. The same holds of link tokens.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use orbit_fuzz::{check_verify, expected_for, fixed_key};
+use orbit_fuzz::{check_verify, check_verify_link, expected_for, expected_link_for, fixed_key};
 use orbit_wire::{
     token::{self, TOKEN_VERSION},
     ByteRange,
@@ -20,6 +20,18 @@ fuzz_target!(|data: &[u8]| {
         range: ByteRange::FULL,
         now: 1_800_000_000,
     };
+    match token::decode_link_unverified(&text) {
+        Ok(link) => {
+            let _ = check_verify_link(&text, &key, &expected_link_for(&link));
+        }
+        Err(_) => {
+            let relay = token::ExpectedLink {
+                read: fallback,
+                transfer_id: orbit_wire::TransferId(1),
+            };
+            let _ = check_verify_link(&text, &key, &relay);
+        }
+    }
     let Ok(claims) = token::decode_unverified(&text) else {
         let _ = check_verify(&text, &key, &fallback);
         return;

@@ -1,18 +1,20 @@
-//! Arbitrary claims under an arbitrary key: `sign` then `verify` accepts exactly the request the
-//! claims allow and refuses any other for the right reason; another key, claims spliced onto the
-//! old tag, and any edit of the token text are all refused.
+//! Arbitrary claims under an arbitrary key, as a plain read token and as a link token of a
+//! transfer: `sign` then `verify` (`sign_link` then `verify_link`) accepts exactly the request
+//! the claims allow and refuses any other for the right reason; neither format stands in for the
+//! other; another key, claims spliced onto the old tag, and any edit of the token text are all
+//! refused.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use libfuzzer_sys::fuzz_target;
-use orbit_fuzz::{check_verify, expected_for};
+use orbit_fuzz::{check_verify, check_verify_link, expected_for, expected_link_for};
 use orbit_wire::{
     token::{
-        self, Claims, Expected, MasterKey, TokenError, TokenKey, KEY_LEN, NONCE_LEN, TAG_LEN,
-        TOKEN_VERSION,
+        self, Claims, Expected, ExpectedLink, KeyRing, LinkClaims, MasterKey, TokenError, TokenKey,
+        KEY_LEN, LINK_TOKEN_VERSION, NONCE_LEN, TAG_LEN, TOKEN_VERSION,
     },
-    ByteRange,
+    ByteRange, TransferId,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -25,6 +27,8 @@ struct Input {
     range: (u64, u64),
     not_after: u64,
     nonce: [u8; NONCE_LEN],
+    /// The transfer of the link token made of the same claims.
+    transfer: u64,
     /// A request the verifier sees: each field either the token's or another.
     request: Request,
     /// An edit to the token text.
@@ -39,6 +43,8 @@ struct Request {
     holder: Option<String>,
     path: Option<String>,
     range: Option<(u64, u64)>,
+    /// The relay request's transfer, for the link token.
+    transfer: Option<u64>,
     now: u64,
 }
 
@@ -62,6 +68,8 @@ enum Splice {
     Range(u64, u64),
     NotAfter(u64),
     Nonce([u8; NONCE_LEN]),
+    /// Another transfer: the link token only.
+    Transfer(u64),
 }
 
 fn apply(edit: &Edit, token: &str) -> String {
@@ -216,6 +224,7 @@ fuzz_target!(|input: Input| {
         }
         Splice::NotAfter(t) => changed.not_after = *t,
         Splice::Nonce(n) => changed.nonce = *n,
+        Splice::Transfer(_) => {}
     }
     if changed != claims {
         let raw = URL_SAFE_NO_PAD.decode(&signed).unwrap();
@@ -230,6 +239,7 @@ fuzz_target!(|input: Input| {
                 refused,
                 TokenError::BadSignature
                     | TokenError::UnsupportedVersion(_)
+                    | TokenError::LinkOnly
                     | TokenError::Outdated(_)
                     | TokenError::NotYetValid(_)
                     | TokenError::UnknownKey(_)
@@ -238,4 +248,131 @@ fuzz_target!(|input: Input| {
             "spliced claims refused for {refused:?}"
         );
     }
+
+    let link = Link {
+        transfer: input.transfer,
+        asked: input.request.transfer,
+        edit: &input.edit,
+        splice: &input.splice,
+    };
+    check_link(&link, &key, &claims, &request, want, &signed, &changed);
 });
+
+/// What of the input the link token's checks use besides the claims.
+struct Link<'a> {
+    transfer: u64,
+    asked: Option<u64>,
+    edit: &'a Edit,
+    splice: &'a Splice,
+}
+
+/// The same claims as a link token of `input.transfer`: everything above holds for it, the
+/// transfer is checked last, and it is never a plain read, nor a plain token a link.
+fn check_link(
+    input: &Link<'_>,
+    key: &TokenKey,
+    claims: &Claims,
+    request: &Expected<'_>,
+    plain_verdict: Result<Claims, TokenError>,
+    plain: &str,
+    changed: &Claims,
+) {
+    let link_of = |c: &Claims, transfer: u64| LinkClaims {
+        version: LINK_TOKEN_VERSION,
+        key_id: c.key_id,
+        audience: c.audience.clone(),
+        holder: c.holder.clone(),
+        path: c.path.clone(),
+        range: c.range,
+        issued_at: c.issued_at,
+        not_after: c.not_after,
+        nonce: c.nonce,
+        transfer_id: TransferId(transfer),
+    };
+    let link = link_of(claims, input.transfer);
+    let signed = token::sign_link(&link, key);
+    if signed.len() > token::MAX_TOKEN_LEN {
+        assert_eq!(
+            check_verify_link(&signed, key, &expected_link_for(&link)).unwrap_err(),
+            TokenError::Malformed
+        );
+        return;
+    }
+    assert_eq!(token::decode_link_unverified(&signed).unwrap(), link);
+
+    // Any request, with its transfer: the plain token's verdict, then the transfer.
+    let transfer_id = TransferId(input.asked.unwrap_or(input.transfer));
+    let relay = ExpectedLink {
+        read: *request,
+        transfer_id,
+    };
+    let want = match plain_verdict {
+        Ok(_) if transfer_id != link.transfer_id => Err(TokenError::WrongTransfer {
+            expected: transfer_id,
+            got: link.transfer_id,
+        }),
+        Ok(_) => Ok(link.clone()),
+        Err(e) => Err(e),
+    };
+    assert_eq!(check_verify_link(&signed, key, &relay), want);
+
+    // Neither format stands in for the other, whatever the request.
+    assert_eq!(
+        check_verify(&signed, key, request).unwrap_err(),
+        TokenError::LinkOnly
+    );
+    assert_eq!(
+        token::verify_link(plain, &KeyRing::from(key.clone()), &relay).unwrap_err(),
+        TokenError::NotALink
+    );
+
+    // Any edit of the text that changes it is refused.
+    let exact = expected_link_for(&link);
+    let edited = apply(input.edit, &signed);
+    if edited != signed {
+        assert!(
+            check_verify_link(&edited, key, &exact).is_err(),
+            "an edited link token verified"
+        );
+        if let Ok(edited_claims) = token::decode_link_unverified(&edited) {
+            assert!(
+                check_verify_link(&edited, key, &expected_link_for(&edited_claims)).is_err(),
+                "an edited link token verified for its own claims"
+            );
+        }
+    }
+
+    // Changed claims, or another transfer, in front of the original tag are refused.
+    let mut forged_claims = link_of(changed, input.transfer);
+    forged_claims.version = match *input.splice {
+        Splice::Version(v) => v,
+        _ => LINK_TOKEN_VERSION,
+    };
+    if let Splice::Transfer(t) = *input.splice {
+        forged_claims.transfer_id = TransferId(t);
+    }
+    if forged_claims != link {
+        let raw = URL_SAFE_NO_PAD.decode(&signed).unwrap();
+        let mut forged_raw = URL_SAFE_NO_PAD
+            .decode(token::sign_link(&forged_claims, key))
+            .unwrap();
+        let tag_at = forged_raw.len() - TAG_LEN;
+        forged_raw[tag_at..].copy_from_slice(&raw[raw.len() - TAG_LEN..]);
+        let forged = URL_SAFE_NO_PAD.encode(forged_raw);
+        let refused =
+            check_verify_link(&forged, key, &expected_link_for(&forged_claims)).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                TokenError::BadSignature
+                    | TokenError::UnsupportedVersion(_)
+                    | TokenError::NotALink
+                    | TokenError::Outdated(_)
+                    | TokenError::NotYetValid(_)
+                    | TokenError::UnknownKey(_)
+                    | TokenError::Malformed
+            ),
+            "spliced link claims refused for {refused:?}"
+        );
+    }
+}

@@ -24,10 +24,13 @@ pub mod unit;
 
 use orbit_agent::{Star, StarConfig};
 use orbit_certs::{GridCa, IssuedCert, Role};
-use orbit_wire::token::{self, Claims, MasterKey, TokenKey, TOKEN_VERSION};
+use orbit_wire::fanout::RelayRequest;
+use orbit_wire::token::{
+    self, Claims, LinkClaims, MasterKey, TokenKey, LINK_TOKEN_VERSION, TOKEN_VERSION,
+};
 use orbit_wire::{
-    ByteRange, ControlEvent, ControlRequest, DataFrame, ReadRequest, ReplicateFile, WireError,
-    MAX_CONTROL_FRAME,
+    ByteRange, ControlEvent, ControlRequest, DataFrame, ReadRequest, ReplicateFile, TransferId,
+    WireError, MAX_CONTROL_FRAME,
 };
 
 /// Sizes around the chunk edges, as every replication test should cover.
@@ -193,6 +196,31 @@ impl Grid {
     /// A valid token, signed with `audience`'s key.
     pub fn token(&self, audience: &str, holder: &str, path: &str) -> String {
         token::sign(&self.claims(audience, holder, path), &self.key(audience))
+    }
+
+    /// A valid link token of fan-out `transfer`, signed with `audience`'s key: what the
+    /// controller mints for the link from `audience` to `holder`.
+    pub fn link_token(
+        &self,
+        audience: &str,
+        holder: &str,
+        path: &str,
+        transfer: TransferId,
+    ) -> String {
+        let plain = self.claims(audience, holder, path);
+        let claims = LinkClaims {
+            version: LINK_TOKEN_VERSION,
+            key_id: plain.key_id,
+            audience: plain.audience,
+            holder: plain.holder,
+            path: plain.path,
+            range: plain.range,
+            issued_at: plain.issued_at,
+            not_after: plain.not_after,
+            nonce: plain.nonce,
+            transfer_id: transfer,
+        };
+        token::sign_link(&claims, &self.key(audience))
     }
 
     /// A `Replicate` command telling star-b to pull `src` from `source` into `dst`, with a fresh
@@ -389,30 +417,52 @@ impl Client {
         let mut send = conn.open_uni().await?;
         write_frame(&mut send, request).await?;
         send.finish()?;
-        let mut recv = within("data stream", conn.accept_uni()).await?;
-        let mut outcome = ReadOutcome::default();
-        loop {
-            let frame = match within("data frame", read_data(&mut recv)).await {
-                Ok(frame) => frame,
-                Err(e) if outcome.error.is_some() => return Err(e),
-                Err(e) => return Err(e.context("reading the data stream")),
-            };
-            match frame {
-                DataFrame::Header { size, .. } => outcome.size = Some(size),
-                DataFrame::Chunk { data, .. } => outcome.bytes.extend_from_slice(&data),
-                DataFrame::Trailer { sha256 } => {
-                    outcome.sha256 = Some(sha256);
-                    return Ok(outcome);
-                }
-                DataFrame::Error { error, .. } => {
-                    outcome.error = Some(error);
-                    return Ok(outcome);
-                }
-                DataFrame::Attested(_) => anyhow::bail!("an attestation on a read stream"),
-                DataFrame::Mode(bits) => {
-                    anyhow::ensure!(outcome.mode.is_none(), "permission bits twice");
-                    outcome.mode = Some(bits);
-                }
+        let recv = within("data stream", conn.accept_uni()).await?;
+        collect(recv).await
+    }
+
+    /// Sends a relay request on `conn` as a fan-out destination would and collects the answer
+    /// up to its trailer (the origin's attestation after it is not read).
+    ///
+    /// # Errors
+    ///
+    /// When the connection or the stream fails.
+    pub async fn relay(
+        &self,
+        conn: &Connection,
+        request: RelayRequest,
+    ) -> anyhow::Result<ReadOutcome> {
+        let (mut send, recv) = conn.open_bi().await?;
+        write_frame(&mut send, &ControlRequest::Relay(request)).await?;
+        send.finish()?;
+        collect(recv).await
+    }
+}
+
+/// Reads a data stream's frames into a [`ReadOutcome`], up to the trailer or an error.
+async fn collect(mut recv: RecvStream) -> anyhow::Result<ReadOutcome> {
+    let mut outcome = ReadOutcome::default();
+    loop {
+        let frame = match within("data frame", read_data(&mut recv)).await {
+            Ok(frame) => frame,
+            Err(e) if outcome.error.is_some() => return Err(e),
+            Err(e) => return Err(e.context("reading the data stream")),
+        };
+        match frame {
+            DataFrame::Header { size, .. } => outcome.size = Some(size),
+            DataFrame::Chunk { data, .. } => outcome.bytes.extend_from_slice(&data),
+            DataFrame::Trailer { sha256 } => {
+                outcome.sha256 = Some(sha256);
+                return Ok(outcome);
+            }
+            DataFrame::Error { error, .. } => {
+                outcome.error = Some(error);
+                return Ok(outcome);
+            }
+            DataFrame::Attested(_) => anyhow::bail!("an attestation before the trailer"),
+            DataFrame::Mode(bits) => {
+                anyhow::ensure!(outcome.mode.is_none(), "permission bits twice");
+                outcome.mode = Some(bits);
             }
         }
     }

@@ -90,9 +90,12 @@ impl Fan {
                 star: self.name(u),
                 addr: self.addr(u).to_string(),
                 path: wire(&self.target(u)),
-                token: self
-                    .grid
-                    .token(&self.name(u), &holder, &wire(&self.target(u))),
+                token: self.grid.link_token(
+                    &self.name(u),
+                    &holder,
+                    &wire(&self.target(u)),
+                    self.transfer,
+                ),
             })
             .collect();
         ReplicateFanout {
@@ -102,7 +105,9 @@ impl Fan {
                 source_addr: self.origin.local_addr().to_string(),
                 source_path: self.source(),
                 target_path: wire(&self.target(i)),
-                token: self.grid.token("star-a", &holder, &self.source()),
+                token: self
+                    .grid
+                    .link_token("star-a", &holder, &self.source(), self.transfer),
                 expect_sha256: None,
                 timeout_secs: 20,
             },
@@ -321,7 +326,9 @@ async fn a_relay_that_sends_wrong_bytes_is_named_and_nothing_wrong_is_published(
             transfer_id: fan.transfer,
             origin: "star-a".into(),
             path: fan.source(),
-            token: fan.grid.token("star-a", "star-1", &fan.source()),
+            token: fan
+                .grid
+                .link_token("star-a", "star-1", &fan.source(), fan.transfer),
             range: ByteRange::FULL,
         });
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -344,6 +351,9 @@ async fn a_relay_that_sends_wrong_bytes_is_named_and_nothing_wrong_is_published(
         let mut cmd = fan.command(0, &[]);
         if !genuine {
             cmd.file.transfer_id = TransferId(rand::random());
+            cmd.file.token =
+                fan.grid
+                    .link_token("star-a", "star-1", &fan.source(), cmd.file.transfer_id);
         }
         cmd.upstreams.push(Upstream {
             star: "star-x".into(),
@@ -459,6 +469,7 @@ impl Many {
     }
 
     fn command(&self, piece_size: u64) -> ControlRequest {
+        let transfer = TransferId(rand::random());
         let also = (1..self.addrs.len())
             .map(|i| Upstream {
                 star: format!("src-{i}"),
@@ -466,17 +477,19 @@ impl Many {
                 path: self.path(i),
                 token: self
                     .grid
-                    .token(&format!("src-{i}"), "star-b", &self.path(i)),
+                    .link_token(&format!("src-{i}"), "star-b", &self.path(i), transfer),
             })
             .collect();
         ControlRequest::ReplicateMany(orbit_wire::fanout::ReplicateMany {
             file: ReplicateFile {
-                transfer_id: TransferId(rand::random()),
+                transfer_id: transfer,
                 source: "src-0".into(),
                 source_addr: self.addrs[0].to_string(),
                 source_path: self.path(0),
                 target_path: wire(&self.target()),
-                token: self.grid.token("src-0", "star-b", &self.path(0)),
+                token: self
+                    .grid
+                    .link_token("src-0", "star-b", &self.path(0), transfer),
                 expect_sha256: None,
                 timeout_secs: 20,
             },
@@ -668,7 +681,7 @@ async fn a_star_can_be_the_origin_of_one_fan_out_and_a_relay_of_another_at_once(
             source_addr: fan.addr(0).to_string(),
             source_path: g_source.clone(),
             target_path: target,
-            token: fan.grid.token("star-1", holder, &g_source),
+            token: fan.grid.link_token("star-1", holder, &g_source, second),
             expect_sha256: None,
             timeout_secs: 20,
         },
@@ -684,7 +697,7 @@ async fn a_star_can_be_the_origin_of_one_fan_out_and_a_relay_of_another_at_once(
             path: g_at(fan.dirs[1].path()),
             token: fan
                 .grid
-                .token("star-2", "star-a", &g_at(fan.dirs[1].path())),
+                .link_token("star-2", "star-a", &g_at(fan.dirs[1].path()), second),
         }],
     );
     let client = fan.grid.controller_client();
@@ -730,7 +743,9 @@ async fn a_source_that_lies_under_its_own_signature_gets_nothing_wrong_published
             transfer_id: cmd.file.transfer_id,
             origin: "src-1".into(),
             path: many.path(1),
-            token: many.grid.token("src-1", "star-b", &many.path(1)),
+            token: many
+                .grid
+                .link_token("src-1", "star-b", &many.path(1), cmd.file.transfer_id),
             range: ByteRange { start: 0, end: 0 },
         });
         write_frame(&mut send, &relay).await.unwrap();

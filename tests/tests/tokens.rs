@@ -6,8 +6,9 @@
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use orbit_agent::Star;
 use orbit_tests::*;
+use orbit_wire::fanout::RelayRequest;
 use orbit_wire::token::{self, Claims};
-use orbit_wire::{ByteRange, ErrorCode, ReadRequest};
+use orbit_wire::{ByteRange, ErrorCode, ReadRequest, TransferId};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -68,6 +69,26 @@ impl Source {
     async fn assert_token_refused(&self, token: String) {
         let outcome = self.read(token).await;
         assert_refused(&outcome, ErrorCode::PermissionDenied);
+    }
+
+    /// Asks star-a, as star-b, for the served file with a relay request of fan-out `transfer`
+    /// whose origin is star-a, as a fan-out destination asks its origin.
+    async fn relay(&self, transfer: TransferId, token: String) -> ReadOutcome {
+        let client = self.grid.star_client("star-b");
+        let conn = client.connect(self.a.local_addr(), "star-a").await.unwrap();
+        let request = RelayRequest {
+            request_id: 1,
+            transfer_id: transfer,
+            origin: "star-a".into(),
+            path: self.path.clone(),
+            token,
+            range: ByteRange::FULL,
+        };
+        let outcome = within("relay read", client.relay(&conn, request))
+            .await
+            .unwrap();
+        conn.close(0u32.into(), b"done");
+        outcome
     }
 
     async fn shutdown(self) {
@@ -282,4 +303,56 @@ async fn an_expired_token_fails_the_replication_and_names_the_source() {
     assert_eq!(list_tree(dst_root.path()), Vec::<std::path::PathBuf>::new());
     s.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_link_token_is_refused_as_a_plain_read() {
+    let s = source().await;
+    let transfer = TransferId(rand::random());
+    let link = s.grid.link_token("star-a", "star-b", &s.path, transfer);
+    // The link it was minted for is served...
+    let relayed = s.relay(transfer, link.clone()).await;
+    assert_eq!(relayed.error, None);
+    assert!(relayed.bytes == s.bytes, "the bytes relayed differ");
+    // ...but no plain read of the same path, not even one naming the same transfer.
+    let mut request = read_request(&s.path, link);
+    request.transfer_id = transfer;
+    let outcome = s.read_as("star-b", &request).await;
+    let error = assert_refused(&outcome, ErrorCode::PermissionDenied);
+    assert!(
+        error.message.contains("link token") && error.message.contains("not a plain read"),
+        "{error}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_token_for_one_transfer_opens_no_relay_read_of_another() {
+    let s = source().await;
+    let minted = TransferId(rand::random());
+    let other = TransferId(minted.0 ^ 1);
+    let link = s.grid.link_token("star-a", "star-b", &s.path, minted);
+    let outcome = s.relay(other, link).await;
+    let error = assert_refused(&outcome, ErrorCode::PermissionDenied);
+    assert!(
+        error
+            .message
+            .contains(&format!("token is for transfer {minted}, not {other}")),
+        "{error}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_token_still_reads_but_opens_no_relay_read() {
+    let s = source().await;
+    let plain = s.grid.token("star-a", "star-b", &s.path);
+    let outcome = s.read(plain.clone()).await;
+    assert_eq!(outcome.error, None);
+    assert!(outcome.bytes == s.bytes, "the bytes served differ");
+    // A relay read, and the origin's signature at its end, need a link token of the transfer.
+    let outcome = s.relay(TransferId(rand::random()), plain).await;
+    let error = assert_refused(&outcome, ErrorCode::PermissionDenied);
+    assert!(error.message.contains("needs a link token"), "{error}");
+    s.shutdown().await;
 }

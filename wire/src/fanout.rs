@@ -17,6 +17,10 @@
 //! SHA-256 with its star key, and every destination checks the signature against the grid's CA
 //! and its own digest of the whole file against the attested one before it publishes. A relay
 //! can slow a transfer down or break it; it cannot get a wrong file published.
+//!
+//! Every token of a fan-out, the origin's too, and of a file from several sources is a link
+//! token ([`crate::token::verify_link`]): it names the transfer, opens only that transfer's relay
+//! requests, and is never a plain `ReadRequest`.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -38,7 +42,8 @@ pub struct Upstream {
     pub addr: String,
     /// The file's path on that star: its target path in the same fan-out.
     pub path: String,
-    /// A token for that star, holder this destination, path `path`.
+    /// A link token ([`crate::token::LinkClaims`]) for that star, holder this destination, path
+    /// `path`, for the transfer of the command it comes in.
     pub token: String,
 }
 
@@ -59,9 +64,9 @@ pub struct ReplicateFanout {
 /// the sources' one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicateMany {
-    /// The transfer, the first source, the target here, and a token for the first source.
+    /// The transfer, the first source, the target here, and a link token for the first source.
     pub file: ReplicateFile,
-    /// The other sources, each with a token for its path.
+    /// The other sources, each with a link token for its path.
     pub also: Vec<Upstream>,
     /// Bytes per piece; 0 means [`DEFAULT_PIECE`].
     pub piece_size: u64,
@@ -82,7 +87,8 @@ pub struct RelayRequest {
     pub origin: String,
     /// The path on the star asked: the origin's file, or the upstream's target.
     pub path: String,
-    /// A token for the star asked, holder the requester, path `path`.
+    /// A link token ([`crate::token::LinkClaims`]) for the star asked, holder the requester,
+    /// path `path`, transfer `transfer_id`; a plain read token is refused.
     pub token: String,
     /// Which bytes; must lie inside the token's range.
     pub range: ByteRange,

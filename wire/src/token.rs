@@ -13,6 +13,15 @@
 //! usable for longer than the cap. Only it can make a [`VerifiedToken`], which is
 //! what the serving code demands before it touches a file.
 //!
+//! # Formats
+//!
+//! Three claims formats are signed the same way and told apart by their first byte, the
+//! version: [`Claims`] (format [`TOKEN_VERSION`], a plain read of one file), [`TreeClaims`]
+//! (format [`TREE_TOKEN_VERSION`], a directory tree) and [`LinkClaims`] (format
+//! [`LINK_TOKEN_VERSION`], one link of a fan-out: a file read scoped to one transfer). Each is
+//! accepted only by its own verifier ([`verify_with`], [`verify_tree`], [`verify_link`]), so a
+//! link token is never a plain read of its path, whatever its lifetime.
+//!
 //! # Rotation
 //!
 //! The key id in the claims ([`TokenKey::key_id`]) says which key signed a token. A star holds a
@@ -26,7 +35,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::ByteRange;
+use crate::{ByteRange, TransferId};
 
 /// The claims format this crate writes and accepts. Formats 1 (file) and 2 (tree) had no issue
 /// time and are refused with [`TokenError::Outdated`].
@@ -228,7 +237,7 @@ pub fn sign(claims: &Claims, key: &TokenKey) -> String {
     sign_any(claims, key)
 }
 
-/// `base64url(postcard(claims) || HMAC(key, postcard(claims)))`, for either format.
+/// `base64url(postcard(claims) || HMAC(key, postcard(claims)))`, for any format.
 fn sign_any<C: Serialize>(claims: &C, key: &TokenKey) -> String {
     let mut bytes = postcard::to_allocvec(claims).expect("claims always serialize");
     let tag = key.mac().chain_update(&bytes).finalize().into_bytes();
@@ -318,6 +327,24 @@ pub enum TokenError {
         /// Requested end.
         end: u64,
     },
+    /// A link token (format [`LINK_TOKEN_VERSION`]) presented for a plain read: it allows only
+    /// the relay reads of the one fan-out transfer it was minted for.
+    #[error(
+        "token is a fan-out link token, scoped to one transfer: it allows that transfer's relay \
+         reads only, not a plain read"
+    )]
+    LinkOnly,
+    /// A plain read token presented for a relay read, which needs a link token of its transfer.
+    #[error("token is a plain read token: a relay read needs a link token scoped to its transfer")]
+    NotALink,
+    /// A link token minted for another transfer.
+    #[error("token is for transfer {got}, not {expected}")]
+    WrongTransfer {
+        /// The transfer of the relay request.
+        expected: TransferId,
+        /// The token's transfer.
+        got: TransferId,
+    },
 }
 
 /// Decodes a token without checking anything: only for display and tests. Never act on it.
@@ -366,7 +393,7 @@ fn split_as<C: serde::de::DeserializeOwned>(
     Ok((claims, bytes, body_len))
 }
 
-/// What both claims formats bind a token to, checked in this order: expiry, issue time,
+/// What every claims format binds a token to, checked in this order: expiry, issue time,
 /// audience, holder, path.
 struct Bound<'a> {
     issued_at: u64,
@@ -402,6 +429,25 @@ impl Bound<'_> {
         Ok(())
     }
 }
+
+/// Each claims format's [`Bound`] fields.
+macro_rules! bound_of {
+    ($($claims:ty),*) => {$(
+        impl $claims {
+            fn bound(&self) -> Bound<'_> {
+                Bound {
+                    issued_at: self.issued_at,
+                    not_after: self.not_after,
+                    audience: &self.audience,
+                    holder: &self.holder,
+                    path: &self.path,
+                }
+            }
+        }
+    )*};
+}
+
+bound_of!(Claims, TreeClaims, LinkClaims);
 
 /// Checks the tag under the key the token names.
 fn check_tag(keys: &KeyRing, key_id: u32, bytes: &[u8], body_len: usize) -> Result<(), TokenError> {
@@ -504,14 +550,7 @@ pub fn verify_tree(
         return Err(TokenError::UnsupportedVersion(claims.version));
     }
     check_tag(keys, claims.key_id, &bytes, body_len)?;
-    let bound = Bound {
-        issued_at: claims.issued_at,
-        not_after: claims.not_after,
-        audience: &claims.audience,
-        holder: &claims.holder,
-        path: &claims.path,
-    };
-    bound.check(
+    claims.bound().check(
         expected.now,
         expected.audience,
         expected.holder,
@@ -545,31 +584,146 @@ pub fn verify_with(
     keys: &KeyRing,
     expected: &Expected<'_>,
 ) -> Result<VerifiedToken, TokenError> {
-    let (claims, bytes, body_len) = split(token)?;
+    let (claims, bytes, body_len) = split(token).map_err(|e| match e {
+        TokenError::UnsupportedVersion(LINK_TOKEN_VERSION) => TokenError::LinkOnly,
+        e => e,
+    })?;
     if claims.version != TOKEN_VERSION {
         return Err(TokenError::UnsupportedVersion(claims.version));
     }
     check_tag(keys, claims.key_id, &bytes, body_len)?;
-    let bound = Bound {
-        issued_at: claims.issued_at,
-        not_after: claims.not_after,
-        audience: &claims.audience,
-        holder: &claims.holder,
-        path: &claims.path,
-    };
+    check_read(&claims.bound(), claims.range, expected)?;
+    Ok(VerifiedToken { claims })
+}
+
+/// The checks a file read makes after the tag, in this order: expiry, issue time, audience,
+/// holder, path, then the range requested inside the token's.
+fn check_read(
+    bound: &Bound<'_>,
+    range: ByteRange,
+    expected: &Expected<'_>,
+) -> Result<(), TokenError> {
     bound.check(
         expected.now,
         expected.audience,
         expected.holder,
         expected.path,
     )?;
-    if !expected.range.is_within(&claims.range) {
+    if !expected.range.is_within(&range) {
         return Err(TokenError::RangeOutside {
             start: expected.range.start,
             end: expected.range.end,
         });
     }
-    Ok(VerifiedToken { claims })
+    Ok(())
+}
+
+/// The claims format of link tokens: a file token scoped to one fan-out transfer.
+pub const LINK_TOKEN_VERSION: u8 = 5;
+
+/// What a link token allows: the relay reads of one path on one star, by one holder, in one
+/// fan-out transfer (or one transfer from several sources). The controller mints one per link
+/// of a plan. It is never a plain read: [`verify_with`] refuses it ([`TokenError::LinkOnly`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkClaims {
+    /// [`LINK_TOKEN_VERSION`].
+    pub version: u8,
+    /// [`TokenKey::key_id`] of the key that signed it.
+    pub key_id: u32,
+    /// The star asked: an upstream, or the origin.
+    pub audience: String,
+    /// The destination that pulls from it, as named by its certificate.
+    pub holder: String,
+    /// The file's path on the audience star.
+    pub path: String,
+    /// The bytes that may be read.
+    pub range: ByteRange,
+    /// Issue time, seconds since the Unix epoch, as in [`Claims::issued_at`].
+    pub issued_at: u64,
+    /// Expiry, seconds since the Unix epoch.
+    pub not_after: u64,
+    /// Random, so that two tokens for the same link differ.
+    pub nonce: [u8; NONCE_LEN],
+    /// The transfer whose relay requests it allows.
+    pub transfer_id: TransferId,
+}
+
+impl LinkClaims {
+    /// The whole lifetime the token was minted with: expiry minus issue time, in seconds.
+    pub fn lifetime(&self) -> u64 {
+        self.not_after.saturating_sub(self.issued_at)
+    }
+}
+
+/// Signs link `claims` with `key` into the printable token string.
+pub fn sign_link(claims: &LinkClaims, key: &TokenKey) -> String {
+    sign_any(claims, key)
+}
+
+/// What a star serving a relay request knows independently of the token.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpectedLink<'a> {
+    /// The read asked for, as for a plain read.
+    pub read: Expected<'a>,
+    /// The transfer the relay request names.
+    pub transfer_id: TransferId,
+}
+
+/// Proof that a link token was verified against a relay request. Only [`verify_link`] makes
+/// one.
+#[derive(Debug)]
+pub struct VerifiedLink {
+    claims: LinkClaims,
+}
+
+impl VerifiedLink {
+    /// The verified claims.
+    pub fn claims(&self) -> &LinkClaims {
+        &self.claims
+    }
+}
+
+/// Decodes a link token without checking anything: only for display and tests. Never act on
+/// it.
+///
+/// # Errors
+///
+/// [`TokenError::Malformed`], or `Outdated` / `UnsupportedVersion` for a token of another
+/// format.
+pub fn decode_link_unverified(token: &str) -> Result<LinkClaims, TokenError> {
+    split_as::<LinkClaims>(token, LINK_TOKEN_VERSION).map(|(claims, _, _)| claims)
+}
+
+/// Verifies a link token under whichever key of `keys` its key id names, against a relay
+/// request. A plain read token is refused here ([`TokenError::NotALink`]), and a link token by
+/// [`verify_with`].
+///
+/// # Errors
+///
+/// The first check that fails, in the order of [`verify_with`], then
+/// [`TokenError::WrongTransfer`] when the token is for another transfer.
+pub fn verify_link(
+    token: &str,
+    keys: &KeyRing,
+    expected: &ExpectedLink<'_>,
+) -> Result<VerifiedLink, TokenError> {
+    let (claims, bytes, body_len) =
+        split_as::<LinkClaims>(token, LINK_TOKEN_VERSION).map_err(|e| match e {
+            TokenError::UnsupportedVersion(TOKEN_VERSION) => TokenError::NotALink,
+            e => e,
+        })?;
+    if claims.version != LINK_TOKEN_VERSION {
+        return Err(TokenError::UnsupportedVersion(claims.version));
+    }
+    check_tag(keys, claims.key_id, &bytes, body_len)?;
+    check_read(&claims.bound(), claims.range, &expected.read)?;
+    if claims.transfer_id != expected.transfer_id {
+        return Err(TokenError::WrongTransfer {
+            expected: expected.transfer_id,
+            got: claims.transfer_id,
+        });
+    }
+    Ok(VerifiedLink { claims })
 }
 
 #[cfg(test)]
@@ -673,10 +827,10 @@ mod tests {
         ));
 
         let mut c = claims(&key);
-        c.version = 5;
+        c.version = 6;
         assert_eq!(
             check(&sign(&c, &key), expected()),
-            TokenError::UnsupportedVersion(5)
+            TokenError::UnsupportedVersion(6)
         );
 
         // Post-dated beyond the allowed clock skew; within it, accepted.
@@ -961,6 +1115,164 @@ mod tests {
             // links), issued_at, not_after, nonce.
             format!(
                 "04 01 0161 0162 022f70 01017800 01 c801 ac02 {}",
+                "ee".repeat(NONCE_LEN)
+            )
+            .replace(' ', "")
+        );
+    }
+
+    fn link_claims(key: &TokenKey) -> LinkClaims {
+        LinkClaims {
+            version: LINK_TOKEN_VERSION,
+            key_id: key.key_id(),
+            audience: "star-a".into(),
+            holder: "star-b".into(),
+            path: "/srv/data/f.bin".into(),
+            range: ByteRange::FULL,
+            issued_at: NOW - 1,
+            not_after: NOW + 60,
+            nonce: [9; NONCE_LEN],
+            transfer_id: TransferId(0xf0),
+        }
+    }
+
+    fn expected_link() -> ExpectedLink<'static> {
+        ExpectedLink {
+            read: expected(),
+            transfer_id: TransferId(0xf0),
+        }
+    }
+
+    #[test]
+    fn a_link_token_round_trips_and_verifies_for_its_transfer_only() {
+        let key = TokenKey::derive(&master(), "star-a");
+        let ring = KeyRing::from(key.clone());
+        let link = sign_link(&link_claims(&key), &key);
+        assert_eq!(decode_link_unverified(&link).unwrap(), link_claims(&key));
+        let verified = verify_link(&link, &ring, &expected_link()).unwrap();
+        assert_eq!(verified.claims(), &link_claims(&key));
+        assert_eq!(verified.claims().lifetime(), 61);
+
+        let mut other = expected_link();
+        other.transfer_id = TransferId(0xf1);
+        let err = verify_link(&link, &ring, &other).unwrap_err();
+        assert_eq!(
+            err,
+            TokenError::WrongTransfer {
+                expected: TransferId(0xf1),
+                got: TransferId(0xf0),
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "token is for transfer 00000000000000f0, not 00000000000000f1"
+        );
+        // The read checks come first, as for a plain token.
+        let mut e = expected_link();
+        e.read.path = "/srv/data/other.bin";
+        assert_eq!(
+            verify_link(&link, &ring, &e).unwrap_err(),
+            TokenError::WrongPath
+        );
+        let mut e = expected_link();
+        e.read.holder = "star-c";
+        assert!(matches!(
+            verify_link(&link, &ring, &e),
+            Err(TokenError::WrongHolder { .. })
+        ));
+        let mut c = link_claims(&key);
+        c.range = ByteRange { start: 0, end: 10 };
+        assert!(matches!(
+            verify_link(&sign_link(&c, &key), &ring, &expected_link()),
+            Err(TokenError::RangeOutside { .. })
+        ));
+        let mut e = expected_link();
+        e.read.now = NOW + 60;
+        assert_eq!(
+            verify_link(&link, &ring, &e).unwrap_err(),
+            TokenError::Expired(0)
+        );
+        // Another transfer spliced in front of the tag breaks it.
+        let mut widened = link_claims(&key);
+        widened.transfer_id = TransferId(0xf1);
+        let forged = {
+            let good = URL_SAFE_NO_PAD.decode(&link).unwrap();
+            let mut bytes = postcard::to_allocvec(&widened).unwrap();
+            bytes.extend_from_slice(&good[good.len() - TAG_LEN..]);
+            URL_SAFE_NO_PAD.encode(bytes)
+        };
+        assert_eq!(
+            verify_link(&forged, &ring, &other).unwrap_err(),
+            TokenError::BadSignature
+        );
+    }
+
+    #[test]
+    fn link_and_plain_tokens_do_not_stand_in_for_each_other() {
+        let key = TokenKey::derive(&master(), "star-a");
+        let ring = KeyRing::from(key.clone());
+        let link = sign_link(&link_claims(&key), &key);
+        // A link token is no plain read, nor a tree.
+        let err = verify_with(&link, &ring, &expected()).unwrap_err();
+        assert_eq!(err, TokenError::LinkOnly);
+        assert!(err.to_string().contains("not a plain read"), "{err}");
+        assert_eq!(
+            decode_unverified(&link),
+            Err(TokenError::UnsupportedVersion(LINK_TOKEN_VERSION))
+        );
+        assert_eq!(
+            verify_tree(&link, &ring, &expected_tree()).unwrap_err(),
+            TokenError::UnsupportedVersion(LINK_TOKEN_VERSION)
+        );
+        // A plain token is no link, nor is a tree token or one of an outdated format.
+        let plain = sign(&claims(&key), &key);
+        let err = verify_link(&plain, &ring, &expected_link()).unwrap_err();
+        assert_eq!(err, TokenError::NotALink);
+        assert!(err.to_string().contains("needs a link token"), "{err}");
+        let tree = sign_tree(&tree_claims(&key), &key);
+        assert_eq!(
+            verify_link(&tree, &ring, &expected_link()).unwrap_err(),
+            TokenError::UnsupportedVersion(TREE_TOKEN_VERSION)
+        );
+        let mut old = claims(&key);
+        old.version = 2;
+        assert_eq!(
+            verify_link(&sign(&old, &key), &ring, &expected_link()).unwrap_err(),
+            TokenError::Outdated(2)
+        );
+        // Signed by a key the ring does not hold.
+        let other = TokenKey::derive(&master(), "star-c");
+        assert!(matches!(
+            verify_link(
+                &sign_link(&link_claims(&other), &other),
+                &ring,
+                &expected_link()
+            ),
+            Err(TokenError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn golden_link_claims() {
+        let c = LinkClaims {
+            version: LINK_TOKEN_VERSION,
+            key_id: 0x0102_0304,
+            audience: "a".into(),
+            holder: "b".into(),
+            path: "/p".into(),
+            range: ByteRange { start: 0, end: 5 },
+            issued_at: 200,
+            not_after: 300,
+            nonce: [0xee; NONCE_LEN],
+            transfer_id: TransferId(0x1234),
+        };
+        let bytes = postcard::to_allocvec(&c).unwrap();
+        assert_eq!(
+            hex::encode(bytes),
+            // version, key id, audience, holder, path, range, issued_at, not_after, nonce,
+            // transfer id: the fields of format 3, then the transfer.
+            format!(
+                "05 84868808 0161 0162 022f70 0005 c801 ac02 {} b424",
                 "ee".repeat(NONCE_LEN)
             )
             .replace(' ', "")

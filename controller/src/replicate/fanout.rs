@@ -2,7 +2,7 @@
 //! following or cancelling one with `orbitctl wait` and `orbitctl cancel` on several stars.
 //!
 //! The controller plans who pulls from whom ([`super::plan`]), mints for every destination a
-//! token for the origin and one for each of its upstreams, and sends each destination one
+//! link token (scoped to the transfer) for the origin and one for each of its upstreams, and sends each destination one
 //! `ReplicateFanout` (`orbit_wire::fanout`), all with the same transfer id, on a connection of
 //! its own, all at once. It then follows every control stream together: one line per
 //! destination as it ends, one summary at the end. One destination failing never stops the
@@ -248,9 +248,14 @@ async fn execute(
         timeout_secs: args.timeout,
     };
     let addr_texts: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-    let commands = commands(&plan, &addr_texts, &file, |audience, holder, path| {
-        token::mint(&master, audience, holder, path, ttl)
-    });
+    let commands = commands(
+        &plan,
+        &addr_texts,
+        &file,
+        |audience, holder, path, transfer| {
+            token::mint_link(&master, audience, holder, path, transfer, ttl)
+        },
+    );
     tracing::info!(
         transfer = %file.transfer_id,
         source = %plan.source,
@@ -310,22 +315,23 @@ async fn execute(
 
 /// The command each destination of `plan` receives: `file` with its own target path and a
 /// token for the origin, and its upstreams with a token each. `addrs` are the destinations'
-/// `HOST:PORT`s; `mint(audience, holder, path)` signs a token. Every token names the
-/// destination as holder; the origin's is for the source path, an upstream's for the path that
-/// upstream is writing.
+/// `HOST:PORT`s; `mint(audience, holder, path, transfer)` signs a link token. Every token names
+/// the destination as holder and `file`'s transfer; the origin's is for the source path, an
+/// upstream's for the path that upstream is writing.
 pub fn commands(
     plan: &Plan,
     addrs: &[String],
     file: &ReplicateFile,
-    mint: impl Fn(&str, &str, &str) -> String,
+    mint: impl Fn(&str, &str, &str, TransferId) -> String,
 ) -> Vec<ReplicateFanout> {
+    let transfer = file.transfer_id;
     plan.destinations
         .iter()
         .zip(&plan.upstreams)
         .map(|(destination, upstreams)| ReplicateFanout {
             file: ReplicateFile {
                 target_path: destination.path.clone(),
-                token: mint(&file.source, &destination.star, &file.source_path),
+                token: mint(&file.source, &destination.star, &file.source_path, transfer),
                 ..file.clone()
             },
             upstreams: upstreams
@@ -336,7 +342,7 @@ pub fn commands(
                         star: upstream.star.clone(),
                         addr: addrs[j].clone(),
                         path: upstream.path.clone(),
-                        token: mint(&upstream.star, &destination.star, &upstream.path),
+                        token: mint(&upstream.star, &destination.star, &upstream.path, transfer),
                     }
                 })
                 .collect(),
@@ -427,8 +433,8 @@ mod tests {
         .unwrap();
         let addrs = ["h-b:1", "h-c:2", "h-d:3"].map(String::from);
         let master = MasterKey::from_bytes([7; 32]);
-        let mint = |audience: &str, holder: &str, path: &str| {
-            token::mint(&master, audience, holder, path, 60)
+        let mint = |audience: &str, holder: &str, path: &str, transfer| {
+            token::mint_link(&master, audience, holder, path, transfer, 60)
         };
         let commands = commands(&plan, &addrs, &file(), mint);
         assert_eq!(commands.len(), 3);
@@ -439,7 +445,8 @@ mod tests {
             assert_eq!(command.file.source_path, "/data/f");
             assert_eq!(command.file.timeout_secs, 60);
             assert_eq!(command.file.target_path, destination.path);
-            let claims = wire_token::decode_unverified(&command.file.token).unwrap();
+            let claims = wire_token::decode_link_unverified(&command.file.token).unwrap();
+            assert_eq!(claims.transfer_id, TransferId(0xf0));
             assert_eq!(
                 (
                     claims.audience.as_str(),
@@ -458,7 +465,8 @@ mod tests {
             .collect();
         assert_eq!(named, [("c", "h-c:2", "/y/f"), ("b", "h-b:1", "/x/f")]);
         for upstream in last {
-            let claims = wire_token::decode_unverified(&upstream.token).unwrap();
+            let claims = wire_token::decode_link_unverified(&upstream.token).unwrap();
+            assert_eq!(claims.transfer_id, TransferId(0xf0));
             assert_eq!(claims.audience, upstream.star);
             assert_eq!(claims.holder, "d");
             assert_eq!(claims.path, upstream.path);
