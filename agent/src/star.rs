@@ -16,7 +16,7 @@ use orbit_wire::ErrorCode;
 
 use crate::connection::{Acceptor, Connections};
 use crate::control::Commands;
-use crate::endpoint::{quic_configs, MAX_UDP_PAYLOAD};
+use crate::endpoint::quic_configs;
 use crate::error::varint;
 use crate::jail::Jail;
 use crate::lifecycle::Lifecycle;
@@ -314,19 +314,10 @@ fn bind(
     server: quinn::ServerConfig,
     client: quinn::ClientConfig,
 ) -> Result<Endpoint, SpawnError> {
-    let bind_error = |error| SpawnError::Bind {
-        addr: listen,
-        error,
-    };
-    let runtime = Arc::new(quinn::TokioRuntime);
-    let socket = crate::udp::bind(listen, &*runtime).map_err(bind_error)?;
-    let mut endpoint_config = quinn::EndpointConfig::default();
-    endpoint_config
-        .max_udp_payload_size(MAX_UDP_PAYLOAD)
-        .expect("9 KB is a valid UDP payload size");
-    let mut endpoint =
-        Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime)
-            .map_err(bind_error)?;
-    endpoint.set_default_client_config(client);
-    Ok(endpoint)
+    crate::endpoint::bind_endpoint(listen, Some(server), client).map_err(|error| {
+        SpawnError::Bind {
+            addr: listen,
+            error,
+        }
+    })
 }
