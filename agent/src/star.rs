@@ -33,6 +33,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// resumable state when the star keeps a journal).
 pub const TRANSFER_DRAIN: Duration = Duration::from_secs(10);
 
+/// At most how often the digest cache is written to the state directory while digests come in.
+const DIGEST_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A running star.
 #[derive(Debug)]
 pub struct Star {
@@ -123,6 +126,9 @@ impl Star {
             life: life.clone(),
         });
         let reads = Arc::new(Reads::new(limits.max_transfers));
+        if let Some(dir) = &config.state_dir {
+            reads.digests.load(dir);
+        }
         let server = Arc::new(Server {
             trust: trust.clone(),
             jail,
@@ -156,6 +162,10 @@ impl Star {
         let span = tracing::info_span!("star", star = %name);
         life.tracker
             .spawn(crate::connection::accept_loop(acceptor).instrument(span.clone()));
+        if config.state_dir.is_some() {
+            let task = keep_digests(reads.clone(), life.cancel.clone());
+            life.tracker.spawn(task.instrument(span.clone()));
+        }
         span.in_scope(|| {
             crate::reload::log_keys(&trust, crl.as_ref());
             info!("listening on {addr}");
@@ -308,16 +318,37 @@ pub enum SelfCheckError {
     Connection(#[from] quinn::ConnectionError),
 }
 
+/// Writes the digest cache to the state directory after new digests come in, at most once every
+/// [`DIGEST_SAVE_INTERVAL`], and once more when the star stops. A failed write is logged: the
+/// cache is an optimisation, and the file keeps its previous contents.
+async fn keep_digests(reads: Arc<Reads>, cancel: tokio_util::sync::CancellationToken) {
+    loop {
+        let stop = tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = reads.digests.changed() => false,
+        };
+        let saving = reads.clone();
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || saving.digests.save()).await {
+            warn!("digest cache not saved: {error}");
+        }
+        if stop {
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(DIGEST_SAVE_INTERVAL) => {}
+        }
+    }
+}
+
 /// Binds the endpoint on `listen`, serving with `server` and dialling with `client`.
 fn bind(
     listen: SocketAddr,
     server: quinn::ServerConfig,
     client: quinn::ClientConfig,
 ) -> Result<Endpoint, SpawnError> {
-    crate::endpoint::bind_endpoint(listen, Some(server), client).map_err(|error| {
-        SpawnError::Bind {
-            addr: listen,
-            error,
-        }
+    crate::endpoint::bind_endpoint(listen, Some(server), client).map_err(|error| SpawnError::Bind {
+        addr: listen,
+        error,
     })
 }
