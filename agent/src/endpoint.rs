@@ -1,7 +1,10 @@
 //! The star's QUIC endpoint as configured: TLS on both sides from the star's certificate, key,
 //! CA and revocation list, and the transport settings (windows, MTU, congestion control,
-//! keep-alives, idle timeout, stream caps). Used by spawning, reloading and `--check-config`.
+//! keep-alives, idle timeout, stream caps), and the endpoint bound on the star's UDP socket. Used
+//! by spawning, reloading and `--check-config`; public so that bench/'s QUIC floor
+//! (agent/examples/quic_floor.rs) measures QUIC exactly as a star runs it, not a copy of it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +19,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// The largest UDP payload path MTU discovery may reach: a 9,000-byte jumbo frame less IPv6 and
 /// UDP headers. Paths that carry only 1,500 bytes stay at quinn's 1,452 after failed probes;
 /// loopback and jumbo-frame networks get fewer, larger packets.
-pub(crate) const MAX_UDP_PAYLOAD: u16 = 9000 - 48;
+pub const MAX_UDP_PAYLOAD: u16 = 9000 - 48;
 
 /// The QUIC server and client configurations for `config`'s certificates and `crl`.
 pub(crate) fn quic_configs(
@@ -81,7 +84,7 @@ fn congestion_controller(
 
 /// Windows sized for a fast link rather than quinn's defaults, keep-alives, an idle timeout, and
 /// the cap on concurrent streams a peer may open.
-pub(crate) fn transport_config(limits: &Limits) -> TransportConfig {
+pub fn transport_config(limits: &Limits) -> TransportConfig {
     let mut transport = TransportConfig::default();
     let streams = quinn::VarInt::from_u32(limits.max_streams_per_connection);
     transport
@@ -106,6 +109,30 @@ pub(crate) fn transport_config(limits: &Limits) -> TransportConfig {
                 .expect("Limits::validate checked the idle timeout"),
         ));
     transport
+}
+
+/// A QUIC endpoint on `listen` as a star binds it: the star's UDP socket (crate::udp, GSO
+/// batches within one send), UDP payloads up to [`MAX_UDP_PAYLOAD`], serving with `server` (if
+/// any) and dialling with `client`.
+///
+/// # Errors
+///
+/// When the socket cannot be bound or set up.
+pub fn bind_endpoint(
+    listen: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    client: quinn::ClientConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let socket = crate::udp::bind(listen, &*runtime)?;
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .expect("9 KB is a valid UDP payload size");
+    let mut endpoint =
+        quinn::Endpoint::new_with_abstract_socket(endpoint_config, server, socket, runtime)?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
 }
 
 #[cfg(test)]

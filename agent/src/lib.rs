@@ -36,7 +36,7 @@ pub mod config;
 mod connection;
 mod control;
 mod digests;
-mod endpoint;
+pub mod endpoint;
 mod error;
 mod expiry;
 mod framed;

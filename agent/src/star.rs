@@ -16,7 +16,7 @@ use orbit_wire::ErrorCode;
 
 use crate::connection::{Acceptor, Connections};
 use crate::control::Commands;
-use crate::endpoint::{quic_configs, MAX_UDP_PAYLOAD};
+use crate::endpoint::quic_configs;
 use crate::error::varint;
 use crate::jail::Jail;
 use crate::lifecycle::Lifecycle;
@@ -32,6 +32,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long [`Star::shutdown`] lets transfers in flight finish before it stops them (in a
 /// resumable state when the star keeps a journal).
 pub const TRANSFER_DRAIN: Duration = Duration::from_secs(10);
+
+/// At most how often the digest cache is written to the state directory while digests come in.
+const DIGEST_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A running star.
 #[derive(Debug)]
@@ -125,6 +128,9 @@ impl Star {
             life: life.clone(),
         });
         let reads = Arc::new(Reads::new(limits.max_transfers));
+        if let Some(dir) = &config.state_dir {
+            reads.digests.load(dir);
+        }
         let server = Arc::new(Server {
             trust: trust.clone(),
             jail,
@@ -158,6 +164,10 @@ impl Star {
         let span = tracing::info_span!("star", star = %name);
         life.tracker
             .spawn(crate::connection::accept_loop(acceptor).instrument(span.clone()));
+        if config.state_dir.is_some() {
+            let task = keep_digests(reads.clone(), life.cancel.clone());
+            life.tracker.spawn(task.instrument(span.clone()));
+        }
         span.in_scope(|| {
             crate::reload::log_keys(&trust, crl.as_ref());
             expiry.set(&config.cert_pem, &config.ca_pem);
@@ -316,25 +326,37 @@ pub enum SelfCheckError {
     Connection(#[from] quinn::ConnectionError),
 }
 
+/// Writes the digest cache to the state directory after new digests come in, at most once every
+/// [`DIGEST_SAVE_INTERVAL`], and once more when the star stops. A failed write is logged: the
+/// cache is an optimisation, and the file keeps its previous contents.
+async fn keep_digests(reads: Arc<Reads>, cancel: tokio_util::sync::CancellationToken) {
+    loop {
+        let stop = tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = reads.digests.changed() => false,
+        };
+        let saving = reads.clone();
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || saving.digests.save()).await {
+            warn!("digest cache not saved: {error}");
+        }
+        if stop {
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(DIGEST_SAVE_INTERVAL) => {}
+        }
+    }
+}
+
 /// Binds the endpoint on `listen`, serving with `server` and dialling with `client`.
 fn bind(
     listen: SocketAddr,
     server: quinn::ServerConfig,
     client: quinn::ClientConfig,
 ) -> Result<Endpoint, SpawnError> {
-    let bind_error = |error| SpawnError::Bind {
+    crate::endpoint::bind_endpoint(listen, Some(server), client).map_err(|error| SpawnError::Bind {
         addr: listen,
         error,
-    };
-    let runtime = Arc::new(quinn::TokioRuntime);
-    let socket = crate::udp::bind(listen, &*runtime).map_err(bind_error)?;
-    let mut endpoint_config = quinn::EndpointConfig::default();
-    endpoint_config
-        .max_udp_payload_size(MAX_UDP_PAYLOAD)
-        .expect("9 KB is a valid UDP payload size");
-    let mut endpoint =
-        Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime)
-            .map_err(bind_error)?;
-    endpoint.set_default_client_config(client);
-    Ok(endpoint)
+    })
 }

@@ -9,6 +9,7 @@ mod crash;
 mod dashboards;
 mod detach;
 mod dial;
+mod digest_cache;
 mod disk;
 mod drain;
 mod exit_codes;
