@@ -222,10 +222,12 @@ fn status_shows_version_uptime_and_transfers_in_flight() {
         "{}",
         out.stdout
     );
-    assert_eq!(lines[2], "", "{}", out.stdout);
-    assert!(lines[3].starts_with("TRANSFER  "), "{}", out.stdout);
+    // The grid CA's expiry follows the table of stars.
+    assert!(lines[2].starts_with("grid CA expires "), "{}", out.stdout);
+    assert_eq!(lines[3], "", "{}", out.stdout);
+    assert!(lines[4].starts_with("TRANSFER  "), "{}", out.stdout);
     assert!(
-        lines[4].starts_with(&format!(
+        lines[5].starts_with(&format!(
             "{id}  star-b  star-a:/srv/data/f.bin  {}  1.0 MiB of 4.0 MiB (24%), ",
             wire(&g.target("f.bin"))
         )),
