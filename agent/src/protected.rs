@@ -79,13 +79,27 @@ pub(crate) fn check_roots(config: &StarConfig) -> Result<(), SpawnError> {
 pub struct Protected {
     files: HashSet<(u64, u64)>,
     dirs: HashSet<(u64, u64)>,
+    /// The state directory, protected as a folder only: its files (journal entries, the
+    /// digest cache, temporary files) come and go, and an inode number freed by one is soon
+    /// another file's, which a snapshot of them would then refuse. What is in it is reached
+    /// only through it, and the folder itself is refused.
+    state: Option<(u64, u64)>,
 }
 
 impl Protected {
     /// Takes the identity of every protected path of `config` that exists, and of what the
-    /// protected folders hold (bounded). Blocking.
+    /// protected folders but the state directory hold (bounded). Blocking.
     pub(crate) fn of(config: &StarConfig) -> Protected {
-        let mut protected = Protected::default();
+        use std::os::unix::fs::MetadataExt;
+        let state = config
+            .state_dir
+            .as_deref()
+            .and_then(|dir| std::fs::metadata(dir).ok())
+            .map(|meta| (meta.dev(), meta.ino()));
+        let mut protected = Protected {
+            state,
+            ..Protected::default()
+        };
         let mut budget = MAX_ENTRIES;
         for path in paths(config) {
             protected.add(&path, MAX_DEPTH, &mut budget);
@@ -103,7 +117,7 @@ impl Protected {
             self.files.insert(id);
             return;
         }
-        if !self.dirs.insert(id) || depth == 0 {
+        if !self.dirs.insert(id) || depth == 0 || Some(id) == self.state {
             return;
         }
         let Ok(entries) = std::fs::read_dir(path) else {
