@@ -114,7 +114,15 @@ impl Protected {
         use std::os::unix::fs::MetadataExt;
         let id = (meta.dev(), meta.ino());
         if !meta.is_dir() {
-            self.files.insert(id);
+            // A file named in the config, or a key, certificate or configuration in a protected
+            // folder. Other files there (another star's journal in a grid folder) come and go,
+            // and their freed inode numbers would soon be other files'.
+            let secret = path
+                .extension()
+                .is_some_and(|e| e == "key" || e == "pem" || e == "toml");
+            if depth == MAX_DEPTH || secret {
+                self.files.insert(id);
+            }
             return;
         }
         if !self.dirs.insert(id) || depth == 0 || Some(id) == self.state {
