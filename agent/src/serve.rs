@@ -233,14 +233,14 @@ impl Proof {
     fn key_id(&self) -> u32 {
         match self {
             Proof::Plain(token) => token.claims().key_id,
-            Proof::Link(token) => token.claims().key_id,
+            Proof::Link(token) => token.claims().read.key_id,
         }
     }
 
     fn lifetime(&self) -> u64 {
         match self {
             Proof::Plain(token) => token.claims().lifetime(),
-            Proof::Link(token) => token.claims().lifetime(),
+            Proof::Link(token) => token.claims().read.lifetime(),
         }
     }
 }

@@ -78,18 +78,7 @@ pub struct Grant<'a> {
 /// nonce. The whole file may be read.
 pub fn mint_with(master: &MasterKey, grant: &Grant<'_>, nonce: [u8; NONCE_LEN]) -> String {
     let key = TokenKey::derive(master, grant.source);
-    let claims = Claims {
-        version: TOKEN_VERSION,
-        key_id: key.key_id(),
-        audience: grant.source.to_owned(),
-        holder: grant.holder.to_owned(),
-        path: grant.path.to_owned(),
-        range: ByteRange::FULL,
-        issued_at: grant.issued_at,
-        not_after: grant.not_after,
-        nonce,
-    };
-    token::sign(&claims, &key)
+    token::sign(&grant.claims(TOKEN_VERSION, &key, nonce), &key)
 }
 
 /// Signs a token for `holder` to read `path` on `source`, valid for `ttl_secs` from now, with a
@@ -113,15 +102,7 @@ pub fn mint_link_with(
 ) -> String {
     let key = TokenKey::derive(master, grant.source);
     let claims = LinkClaims {
-        version: LINK_TOKEN_VERSION,
-        key_id: key.key_id(),
-        audience: grant.source.to_owned(),
-        holder: grant.holder.to_owned(),
-        path: grant.path.to_owned(),
-        range: ByteRange::FULL,
-        issued_at: grant.issued_at,
-        not_after: grant.not_after,
-        nonce,
+        read: grant.claims(LINK_TOKEN_VERSION, &key, nonce),
         transfer_id: transfer,
     };
     token::sign_link(&claims, &key)
@@ -142,6 +123,21 @@ pub fn mint_link(
 }
 
 impl<'a> Grant<'a> {
+    /// The whole file's read this grant allows, in claims format `version`, signed by `key`.
+    fn claims(&self, version: u8, key: &TokenKey, nonce: [u8; NONCE_LEN]) -> Claims {
+        Claims {
+            version,
+            key_id: key.key_id(),
+            audience: self.source.to_owned(),
+            holder: self.holder.to_owned(),
+            path: self.path.to_owned(),
+            range: ByteRange::FULL,
+            issued_at: self.issued_at,
+            not_after: self.not_after,
+            nonce,
+        }
+    }
+
     /// A grant issued now and valid for `ttl_secs`.
     fn from_now(source: &'a str, holder: &'a str, path: &'a str, ttl_secs: u64) -> Grant<'a> {
         let now = unix_now();
@@ -333,9 +329,9 @@ mod tests {
         };
         let verified = verify_link(&link, &ring, &expected).unwrap();
         let claims = verified.claims();
-        assert_eq!(claims.version, LINK_TOKEN_VERSION);
+        assert_eq!(claims.read.version, LINK_TOKEN_VERSION);
         assert_eq!(claims.transfer_id, TransferId(7));
-        assert!((now + 59..=now + 61).contains(&claims.not_after));
+        assert!((now + 59..=now + 61).contains(&claims.read.not_after));
         assert_eq!(
             verify_with(&link, &ring, &read).unwrap_err(),
             TokenError::LinkOnly

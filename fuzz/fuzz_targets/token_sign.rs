@@ -278,15 +278,10 @@ fn check_link(
     changed: &Claims,
 ) {
     let link_of = |c: &Claims, transfer: u64| LinkClaims {
-        version: LINK_TOKEN_VERSION,
-        key_id: c.key_id,
-        audience: c.audience.clone(),
-        holder: c.holder.clone(),
-        path: c.path.clone(),
-        range: c.range,
-        issued_at: c.issued_at,
-        not_after: c.not_after,
-        nonce: c.nonce,
+        read: Claims {
+            version: LINK_TOKEN_VERSION,
+            ..c.clone()
+        },
         transfer_id: TransferId(transfer),
     };
     let link = link_of(claims, input.transfer);
@@ -344,7 +339,7 @@ fn check_link(
 
     // Changed claims, or another transfer, in front of the original tag are refused.
     let mut forged_claims = link_of(changed, input.transfer);
-    forged_claims.version = match *input.splice {
+    forged_claims.read.version = match *input.splice {
         Splice::Version(v) => v,
         _ => LINK_TOKEN_VERSION,
     };

@@ -218,13 +218,7 @@ pub fn expected_for(claims: &Claims) -> Expected<'_> {
 /// second before expiry.
 pub fn expected_link_for(claims: &LinkClaims) -> ExpectedLink<'_> {
     ExpectedLink {
-        read: Expected {
-            audience: &claims.audience,
-            holder: &claims.holder,
-            path: &claims.path,
-            range: claims.range,
-            now: claims.not_after.saturating_sub(1),
-        },
+        read: expected_for(&claims.read),
         transfer_id: claims.transfer_id,
     }
 }

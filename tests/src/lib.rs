@@ -207,17 +207,11 @@ impl Grid {
         path: &str,
         transfer: TransferId,
     ) -> String {
-        let plain = self.claims(audience, holder, path);
         let claims = LinkClaims {
-            version: LINK_TOKEN_VERSION,
-            key_id: plain.key_id,
-            audience: plain.audience,
-            holder: plain.holder,
-            path: plain.path,
-            range: plain.range,
-            issued_at: plain.issued_at,
-            not_after: plain.not_after,
-            nonce: plain.nonce,
+            read: Claims {
+                version: LINK_TOKEN_VERSION,
+                ..self.claims(audience, holder, path)
+            },
             transfer_id: transfer,
         };
         token::sign_link(&claims, &self.key(audience))
@@ -526,6 +520,14 @@ async fn read_data(recv: &mut RecvStream) -> anyhow::Result<DataFrame> {
 }
 
 /// Writes `size` pseudo-random bytes to `path` and returns their SHA-256.
+/// Makes `DIR/a` and `DIR/b`, the roots of a source star and a destination star.
+pub fn two_roots(dir: &Path) -> (PathBuf, PathBuf) {
+    let roots = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&roots.0).unwrap();
+    std::fs::create_dir_all(&roots.1).unwrap();
+    roots
+}
+
 pub fn random_file(path: &Path, size: usize) -> [u8; 32] {
     use rand::{RngCore, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(size as u64);

@@ -204,7 +204,7 @@ impl From<TokenKey> for KeyRing {
 /// What a token allows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
-    /// [`TOKEN_VERSION`].
+    /// [`TOKEN_VERSION`] (or [`LINK_TOKEN_VERSION`] inside a [`LinkClaims`]).
     pub version: u8,
     /// [`TokenKey::key_id`] of the key that signed it.
     pub key_id: u32,
@@ -447,7 +447,7 @@ macro_rules! bound_of {
     )*};
 }
 
-bound_of!(Claims, TreeClaims, LinkClaims);
+bound_of!(Claims, TreeClaims);
 
 /// Checks the tag under the key the token names.
 fn check_tag(keys: &KeyRing, key_id: u32, bytes: &[u8], body_len: usize) -> Result<(), TokenError> {
@@ -624,35 +624,17 @@ pub const LINK_TOKEN_VERSION: u8 = 5;
 /// What a link token allows: the relay reads of one path on one star, by one holder, in one
 /// fan-out transfer (or one transfer from several sources). The controller mints one per link
 /// of a plan. It is never a plain read: [`verify_with`] refuses it ([`TokenError::LinkOnly`]).
+///
+/// It is a read's [`Claims`] (its `version` [`LINK_TOKEN_VERSION`]; audience an upstream or
+/// the origin, holder the destination that pulls from it) followed by the transfer. postcard
+/// encodes a nested struct as its fields in order, so the bytes are format 3's fields, then
+/// the transfer id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkClaims {
-    /// [`LINK_TOKEN_VERSION`].
-    pub version: u8,
-    /// [`TokenKey::key_id`] of the key that signed it.
-    pub key_id: u32,
-    /// The star asked: an upstream, or the origin.
-    pub audience: String,
-    /// The destination that pulls from it, as named by its certificate.
-    pub holder: String,
-    /// The file's path on the audience star.
-    pub path: String,
-    /// The bytes that may be read.
-    pub range: ByteRange,
-    /// Issue time, seconds since the Unix epoch, as in [`Claims::issued_at`].
-    pub issued_at: u64,
-    /// Expiry, seconds since the Unix epoch.
-    pub not_after: u64,
-    /// Random, so that two tokens for the same link differ.
-    pub nonce: [u8; NONCE_LEN],
+    /// The read it allows, as a plain token would name it.
+    pub read: Claims,
     /// The transfer whose relay requests it allows.
     pub transfer_id: TransferId,
-}
-
-impl LinkClaims {
-    /// The whole lifetime the token was minted with: expiry minus issue time, in seconds.
-    pub fn lifetime(&self) -> u64 {
-        self.not_after.saturating_sub(self.issued_at)
-    }
 }
 
 /// Signs link `claims` with `key` into the printable token string.
@@ -712,11 +694,12 @@ pub fn verify_link(
             TokenError::UnsupportedVersion(TOKEN_VERSION) => TokenError::NotALink,
             e => e,
         })?;
-    if claims.version != LINK_TOKEN_VERSION {
-        return Err(TokenError::UnsupportedVersion(claims.version));
+    let read = &claims.read;
+    if read.version != LINK_TOKEN_VERSION {
+        return Err(TokenError::UnsupportedVersion(read.version));
     }
-    check_tag(keys, claims.key_id, &bytes, body_len)?;
-    check_read(&claims.bound(), claims.range, &expected.read)?;
+    check_tag(keys, read.key_id, &bytes, body_len)?;
+    check_read(&read.bound(), read.range, &expected.read)?;
     if claims.transfer_id != expected.transfer_id {
         return Err(TokenError::WrongTransfer {
             expected: expected.transfer_id,
@@ -1123,15 +1106,10 @@ mod tests {
 
     fn link_claims(key: &TokenKey) -> LinkClaims {
         LinkClaims {
-            version: LINK_TOKEN_VERSION,
-            key_id: key.key_id(),
-            audience: "star-a".into(),
-            holder: "star-b".into(),
-            path: "/srv/data/f.bin".into(),
-            range: ByteRange::FULL,
-            issued_at: NOW - 1,
-            not_after: NOW + 60,
-            nonce: [9; NONCE_LEN],
+            read: Claims {
+                version: LINK_TOKEN_VERSION,
+                ..claims(key)
+            },
             transfer_id: TransferId(0xf0),
         }
     }
@@ -1151,7 +1129,7 @@ mod tests {
         assert_eq!(decode_link_unverified(&link).unwrap(), link_claims(&key));
         let verified = verify_link(&link, &ring, &expected_link()).unwrap();
         assert_eq!(verified.claims(), &link_claims(&key));
-        assert_eq!(verified.claims().lifetime(), 61);
+        assert_eq!(verified.claims().read.lifetime(), 61);
 
         let mut other = expected_link();
         other.transfer_id = TransferId(0xf1);
@@ -1181,7 +1159,7 @@ mod tests {
             Err(TokenError::WrongHolder { .. })
         ));
         let mut c = link_claims(&key);
-        c.range = ByteRange { start: 0, end: 10 };
+        c.read.range = ByteRange { start: 0, end: 10 };
         assert!(matches!(
             verify_link(&sign_link(&c, &key), &ring, &expected_link()),
             Err(TokenError::RangeOutside { .. })
@@ -1255,15 +1233,17 @@ mod tests {
     #[test]
     fn golden_link_claims() {
         let c = LinkClaims {
-            version: LINK_TOKEN_VERSION,
-            key_id: 0x0102_0304,
-            audience: "a".into(),
-            holder: "b".into(),
-            path: "/p".into(),
-            range: ByteRange { start: 0, end: 5 },
-            issued_at: 200,
-            not_after: 300,
-            nonce: [0xee; NONCE_LEN],
+            read: Claims {
+                version: LINK_TOKEN_VERSION,
+                key_id: 0x0102_0304,
+                audience: "a".into(),
+                holder: "b".into(),
+                path: "/p".into(),
+                range: ByteRange { start: 0, end: 5 },
+                issued_at: 200,
+                not_after: 300,
+                nonce: [0xee; NONCE_LEN],
+            },
             transfer_id: TransferId(0x1234),
         };
         let bytes = postcard::to_allocvec(&c).unwrap();

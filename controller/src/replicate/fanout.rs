@@ -449,13 +449,13 @@ mod tests {
             assert_eq!(claims.transfer_id, TransferId(0xf0));
             assert_eq!(
                 (
-                    claims.audience.as_str(),
-                    claims.holder.as_str(),
-                    claims.path.as_str()
+                    claims.read.audience.as_str(),
+                    claims.read.holder.as_str(),
+                    claims.read.path.as_str()
                 ),
                 ("star-a", destination.star.as_str(), "/data/f")
             );
-            assert_eq!(claims.range, orbit_wire::ByteRange::FULL);
+            assert_eq!(claims.read.range, orbit_wire::ByteRange::FULL);
         }
         assert!(commands[0].upstreams.is_empty());
         let last = &commands[2].upstreams;
@@ -467,9 +467,9 @@ mod tests {
         for upstream in last {
             let claims = wire_token::decode_link_unverified(&upstream.token).unwrap();
             assert_eq!(claims.transfer_id, TransferId(0xf0));
-            assert_eq!(claims.audience, upstream.star);
-            assert_eq!(claims.holder, "d");
-            assert_eq!(claims.path, upstream.path);
+            assert_eq!(claims.read.audience, upstream.star);
+            assert_eq!(claims.read.holder, "d");
+            assert_eq!(claims.read.path, upstream.path);
         }
         // Well under the 8 KiB a destination's command may cost.
         for command in &commands {
