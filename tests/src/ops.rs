@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::process::{orbitctl, Output, StarProcess};
-use crate::{wire, STEP_TIMEOUT};
+use crate::{sha256_file, wire, STEP_TIMEOUT};
 
 /// How long a star has to log `reloaded:` after SIGHUP.
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,6 +66,36 @@ pub fn replicate(grid: &Path, src: &Path, dst: &Path) -> Output {
         &format!("star-a:{}", wire(src)),
         &format!("star-b:{}", wire(dst)),
     ])
+}
+
+/// `orbitctl replicate` of one file from star-a to a new name in star-b's folder each time,
+/// which must succeed with the bytes in place: a grid's health check across a key change.
+#[derive(Debug)]
+pub struct Copies<'a> {
+    grid: &'a Path,
+    file: &'a Path,
+    dir: &'a Path,
+    made: u32,
+}
+
+impl<'a> Copies<'a> {
+    pub fn new(grid: &'a Path, file: &'a Path, dir: &'a Path) -> Copies<'a> {
+        Copies {
+            grid,
+            file,
+            dir,
+            made: 0,
+        }
+    }
+
+    /// One more copy, `DIR/copy-N.bin`; `when` names the moment in a failure.
+    pub fn check(&mut self, when: &str) {
+        self.made += 1;
+        let target = self.dir.join(format!("copy-{}.bin", self.made));
+        let out = replicate(self.grid, self.file, &target);
+        assert_eq!(out.code, Some(0), "{when}: {}{}", out.stdout, out.stderr);
+        assert_eq!(sha256_file(&target), sha256_file(self.file), "{when}");
+    }
 }
 
 /// Reloads `stars` (SIGHUP) and waits until each has logged `reloaded:`.

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use orbit_tests::ops::scrape;
-use orbit_tests::{expect_done, random_file, wire, Grid};
+use orbit_tests::{expect_done, random_file, two_roots, wire, Grid};
 
 const DIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist");
 
@@ -102,9 +102,7 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_served() {
     // Two stars, one replication, so that every series has had something to count.
     let grid = Grid::new();
     let tmp = tempfile::tempdir().unwrap();
-    let (src_root, dst_root) = (tmp.path().join("a"), tmp.path().join("b"));
-    std::fs::create_dir_all(&src_root).unwrap();
-    std::fs::create_dir_all(&dst_root).unwrap();
+    let (src_root, dst_root) = two_roots(tmp.path());
     let a = grid.spawn_star("star-a", &[&src_root]).await;
     let b = grid.spawn_star("star-b", &[&dst_root]).await;
     let src = src_root.join("f.bin");

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use orbit_certs::IssuedCert;
-use orbit_tests::ops::{ok, reload, replicate, start_star, RELOAD_TIMEOUT};
+use orbit_tests::ops::{ok, reload, start_star, RELOAD_TIMEOUT};
 use orbit_tests::process::{bin, orbitctl, StarProcess};
 use orbit_tests::*;
 use orbit_wire::token::{self, MasterKey, TokenKey};
@@ -186,14 +186,8 @@ async fn rotate_keys_rotates_a_running_grid_without_a_failed_replication() {
     .stdout
     .trim()
     .to_owned();
-    let mut n = 0;
-    let mut replicate_ok = |when: &str| {
-        n += 1;
-        let target = dst.join(format!("copy-{n}.bin"));
-        let out = replicate(&grid, &file, &target);
-        assert_eq!(out.code, Some(0), "{when}: {}{}", out.stdout, out.stderr);
-        assert_eq!(sha256_file(&target), sha256_file(&file), "{when}");
-    };
+    let mut copies = ops::Copies::new(&grid, &file, &dst);
+    let mut replicate_ok = |when: &str| copies.check(when);
     replicate_ok("before the rotation");
 
     let out = ok(orbitctl(&["--grid", &g, "rotate-keys"]));

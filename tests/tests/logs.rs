@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use orbit_tests::ops::{init_grid, metrics_addr, sample, scrape};
 use orbit_tests::process::{orbitctl, StarProcess};
-use orbit_tests::{random_file, wire, STEP_TIMEOUT};
+use orbit_tests::{random_file, two_roots, wire, STEP_TIMEOUT};
 
 /// Reads `star`'s log lines (each must be JSON) until one has `message` and a span whose
 /// `transfer_id` is `id`; returns every line read.
@@ -37,9 +37,7 @@ fn wait_for_transfer(star: &StarProcess, id: &str, message: &str) -> Vec<serde_j
 fn the_transfer_id_orbitctl_prints_is_in_both_stars_json_logs() {
     let tmp = tempfile::tempdir().unwrap();
     let grid = init_grid(tmp.path(), &["star-a", "star-b"]);
-    let (src_root, dst_root) = (tmp.path().join("a"), tmp.path().join("b"));
-    std::fs::create_dir_all(&src_root).unwrap();
-    std::fs::create_dir_all(&dst_root).unwrap();
+    let (src_root, dst_root) = two_roots(tmp.path());
     let start = |name: &str, root: &std::path::Path| {
         StarProcess::start(&[
             "--config",

@@ -11,8 +11,8 @@ use orbit_agent::Star;
 use orbit_tests::ops::{sample, scrape};
 use orbit_tests::slow_source::SlowSource;
 use orbit_tests::{
-    expect_done, expect_failed, part_files, random_file, read_frame, read_request, unix_now, wire,
-    within, write_frame, Grid, STEP_TIMEOUT,
+    expect_done, expect_failed, part_files, random_file, read_frame, read_request, two_roots,
+    unix_now, wire, within, write_frame, Grid, STEP_TIMEOUT,
 };
 use orbit_wire::{ControlRequest, DataFrame, ErrorCode, ReplicateFile, TransferId, MAX_DATA_FRAME};
 use sha2::Digest as _;
@@ -46,9 +46,7 @@ async fn scrape_when(addr: SocketAddr, ready: impl Fn(&str) -> bool) -> String {
 async fn counters_move_by_exactly_one_replication_and_one_refused_token() {
     let grid = Grid::new();
     let tmp = tempfile::tempdir().unwrap();
-    let (src_root, dst_root) = (tmp.path().join("a"), tmp.path().join("b"));
-    std::fs::create_dir_all(&src_root).unwrap();
-    std::fs::create_dir_all(&dst_root).unwrap();
+    let (src_root, dst_root) = two_roots(tmp.path());
     let a = grid.spawn_star("star-a", &[&src_root]).await;
     let b = grid.spawn_star("star-b", &[&dst_root]).await;
     let (ma, mb) = (metrics_of(&a).await, metrics_of(&b).await);
@@ -181,9 +179,7 @@ async fn counters_move_by_exactly_one_replication_and_one_refused_token() {
 async fn twenty_replications_between_two_stars_make_one_handshake() {
     let grid = Grid::new();
     let tmp = tempfile::tempdir().unwrap();
-    let (src_root, dst_root) = (tmp.path().join("a"), tmp.path().join("b"));
-    std::fs::create_dir_all(&src_root).unwrap();
-    std::fs::create_dir_all(&dst_root).unwrap();
+    let (src_root, dst_root) = two_roots(tmp.path());
     let a = grid.spawn_star("star-a", &[&src_root]).await;
     let b = grid.spawn_star("star-b", &[&dst_root]).await;
     let src = src_root.join("f.bin");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use orbit_certs::{GridCa, IssueOptions, IssuedCert, Role};
-use orbit_tests::ops::{self, ok, reload, replicate, start_star, RELOAD_TIMEOUT};
+use orbit_tests::ops::{self, ok, reload, start_star, RELOAD_TIMEOUT};
 use orbit_tests::process::orbitctl;
 use orbit_tests::*;
 
@@ -33,14 +33,8 @@ async fn renew_then_finish_on_a_running_grid_without_a_failed_replication() {
     random_file(&file, 100_000);
     let mut a = start_star(&grid, "star-a", &src, &[]);
     let mut b = start_star(&grid, "star-b", &dst, &[]);
-    let mut n = 0;
-    let mut replicate_ok = |when: &str| {
-        n += 1;
-        let target = dst.join(format!("copy-{n}.bin"));
-        let out = replicate(&grid, &file, &target);
-        assert_eq!(out.code, Some(0), "{when}: {}{}", out.stdout, out.stderr);
-        assert_eq!(sha256_file(&target), sha256_file(&file), "{when}");
-    };
+    let mut copies = ops::Copies::new(&grid, &file, &dst);
+    let mut replicate_ok = |when: &str| copies.check(when);
     replicate_ok("before the renewal");
     let old_b = held_by(&grid, "star-b");
     let token = ops::mint(&grid, &file);

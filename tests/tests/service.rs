@@ -11,7 +11,7 @@ use std::process::Command;
 use orbit_tests::ops::{init_grid, listen_of, metrics_addr, orbit_star, sample, scrape};
 use orbit_tests::process::{bin, orbitctl, StarProcess};
 use orbit_tests::unit::{Unit, UNIT};
-use orbit_tests::{random_file, sha256_file, wire, STEP_TIMEOUT};
+use orbit_tests::{random_file, sha256_file, two_roots, wire, STEP_TIMEOUT};
 
 #[test]
 fn the_unit_passes_systemd_analyze_verify() {
@@ -104,9 +104,7 @@ fn replicate(grid: &Path, src: &Path, dst: &Path) -> orbit_tests::process::Outpu
 fn ready_once_serving_then_watchdog_pings_then_stopping() {
     let tmp = tempfile::tempdir().unwrap();
     let grid = init_grid(tmp.path(), &["star-a", "star-b"]);
-    let (src_root, dst_root) = (tmp.path().join("a"), tmp.path().join("b"));
-    std::fs::create_dir_all(&src_root).unwrap();
-    std::fs::create_dir_all(&dst_root).unwrap();
+    let (src_root, dst_root) = two_roots(tmp.path());
     let socket_path = tmp.path().join("notify");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
@@ -188,9 +186,7 @@ fn ready_once_serving_then_watchdog_pings_then_stopping() {
 fn keys_only_in_a_credentials_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let grid = init_grid(tmp.path(), &["star-a", "star-b"]);
-    let (src_root, dst_root) = (tmp.path().join("a"), tmp.path().join("b"));
-    std::fs::create_dir_all(&src_root).unwrap();
-    std::fs::create_dir_all(&dst_root).unwrap();
+    let (src_root, dst_root) = two_roots(tmp.path());
     // star-b as systemd runs it: a config with no key paths, the keys in a credentials folder.
     let creds = tmp.path().join("credentials");
     std::fs::create_dir(&creds).unwrap();

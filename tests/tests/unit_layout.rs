@@ -6,30 +6,20 @@
 //! `orbitctl renew`, whose new certificate is a credential. No systemd runs (see
 //! `orbit_tests::unit`). Needs root; elsewhere it says so and passes, under CI it fails.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use orbit_tests::ops::{init_grid_printing, mint, raw_read};
-use orbit_tests::process::{orbitctl, Output, StarProcess};
+use orbit_tests::ops::{self, init_grid_printing, mint, ok, raw_read};
+use orbit_tests::process::{orbitctl, StarProcess};
 use orbit_tests::unit::{Unit, UnitHost};
 use orbit_tests::*;
 use orbit_wire::ErrorCode;
 
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn ok(out: Output) -> Output {
-    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    out
-}
-
+/// `orbitctl replicate star-a:SRC star-b:DST`, which must succeed with the bytes in place.
 fn replicate(grid: &Path, src: &Path, dst: &Path) {
-    ok(orbitctl(&[
-        "--grid",
-        &wire(grid),
-        "replicate",
-        &format!("star-a:{}", wire(src)),
-        &format!("star-b:{}", wire(dst)),
-    ]));
+    ok(ops::replicate(grid, src, dst));
     assert_eq!(sha256_file(dst), sha256_file(src));
 }
 
@@ -45,11 +35,7 @@ fn reload(host: &UnitHost, unit: &Unit, star: &StarProcess) -> String {
 /// A grid of star-a and star-b in `dir`; star-a's folder installed on `host` as `orbitctl init`
 /// printed, its layout checked, and its credentials loaded as the unit's start does. Returns
 /// the grid and star-a's folder in it.
-fn install_star_a(
-    host: &UnitHost,
-    unit: &Unit,
-    dir: &Path,
-) -> (std::path::PathBuf, std::path::PathBuf) {
+fn install_star_a(host: &UnitHost, unit: &Unit, dir: &Path) -> (PathBuf, PathBuf) {
     let (grid, init) = init_grid_printing(dir, &["star-a", "star-b"]);
     let star_a = grid.join("stars/star-a");
 
@@ -78,33 +64,74 @@ fn install_star_a(
     (grid, star_a)
 }
 
+/// star-a under the unit (installed by [`install_star_a`]) and star-b as a plain process
+/// with its root `dst`, after one replication of `file` from star-a's store to `dst/1.bin`.
+struct Stage {
+    host: UnitHost,
+    unit: Unit,
+    grid: PathBuf,
+    star_a: PathBuf,
+    a: StarProcess,
+    b: StarProcess,
+    dst: PathBuf,
+    file: PathBuf,
+}
+
+impl Stage {
+    /// `None` (after saying so, or failing under CI) when this is not root.
+    fn new(dir: &Path) -> Option<Stage> {
+        let host = match UnitHost::new(&dir.join("host")) {
+            Ok(host) => host,
+            Err(why) => {
+                skip_or_fail("root, to run the star as another user", why);
+                return None;
+            }
+        };
+        let unit = Unit::load();
+        let (grid, star_a) = install_star_a(&host, &unit, dir);
+        let a = host.start(&unit);
+        let dst = dir.join("dst");
+        std::fs::create_dir(&dst).unwrap();
+        let b = StarProcess::start(&[
+            "--config",
+            &wire(&grid.join("stars/star-b/star.toml")),
+            "--allow",
+            &wire(&dst),
+        ]);
+        let file = host.store.join("f.bin");
+        random_file(&file, 100_000);
+        replicate(&grid, &file, &dst.join("1.bin"));
+        Some(Stage {
+            host,
+            unit,
+            grid,
+            star_a,
+            a,
+            b,
+            dst,
+            file,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_and_revocation_work_with_the_units_layout_and_reload() {
     let tmp = tempfile::tempdir().unwrap();
-    let host = match UnitHost::new(&tmp.path().join("host")) {
-        Ok(host) => host,
-        Err(why) => {
-            skip_or_fail("root, to run the star as another user", why);
-            return;
-        }
+    let Some(Stage {
+        host,
+        unit,
+        grid,
+        star_a,
+        a,
+        b,
+        dst,
+        file,
+    }) = Stage::new(tmp.path())
+    else {
+        return;
     };
-    let unit = Unit::load();
-    let (grid, star_a) = install_star_a(&host, &unit, tmp.path());
     let g = wire(&grid);
     let (root, orbit) = (0, host.gid);
-
-    let a = host.start(&unit);
-    let dst = tmp.path().join("dst");
-    std::fs::create_dir(&dst).unwrap();
-    let b = StarProcess::start(&[
-        "--config",
-        &wire(&grid.join("stars/star-b/star.toml")),
-        "--allow",
-        &wire(&dst),
-    ]);
-    let file = host.store.join("f.bin");
-    random_file(&file, 100_000);
-    replicate(&grid, &file, &dst.join("1.bin"));
     // A token under the key about to be rotated out (think: a stolen master key).
     let old_token = mint(&grid, &file);
 
@@ -169,28 +196,20 @@ async fn rotation_and_revocation_work_with_the_units_layout_and_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_works_with_the_units_layout_and_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let host = match UnitHost::new(&tmp.path().join("host")) {
-        Ok(host) => host,
-        Err(why) => {
-            skip_or_fail("root, to run the star as another user", why);
-            return;
-        }
+    let Some(Stage {
+        host,
+        unit,
+        grid,
+        star_a,
+        mut a,
+        b,
+        dst,
+        file,
+    }) = Stage::new(tmp.path())
+    else {
+        return;
     };
-    let unit = Unit::load();
-    let (grid, star_a) = install_star_a(&host, &unit, tmp.path());
     let g = wire(&grid);
-    let mut a = host.start(&unit);
-    let dst = tmp.path().join("dst");
-    std::fs::create_dir(&dst).unwrap();
-    let b = StarProcess::start(&[
-        "--config",
-        &wire(&grid.join("stars/star-b/star.toml")),
-        "--allow",
-        &wire(&dst),
-    ]);
-    let file = host.store.join("f.bin");
-    random_file(&file, 100_000);
-    replicate(&grid, &file, &dst.join("1.bin"));
 
     // Step 1: the new certificate and key installed as printed; the unit's restart copies the
     // credentials again.

@@ -572,13 +572,7 @@ mod tests {
         })
         .await;
         let shared = shared(&star, 3);
-        let job = Job {
-            line: 1,
-            source: crate::spec::StarPath::parse("star-a:/d/f").unwrap(),
-            target: crate::spec::StarPath::parse("star-b:/e/f").unwrap(),
-        };
-        let (_stop, stopped) = watch::channel(false);
-        let ended = run_job(&shared, 0, &job, stopped).await;
+        let ended = run_a_to_b(&shared).await;
         assert_eq!(ended.attempts, 3);
         let (_, done) = ended.result.unwrap();
         assert_eq!(done.sha256, [7; 32]);
@@ -590,9 +584,7 @@ mod tests {
             ))]
         })
         .await;
-        let shared = self::shared(&refused, 3);
-        let (_stop, stopped) = watch::channel(false);
-        let ended = run_job(&shared, 0, &job, stopped).await;
+        let ended = run_a_to_b(&self::shared(&refused, 3)).await;
         assert_eq!(ended.attempts, 1);
         let err = ended.result.unwrap_err();
         assert_eq!(err.code(), ErrorCode::NotFound);
@@ -613,13 +605,7 @@ mod tests {
         })
         .await;
         let shared = shared(&star, 3);
-        let job = Job {
-            line: 1,
-            source: crate::spec::StarPath::parse("star-a:/d/f").unwrap(),
-            target: crate::spec::StarPath::parse("star-b:/e/f").unwrap(),
-        };
-        let (_stop, stopped) = watch::channel(false);
-        let ended = run_job(&shared, 0, &job, stopped).await;
+        let ended = run_a_to_b(&shared).await;
         assert_eq!(ended.attempts, 2);
         let (replication, done) = ended.result.unwrap();
         assert_eq!(done.sha256, [9; 32]);
@@ -632,6 +618,17 @@ mod tests {
             matches!(followed, Some(ControlRequest::Wait { transfer_id }) if transfer_id == sent.transfer_id),
             "{followed:?}"
         );
+    }
+
+    /// Runs the one job `star-a:/d/f star-b:/e/f` to its end, never stopped.
+    async fn run_a_to_b(shared: &Shared) -> Ended {
+        let job = Job {
+            line: 1,
+            source: crate::spec::StarPath::parse("star-a:/d/f").unwrap(),
+            target: crate::spec::StarPath::parse("star-b:/e/f").unwrap(),
+        };
+        let (_stop, stopped) = watch::channel(false);
+        run_job(shared, 0, &job, stopped).await
     }
 
     /// What the jobs share, with the fake star as star-b and no wait between attempts.
