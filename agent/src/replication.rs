@@ -21,6 +21,7 @@
 mod disk;
 mod driver;
 mod error;
+mod hashing;
 mod machine;
 mod many;
 mod registry;

@@ -1,6 +1,6 @@
 //! The destination's disk side of one replication, blocking: the temporary file beside the
-//! target, the SHA-256 of the whole file and of the current attempt's bytes, the journal's
-//! checkpoints, and at the end verification and the atomic, durable publish. It owns only what it
+//! target, the SHA-256 of the whole file and of the current attempt's bytes (computed on a
+//! thread of their own, [`super::hashing`]), the journal's checkpoints, and at the end verification and the atomic, durable publish. It owns only what it
 //! uses: the jail and the journal.
 //!
 //! It never writes at the target path itself, and [`Disk::abandon`] removes the temporary file
@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use orbit_wire::{ErrorCode, FileVersion, ReplicateFile, WireError};
 
 use super::error::{Local, PullError};
+use super::hashing::{Digests, Hashing, Stopped};
 use super::registry::Feed;
 use crate::error::ToWire;
 use crate::framed::Payload;
@@ -60,12 +61,10 @@ pub(crate) struct Disk {
     /// The journal entry, when the star keeps a journal.
     entry: Option<Entry>,
     written: u64,
-    /// The digest of the whole file so far.
-    whole: Sha256,
-    /// The digest of this attempt's bytes, which the source's trailer covers, when the attempt
-    /// resumed past byte 0; from byte 0 it equals `whole`, and hashing twice would cost a third
-    /// of the transfer's CPU.
-    segment: Option<Sha256>,
+    /// The digests of the whole file so far and, when the attempt resumed past byte 0, of this
+    /// attempt's bytes, which the source's trailer covers (from byte 0 it equals the whole
+    /// file's, and hashing twice would cost a third of the transfer's CPU).
+    hashing: Hashing,
     /// The file's blocks are reserved up to this offset (see [`RESERVE_AHEAD`]).
     reserved: u64,
     /// Its size, when this attempt's header has said it.
@@ -83,6 +82,12 @@ fn disk_error(what: &str) -> impl Fn(std::io::Error) -> PullError + '_ {
             e.code,
             format!("{what}: {}", e.message),
         )))
+    }
+}
+
+impl From<Stopped> for PullError {
+    fn from(stopped: Stopped) -> PullError {
+        PullError::Internal(stopped.to_string())
     }
 }
 
@@ -106,6 +111,25 @@ pub(super) fn write_all_pieces(file: &mut File, pieces: &[bytes::Bytes]) -> std:
         }
     }
     Ok(())
+}
+
+/// Hashes the first `len` bytes of `file` and compares them with the journal's digest: their
+/// digest so far when they match.
+fn check_prefix(mut file: &File, len: u64, expect: &str) -> std::io::Result<Option<Sha256>> {
+    if file.metadata()?.len() < len {
+        return Ok(None);
+    }
+    file.seek(SeekFrom::Start(0))?;
+    let mut prefix = Sha256::new();
+    let mut left = len;
+    let mut buf = vec![0u8; 1024 * 1024];
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        file.read_exact(&mut buf[..want])?;
+        prefix.update(&buf[..want]);
+        left -= want as u64;
+    }
+    Ok((hex::encode(prefix.clone().finalize()) == expect).then_some(prefix))
 }
 
 impl Store {
@@ -179,7 +203,7 @@ impl Disk {
                 )));
             }
         };
-        Ok(Disk::new(store, dir, part, file, entry))
+        Disk::new(store, dir, part, file, entry, Sha256::new())
     }
 
     /// Reopens a journaled temporary file and checks its synced prefix against the journal: the
@@ -197,37 +221,45 @@ impl Disk {
             dir.remove_part(&entry.part);
             return Disk::create(store, target, entry.command, entry.upstreams);
         };
-        let verified = entry.verified;
-        let expect = entry.prefix_sha256.clone();
-        let mut disk = Disk::new(store, dir, entry.part.clone(), file, Some(entry));
-        match disk.check_prefix(verified, &expect) {
-            Ok(true) => disk.written = verified,
-            Ok(false) | Err(_) => {
-                tracing::warn!(part = %disk.part, "the temporary file does not match its journal; starting from zero");
-                disk.whole = Sha256::new();
+        let (verified, part) = (entry.verified, entry.part.clone());
+        let (written, prefix) = match check_prefix(&file, verified, &entry.prefix_sha256) {
+            Ok(Some(prefix)) => (verified, prefix),
+            Ok(None) | Err(_) => {
+                tracing::warn!(%part, "the temporary file does not match its journal; starting from zero");
+                (0, Sha256::new())
             }
-        }
+        };
+        let mut disk = Disk::new(store, dir, part, file, Some(entry), prefix)?;
+        disk.written = written;
         let io = disk_error("resuming into the temporary file");
         disk.file.set_len(disk.written).map_err(&io)?;
         disk.file.seek(SeekFrom::Start(disk.written)).map_err(&io)?;
         Ok(disk)
     }
 
-    fn new(store: Store, dir: TargetDir, part: String, file: File, entry: Option<Entry>) -> Disk {
-        Disk {
+    /// The disk of `file`, its bytes so far hashing to `prefix`.
+    fn new(
+        store: Store,
+        dir: TargetDir,
+        part: String,
+        file: File,
+        entry: Option<Entry>,
+        prefix: Sha256,
+    ) -> Result<Disk, PullError> {
+        let hashing = Hashing::start(prefix).map_err(disk_error("cannot start hashing"))?;
+        Ok(Disk {
             store,
             dir,
             part,
             file,
             entry,
             written: 0,
-            whole: Sha256::new(),
-            segment: None,
+            hashing,
             reserved: 0,
             size: 0,
             pending: None,
             feed: None,
-        }
+        })
     }
 
     /// From now on, tells `feed` what is written, for relay reads: the file to read, how much
@@ -250,23 +282,6 @@ impl Disk {
         self.written
     }
 
-    /// Hashes the first `len` bytes into `self.whole` and compares them with the journal's digest.
-    fn check_prefix(&mut self, len: u64, expect: &str) -> std::io::Result<bool> {
-        if self.file.metadata()?.len() < len {
-            return Ok(false);
-        }
-        self.file.seek(SeekFrom::Start(0))?;
-        let mut left = len;
-        let mut buf = vec![0u8; 1024 * 1024];
-        while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            self.file.read_exact(&mut buf[..want])?;
-            self.whole.update(&buf[..want]);
-            left -= want as u64;
-        }
-        Ok(hex::encode(self.whole.clone().finalize()) == expect)
-    }
-
     /// An attempt's bytes begin at `start` of the source's file at `version`: from 0, what the
     /// file holds is dropped. Checks the free space for the rest, reserves ahead and records the
     /// version in the journal before any byte of it is written.
@@ -287,10 +302,10 @@ impl Disk {
                 f.written = start;
             });
         }
-        if start == 0 && self.written > 0 {
+        let restart = start == 0 && self.written > 0;
+        if restart {
             self.file.set_len(0).map_err(&io)?;
             self.file.seek(SeekFrom::Start(0)).map_err(&io)?;
-            self.whole = Sha256::new();
             self.written = 0;
         }
         if start != self.written {
@@ -299,7 +314,7 @@ impl Disk {
                 self.written
             )));
         }
-        self.segment = (self.written > 0).then(Sha256::new);
+        self.hashing.attempt(restart, self.written > 0)?;
         self.dir
             .check_space(&self.file, version.size.saturating_sub(self.written))
             .map_err(&io)?;
@@ -312,21 +327,16 @@ impl Disk {
         self.checkpoint().map_err(&io)
     }
 
-    /// Hashes and writes the next bytes.
+    /// Writes the next bytes, and hands them to the hashing thread.
     ///
     /// # Errors
     ///
     /// I/O errors, no space among them.
-    pub(crate) fn write(&mut self, data: &Payload) -> Result<(), PullError> {
+    pub(crate) fn write(&mut self, data: Payload) -> Result<(), PullError> {
         let io = disk_error("writing the temporary file");
-        for piece in data.pieces() {
-            self.whole.update(piece);
-            if let Some(segment) = &mut self.segment {
-                segment.update(piece);
-            }
-        }
         write_all_pieces(&mut self.file, data.pieces()).map_err(&io)?;
         self.written += data.len() as u64;
+        self.hashing.update(data)?;
         if let Some(feed) = &self.feed {
             let written = self.written;
             feed.send_modify(|f| f.written = written);
@@ -357,11 +367,18 @@ impl Disk {
             return Ok(());
         };
         entry.verified = self.written;
-        entry.prefix_sha256 = hex::encode(self.whole.clone().finalize());
-        let entry = entry.clone();
+        let digests = self
+            .hashing
+            .digests_later()
+            .map_err(std::io::Error::other)?;
+        let mut entry = entry.clone();
         let file = self.file.try_clone()?;
         let sync = move || {
-            // Everything up to `entry.verified` was written before this call.
+            // Everything up to `entry.verified` was written, and given to the hashing thread,
+            // before this call.
+            let Digests { whole, .. } =
+                digests.recv().map_err(|_| std::io::Error::other(Stopped))?;
+            entry.prefix_sha256 = hex::encode(whole);
             file.sync_data()?;
             journal.write(&entry)
         };
@@ -414,10 +431,11 @@ impl Disk {
                 format!("wrote {} of {size} bytes", self.written),
             ))));
         }
-        let segment: [u8; 32] = match self.segment.take() {
-            Some(segment) => segment.finalize().into(),
-            None => self.whole.clone().finalize().into(),
-        };
+        let Digests {
+            whole: sha256,
+            segment,
+        } = self.hashing.digests()?;
+        let segment = segment.unwrap_or(sha256);
         if segment != trailer {
             return Err(PullError::Mismatch(format!(
                 "received data hashes to {}, the source sent {}",
@@ -425,7 +443,6 @@ impl Disk {
                 hex::encode(trailer)
             )));
         }
-        let sha256: [u8; 32] = self.whole.clone().finalize().into();
         if let Some(expect) = expect.filter(|e| *e != sha256) {
             return Err(PullError::Mismatch(format!(
                 "the file's SHA-256 is {}, expected {}",
@@ -549,8 +566,8 @@ mod tests {
         let data = b"hello, orbit";
         disk.segment(0, version(data.len() as u64)).unwrap();
         assert_eq!(w.journal.entries().len(), 1, "journaled before a byte");
-        disk.write(&payload(&data[..5])).unwrap();
-        disk.write(&payload(&data[5..])).unwrap();
+        disk.write(payload(&data[..5])).unwrap();
+        disk.write(payload(&data[5..])).unwrap();
         let sha: [u8; 32] = Sha256::digest(data).into();
         let commit = Commit {
             size: data.len() as u64,
@@ -569,7 +586,7 @@ mod tests {
         let w = world();
         let (mut disk, _) = open(&w, "out");
         disk.segment(0, version(3)).unwrap();
-        disk.write(&payload(b"abc")).unwrap();
+        disk.write(payload(b"abc")).unwrap();
         let wrong = Commit {
             size: 3,
             trailer: [0; 32],
@@ -608,7 +625,7 @@ mod tests {
         let (mut disk, _) = open(&w, "out");
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         disk.segment(0, version(data.len() as u64)).unwrap();
-        disk.write(&payload(&data[..120_000])).unwrap();
+        disk.write(payload(&data[..120_000])).unwrap();
         disk.abandon(true);
         let entries = w.journal.entries();
         assert_eq!(entries.len(), 1);
@@ -627,7 +644,7 @@ mod tests {
         let mut disk = Disk::reopen(w.store.clone(), &target, entry.clone()).unwrap();
         assert_eq!(disk.written(), 120_000);
         disk.segment(120_000, version(data.len() as u64)).unwrap();
-        disk.write(&payload(&data[120_000..])).unwrap();
+        disk.write(payload(&data[120_000..])).unwrap();
         let commit = Commit {
             size: data.len() as u64,
             trailer: Sha256::digest(&data[120_000..]).into(),
@@ -640,7 +657,7 @@ mod tests {
         // A temporary file changed behind the journal's back is not trusted.
         let (mut disk, _) = open(&w, "again");
         disk.segment(0, version(10)).unwrap();
-        disk.write(&payload(b"0123456789")).unwrap();
+        disk.write(payload(b"0123456789")).unwrap();
         disk.abandon(true);
         let entry = w.journal.entries().remove(0);
         let part = w.root.join(&entry.part);
@@ -663,10 +680,10 @@ mod tests {
         let w = world();
         let (mut disk, _) = open(&w, "out");
         disk.segment(0, version(6)).unwrap();
-        disk.write(&payload(b"old")).unwrap();
+        disk.write(payload(b"old")).unwrap();
         assert!(disk.segment(2, version(6)).is_err(), "a gap is refused");
         disk.segment(0, version(3)).unwrap();
-        disk.write(&payload(b"new")).unwrap();
+        disk.write(payload(b"new")).unwrap();
         let sha: [u8; 32] = Sha256::digest(b"new").into();
         disk.commit(Commit {
             size: 3,
@@ -683,7 +700,7 @@ mod tests {
         let w = world();
         let (mut disk, _) = open(&w, "out");
         disk.segment(0, version(4)).unwrap();
-        disk.write(&payload(b"abcd")).unwrap();
+        disk.write(payload(b"abcd")).unwrap();
         disk.abandon(true);
         let entry = w.journal.entries().remove(0);
         w.store.discard(&entry);

@@ -198,7 +198,7 @@ fn run(
         };
         let step = match msg {
             Msg::Write(WriteMsg::Segment { start, version }) => disk.segment(start, version),
-            Msg::Write(WriteMsg::Data(data)) => disk.write(&data),
+            Msg::Write(WriteMsg::Data(data)) => disk.write(data),
             Msg::Write(WriteMsg::Checkpoint) => disk
                 .checkpoint_behind()
                 .map_err(|e| PullError::Disk(Local(e.to_wire()))),
