@@ -354,6 +354,63 @@ fn a_holder_with_entries_of_its_own_feeds_no_one_and_the_source_steps_in() {
 }
 
 #[test]
+fn ctrl_c_cancels_the_tree_running_and_starts_no_other() {
+    let fan = Fan::new().start();
+    make_tree(&fan.data());
+    // Large enough that the first tree is still running when Ctrl-C comes.
+    random_file(&fan.data().join("a/huge.bin"), 96 * 1024 * 1024);
+    let grid = wire(&fan.grid);
+    let source = format!("star-a:{}", wire(&fan.data()));
+    let mut args = vec!["--grid", grid.as_str(), "replicate", source.as_str(), "-r"];
+    let targets = fan.targets();
+    args.extend(targets.iter().map(String::as_str));
+    let child = std::process::Command::new(process::bin("orbitctl"))
+        .args(&args)
+        .env_remove("ORBIT_GRID")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first tree has started once star-b made its directory.
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    while !fan.copy("star-b").exists() {
+        assert!(std::time::Instant::now() < deadline, "star-b never started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let signal = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signal.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stdout}{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("star-b: ") && l.contains("FAILED Cancelled: ")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "0 of 4 destinations replicated the tree (needed 4), 1 failed, 3 not started"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("tree fan-out cancelled (interrupted)"),
+        "{stderr}"
+    );
+    // orbitctl returned once star-b had cleaned up; the others were never contacted.
+    assert!(part_files(&fan.copy("star-b")).is_empty());
+    assert!(!fan.copy("star-b").join("a/huge.bin").exists());
+    for star in ["star-c", "star-d", "star-e"] {
+        assert!(!fan.copy(star).exists(), "{star}");
+    }
+}
+
+#[test]
 fn usage_errors_exit_2_and_contact_nothing() {
     // No star runs: a usage error is found before anything is contacted.
     let fan = Fan::new();
