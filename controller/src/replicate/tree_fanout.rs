@@ -14,9 +14,9 @@
 //!
 //! A holder must hold the source's tree and nothing else, or it would hand the others entries
 //! the source never had. With `--delete`, a complete tree is a mirror of the source. Without,
-//! the entries that were in a holder's directory before stay there, so each destination is
-//! first checked with a dry run of `--delete` from the source (a listing, no file bytes): only
-//! one that would delete nothing feeds the others.
+//! the entries that were in a holder's directory before stay there, so a destination whose
+//! tree ends while others wait is first checked with a dry run of `--delete` from the source
+//! (a listing, no file bytes): only one that would delete nothing feeds the others.
 //!
 //! It builds no wire message of its own and never carries file data: it sends the same
 //! `ReplicateTree` commands as a single tree, one per destination (and one per check).
@@ -385,7 +385,8 @@ impl Rounds<'_> {
                     _ => free.push_back(leg.from),
                 }
             }
-            if self.ended(&job, result) && !self.args.dry_run {
+            // A tree that ends when no one waits feeds no one: no need to check it.
+            if self.ended(&job, result) && !self.args.dry_run && !pending.is_empty() {
                 if self.args.delete {
                     free.push_back(leg.to);
                 } else {
