@@ -115,7 +115,7 @@ use plan::Topology;
 /// as its tree ends, naming the star that fed it (FAILED and the reason for a tree that failed
 /// as a whole; failed files on stderr), then:
 ///
-///   4 of 4 destinations replicated the tree (needed 4) in 4.1 s, the source sent it once
+///   3 of 3 destinations replicated the tree (needed 3) in 3.1 s, the source sent it once
 ///
 /// --min-success counts the destinations with the complete tree. No progress bar; --itemize
 /// lines start with the destination (`star-c: copy f a/b.txt`). Ctrl-C cancels every tree
