@@ -1,7 +1,8 @@
 //! `orbitctl replicate`: tells the destination star to pull a file, or with `--recursive` a
 //! directory tree ([`tree`]), from the source star, and reports the verified result. With
 //! several destinations, the file goes to all of them at once ([`fanout`], planned by
-//! [`plan`]).
+//! [`plan`]), and a tree by rounds (`tree_fanout`), each destination holding the tree feeding
+//! the next.
 //!
 //! The controller mints a token for the source star naming the destination as holder, sends
 //! one `ReplicateFile` (or `ReplicateTree`) on a control stream to the destination, and waits
@@ -12,27 +13,30 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use orbit_wire::{ControlEvent, ControlRequest, ErrorCode, ReplicateFile, TransferId, WireError};
+use orbit_wire::{ControlRequest, ReplicateFile, TransferId};
 use rand::RngCore;
 
-use crate::connect::{self, ConnectError, StarConnection, StreamError, WireBytes};
-use crate::exit;
-use crate::grid::{Grid, GridError};
-use crate::progress::{Mode, Progress};
+use crate::connect::WireBytes;
 use crate::spec::{parse_glob, parse_sha256, parse_ttl, star_path_text, SpecError, StarPath};
-use crate::token;
 
 pub mod batch;
+mod error;
 pub mod fanout;
 mod fanout_report;
+mod file;
 mod file_report;
 mod interrupt;
 pub mod plan;
 pub mod report;
 pub mod tree;
+mod tree_fanout;
+mod tree_fanout_report;
 
+pub use error::ReplicateError;
+pub(crate) use file::Minting;
+pub use file::{conclude, replicate_file, replicate_observed, start_detached};
+use file::{execute, start};
 pub use file_report::{detached_json, event_line, success_json, summary_line};
 use interrupt::{interrupt_signal, Cancelling};
 use plan::Topology;
@@ -94,8 +98,28 @@ use plan::Topology;
 /// verified the file. Ctrl-C cancels every destination still running. With --detach it prints
 /// the transfer id, then one line per destination (`started`, or FAILED); `orbitctl wait ID
 /// --star star-b --star star-c ...` (or --to-file) follows them all and reports as above, and
-/// `orbitctl cancel` takes the same stars. A fan-out copies one file: --recursive takes one
-/// destination.
+/// `orbitctl cancel` takes the same stars.
+///
+/// With --recursive and several destinations, the tree goes to all of them by rounds:
+///
+///   orbitctl --grid /etc/orbit/grid replicate star-a:/srv/data star-b:/srv/data star-c:/srv/data star-d:/srv/data -r
+///
+/// The source replicates the tree to the first destination. Then every destination whose
+/// tree is complete (no file failed, --delete run if asked) feeds the next one waiting, with
+/// the same options, so the stars holding the tree double each round and the source sends it
+/// once: N destinations take about log2(N) + 1 tree copies of time. Without --delete, a
+/// destination feeds others only if it holds nothing the source lacks (checked with a
+/// listing). If no destination holds the complete tree, the source feeds the next one again,
+/// and says so on stderr. A file changed at the source during the run reaches the later
+/// destinations as the first one copied it. orbitctl prints one summary line per destination
+/// as its tree ends, naming the star that fed it (FAILED and the reason for a tree that failed
+/// as a whole; failed files on stderr), then:
+///
+///   3 of 3 destinations replicated the tree (needed 3) in 3.1 s, the source sent it once
+///
+/// --min-success counts the destinations with the complete tree. No progress bar; --itemize
+/// lines start with the destination (`star-c: copy f a/b.txt`). Ctrl-C cancels every tree
+/// running. --detach is refused: the rounds need orbitctl to stay. --topology is for a file.
 ///
 /// With --from-file JOBS, it runs every replication JOBS lists (one `SRC DST` pair a line), at
 /// most --transfers at once, retrying those that failed for a temporary reason (exit code 4's),
@@ -106,15 +130,16 @@ use plan::Topology;
 /// Exit codes (`orbitctl --help` has the table for every command):
 ///
 ///   0    done: the file, or every entry of the tree, is replicated (or, with --dry-run,
-///        was checked); for a fan-out, at least --min-success destinations verified it;
-///        for a batch, every replication
+///        was checked); for a fan-out, at least --min-success destinations verified it (or,
+///        for a tree, hold all of it); for a batch, every replication
 ///   1    failed, and running it again will not fix it: for a file, nothing was published;
 ///        a tree stopped as a whole (files published before that stay); a fan-out verified
 ///        fewer than --min-success destinations (those verified keep the file), or two
 ///        reported different digests; a batch had a replication that failed so
 ///   2    usage: a bad option, path, pattern or batch line; nothing was contacted
 ///   3    partly done (trees only): the tree was walked to the end but some files failed,
-///        or --delete did not run
+///        or --delete did not run (for a fan-out of a tree: too few destinations hold all
+///        of it, but enough were walked to the end)
 ///   4    failed for a temporary reason, as 1 otherwise: a star unreachable or shutting
 ///        down, a deadline passed, a connection lost, a star out of slots or space (for a
 ///        fan-out or a batch: every failure was such); the same command may succeed later
@@ -134,7 +159,7 @@ pub struct Args {
     /// Where to put it: the destination star's name and the absolute path on it, e.g.
     /// star-b:/srv/backup/f.bin, or with --recursive a directory, e.g. star-b:/srv/backup. An
     /// existing file there is replaced only by a verified copy. Give several to copy the file
-    /// to all of them at once.
+    /// (or with --recursive, the tree) to all of them.
     #[arg(
         value_name = "DST:/abs/path",
         value_parser = star_path_text,
@@ -235,7 +260,13 @@ pub struct Args {
     /// "digests_differ":..,"seconds":..}. For a batch (--from-file), one {"type":"job",
     /// "line":..,"source":..,"destination":..,"ok":..,"attempts":..,..} per replication (no
     /// progress), then {"type":"summary","ok":..,"jobs":..,"verified":..,"failed":..,
-    /// "not_started":..,"retries":..,"bytes":..,"seconds":..,"exit_code":..}.
+    /// "not_started":..,"retries":..,"bytes":..,"seconds":..,"exit_code":..}. For a tree to
+    /// several destinations, each tree's result object as it ends, with "type":"destination"
+    /// (or {"type":"destination","ok":false,"code":..,..} for one that failed as a whole;
+    /// "source" names the star that fed it), --itemize's item events, no progress, and last
+    /// {"type":"summary","fanout":true,"recursive":true,"ok":..,"destinations":..,
+    /// "replicated":..,"partial":..,"failed":..,"not_started":..,"min_success":..,
+    /// "source_sends":..,"dry_run":..,"seconds":..}.
     #[arg(long)]
     pub json: bool,
 
@@ -251,6 +282,7 @@ pub struct Args {
 
     /// Start the replication, print its transfer id and return at once; the destination star
     /// carries on alone. Follow it with `orbitctl wait ID`, stop it with `orbitctl cancel ID`.
+    /// Not for a tree to several destinations, whose rounds need orbitctl to stay.
     #[arg(long)]
     pub detach: bool,
 
@@ -274,8 +306,8 @@ pub struct Args {
     #[arg(long, value_name = "SHAPE", default_value = "auto", value_parser = Topology::parse)]
     pub topology: Topology,
 
-    /// With several destinations, succeed (exit 0) when at least N of them verified the file.
-    /// Default: all of them.
+    /// With several destinations, succeed (exit 0) when at least N of them verified the file
+    /// (with --recursive, hold the complete tree). Default: all of them.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub min_success: Option<u32>,
 
@@ -427,154 +459,6 @@ pub struct Replicated {
     pub resumed_bytes: u64,
 }
 
-/// Why a replication failed. Every message names the star concerned.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplicateError {
-    /// The grid could not be read or does not list a star.
-    #[error(transparent)]
-    Grid(#[from] GridError),
-    /// The destination star could not be reached.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// The destination star reported a failure; nothing was published. The star's message says
-    /// what failed in full (it names the source when the source refused), so the code's words are
-    /// printed only when there is no message.
-    #[error("{star}: replication failed: {}", if error.message.is_empty() { error.code.describe() } else { &error.message })]
-    Failed {
-        /// The destination star.
-        star: String,
-        /// Its report; names the source star when the source refused.
-        error: WireError,
-    },
-    /// The control stream or connection to the destination failed.
-    #[error("{star}: replication failed: {error}")]
-    Stream {
-        /// The destination star.
-        star: String,
-        /// What happened.
-        error: StreamError,
-    },
-    /// The destination answered with something that is not a replication result.
-    #[error("{star}: unexpected answer to a replication command: {what}")]
-    Unexpected {
-        /// The destination star.
-        star: String,
-        /// The answer.
-        what: String,
-    },
-    /// The replication was cancelled with Ctrl-C; nothing was published.
-    #[error("{star}: replication cancelled (interrupted); nothing was published at {target}")]
-    Interrupted {
-        /// The destination star.
-        star: String,
-        /// The target path.
-        target: String,
-    },
-    /// A tree replication was cancelled with Ctrl-C; the files published before stay.
-    #[error(
-        "{star}: tree replication cancelled (interrupted); files already published under \
-         {target} stay, no partial file is left"
-    )]
-    TreeInterrupted {
-        /// The destination star.
-        star: String,
-        /// The target directory.
-        target: String,
-    },
-    /// A tree was walked to the end, but some files failed or `--delete` did not run. The
-    /// summary and the failures have been printed.
-    #[error("{star}: {}", incomplete(*failed, delete_skipped))]
-    Incomplete {
-        /// The destination star.
-        star: String,
-        /// How many files failed.
-        failed: u64,
-        /// Why `--delete` did not run, if it did not.
-        delete_skipped: Option<WireError>,
-    },
-    /// A command-line value was refused before anything was contacted.
-    #[error(transparent)]
-    Usage(#[from] SpecError),
-    /// A fan-out could not be planned, or failed as a whole.
-    #[error(transparent)]
-    Fanout(#[from] fanout::FanoutError),
-    /// A batch (`--from-file`) could not start, or some of its replications failed.
-    #[error(transparent)]
-    Batch(#[from] batch::BatchError),
-    /// The destination reported another digest than the one expected.
-    #[error(
-        "{star}: reported sha256 {} but {} was expected",
-        hex::encode(got),
-        hex::encode(want)
-    )]
-    DigestMismatch {
-        /// The destination star.
-        star: String,
-        /// Its digest.
-        got: [u8; 32],
-        /// The expected one.
-        want: [u8; 32],
-    },
-}
-
-/// `tree replicated, but 3 files failed and --delete did not run`.
-fn incomplete(failed: u64, delete_skipped: &Option<WireError>) -> String {
-    let files = if failed == 1 {
-        "1 file".to_owned()
-    } else {
-        format!("{failed} files")
-    };
-    match (failed, delete_skipped) {
-        (0, _) => "tree replicated, but --delete did not run".to_owned(),
-        (_, None) => format!("tree replicated, but {files} failed"),
-        (_, Some(_)) => format!("tree replicated, but {files} failed and --delete did not run"),
-    }
-}
-
-impl ReplicateError {
-    /// The wire code for `--json` output.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            ReplicateError::Grid(e) => e.code(),
-            ReplicateError::Connect(e) => e.code(),
-            ReplicateError::Failed { error, .. } => error.code,
-            ReplicateError::Stream { error, .. } => error.code(),
-            ReplicateError::Unexpected { .. } => ErrorCode::Internal,
-            ReplicateError::DigestMismatch { .. } => ErrorCode::DataLoss,
-            ReplicateError::Interrupted { .. } | ReplicateError::TreeInterrupted { .. } => {
-                ErrorCode::Cancelled
-            }
-            ReplicateError::Incomplete { delete_skipped, .. } => delete_skipped
-                .as_ref()
-                .map_or(ErrorCode::FailedPrecondition, |e| e.code),
-            ReplicateError::Usage(_) => ErrorCode::InvalidArgument,
-            ReplicateError::Fanout(e) => e.code(),
-            ReplicateError::Batch(e) => e.code(),
-        }
-    }
-
-    /// The process exit code that reports this failure (see [`crate::exit`]):
-    /// [`exit::INCOMPLETE`], [`exit::INTERRUPTED`], [`exit::USAGE`], or by the class of its
-    /// wire code [`exit::TEMPORARY`] or [`exit::FAILED`].
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            ReplicateError::Incomplete { .. } => exit::INCOMPLETE,
-            ReplicateError::Interrupted { .. } | ReplicateError::TreeInterrupted { .. } => {
-                exit::INTERRUPTED
-            }
-            ReplicateError::Usage(_) => exit::USAGE,
-            ReplicateError::Fanout(e) => e.exit_code(),
-            ReplicateError::Batch(e) => e.exit_code(),
-            ReplicateError::Grid(_)
-            | ReplicateError::Connect(_)
-            | ReplicateError::Failed { .. }
-            | ReplicateError::Stream { .. }
-            | ReplicateError::Unexpected { .. }
-            | ReplicateError::DigestMismatch { .. } => exit::of_code(self.code()),
-        }
-    }
-}
-
 /// Runs `orbitctl replicate` on the grid at `grid_dir`: prints the summary line or JSON.
 ///
 /// # Errors
@@ -592,6 +476,9 @@ pub async fn run(grid_dir: &Path, mut args: Args) -> Result<(), ReplicateError> 
         return Err(e);
     }
     match fanout_destinations(&mut args) {
+        Ok(Some(destinations)) if args.recursive => {
+            return tree_fanout::run(grid_dir, &args, destinations).await
+        }
         Ok(Some(destinations)) => return fanout::run(grid_dir, &args, destinations).await,
         Ok(None) => {}
         Err(e) => {
@@ -647,454 +534,4 @@ fn fanout_destinations(args: &mut Args) -> Result<Option<Vec<StarPath>>, plan::P
     }
     plan::check_min_success(args.min_success, 1)?;
     Ok(None)
-}
-
-/// Runs the replication `args` describe; `None` when detached.
-async fn execute(
-    grid_dir: &Path,
-    args: &Args,
-) -> Result<(ReplicateJob, Option<Replicated>), ReplicateError> {
-    // From here on Ctrl-C cancels the transfer rather than killing orbitctl.
-    let mut interrupt = interrupt_signal();
-    let (source, target) = args.endpoints()?;
-    let grid = Grid::open(grid_dir)?;
-    let master = grid.master_key()?;
-    let tls = grid.client_tls()?;
-    let minting = Minting {
-        grid: &grid,
-        master: &master,
-        ttl: args.ttl.unwrap_or(grid.ttl_secs()),
-        expect_sha256: args.expect_sha256,
-        timeout_secs: args.timeout,
-    };
-    let mut job = minting.job(&source, &target).await?;
-    // From several sources every read is a relay read of this transfer: link tokens all.
-    let transfer = job.command.transfer_id;
-    let link = |from: &StarPath| {
-        token::mint_link(
-            &master,
-            &from.star,
-            &target.star,
-            &from.path,
-            transfer,
-            minting.ttl,
-        )
-    };
-    for text in &args.also_from {
-        let other = StarPath::parse(text)?;
-        job.also.push(orbit_wire::fanout::Upstream {
-            addr: grid.star(&other.star)?.to_string(),
-            token: link(&other),
-            star: other.star,
-            path: other.path,
-        });
-    }
-    if !job.also.is_empty() {
-        job.command.token = link(&source);
-    }
-    if args.detach {
-        start_detached(tls, &job).await?;
-        return Ok((job, None));
-    }
-    let mut progress = Progress::new(Mode::choose(args.json, args.quiet), job.command.transfer_id);
-    let finished = {
-        let quiet = args.quiet;
-        let work = replicate_observed(tls.clone(), &job, |event| match event {
-            ControlEvent::Progress { bytes, total } => progress.update(*bytes, *total),
-            other => {
-                if let Some(line) = event_line(&job.destination, other).filter(|_| !quiet) {
-                    progress.clear();
-                    eprintln!("{line}");
-                }
-            }
-        });
-        tokio::select! {
-            result = work => Some(result),
-            _ = interrupt.recv() => None,
-        }
-    };
-    progress.clear();
-    let done = match finished {
-        Some(result) => result?,
-        None => {
-            let interrupted = || ReplicateError::Interrupted {
-                star: job.destination.clone(),
-                target: job.command.target_path.clone(),
-            };
-            let cancelling = Cancelling {
-                tls,
-                destination: &job.destination,
-                addr: job.destination_addr,
-                transfer: job.command.transfer_id,
-            };
-            cancelling
-                .run(&mut interrupt, interrupted, |result, wire| {
-                    conclude(&job, result, wire, 0)
-                })
-                .await?
-        }
-    };
-    Ok((job, Some(done)))
-}
-
-/// What every single-file replication of one command shares: the grid, the key its tokens are
-/// minted under, and the options of the command line.
-pub(crate) struct Minting<'a> {
-    /// The grid, for the stars' addresses.
-    pub(crate) grid: &'a Grid,
-    /// The master token key.
-    pub(crate) master: &'a orbit_wire::token::MasterKey,
-    /// How long a token lives, in seconds.
-    pub(crate) ttl: u64,
-    /// `--expect-sha256`.
-    pub(crate) expect_sha256: Option<[u8; 32]>,
-    /// `--timeout`: how long the destination retries without progress.
-    pub(crate) timeout_secs: u32,
-}
-
-impl Minting<'_> {
-    /// A new job that copies `source` to `target` from one source: a fresh transfer id and
-    /// token, and the destination's address resolved now.
-    ///
-    /// # Errors
-    ///
-    /// [`ReplicateError::Grid`] for a star the grid does not list;
-    /// [`ReplicateError::Connect`] when the destination's host name does not resolve.
-    pub(crate) async fn job(
-        &self,
-        source: &StarPath,
-        target: &StarPath,
-    ) -> Result<ReplicateJob, ReplicateError> {
-        let source_addr = self.grid.star(&source.star)?;
-        let target_addr = self.grid.star(&target.star)?;
-        let token = token::mint(
-            self.master,
-            &source.star,
-            &target.star,
-            &source.path,
-            self.ttl,
-        );
-        let destination_addr = connect::resolve(&target.star, target_addr).await?;
-        Ok(ReplicateJob {
-            destination: target.star.clone(),
-            destination_addr,
-            command: ReplicateFile {
-                transfer_id: new_transfer_id(),
-                source: source.star.clone(),
-                source_addr: source_addr.to_string(),
-                source_path: source.path.clone(),
-                target_path: target.path.clone(),
-                token,
-                expect_sha256: self.expect_sha256,
-                timeout_secs: self.timeout_secs,
-            },
-            also: Vec::new(),
-        })
-    }
-}
-
-/// Sends `job` as `Start`: the destination begins the transfer and answers at once.
-///
-/// # Errors
-///
-/// [`ReplicateError`] naming the destination star.
-pub async fn start_detached(
-    tls: Arc<rustls::ClientConfig>,
-    job: &ReplicateJob,
-) -> Result<(), ReplicateError> {
-    let request = job.request(true);
-    let transfer = job.command.transfer_id;
-    start(
-        tls,
-        &job.destination,
-        job.destination_addr,
-        &request,
-        transfer,
-    )
-    .await
-}
-
-/// Sends `request` (`Start` or `StartTree` of `transfer`) to `destination`, which answers at
-/// once with `Started`.
-async fn start(
-    tls: Arc<rustls::ClientConfig>,
-    destination: &str,
-    addr: SocketAddr,
-    request: &ControlRequest,
-    transfer: TransferId,
-) -> Result<(), ReplicateError> {
-    let conn = StarConnection::connect(tls, destination, addr).await?;
-    let result = conn.control(request, |_, _| {}).await;
-    conn.close().await;
-    let star = destination.to_owned();
-    match result {
-        Ok(ControlEvent::Started { transfer_id }) if transfer_id == transfer => Ok(()),
-        Ok(ControlEvent::Failed(error)) => Err(ReplicateError::Failed { star, error }),
-        Ok(other) => Err(ReplicateError::Unexpected {
-            star,
-            what: format!("{other:?}"),
-        }),
-        Err(error) => Err(ReplicateError::Stream { star, error }),
-    }
-}
-
-/// Sends `job` to its destination star with the controller's TLS configuration `tls` and
-/// waits for the verified result. The connection is closed cleanly either way.
-///
-/// Connecting is bounded by [`connect::CONNECT_TIMEOUT`]; the transfer itself is not, but a
-/// destination that stops answering ends it within [`connect::MAX_IDLE_TIMEOUT`].
-///
-/// # Errors
-///
-/// [`ReplicateError`] naming the destination star.
-pub async fn replicate_file(
-    tls: Arc<rustls::ClientConfig>,
-    job: &ReplicateJob,
-) -> Result<Replicated, ReplicateError> {
-    let transfer = job.command.transfer_id;
-    replicate_observed(tls, job, |event| match event {
-        ControlEvent::Progress { bytes, total } => {
-            tracing::debug!(%transfer, bytes, total, "progress");
-        }
-        other => {
-            if let Some(line) = event_line(&job.destination, other) {
-                eprintln!("{line}");
-            }
-        }
-    })
-    .await
-}
-
-/// As [`replicate_file`], with `on_event` called on every event that is not final (progress,
-/// retries, resumes).
-///
-/// # Errors
-///
-/// As [`replicate_file`].
-pub async fn replicate_observed(
-    tls: Arc<rustls::ClientConfig>,
-    job: &ReplicateJob,
-    mut on_event: impl FnMut(&ControlEvent),
-) -> Result<Replicated, ReplicateError> {
-    let conn = StarConnection::connect(tls, &job.destination, job.destination_addr).await?;
-    let transfer = job.command.transfer_id;
-    tracing::info!(
-        %transfer,
-        destination = %job.destination,
-        source = %job.command.source,
-        source_path = %job.command.source_path,
-        target_path = %job.command.target_path,
-        "replication started"
-    );
-    let request = job.request(false);
-    let mut resumed_bytes = 0u64;
-    let result = conn
-        .control_events(&request, |event| {
-            if let ControlEvent::Resumed { offset, .. } = event {
-                resumed_bytes += offset;
-            }
-            on_event(event);
-        })
-        .await;
-    let wire = conn.wire_bytes();
-    conn.close().await;
-    conclude(job, result, wire, resumed_bytes)
-}
-
-/// The verified result of `job` from the destination's final event `result`, or why not.
-///
-/// # Errors
-///
-/// [`ReplicateError`] naming the destination star.
-pub fn conclude(
-    job: &ReplicateJob,
-    result: Result<ControlEvent, StreamError>,
-    wire: WireBytes,
-    resumed_bytes: u64,
-) -> Result<Replicated, ReplicateError> {
-    let transfer = job.command.transfer_id;
-    let star = job.destination.clone();
-    match result {
-        Ok(ControlEvent::Done {
-            bytes,
-            sha256,
-            seconds,
-        }) => {
-            if let Some(want) = job.command.expect_sha256.filter(|want| *want != sha256) {
-                return Err(ReplicateError::DigestMismatch {
-                    star,
-                    got: sha256,
-                    want,
-                });
-            }
-            tracing::info!(%transfer, bytes, sha256 = %hex::encode(sha256), seconds, "replication completed");
-            Ok(Replicated {
-                bytes,
-                sha256,
-                seconds,
-                wire,
-                resumed_bytes,
-            })
-        }
-        Ok(ControlEvent::Failed(error)) => Err(ReplicateError::Failed { star, error }),
-        Ok(other) => Err(ReplicateError::Unexpected {
-            star,
-            what: format!("{other:?}"),
-        }),
-        Err(error) => Err(ReplicateError::Stream { star, error }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fake_star::FakeStar;
-
-    fn job(addr: SocketAddr) -> ReplicateJob {
-        ReplicateJob {
-            destination: "star-b".into(),
-            destination_addr: addr,
-            command: ReplicateFile {
-                transfer_id: TransferId(0xabc),
-                source: "star-a".into(),
-                source_addr: "127.0.0.1:7401".into(),
-                source_path: "/srv/data/f.bin".into(),
-                target_path: "/srv/backup/f.bin".into(),
-                token: "T".into(),
-                expect_sha256: None,
-                timeout_secs: 0,
-            },
-            also: Vec::new(),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_replication_sends_the_job_and_reports_done() {
-        let mut star = FakeStar::spawn("star-b", |_| {
-            vec![
-                ControlEvent::Progress {
-                    bytes: 1 << 20,
-                    total: 256 << 20,
-                },
-                ControlEvent::Done {
-                    bytes: 256 << 20,
-                    sha256: [0x5a; 32],
-                    seconds: 2.0,
-                },
-            ]
-        })
-        .await;
-        let job = job(star.addr);
-        let done = replicate_file(star.controller_tls(), &job).await.unwrap();
-        assert_eq!(done.bytes, 256 << 20);
-        assert_eq!(done.sha256, [0x5a; 32]);
-        assert!(done.wire.sent > 0 && done.wire.received > 0);
-        // A few kilobytes, whatever the file's size.
-        assert!(
-            done.wire.sent + done.wire.received < 64 * 1024,
-            "{:?}",
-            done.wire
-        );
-
-        let Some(ControlRequest::Replicate(sent)) = star.requests.recv().await else {
-            panic!("no replicate request");
-        };
-        assert_eq!(sent.transfer_id, TransferId(0xabc));
-        assert_eq!(sent.source, "star-a");
-        assert_eq!(sent.source_addr, "127.0.0.1:7401");
-        assert_eq!(sent.source_path, "/srv/data/f.bin");
-        assert_eq!(sent.target_path, "/srv/backup/f.bin");
-        assert_eq!(sent.token, "T");
-
-        assert_eq!(
-            summary_line(&job, &done),
-            format!(
-                "star-b: star-a:/srv/data/f.bin -> /srv/backup/f.bin: 268435456 bytes in 2.00 s \
-                 (128.0 MiB/s), sha256 {}, transfer 0000000000000abc",
-                "5a".repeat(32)
-            )
-        );
-        let json: serde_json::Value = serde_json::from_str(&success_json(&job, &done)).unwrap();
-        assert_eq!(json["ok"], true);
-        assert_eq!(json["transfer_id"], "0000000000000abc");
-        assert_eq!(json["bytes"], 256u64 << 20);
-        assert_eq!(json["sha256"], "5a".repeat(32));
-        assert_eq!(json["seconds"], 2.0);
-        assert_eq!(json["rate_bytes_per_sec"], (128u64 << 20) as f64);
-        assert!(json["controller_bytes_sent"].as_u64().unwrap() > 0);
-    }
-
-    #[tokio::test]
-    async fn a_failed_replication_names_the_star_and_reason() {
-        let star = FakeStar::spawn("star-b", |_| {
-            vec![ControlEvent::Failed(WireError::new(
-                ErrorCode::PermissionDenied,
-                "star-a refused the read: token expired",
-            ))]
-        })
-        .await;
-        let err = replicate_file(star.controller_tls(), &job(star.addr))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), ErrorCode::PermissionDenied);
-        assert_eq!(
-            err.to_string(),
-            "star-b: replication failed: star-a refused the read: token expired"
-        );
-        let json: serde_json::Value =
-            serde_json::from_str(&crate::json::failure(err.code(), &err.to_string())).unwrap();
-        assert_eq!(json["ok"], false);
-        assert_eq!(json["code"], "PermissionDenied");
-    }
-
-    #[tokio::test]
-    async fn retries_and_resumes_are_followed_and_resumed_bytes_summed() {
-        let star = FakeStar::spawn("star-b", |_| {
-            vec![
-                ControlEvent::Retrying {
-                    attempt: 1,
-                    after_ms: 200,
-                    reason: "star-a: lost the connection".into(),
-                },
-                ControlEvent::Resumed {
-                    offset: 100,
-                    total: 1000,
-                },
-                ControlEvent::Resumed {
-                    offset: 600,
-                    total: 1000,
-                },
-                ControlEvent::Done {
-                    bytes: 1000,
-                    sha256: [3; 32],
-                    seconds: 1.0,
-                },
-            ]
-        })
-        .await;
-        let job = job(star.addr);
-        let done = replicate_file(star.controller_tls(), &job).await.unwrap();
-        assert_eq!(done.bytes, 1000);
-        assert_eq!(done.resumed_bytes, 700);
-        let json: serde_json::Value = serde_json::from_str(&success_json(&job, &done)).unwrap();
-        assert_eq!(json["resumed_bytes"], 700);
-    }
-
-    #[tokio::test]
-    async fn an_unexpected_digest_is_data_loss() {
-        let star = FakeStar::spawn("star-b", |_| {
-            vec![ControlEvent::Done {
-                bytes: 1,
-                sha256: [1; 32],
-                seconds: 0.1,
-            }]
-        })
-        .await;
-        let mut job = job(star.addr);
-        job.command.expect_sha256 = Some([2; 32]);
-        let err = replicate_file(star.controller_tls(), &job)
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), ErrorCode::DataLoss);
-    }
 }

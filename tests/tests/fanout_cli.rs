@@ -126,9 +126,9 @@ fn usage_errors_name_the_culprit_and_exit_2() {
             "orbitctl: destination star-a:/srv/f is the source itself",
         ),
         (
-            &[src, "star-b:/d", "star-c:/d", "--recursive"],
-            "orbitctl: --recursive takes one destination, not 2: fan-out of directory trees is \
-             not supported yet",
+            &[src, "star-b:/d", "star-b:/d/e", "--recursive"],
+            "orbitctl: destinations star-b:/d and star-b:/d/e nest on star star-b: one tree \
+             would be written inside the other",
         ),
         (
             &[src, "star-b:/d/f", "star-c:/d/f", "--min-success", "3"],

@@ -40,4 +40,5 @@ mod special_files;
 mod tokens;
 mod tree;
 mod tree_cli;
+mod tree_fanout;
 mod unit_layout;

@@ -129,7 +129,8 @@ impl FanoutError {
 /// # Errors
 ///
 /// [`PlanError`]: the file cannot be read or has a bad line, a destination is not a plain
-/// `STAR:/abs/path`, there is none, or `--recursive` is given more than one.
+/// `STAR:/abs/path` (a directory with `--recursive`), there is none, or `--also-from` is given
+/// more than one.
 pub fn destinations(args: &Args) -> Result<Vec<StarPath>, PlanError> {
     let listed = match &args.to_file {
         None => Vec::new(),
@@ -144,9 +145,6 @@ pub fn destinations(args: &Args) -> Result<Vec<StarPath>, PlanError> {
     };
     let given: Vec<&String> = args.targets.iter().chain(&args.to).collect();
     let count = given.len() + listed.len();
-    if args.recursive && count > 1 {
-        return Err(PlanError::RecursiveFanout(count));
-    }
     if !args.also_from.is_empty() && count > 1 {
         return Err(PlanError::AlsoFromFanout(count));
     }
@@ -510,12 +508,10 @@ mod tests {
         );
         assert!(parse(&[]).is_err());
 
-        let err = destinations(&parse(&["b:/f", "c:/f", "-r"]).unwrap()).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "--recursive takes one destination, not 2: fan-out of directory trees is not \
-             supported yet"
-        );
+        // Directories with --recursive, a trailing slash allowed.
+        let trees = destinations(&parse(&["b:/d/", "c:/d", "-r"]).unwrap()).unwrap();
+        let shown: Vec<String> = trees.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["b:/d", "c:/d"]);
         let err = destinations(&parse(&["b:/f", "c:/d/"]).unwrap()).unwrap_err();
         assert!(
             err.to_string()

@@ -117,12 +117,6 @@ pub enum PlanError {
         /// Its second.
         second: StarPath,
     },
-    /// `--recursive` with more than one destination.
-    #[error(
-        "--recursive takes one destination, not {0}: fan-out of directory trees is not \
-         supported yet"
-    )]
-    RecursiveFanout(usize),
     /// `--also-from` with more than one destination.
     #[error(
         "--also-from takes one destination, not {0}: a fan-out from several sources is not \

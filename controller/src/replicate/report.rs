@@ -292,6 +292,12 @@ struct ResultJson<'a> {
 /// file failed and `--delete`, if asked for, ran; `failures` names the first failures (up to
 /// `orbit_wire::tree::MAX_FAILED_NAMED`), `failed` counts them all.
 pub fn result_json(job: &TreeJob, done: &TreeDone) -> String {
+    result_json_as(crate::json::RESULT, job, done)
+}
+
+/// As [`result_json`], with another `type`: a tree fan-out gives each destination's tree as a
+/// `destination` object.
+pub fn result_json_as(kind: &'static str, job: &TreeJob, done: &TreeDone) -> String {
     let s = &done.summary;
     let c = &job.command;
     let json = ResultJson {
@@ -324,7 +330,7 @@ pub fn result_json(job: &TreeJob, done: &TreeDone) -> String {
         controller_bytes_sent: done.wire.sent,
         controller_bytes_received: done.wire.received,
     };
-    crate::json::line(crate::json::RESULT, &json)
+    crate::json::line(kind, &json)
 }
 
 #[derive(Serialize)]
