@@ -40,6 +40,7 @@ pub mod endpoint;
 mod error;
 mod expiry;
 mod framed;
+mod hashing;
 mod jail;
 mod journal;
 mod lifecycle;

@@ -21,7 +21,6 @@
 mod disk;
 mod driver;
 mod error;
-mod hashing;
 mod machine;
 mod many;
 mod registry;

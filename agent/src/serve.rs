@@ -24,6 +24,7 @@ use orbit_wire::{
 use crate::digests::{Digests, FileKey};
 use crate::error::{varint, ToWire};
 use crate::framed::{self, bounded, write_chunk, write_frame, FramedError};
+use crate::hashing::Hashing;
 use crate::jail::{Confined, Jail, JailError, OpenedFile};
 use crate::lifecycle::Lifecycle;
 use crate::logged::Logged;
@@ -539,7 +540,11 @@ fn read_file(
     let changed = ServeError::Changed;
     let file = opened.file;
     let opened_size = opened.stat.st_size;
-    let mut hasher = known.is_none().then(Sha256::new);
+    // Hashed on a thread of its own: reading and hashing on this one made it the star's busiest.
+    let hashing = match known {
+        Some(_) => None,
+        None => Some(Hashing::start(Sha256::new())?),
+    };
     let mut offset = start;
     let mut left = size;
     while left > 0 {
@@ -565,12 +570,15 @@ fn read_file(
         {
             return Err(changed("it was modified"));
         }
-        if let Some(hasher) = &mut hasher {
-            hasher.update(&buf);
+        let buf = Bytes::from(buf);
+        if let Some(hashing) = &hashing {
+            hashing
+                .update_one(buf.clone())
+                .map_err(std::io::Error::other)?;
         }
         left -= want as u64;
         offset += want as u64;
-        if tx.blocking_send(Bytes::from(buf)).is_err() {
+        if tx.blocking_send(buf).is_err() {
             // The sender stopped: the stream failed and that error is reported there.
             return Err(ServeError::Abandoned);
         }
@@ -581,6 +589,9 @@ fn read_file(
     if after != version {
         return Err(changed("its size or modification time moved"));
     }
-    let sha256 = hasher.map_or_else(|| known.unwrap_or_default(), |h| h.finalize().into());
+    let sha256 = match hashing {
+        Some(hashing) => hashing.digests().map_err(std::io::Error::other)?.whole,
+        None => known.unwrap_or_default(),
+    };
     Ok((sha256, key))
 }

@@ -1,6 +1,6 @@
 //! The destination's disk side of one replication, blocking: the temporary file beside the
 //! target, the SHA-256 of the whole file and of the current attempt's bytes (computed on a
-//! thread of their own, [`super::hashing`]), the journal's checkpoints, and at the end verification and the atomic, durable publish. It owns only what it
+//! thread of their own, [`crate::hashing`]), the journal's checkpoints, and at the end verification and the atomic, durable publish. It owns only what it
 //! uses: the jail and the journal.
 //!
 //! It never writes at the target path itself, and [`Disk::abandon`] removes the temporary file
@@ -16,10 +16,10 @@ use sha2::{Digest, Sha256};
 use orbit_wire::{ErrorCode, FileVersion, ReplicateFile, WireError};
 
 use super::error::{Local, PullError};
-use super::hashing::{Digests, Hashing, Stopped};
 use super::registry::Feed;
 use crate::error::ToWire;
 use crate::framed::Payload;
+use crate::hashing::{Digests, Hashing, Stopped};
 use crate::jail::{Confined, Jail, TargetDir};
 use crate::journal::{Entry, Journal};
 

@@ -1,10 +1,11 @@
-//! The SHA-256 of one replication's bytes, computed on a thread of its own beside the disk
-//! thread that writes them ([`super::disk`]).
+//! The SHA-256 of one transfer's bytes, computed on a thread of its own beside the thread that
+//! reads them (the source, [`crate::serve`]) or writes them (the destination's disk thread).
 //!
 //! Writing and hashing on one thread made that thread the busiest of the whole star: 1.45
 //! CPU-seconds per GiB at loopback, about half of it SHA-256 and half the copy into the page
-//! cache (`bench/profile`, bench/RESULTS.md). That thread bounds the rate one replication can
-//! reach however many cores a host has; apart, each does half. The bytes are handed over as the
+//! cache (`bench/profile`, bench/RESULTS.md); reading and hashing at the source, the same. That
+//! thread bounds the rate one replication can reach however many cores a host has; apart, each
+//! does half. The bytes are handed over as the
 //! network's reference-counted buffers, not copied, and the channel holds at most
 //! [`HASH_BEHIND`] payloads, so memory per transfer stays bounded: a hasher that falls behind
 //! makes the writer wait.
@@ -33,21 +34,21 @@ enum Job {
 
 /// The digests of the bytes hashed so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Digests {
+pub(crate) struct Digests {
     /// Of the whole file from byte 0.
-    pub(super) whole: [u8; 32],
+    pub(crate) whole: [u8; 32],
     /// Of this attempt's bytes, when it began past byte 0.
-    pub(super) segment: Option<[u8; 32]>,
+    pub(crate) segment: Option<[u8; 32]>,
 }
 
 /// The hashing thread went away: it panicked, which nothing in it should.
 #[derive(Debug, thiserror::Error)]
 #[error("the hashing thread stopped")]
-pub(super) struct Stopped;
+pub(crate) struct Stopped;
 
 /// The handle on one replication's hashing thread. Dropping it ends the thread.
 #[derive(Debug)]
-pub(super) struct Hashing {
+pub(crate) struct Hashing {
     tx: Option<SyncSender<Job>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -59,7 +60,7 @@ impl Hashing {
     /// # Errors
     ///
     /// When no thread can be started.
-    pub(super) fn start(whole: Sha256) -> std::io::Result<Hashing> {
+    pub(crate) fn start(whole: Sha256) -> std::io::Result<Hashing> {
         let (tx, rx) = mpsc::sync_channel(HASH_BEHIND);
         let thread = std::thread::Builder::new()
             .name("orbit-hash".into())
@@ -79,25 +80,32 @@ impl Hashing {
     }
 
     /// Hashes `data` after what came before; waits while [`HASH_BEHIND`] payloads are queued.
-    pub(super) fn update(&self, data: Payload) -> Result<(), Stopped> {
+    pub(crate) fn update(&self, data: Payload) -> Result<(), Stopped> {
         self.send(Job::Bytes(data))
     }
 
+    /// [`Hashing::update`] with one buffer.
+    pub(crate) fn update_one(&self, piece: bytes::Bytes) -> Result<(), Stopped> {
+        let mut data = Payload::default();
+        data.push(piece);
+        self.update(data)
+    }
+
     /// An attempt begins: see [`Job::Attempt`].
-    pub(super) fn attempt(&self, whole: bool, segment: bool) -> Result<(), Stopped> {
+    pub(crate) fn attempt(&self, whole: bool, segment: bool) -> Result<(), Stopped> {
         self.send(Job::Attempt { whole, segment })
     }
 
     /// The digests of every byte given so far, to be received once they are hashed: a
     /// checkpoint's thread waits for them, not the writer.
-    pub(super) fn digests_later(&self) -> Result<Receiver<Digests>, Stopped> {
+    pub(crate) fn digests_later(&self) -> Result<Receiver<Digests>, Stopped> {
         let (reply, digests) = mpsc::sync_channel(1);
         self.send(Job::Digests(reply))?;
         Ok(digests)
     }
 
     /// The digests of every byte given so far, once they are hashed.
-    pub(super) fn digests(&self) -> Result<Digests, Stopped> {
+    pub(crate) fn digests(&self) -> Result<Digests, Stopped> {
         self.digests_later()?.recv().map_err(|_| Stopped)
     }
 }
