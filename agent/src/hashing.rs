@@ -1,5 +1,5 @@
 //! The SHA-256 of one transfer's bytes, computed on a thread of its own beside the thread that
-//! reads them (the source, [`crate::serve`]) or writes them (the destination's disk thread).
+//! reads them (the source's read loop in serve.rs) or writes them (the destination's disk thread).
 //!
 //! Writing and hashing on one thread made that thread the busiest of the whole star: 1.45
 //! CPU-seconds per GiB at loopback, about half of it SHA-256 and half the copy into the page
