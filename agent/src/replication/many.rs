@@ -679,10 +679,17 @@ fn hash_in_order(
                 out.sync_data()?;
                 entry.verified = end;
                 entry.prefix_sha256 = hex::encode(hasher.clone().finalize());
+                // Under the lock, and only while the transfer runs: once it stopped (a cancel
+                // that removes the entry next), no checkpoint writes the entry back.
+                let state = pieces.lock();
+                if state.stopped {
+                    return Ok(None);
+                }
                 if let Err(e) = journal.write(entry) {
                     warn!("cannot journal a checkpoint, the transfer will not resume: {e}");
                     checkpoints = None;
                 }
+                drop(state);
             }
         }
     }
@@ -753,8 +760,11 @@ async fn fetch_all(
     if pieces.lock().left != 0 {
         return Err(last.unwrap_or_else(|| PullError::Internal("the workers stopped".into())));
     }
+    // Every piece is written: the hashing thread ends by itself; if this future is dropped
+    // meanwhile, `stop_hashing` stops it (and its checkpoints).
+    let hashed = hashing.await;
     drop(stop_hashing);
-    match hashing.await {
+    match hashed {
         Ok(Ok(Some(sha256))) => Ok(sha256),
         Ok(Ok(None)) => Err(PullError::Internal("the hashing stopped early".into())),
         Ok(Err(e)) => Err(disk_error(e)),
