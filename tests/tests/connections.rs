@@ -290,3 +290,68 @@ fn the_connections_setting_refuses_bad_values_and_shows_its_effective_one() {
         }
     }
 }
+
+#[test]
+fn a_cancelled_transfer_over_two_connections_leaves_nothing_to_resume() {
+    const SIZE: usize = 256 * MIB;
+    let tmp = tempfile::tempdir().unwrap();
+    let pair = Pair::new(tmp.path());
+    let src = pair.src_root.join("big.bin");
+    let dst = pair.dst_root.join("big.bin");
+    random_file(&src, SIZE);
+    let journal = pair.grid.join("stars/star-b/state/transfers");
+    let (_a, _metrics) = pair.start_source();
+    let b = pair.start_destination(&[]);
+    let grid = wire(&pair.grid);
+    let (from, to) = (
+        format!("star-a:{}", wire(&src)),
+        format!("star-b:{}", wire(&dst)),
+    );
+    let args = [
+        "--grid",
+        &grid,
+        "replicate",
+        &from,
+        &to,
+        "--connections",
+        "2",
+        "--detach",
+    ];
+    let out = orbit_tests::process::orbitctl(&args);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let id = out.stdout.trim().to_owned();
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while journaled(&journal).is_none_or(|v| v == 0) {
+        assert!(
+            !dst.exists(),
+            "the transfer ended before it could be cancelled"
+        );
+        assert!(Instant::now() < deadline, "no journaled progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    let cancel = orbit_tests::process::orbitctl(&["--grid", &grid, "cancel", &id]);
+    assert_eq!(cancel.code, Some(0), "{}{}", cancel.stdout, cancel.stderr);
+    // `cancel` returns once the destination has cleaned up: no temporary file, no entry.
+    let entries = || std::fs::read_dir(&journal).map_or(0, |d| d.count());
+    assert_eq!(entries(), 0);
+    assert_eq!(list_tree(&pair.dst_root), Vec::<PathBuf>::new());
+
+    // A restart finds nothing to resume.
+    drop(b);
+    let b = pair.start_destination(&[]);
+    let status = orbit_tests::process::orbitctl(&["--grid", &grid, "status", "star-b", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert_eq!(
+        json["stars"][0]["transfers"],
+        serde_json::json!([]),
+        "{json}"
+    );
+    assert!(
+        !b.started.iter().any(|l| l.contains("resuming")),
+        "{:?}",
+        b.started
+    );
+    assert_eq!(entries(), 0);
+    assert_eq!(list_tree(&pair.dst_root), Vec::<PathBuf>::new());
+}
