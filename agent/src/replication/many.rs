@@ -23,7 +23,11 @@
 //!    end. The digest must equal the agreed SHA-256 (and the command's, if it gives one); only
 //!    then is the file synced and renamed into place. The pieces' own trailers are not hashed:
 //!    they come from the same source as the bytes, QUIC's encryption already guards the bytes in
-//!    transit, and the whole-file check against the attested digest is what decides.
+//!    transit, and the whole-file check against the attested digest is what decides. When it
+//!    fails with several sources, [`pinpoint`] finds the source whose pieces explain it: for each
+//!    source in turn the file is hashed again with that source's pieces read from another one
+//!    instead, and the one for which the digest then adds up is named in the error. Nothing is
+//!    published either way.
 //! 4. **Journal.** With a state directory, the transfer has an entry in the star's journal
 //!    ([`crate::journal`], the same entries as a single file's, with [`PiecesEntry`]) written
 //!    before the temporary file exists. Every [`CHECKPOINT`] bytes of whole pieces hashed in
@@ -97,6 +101,8 @@ struct PieceState {
     left: u64,
     /// The transfer stopped: the hashing thread gives up.
     stopped: bool,
+    /// Which source (index in the agreed list) wrote each piece; `u32::MAX` for one resumed.
+    by: Vec<u32>,
 }
 
 impl Pieces {
@@ -110,6 +116,7 @@ impl Pieces {
                 done: (0..count).map(|i| i < first).collect(),
                 left: count - first,
                 stopped: false,
+                by: vec![u32::MAX; count as usize],
             }),
             moved: Notify::new(),
             written: Condvar::new(),
@@ -156,13 +163,14 @@ impl Pieces {
     }
 
     /// Marks `piece` written; whether it was news (an endgame copy may finish second).
-    fn done(&self, piece: u64) -> bool {
+    fn done(&self, piece: u64, by: u32) -> bool {
         let news = {
             let mut state = self.lock();
             state.in_flight.retain(|p| *p != piece);
             let news = !std::mem::replace(&mut state.done[piece as usize], true);
             if news {
                 state.left -= 1;
+                state.by[piece as usize] = by;
             }
             news
         };
@@ -325,6 +333,25 @@ pub(super) async fn replicate(
         fetched = fetch_all(replicator, transfer, file.transfer_id, &held, &lanes, &out, size, piece, start) => fetched,
         _ = transfer.cancel.cancelled() => Err(PullError::Cancelled),
         _ = replicator.life.cancel.cancelled() => Err(shutting_down()),
+    };
+    // A file that does not add up from several sources: find the source whose pieces make it so.
+    let fetched = match fetched {
+        Ok((got, by)) if got != sha256 && held.len() > 1 => {
+            let suspect = tokio::select! {
+                found = pinpoint(replicator, file.transfer_id, &held, &by, &out, size, piece, sha256) => found,
+                _ = transfer.cancel.cancelled() => None,
+                _ = replicator.life.cancel.cancelled() => None,
+            };
+            match suspect {
+                Some(named) => Err(PullError::Mismatch(format!(
+                    "the pieces add up to SHA-256 {}, the sources attested {}: {named}",
+                    hex::encode(got),
+                    hex::encode(sha256)
+                ))),
+                None => Ok(got),
+            }
+        }
+        other => other.map(|(got, _)| got),
     };
     let published = match fetched {
         Ok(got) => {
@@ -709,7 +736,7 @@ async fn fetch_all(
     size: u64,
     piece: u64,
     start: Start,
-) -> Result<[u8; 32], PullError> {
+) -> Result<([u8; 32], Vec<u32>), PullError> {
     let pieces = Arc::new(Pieces::new(size.div_ceil(piece), start.first));
     let written = Arc::new(Mutex::new((start.first * piece).min(size)));
     let stop_hashing = StopHashing(pieces.clone());
@@ -718,12 +745,13 @@ async fn fetch_all(
         tokio::task::spawn_blocking(move || hash_in_order(&pieces, &out, size, piece, start))
     };
     let mut workers = tokio::task::JoinSet::new();
-    for (source, lanes) in held.iter().zip(lanes) {
+    for (who, (source, lanes)) in held.iter().zip(lanes).enumerate() {
         for worker in 0..STREAMS_PER_SOURCE * lanes {
             let worker = Worker {
                 pool: replicator.pool.clone(),
                 id,
                 lane: worker % lanes,
+                who: who as u32,
                 source: source.clone(),
                 out: out.clone(),
                 pieces: pieces.clone(),
@@ -765,10 +793,128 @@ async fn fetch_all(
     let hashed = hashing.await;
     drop(stop_hashing);
     match hashed {
-        Ok(Ok(Some(sha256))) => Ok(sha256),
+        Ok(Ok(Some(sha256))) => Ok((sha256, pieces.lock().by.clone())),
         Ok(Ok(None)) => Err(PullError::Internal("the hashing stopped early".into())),
         Ok(Err(e)) => Err(disk_error(e)),
         Err(e) => Err(PullError::Internal(format!("the hashing task failed: {e}"))),
+    }
+}
+
+/// After a whole-file mismatch, which source sent wrong pieces: for each source in turn, the
+/// file is hashed again in order with that source's pieces taken from another source instead
+/// (nothing on disk changes). When that adds up to the attested SHA-256, the source is named,
+/// with how many of its pieces differed. `None` when no one source explains the mismatch (or a
+/// piece could not be read again).
+#[allow(clippy::too_many_arguments)]
+async fn pinpoint(
+    replicator: &Replicator,
+    id: orbit_wire::TransferId,
+    held: &[Held],
+    by: &[u32],
+    out: &Arc<File>,
+    size: u64,
+    piece: u64,
+    sha256: [u8; 32],
+) -> Option<String> {
+    for (suspect, source) in held.iter().enumerate() {
+        let suspect = suspect as u32;
+        if !by.contains(&suspect) {
+            continue;
+        }
+        let other = held
+            .iter()
+            .position(|h| h.source.star != source.source.star)?;
+        let mut hasher = Sha256::new();
+        let mut differed = 0;
+        for (index, writer) in by.iter().enumerate() {
+            let (start, end) = (index as u64 * piece, ((index as u64 + 1) * piece).min(size));
+            let ours = {
+                let out = out.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; (end - start) as usize];
+                    out.read_exact_at(&mut buf, start).map(|()| buf)
+                })
+                .await
+                .ok()?
+                .ok()?
+            };
+            if *writer != suspect {
+                hasher.update(&ours);
+                continue;
+            }
+            let theirs = read_piece(&replicator.pool, id, &held[other], start, end)
+                .await
+                .inspect_err(|e| warn!(transfer = %id, "cannot read a piece again: {e}"))
+                .ok()?;
+            if theirs != ours {
+                differed += 1;
+            }
+            hasher.update(&theirs);
+        }
+        if <[u8; 32]>::from(hasher.finalize()) == sha256 {
+            warn!(transfer = %id, source = %source.source.star, differed, "a source sent wrong pieces");
+            return Some(format!(
+                "{} sent {differed} piece(s) that differ from {}'s, with which the file has the \
+                 attested SHA-256",
+                source.source.star, held[other].source.star
+            ));
+        }
+    }
+    None
+}
+
+/// The bytes `[start, end)` of `held`'s file, read into memory.
+async fn read_piece(
+    pool: &Arc<crate::pool::Pool>,
+    id: orbit_wire::TransferId,
+    held: &Held,
+    start: u64,
+    end: u64,
+) -> Result<Vec<u8>, PullError> {
+    let source = &held.source;
+    let star = &source.star;
+    let range = ByteRange { start, end };
+    let (first, mut recv, _peer) = open_relay(pool, id, star, source, range).await?;
+    match first {
+        DataFrame::Header { size, version, .. }
+            if size == end - start && version == held.version => {}
+        DataFrame::Error { error, .. } => {
+            return Err(PullError::Refused {
+                source_star: star.clone(),
+                error,
+            })
+        }
+        _ => return Err(protocol(star, "not the header of the piece")),
+    }
+    let mut data = Vec::with_capacity((end - start) as usize);
+    loop {
+        let read = tokio::time::timeout(STALL, framed::read_data_frame(&mut recv))
+            .await
+            .map_err(|_| protocol(star, "silent while a piece was read again"))?;
+        match read {
+            Ok(DataRead::Chunk { offset, payload }) => {
+                if offset != start + data.len() as u64 || offset + payload.len() as u64 > end {
+                    return Err(protocol(star, "a chunk out of order or past its range"));
+                }
+                for part in payload.pieces() {
+                    data.extend_from_slice(part);
+                }
+            }
+            Ok(DataRead::Frame(DataFrame::Trailer { .. })) if data.len() as u64 == end - start => {
+                return Ok(data)
+            }
+            Ok(DataRead::Frame(DataFrame::Mode(_))) => {}
+            Ok(_) => return Err(protocol(star, "a frame out of place")),
+            Err(e) => {
+                let e = e.to_wire();
+                return Err(PullError::Lost {
+                    source_star: star.clone(),
+                    what: "a piece read again",
+                    code: e.code,
+                    message: e.message,
+                });
+            }
+        }
     }
 }
 
@@ -778,6 +924,8 @@ struct Worker {
     id: orbit_wire::TransferId,
     /// Which connection to the source ([`crate::pool::Pool::get_lane`]).
     lane: usize,
+    /// The source's index among the agreed ones.
+    who: u32,
     source: Held,
     out: Arc<File>,
     pieces: Arc<Pieces>,
@@ -796,7 +944,7 @@ impl Worker {
             match self.fetch(index, start, end).await {
                 Ok(()) => {
                     failures = 0;
-                    if self.pieces.done(index) {
+                    if self.pieces.done(index, self.who) {
                         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
                         *written += end - start;
                         self.progress.send_replace((*written, self.size));
