@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use orbit_wire::token::TokenKey;
 
-use crate::limits::{CongestionControl, LimitError, LimitsFile};
+use crate::limits::{CongestionControl, Connections, LimitError, LimitsFile};
 use crate::StarConfig;
 
 /// The environment variable that may carry the star's token key, as 64 hexadecimal digits.
@@ -176,6 +176,14 @@ settings! {
     /// Default: half the CPUs the star may use, at least 1.
     #[arg(long, env = "ORBIT_WORKER_THREADS", value_name = "N")]
     worker_threads: Option<u32>,
+    /// QUIC connections this star opens to each source of one file it pulls in pieces
+    /// (`orbitctl replicate --connections auto`, or `--also-from`): "auto" or 1 to 8. Each
+    /// connection is driven by one task, so several spread one file's packet work and crypto
+    /// over cores; the file's SHA-256 still runs on one thread. auto: 1 for a file under 256
+    /// MiB or on a host with fewer than 4 CPUs, otherwise half the CPUs, at most 4. A command
+    /// that names its own count (`orbitctl replicate --connections N`) wins. Default: auto.
+    #[arg(long, env = "ORBIT_CONNECTIONS", value_name = "auto|N")]
+    connections: Option<Connections>,
 }
 
 /// What every type of setting knows: how it overrides, resolves relative paths and prints.
@@ -228,6 +236,7 @@ impl Resolve for String {}
 impl Resolve for SocketAddr {}
 impl Resolve for LogFormat {}
 impl Resolve for CongestionControl {}
+impl Resolve for Connections {}
 impl Resolve for bool {}
 impl Resolve for u32 {}
 impl Resolve for u64 {}
@@ -436,6 +445,7 @@ impl StarFile {
             write_timeout_secs: self.write_timeout_secs,
             stream_window_mib: self.stream_window_mib,
             congestion_control: self.congestion_control,
+            connections: self.connections,
         }
         .into_limits()?;
         Ok(StarConfig {
@@ -477,6 +487,7 @@ impl StarFile {
             congestion_control: Some(limits.congestion_control),
             log_format: Some(LogFormat::Human),
             worker_threads: Some(u32::try_from((cpus / 2).max(1)).unwrap_or(1)),
+            connections: Some(limits.connections),
             ..StarFile::default()
         };
         // The settings given win over these defaults.

@@ -63,6 +63,25 @@ pub(crate) struct Entry {
     /// only under the origin's attestation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) upstreams: Option<Vec<orbit_wire::fanout::Upstream>>,
+    /// For a file taken in pieces (from several sources, or over several connections): what
+    /// else the command said. `verified` and `prefix_sha256` are then the prefix of whole
+    /// pieces hashed in order and synced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pieces: Option<PiecesEntry>,
+}
+
+/// What a journal entry adds for a file taken in pieces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PiecesEntry {
+    /// The other sources (a source repeated is one more connection to it).
+    pub(crate) also: Vec<orbit_wire::fanout::Upstream>,
+    /// The command's piece size (0: the default).
+    pub(crate) piece_size: u64,
+    /// The size of the pieces written, which `verified` is a multiple of (or the file's size).
+    pub(crate) piece: u64,
+    /// The SHA-256 the sources agreed on, hex: a resume keeps the bytes only if they agree on
+    /// it again.
+    pub(crate) sha256: String,
 }
 
 impl Entry {
@@ -94,11 +113,19 @@ impl Entry {
         for name in names {
             orbit_certs::validate_name(name).map_err(|e| e.to_string())?;
         }
+        let also = self
+            .pieces
+            .as_ref()
+            .map(|p| &p.also[..])
+            .unwrap_or_default();
         let upstreams = self.upstreams.as_deref().unwrap_or_default();
-        if upstreams.len() > orbit_wire::fanout::MAX_UPSTREAMS {
-            return Err(format!("{} upstreams", upstreams.len()));
+        for list in [upstreams, also] {
+            if list.len() > orbit_wire::fanout::MAX_UPSTREAMS {
+                return Err(format!("{} upstreams", list.len()));
+            }
         }
-        for upstream in upstreams {
+        for upstream in upstreams.iter().chain(also) {
+            orbit_certs::validate_name(&upstream.star).map_err(|e| e.to_string())?;
             orbit_wire::path::validate(&upstream.path)
                 .map_err(|e| format!("upstream path {:?}: {e}", upstream.path))?;
         }
@@ -109,9 +136,22 @@ impl Entry {
                 self.verified
             ));
         }
-        let hex = &self.prefix_sha256;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let is_sha256 = |hex: &str| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_sha256(&self.prefix_sha256) {
             return Err("the prefix digest is not a SHA-256".into());
+        }
+        if let Some(pieces) = &self.pieces {
+            if pieces.piece == 0
+                || (!self.verified.is_multiple_of(pieces.piece) && self.verified != size)
+            {
+                return Err(format!(
+                    "{} bytes verified is not a whole number of {}-byte pieces",
+                    self.verified, pieces.piece
+                ));
+            }
+            if !is_sha256(&pieces.sha256) {
+                return Err("the agreed digest is not a SHA-256".into());
+            }
         }
         Ok(())
     }
@@ -276,6 +316,7 @@ mod tests {
                 timeout_secs: 5,
             },
             upstreams: None,
+            pieces: None,
             part: part_name(TransferId(id), 0xab),
             version: Some(FileVersion {
                 size: 10,

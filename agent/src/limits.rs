@@ -23,6 +23,95 @@ pub enum CongestionControl {
     Cubic,
 }
 
+/// The most QUIC connections a star opens to one source for one file.
+pub const MAX_CONNECTIONS: u32 = 8;
+/// Files smaller than this take one connection under [`Connections::Auto`].
+pub const AUTO_MIN_SIZE: u64 = 256 * 1024 * 1024;
+
+/// How many QUIC connections a destination opens to each source of a file it pulls in pieces
+/// (`orbitctl replicate --connections`, `--also-from`): in `star.toml` `"auto"` or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Connections {
+    /// One for a file under 256 MiB or on a host with fewer than 4 CPUs; otherwise half the
+    /// CPUs, at most 4.
+    #[default]
+    Auto,
+    /// That many, 1 to [`MAX_CONNECTIONS`].
+    Fixed(u32),
+}
+
+impl Connections {
+    /// The connections to open to one source for a file of `size` bytes on a host with `cpus`
+    /// CPUs. More connections than cores only add work: each is driven by one task, and the
+    /// file's SHA-256 runs on a thread of its own beside them.
+    pub fn for_file(self, size: u64, cpus: usize) -> usize {
+        match self {
+            Connections::Fixed(n) => n.clamp(1, MAX_CONNECTIONS) as usize,
+            Connections::Auto if size < AUTO_MIN_SIZE || cpus < 4 => 1,
+            Connections::Auto => (cpus / 2).min(4),
+        }
+    }
+}
+
+impl std::fmt::Display for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Connections::Auto => f.write_str("auto"),
+            Connections::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// What a `connections` value must be.
+const CONNECTIONS_RULE: &str = "\"auto\" or a number from 1 to 8";
+
+impl std::str::FromStr for Connections {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Connections, String> {
+        match text.trim() {
+            "auto" => Ok(Connections::Auto),
+            n => n
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+                .map(Connections::Fixed)
+                .ok_or_else(|| format!("must be {CONNECTIONS_RULE}")),
+        }
+    }
+}
+
+impl Serialize for Connections {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Connections::Auto => s.serialize_str("auto"),
+            Connections::Fixed(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Connections {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Connections, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+            Other(serde::de::IgnoredAny),
+        }
+        let bad = || serde::de::Error::custom(format!("connections must be {CONNECTIONS_RULE}"));
+        match Raw::deserialize(d)? {
+            Raw::Text(text) if text == "auto" => Ok(Connections::Auto),
+            Raw::Number(n) => u32::try_from(n)
+                .ok()
+                .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+                .map(Connections::Fixed)
+                .ok_or_else(bad),
+            Raw::Text(_) | Raw::Other(_) => Err(bad()),
+        }
+    }
+}
+
 /// The caps a running star enforces. [`Limits::default`] gives the documented defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -64,6 +153,8 @@ pub struct Limits {
     /// at 0.5% loss and 50 ms RTT, CUBIC moved 4 Mbit/s where BBR moved 86-375 (16 MiB,
     /// docs/OPERATIONS.md).
     pub congestion_control: CongestionControl,
+    /// QUIC connections to each source of a file pulled in pieces. Default auto.
+    pub connections: Connections,
 }
 
 impl Default for Limits {
@@ -79,6 +170,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(30),
             stream_window_mib: 16,
             congestion_control: CongestionControl::Bbr,
+            connections: Connections::Auto,
         }
     }
 }
@@ -108,6 +200,8 @@ pub struct LimitsFile {
     pub stream_window_mib: Option<u32>,
     /// Congestion controller. Default BBR.
     pub congestion_control: Option<CongestionControl>,
+    /// Connections per source of a file pulled in pieces. Default auto.
+    pub connections: Option<Connections>,
 }
 
 /// Why a limit cannot be used.
@@ -182,6 +276,7 @@ impl LimitsFile {
                 "stream_window_mib",
             )?,
             congestion_control: self.congestion_control.unwrap_or(d.congestion_control),
+            connections: self.connections.unwrap_or(d.connections),
         };
         limits.validate()?;
         Ok(limits)
@@ -239,6 +334,38 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_connections_follow_the_size_and_the_cpus() {
+        const MIB: u64 = 1024 * 1024;
+        let auto = Connections::Auto;
+        assert_eq!(auto.for_file(255 * MIB, 64), 1);
+        assert_eq!(auto.for_file(256 * MIB, 2), 1);
+        assert_eq!(auto.for_file(256 * MIB, 3), 1);
+        assert_eq!(auto.for_file(256 * MIB, 4), 2);
+        assert_eq!(auto.for_file(1 << 40, 6), 3);
+        assert_eq!(auto.for_file(1 << 40, 64), 4);
+        assert_eq!(Connections::Fixed(3).for_file(0, 1), 3);
+        for (text, parsed) in [("auto", Some(auto)), ("8", Some(Connections::Fixed(8)))] {
+            assert_eq!(text.parse().ok(), parsed);
+        }
+        for bad in ["0", "9", "", "two", "-1"] {
+            assert!(bad.parse::<Connections>().is_err(), "{bad:?}");
+        }
+        #[derive(Deserialize, Serialize)]
+        struct File {
+            connections: Connections,
+        }
+        for value in ["\"auto\"", "1", "8"] {
+            let text = format!("connections = {value}\n");
+            let file: File = toml::from_str(&text).unwrap();
+            assert_eq!(toml::to_string(&file).unwrap(), text);
+        }
+        for bad in ["0", "9", "\"3\"", "true", "[1]"] {
+            let err = toml::from_str::<File>(&format!("connections = {bad}"));
+            assert!(err.is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn missing_keys_keep_their_defaults() {

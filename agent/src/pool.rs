@@ -1,5 +1,8 @@
-//! Outgoing connections to source stars, one per peer, reused while they live. Each connection
-//! has a dispatcher that matches incoming data streams to the read requests waiting for them.
+//! Outgoing connections to source stars, one per peer and *lane*, reused while they live. Lane 0
+//! is the connection every pull shares; a pull that spreads one file over several connections
+//! ([`super::replication`]'s pieces) asks for lanes 1, 2, ... besides, each its own QUIC
+//! connection, so that their packet work and crypto run on different cores. Each connection has
+//! a dispatcher that matches incoming data streams to the read requests waiting for them.
 //!
 //! A dial runs in a task of its own, outside the pool's lock: pulls from different sources never
 //! wait for each other's dial (one unreachable source costs only its own pulls the
@@ -127,7 +130,7 @@ enum Entry {
     Dialling(watch::Receiver<Dialled>),
 }
 
-/// The star's outgoing connections, by peer name.
+/// The star's outgoing connections, by peer name and lane ([`lane_key`]).
 pub(crate) struct Pool {
     conns: Mutex<HashMap<String, Entry>>,
     endpoint: Endpoint,
@@ -175,9 +178,25 @@ impl Pool {
         name: &str,
         addr: &str,
     ) -> Result<Arc<PeerConn>, DialError> {
+        self.get_lane(name, addr, 0).await
+    }
+
+    /// As [`Pool::get`], for connection `lane` to star `name`: lane 0 is the one [`Pool::get`]
+    /// gives; every other lane is a connection of its own, dialled and kept apart.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::get`].
+    pub(crate) async fn get_lane(
+        self: &Arc<Self>,
+        name: &str,
+        addr: &str,
+        lane: usize,
+    ) -> Result<Arc<PeerConn>, DialError> {
+        let key = lane_key(name, lane);
         let mut outcome = {
             let mut conns = self.lock();
-            match conns.get(name) {
+            match conns.get(&key) {
                 Some(Entry::Live(peer)) if peer.conn.close_reason().is_none() => {
                     return Ok(peer.clone())
                 }
@@ -185,14 +204,14 @@ impl Pool {
                 Some(Entry::Dialling(outcome)) if outcome.has_changed().is_ok() => outcome.clone(),
                 _ => {
                     let (tx, rx) = watch::channel(None);
-                    conns.insert(name.to_owned(), Entry::Dialling(rx.clone()));
+                    conns.insert(key.clone(), Entry::Dialling(rx.clone()));
                     let pool = self.clone();
                     let (name, addr) = (name.to_owned(), addr.to_owned());
-                    let span = tracing::debug_span!("dial", peer = %name);
+                    let span = tracing::debug_span!("dial", peer = %name, lane);
                     self.life.tracker.spawn(
                         async move {
                             let mut result = pool.dial(&name, &addr).await.map(Arc::new);
-                            pool.settle(&name, &mut result);
+                            pool.settle(&name, &key, &mut result);
                             tx.send_replace(Some(result));
                         }
                         .instrument(span),
@@ -214,7 +233,7 @@ impl Pool {
 
     /// Puts a dial's outcome in the map: the connection, with its dispatcher; or nothing, so
     /// that the next pull dials again.
-    fn settle(&self, name: &str, result: &mut Result<Arc<PeerConn>, DialError>) {
+    fn settle(&self, name: &str, key: &str, result: &mut Result<Arc<PeerConn>, DialError>) {
         let mut conns = self.lock();
         // Checked under the pool's lock: either a reload's scan finds this connection in the
         // pool, or this check sees the list that reload put in force (see trust.rs).
@@ -245,11 +264,11 @@ impl Pool {
                 self.life
                     .tracker
                     .spawn(dispatcher.instrument(tracing::debug_span!("dispatch", peer = name)));
-                conns.insert(name.to_owned(), Entry::Live(peer.clone()));
+                conns.insert(key.to_owned(), Entry::Live(peer.clone()));
             }
             Err(_) => {
                 self.metrics.handshake(Direction::Outbound, false);
-                conns.remove(name);
+                conns.remove(key);
             }
         }
     }
@@ -321,6 +340,15 @@ impl Pool {
             _ => true,
         });
         before - conns.len()
+    }
+}
+
+/// The pool's key for connection `lane` to star `name`: the name itself for lane 0, and for
+/// the others the name with `#lane`, which no star name holds.
+fn lane_key(name: &str, lane: usize) -> String {
+    match lane {
+        0 => name.to_owned(),
+        n => format!("{name}#{n}"),
     }
 }
 

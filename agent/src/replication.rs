@@ -117,6 +117,8 @@ pub(crate) struct Replicator {
     pub(crate) trust: Arc<crate::trust::Trust>,
     /// The replications, running and recent.
     pub(crate) register: Arc<Replications>,
+    /// Connections to each source of a file taken in pieces, unless the command says.
+    pub(crate) connections: crate::limits::Connections,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) life: Lifecycle,
 }
@@ -168,7 +170,7 @@ impl Replicator {
         })?;
         let (target, admitted) = admitted;
         let transfer = admitted.transfer.clone();
-        let task = run_many(self.clone(), cmd, target, admitted);
+        let task = run_many(self.clone(), cmd, target, None, admitted);
         self.life.tracker.spawn(task.instrument(span));
         Ok(transfer)
     }
@@ -310,6 +312,16 @@ impl Replicator {
             match self.admit(&cmd, true) {
                 Ok((target, admitted)) => {
                     drop(_entered);
+                    if let Some(pieces) = &entry.pieces {
+                        let many = ReplicateMany {
+                            file: cmd,
+                            also: pieces.also.clone(),
+                            piece_size: pieces.piece_size,
+                        };
+                        let task = run_many(self.clone(), many, target, Some(entry), admitted);
+                        self.life.tracker.spawn(task.instrument(span.clone()));
+                        continue;
+                    }
                     let upstreams = entry.upstreams.clone();
                     self.launch(cmd, upstreams, target, Some(entry), admitted, span.clone());
                 }
@@ -392,16 +404,25 @@ async fn run_many(
     replicator: Arc<Replicator>,
     cmd: ReplicateMany,
     target: Confined,
+    resume: Option<Entry>,
     admitted: Admitted,
 ) {
     let Admitted { transfer, slot } = admitted;
-    let _slot = slot;
+    let _slot = match slot {
+        Some(slot) => Some(slot),
+        // Resumed beyond max_transfers: as `run` does.
+        None => tokio::select! {
+            _ = replicator.life.cancel.cancelled() => return,
+            _ = transfer.cancel.cancelled() => None,
+            slot = replicator.register.slot() => Some(slot),
+        },
+    };
     let id = cmd.file.transfer_id;
     info!(
         transfer = %id, source = %cmd.file.source, also = cmd.also.len(),
         target = %cmd.file.target_path, "replication from several sources started"
     );
-    let result = many::replicate(&replicator, &cmd, &target, &transfer).await;
+    let result = many::replicate(&replicator, &cmd, &target, &transfer, resume).await;
     let took = transfer.started.elapsed();
     let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_wire().code);
     replicator.metrics.transfer_done(outcome, took);

@@ -124,6 +124,7 @@ impl Star {
             pool: pool.clone(),
             trust: trust.clone(),
             register: register.clone(),
+            connections: limits.connections,
             metrics: metrics.clone(),
             life: life.clone(),
         });

@@ -224,6 +224,7 @@ async fn replicate_between(
             timeout_secs: 0,
         },
         also: Vec::new(),
+        in_pieces: false,
     };
     println!("  replicate asking star-b to pull the file from star-a...");
     let done = replicate_file(grid.client_tls()?, &job).await?;

@@ -316,7 +316,8 @@ pub struct Args {
     /// otherwise; then it takes the file in 8 MiB pieces from whichever source is free, so
     /// that several sources add up their uplinks, and checks the whole file before it
     /// publishes it. A source that fails is left to the others. One destination only; not
-    /// with --recursive. Not resumable: a destination stopped midway starts over.
+    /// with --recursive. A destination stopped or killed midway resumes from the pieces it
+    /// had verified in order when it starts again (with a state directory).
     #[arg(
         long = "also-from",
         value_name = "STAR:/abs/path",
@@ -324,6 +325,24 @@ pub struct Args {
         conflicts_with = "recursive"
     )]
     pub also_from: Vec<String>,
+
+    /// QUIC connections from the destination to each source, 1 to 8, or auto: the file is
+    /// then taken in 8 MiB pieces over that many connections at once, so that its packet work
+    /// and encryption spread over the cores of both stars (one connection is driven by one
+    /// thread), and checked whole against the source's signed SHA-256 before it is published.
+    /// auto leaves the count to the destination's `connections` setting (by default 1 for a
+    /// file under 256 MiB or a host with fewer than 4 CPUs, else half its CPUs, at most 4).
+    /// Without this option (or with 1 and no --also-from) the file comes over one connection
+    /// as one stream. Taken in pieces, a destination stopped or killed midway resumes from the
+    /// pieces it had verified in order when it starts again. One destination only; not with
+    /// --recursive.
+    #[arg(
+        long,
+        value_name = "N|auto",
+        value_parser = parse_connections,
+        conflicts_with = "recursive"
+    )]
+    pub connections: Option<ConnectionCount>,
 
     /// Run the replications JOBS lists, one `SRC DST` pair a line, instead of one (a batch).
     ///
@@ -350,7 +369,7 @@ pub struct Args {
         verbatim_doc_comment,
         conflicts_with_all = [
             "source", "targets", "to", "to_file", "recursive", "detach", "also_from",
-            "min_success", "expect_sha256",
+            "min_success", "expect_sha256", "connections",
         ]
     )]
     pub from_file: Option<PathBuf>,
@@ -418,15 +437,19 @@ pub struct ReplicateJob {
     /// The command, exactly as it goes on the wire.
     pub command: ReplicateFile,
     /// Other sources of the same file (`--also-from`), each with a token; none for a
-    /// replication from one source.
+    /// replication from one source. A source repeated is one more connection to it
+    /// (`--connections`).
     pub also: Vec<orbit_wire::fanout::Upstream>,
+    /// Sent as `ReplicateMany` even with no other source (`--connections`): the destination
+    /// takes the file in pieces, over as many connections as the command or its setting says.
+    pub in_pieces: bool,
 }
 
 impl ReplicateJob {
     /// The request that starts the job: `Replicate`, or `ReplicateMany` with other sources;
     /// with `detach`, their `Start` forms.
     pub fn request(&self, detach: bool) -> ControlRequest {
-        if self.also.is_empty() {
+        if self.also.is_empty() && !self.in_pieces {
             return match detach {
                 true => ControlRequest::Start(self.command.clone()),
                 false => ControlRequest::Replicate(self.command.clone()),
@@ -533,5 +556,39 @@ fn fanout_destinations(args: &mut Args) -> Result<Option<Vec<StarPath>>, plan::P
         args.to_file = None;
     }
     plan::check_min_success(args.min_success, 1)?;
+    if let Some(ConnectionCount::Fixed(n)) = args.connections {
+        let sources = 1 + args.also_from.len();
+        let needed = n as usize * sources;
+        let most = orbit_wire::fanout::MAX_UPSTREAMS + 1;
+        if needed > most {
+            return Err(plan::PlanError::TooManyConnections {
+                connections: n,
+                sources,
+                needed,
+                most,
+            });
+        }
+    }
     Ok(None)
+}
+
+/// What `--connections` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionCount {
+    /// The destination's `connections` setting decides.
+    Auto,
+    /// That many connections to each source, 1 to 8.
+    Fixed(u32),
+}
+
+fn parse_connections(text: &str) -> Result<ConnectionCount, String> {
+    match text {
+        "auto" => Ok(ConnectionCount::Auto),
+        n => n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=8).contains(n))
+            .map(ConnectionCount::Fixed)
+            .ok_or_else(|| "must be auto or a number from 1 to 8".into()),
+    }
 }

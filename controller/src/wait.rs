@@ -222,5 +222,6 @@ pub fn job_of(
             timeout_secs: 0,
         },
         also: Vec::new(),
+        in_pieces: false,
     }
 }

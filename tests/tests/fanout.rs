@@ -796,3 +796,59 @@ async fn a_source_that_lies_under_its_own_signature_gets_nothing_wrong_published
     }
     assert!(part_files(&dest_dir).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_sends_wrong_pieces_under_a_true_attestation_is_named() {
+    let bytes = random_bytes(32 * MIB);
+    let mut many = Many::new(2, &bytes).await;
+    let request = many.command(MIB as u64);
+    let ControlRequest::ReplicateMany(mut cmd) = request else {
+        unreachable!()
+    };
+    // src-1's genuine attestation of its true file for this transfer...
+    let attestation = {
+        let client = many.grid.star_client("star-b");
+        let conn = client.connect(many.addrs[1], "src-1").await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let relay = ControlRequest::Relay(RelayRequest {
+            request_id: 0,
+            transfer_id: cmd.file.transfer_id,
+            origin: "src-1".into(),
+            path: many.path(1),
+            token: many
+                .grid
+                .link_token("src-1", "star-b", &many.path(1), cmd.file.transfer_id),
+            range: ByteRange { start: 0, end: 0 },
+        });
+        write_frame(&mut send, &relay).await.unwrap();
+        send.finish().unwrap();
+        let mut attested = None;
+        while let Ok(frame) = read_frame::<DataFrame>(&mut recv, 1 << 20).await {
+            if let DataFrame::Attested(a) = frame {
+                attested = Some(a);
+                break;
+            }
+        }
+        attested.expect("src-1 attests its file")
+    };
+    // ...then src-1 serves bytes of its own under it, beside an honest src-0 that stays.
+    many.sources[1].take().unwrap().shutdown().await;
+    let liar = lying_relay(&many.grid, "src-1", Some(attestation)).await;
+    cmd.also[0].addr = liar.to_string();
+    let client = many.grid.controller_client();
+    let request = ControlRequest::ReplicateMany(cmd);
+    let events = within(
+        "a file from an honest source and a liar",
+        client.control_at(many.dest.local_addr(), "star-b", &request),
+    )
+    .await
+    .unwrap();
+    let error = expect_failed(events.last().unwrap().clone());
+    assert_eq!(error.code, ErrorCode::DataLoss, "{error}");
+    assert!(
+        error.message.contains("src-1 sent ") && error.message.contains("differ from src-0's"),
+        "{error}"
+    );
+    assert!(!many.target().exists(), "a wrong file was published");
+    assert!(part_files(many.dst.path()).is_empty());
+}

@@ -5,6 +5,7 @@
 mod batch_cli;
 mod cli;
 mod config;
+mod connections;
 mod crash;
 mod dashboards;
 mod detach;

@@ -175,6 +175,7 @@ impl Disk {
                 verified: 0,
                 prefix_sha256: hex::encode(Sha256::digest(b"")),
                 upstreams,
+                pieces: None,
             };
             // Written before the file exists, so that every temporary file has an entry.
             match journal.write(&entry) {

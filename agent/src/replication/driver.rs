@@ -696,8 +696,20 @@ pub(super) async fn open_relay(
     from: &Upstream,
     range: ByteRange,
 ) -> Result<Answer, PullError> {
+    open_relay_on(pool, id, origin, from, range, 0).await
+}
+
+/// As [`open_relay`], on connection `lane` to the star ([`Pool::get_lane`]).
+pub(super) async fn open_relay_on(
+    pool: &Arc<Pool>,
+    id: orbit_wire::TransferId,
+    origin: &str,
+    from: &Upstream,
+    range: ByteRange,
+    lane: usize,
+) -> Result<Answer, PullError> {
     let star = &from.star;
-    let peer = pool.get(star, &from.addr).await?;
+    let peer = pool.get_lane(star, &from.addr, lane).await?;
     let lost = |what: &'static str, e: orbit_wire::WireError| PullError::Lost {
         source_star: star.clone(),
         what,

@@ -7,20 +7,36 @@
 //!    each source its own origin): its version of the file, signed with its SHA-256. Sources that
 //!    cannot be reached are left out; sources that disagree on the size or the SHA-256 refuse the
 //!    whole transfer (`FailedPrecondition`, naming them) before the temporary file exists.
-//! 2. **Pieces.** [`STREAMS_PER_SOURCE`] workers per source take the next piece from one queue,
-//!    read it with a ranged relay read, and write it at its offset. A piece that fails goes back
-//!    to the queue for any worker; a source that fails [`MAX_FAILURES`] times in a row is dropped,
-//!    and the transfer fails only when no source is left. Once a piece is marked written, no
-//!    stream writes to it again (an endgame's second copy stops at its next chunk).
+//! 2. **Pieces.** The file is split into pieces, taken from one queue by [`STREAMS_PER_SOURCE`]
+//!    workers per *lane*; a lane is one QUIC connection to one source ([`Pool::get_lane`]). A
+//!    source gets as many lanes as the command names it (a source repeated among the others is
+//!    one more connection to it: `orbitctl replicate --connections N`), or else as many as the
+//!    star's `connections` setting gives for the file's size and the host's CPUs
+//!    ([`crate::limits::Connections::for_file`]). Each connection is driven by one task, so that
+//!    the packet work and crypto of one file spread over cores. A worker reads its piece with a
+//!    ranged relay read and writes it at its offset. A piece that fails goes back to the queue
+//!    for any worker; a worker that fails [`MAX_FAILURES`] times in a row stops, and the
+//!    transfer fails only when no worker is left. Once a piece is marked written, no stream
+//!    writes to it again (an endgame's second copy stops at its next chunk).
 //! 3. **Verification.** A blocking thread hashes the file back from the page cache in order, each
 //!    piece as soon as it and those before it are written, so that little is left to hash at the
 //!    end. The digest must equal the agreed SHA-256 (and the command's, if it gives one); only
 //!    then is the file synced and renamed into place. The pieces' own trailers are not hashed:
 //!    they come from the same source as the bytes, QUIC's encryption already guards the bytes in
-//!    transit, and the whole-file check against the attested digest is what decides.
-//!
-//! Not journaled: a star stopped in the middle removes the temporary file, and the next command
-//! starts over.
+//!    transit, and the whole-file check against the attested digest is what decides. When it
+//!    fails with several sources, [`pinpoint`] finds the source whose pieces explain it: for each
+//!    source in turn the file is hashed again with that source's pieces read from another one
+//!    instead, and the one for which the digest then adds up is named in the error. Nothing is
+//!    published either way.
+//! 4. **Journal.** With a state directory, the transfer has an entry in the star's journal
+//!    ([`crate::journal`], the same entries as a single file's, with [`PiecesEntry`]) written
+//!    before the temporary file exists. Every [`CHECKPOINT`] bytes of whole pieces hashed in
+//!    order, the hashing thread syncs the file and records that prefix and its SHA-256. A star
+//!    stopped or killed resumes the transfer at its next start: once the sources agree again on
+//!    the same size and SHA-256 and the prefix on disk still hashes to the journal's digest, only
+//!    the pieces after it are fetched (pieces written beyond the prefix are fetched again: they
+//!    were never verified in order). Anything else starts from zero. Nothing is published
+//!    before the whole file's SHA-256 is checked.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -35,14 +51,17 @@ use tracing::{info, warn};
 use orbit_wire::fanout::{ReplicateMany, Upstream, DEFAULT_PIECE};
 use orbit_wire::{ByteRange, ControlEvent, DataFrame, ErrorCode, FileVersion, WireError};
 
-use super::driver::{check_attestation, common_mode, open_relay};
+use super::driver::{check_attestation, common_mode, open_relay, open_relay_on};
 use super::error::{Local, PullError};
-use super::machine::{backoff, Replicated};
+use super::machine::{backoff, Replicated, CHECKPOINT};
 use super::registry::Transfer;
 use super::Replicator;
 use crate::error::ToWire;
 use crate::framed::{self, DataRead};
 use crate::jail::{Confined, TargetDir};
+use crate::journal::{Entry, Journal, PiecesEntry};
+#[cfg(doc)]
+use crate::pool::Pool;
 
 /// Ranged reads in flight per source.
 pub(super) const STREAMS_PER_SOURCE: usize = 2;
@@ -82,17 +101,22 @@ struct PieceState {
     left: u64,
     /// The transfer stopped: the hashing thread gives up.
     stopped: bool,
+    /// Which source (index in the agreed list) wrote each piece; `u32::MAX` for one resumed.
+    by: Vec<u32>,
 }
 
 impl Pieces {
-    fn new(count: u64) -> Pieces {
+    /// `count` pieces, those before `first` already written (a resume).
+    fn new(count: u64, first: u64) -> Pieces {
+        let first = first.min(count);
         Pieces {
             state: Mutex::new(PieceState {
-                queue: (0..count).collect(),
+                queue: (first..count).collect(),
                 in_flight: VecDeque::new(),
-                done: vec![false; count as usize],
-                left: count,
+                done: (0..count).map(|i| i < first).collect(),
+                left: count - first,
                 stopped: false,
+                by: vec![u32::MAX; count as usize],
             }),
             moved: Notify::new(),
             written: Condvar::new(),
@@ -139,13 +163,14 @@ impl Pieces {
     }
 
     /// Marks `piece` written; whether it was news (an endgame copy may finish second).
-    fn done(&self, piece: u64) -> bool {
+    fn done(&self, piece: u64, by: u32) -> bool {
         let news = {
             let mut state = self.lock();
             state.in_flight.retain(|p| *p != piece);
             let news = !std::mem::replace(&mut state.done[piece as usize], true);
             if news {
                 state.left -= 1;
+                state.by[piece as usize] = by;
             }
             news
         };
@@ -208,30 +233,35 @@ impl Pieces {
     }
 }
 
-/// The whole transfer: agreement, pieces, verification, publish.
+/// The whole transfer: agreement, pieces, verification, publish. With `resume`, the journal's
+/// entry from before this star stopped.
 pub(super) async fn replicate(
     replicator: &Replicator,
     cmd: &ReplicateMany,
     target: &Confined,
     transfer: &Transfer,
+    resume: Option<Entry>,
 ) -> Result<Replicated, PullError> {
     let file = &cmd.file;
     orbit_wire::path::validate(&file.source_path)
         .map_err(|e| PullError::BadSourcePath(e.to_string()))?;
-    let mut sources = vec![Upstream {
+    let mut named = vec![Upstream {
         star: file.source.clone(),
         addr: file.source_addr.clone(),
         path: file.source_path.clone(),
         token: file.token.clone(),
     }];
-    sources.extend(cmd.also.iter().cloned());
+    named.extend(cmd.also.iter().cloned());
+    let (sources, counts) = distinct(named);
+    let journaled = replicator.store.journal.is_some();
+    let shutting_down = || PullError::ShuttingDown {
+        star: replicator.star.clone(),
+        resumes: journaled,
+    };
     let held = tokio::select! {
         held = agree(replicator, transfer, file.transfer_id, &sources) => held?,
         _ = transfer.cancel.cancelled() => return Err(PullError::Cancelled),
-        _ = replicator.life.cancel.cancelled() => return Err(PullError::ShuttingDown {
-            star: replicator.star.clone(),
-            resumes: false,
-        }),
+        _ = replicator.life.cancel.cancelled() => return Err(shutting_down()),
     };
     let (size, sha256) = (held[0].version.size, held[0].sha256);
     // A copy no more open than any source's file; the default when none said.
@@ -250,37 +280,78 @@ pub(super) async fn replicate(
         0 => DEFAULT_PIECE,
         n => n.max(MIN_PIECE),
     };
+    // The command's count when it names one (a source repeated), else the star's setting.
+    let setting = replicator.connections.for_file(
+        size,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
+    let lanes: Vec<usize> = match counts.iter().any(|n| *n > 1) {
+        true => held
+            .iter()
+            .map(|h| counts[sources.iter().position(|s| same(s, &h.source)).unwrap_or(0)])
+            .collect(),
+        false => vec![setting; held.len()],
+    };
+
+    let opened = {
+        let (store, target) = (replicator.store.clone(), target.clone());
+        let part = PiecesEntry {
+            also: cmd.also.clone(),
+            piece_size: cmd.piece_size,
+            piece,
+            sha256: hex::encode(sha256),
+        };
+        let (command, version) = (file.clone(), held[0].version);
+        blocking(move || open_part(&store, &target, command, version, part, resume)).await?
+    };
+    let Opened {
+        dir: target_dir,
+        part,
+        out,
+        first,
+        hasher,
+        entry,
+    } = opened;
+    let piece = entry
+        .as_ref()
+        .and_then(|e| e.pieces.as_ref())
+        .map_or(piece, |p| p.piece);
+    let resumed = (first * piece).min(size);
     info!(
-        transfer = %file.transfer_id, sources = held.len(), size, piece,
+        transfer = %file.transfer_id, sources = held.len(), connections = ?lanes, size, piece, resumed,
         "the sources agree; fetching the pieces"
     );
-    transfer.progress.send_replace((0, size));
-
-    let store = replicator.store.clone();
-    let (target_dir, part, out) = {
-        let target = target.clone();
-        let tag = format!("{}-{:08x}", file.transfer_id, rand::random::<u32>());
-        let target_path = file.target_path.clone();
-        blocking(move || {
-            let dir = store
-                .jail
-                .prepare_target(&target)
-                .map_err(|e| target_error(&target_path, e.to_wire()))?;
-            let (out, part) = dir
-                .create_part(&tag)
-                .map_err(|e| target_error(&target_path, e.to_wire()))?;
-            out.set_len(size).map_err(disk_error)?;
-            Ok((Arc::new(dir), part, Arc::new(out)))
-        })
-        .await?
+    transfer.progress.send_replace((resumed, size));
+    let kept = entry.is_some();
+    let checkpoints = replicator.store.journal.clone().zip(entry);
+    let start = Start {
+        first,
+        hasher,
+        checkpoints,
     };
     let fetched = tokio::select! {
-        fetched = fetch_all(replicator, transfer, file.transfer_id, &held, &out, size, piece) => fetched,
+        fetched = fetch_all(replicator, transfer, file.transfer_id, &held, &lanes, &out, size, piece, start) => fetched,
         _ = transfer.cancel.cancelled() => Err(PullError::Cancelled),
-        _ = replicator.life.cancel.cancelled() => Err(PullError::ShuttingDown {
-            star: replicator.star.clone(),
-            resumes: false,
-        }),
+        _ = replicator.life.cancel.cancelled() => Err(shutting_down()),
+    };
+    // A file that does not add up from several sources: find the source whose pieces make it so.
+    let fetched = match fetched {
+        Ok((got, by)) if got != sha256 && held.len() > 1 => {
+            let suspect = tokio::select! {
+                found = pinpoint(replicator, file.transfer_id, &held, &by, &out, size, piece, sha256) => found,
+                _ = transfer.cancel.cancelled() => None,
+                _ = replicator.life.cancel.cancelled() => None,
+            };
+            match suspect {
+                Some(named) => Err(PullError::Mismatch(format!(
+                    "the pieces add up to SHA-256 {}, the sources attested {}: {named}",
+                    hex::encode(got),
+                    hex::encode(sha256)
+                ))),
+                None => Ok(got),
+            }
+        }
+        other => other.map(|(got, _)| got),
     };
     let published = match fetched {
         Ok(got) => {
@@ -289,9 +360,19 @@ pub(super) async fn replicate(
         }
         Err(e) => Err(e),
     };
-    if published.is_err() {
+    // A star stopping keeps what it journaled, to resume at its next start.
+    let keep = kept && matches!(published, Err(PullError::ShuttingDown { .. }));
+    if !keep {
+        let journal = replicator.store.journal.clone();
+        let id = file.transfer_id;
+        let failed = published.is_err();
         blocking(move || {
-            target_dir.remove_part(&part);
+            if failed {
+                target_dir.remove_part(&part);
+            }
+            if let Some(journal) = journal {
+                journal.remove(id);
+            }
             Ok(())
         })
         .await?;
@@ -300,6 +381,158 @@ pub(super) async fn replicate(
         bytes: size,
         sha256,
     })
+}
+
+/// Whether two sources are the same file on the same star.
+fn same(a: &Upstream, b: &Upstream) -> bool {
+    a.star == b.star && a.path == b.path
+}
+
+/// The sources a command names, each once (with the first token given for it), and how many
+/// times each is named: a source named `n` times is taken over `n` connections.
+fn distinct(named: Vec<Upstream>) -> (Vec<Upstream>, Vec<usize>) {
+    let mut sources: Vec<Upstream> = Vec::new();
+    let mut counts = Vec::new();
+    for source in named {
+        match sources.iter().position(|s| same(s, &source)) {
+            Some(i) => counts[i] += 1,
+            None => {
+                sources.push(source);
+                counts.push(1);
+            }
+        }
+    }
+    (sources, counts)
+}
+
+/// The temporary file a transfer writes, and where it starts.
+struct Opened {
+    dir: Arc<TargetDir>,
+    part: String,
+    out: Arc<File>,
+    /// The first piece to fetch: those before it are on disk and hashed into `hasher`.
+    first: u64,
+    hasher: Sha256,
+    /// The journal's entry, when the star keeps a journal.
+    entry: Option<Entry>,
+}
+
+/// What the fetch starts from: the pieces already verified, and the journal to checkpoint.
+struct Start {
+    first: u64,
+    hasher: Sha256,
+    checkpoints: Option<(Arc<Journal>, Entry)>,
+}
+
+/// Reopens the journaled temporary file of `resume` when the sources still agree on what it
+/// was for and its prefix still hashes to the journal's digest; otherwise removes it and makes
+/// a new one, journaled first. Blocking.
+fn open_part(
+    store: &super::disk::Store,
+    target: &Confined,
+    command: orbit_wire::ReplicateFile,
+    version: FileVersion,
+    pieces: PiecesEntry,
+    resume: Option<Entry>,
+) -> Result<Opened, PullError> {
+    let target_path = command.target_path.clone();
+    let dir = store
+        .jail
+        .prepare_target(target)
+        .map_err(|e| target_error(&target_path, e.to_wire()))?;
+    let size = version.size;
+    if let Some(entry) = resume {
+        let piece = entry.pieces.as_ref().map_or(0, |p| p.piece);
+        let agrees = entry
+            .pieces
+            .as_ref()
+            .is_some_and(|p| p.sha256 == pieces.sha256 && p.piece > 0)
+            && entry.version.is_some_and(|v| v.size == size);
+        let prefix = match agrees {
+            true => dir.open_part(&entry.part).ok().and_then(|f| {
+                check_prefix(&f, entry.verified, &entry.prefix_sha256).map(|h| (f, h))
+            }),
+            false => None,
+        };
+        if let Some((out, hasher)) = prefix {
+            out.set_len(size).map_err(disk_error)?;
+            let first = entry.verified.div_ceil(piece);
+            info!(part = %entry.part, verified = entry.verified, "resuming from the journaled pieces");
+            return Ok(Opened {
+                dir: Arc::new(dir),
+                part: entry.part.clone(),
+                out: Arc::new(out),
+                first,
+                hasher,
+                entry: Some(entry),
+            });
+        }
+        warn!(part = %entry.part, "the journaled pieces do not check out; starting from zero");
+        dir.remove_part(&entry.part);
+    }
+    let random = rand::random::<u32>();
+    let part_name = crate::journal::part_name(command.transfer_id, random);
+    let id = command.transfer_id;
+    let entry = store.journal.as_ref().and_then(|journal| {
+        let entry = Entry {
+            command,
+            part: part_name,
+            version: Some(version),
+            verified: 0,
+            prefix_sha256: hex::encode(Sha256::digest(b"")),
+            upstreams: None,
+            pieces: Some(pieces),
+        };
+        // Written before the file exists, so that every temporary file has an entry.
+        match journal.write(&entry) {
+            Ok(()) => Some(entry),
+            Err(e) => {
+                warn!("cannot journal the transfer, it will not survive a restart: {e}");
+                None
+            }
+        }
+    });
+    let created = dir
+        .create_part(&format!("{id}-{random:08x}"))
+        .map_err(|e| target_error(&target_path, e.to_wire()))
+        .and_then(|(out, part)| {
+            out.set_len(size).map_err(disk_error)?;
+            Ok((out, part))
+        });
+    let (out, part) = match created {
+        Ok(made) => made,
+        Err(e) => {
+            if let (Some(journal), Some(_)) = (&store.journal, &entry) {
+                journal.remove(id);
+            }
+            return Err(e);
+        }
+    };
+    Ok(Opened {
+        dir: Arc::new(dir),
+        part,
+        out: Arc::new(out),
+        first: 0,
+        hasher: Sha256::new(),
+        entry,
+    })
+}
+
+/// The hash of the first `len` bytes of `file`, if they are there and hash to `expect` (hex).
+fn check_prefix(file: &File, len: u64, expect: &str) -> Option<Sha256> {
+    if file.metadata().ok()?.len() < len {
+        return None;
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut offset = 0;
+    while offset < len {
+        let want = (len - offset).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..want], offset).ok()?;
+        hasher.update(&buf[..want]);
+        offset += want as u64;
+    }
+    (hex::encode(hasher.clone().finalize()) == expect).then_some(hasher)
 }
 
 /// Asks every source for its attestation; keeps those that answer, and fails if they disagree.
@@ -439,25 +672,52 @@ impl Drop for StopHashing {
     }
 }
 
-/// Hashes the file in order, each piece once it is written. `None` if the transfer stopped.
+/// Hashes the file in order from piece `start.first`, each piece once it is written, and every
+/// [`CHECKPOINT`] bytes syncs the file and journals the prefix. `None` if the transfer stopped.
 fn hash_in_order(
     pieces: &Pieces,
     out: &File,
     size: u64,
     piece: u64,
+    start: Start,
 ) -> std::io::Result<Option<[u8; 32]>> {
-    let mut hasher = Sha256::new();
+    let Start {
+        first,
+        mut hasher,
+        mut checkpoints,
+    } = start;
     let mut buf = vec![0u8; 1024 * 1024];
-    for index in 0..size.div_ceil(piece) {
+    let mut since_checkpoint = 0;
+    for index in first..size.div_ceil(piece) {
         if !pieces.wait_written(index) {
             return Ok(None);
         }
         let (mut offset, end) = (index * piece, ((index + 1) * piece).min(size));
+        since_checkpoint += end - offset;
         while offset < end {
             let want = (end - offset).min(buf.len() as u64) as usize;
             out.read_exact_at(&mut buf[..want], offset)?;
             hasher.update(&buf[..want]);
             offset += want as u64;
+        }
+        if since_checkpoint >= CHECKPOINT && end < size {
+            if let Some((journal, entry)) = &mut checkpoints {
+                since_checkpoint = 0;
+                out.sync_data()?;
+                entry.verified = end;
+                entry.prefix_sha256 = hex::encode(hasher.clone().finalize());
+                // Under the lock, and only while the transfer runs: once it stopped (a cancel
+                // that removes the entry next), no checkpoint writes the entry back.
+                let state = pieces.lock();
+                if state.stopped {
+                    return Ok(None);
+                }
+                if let Err(e) = journal.write(entry) {
+                    warn!("cannot journal a checkpoint, the transfer will not resume: {e}");
+                    checkpoints = None;
+                }
+                drop(state);
+            }
         }
     }
     Ok(Some(hasher.finalize().into()))
@@ -465,28 +725,33 @@ fn hash_in_order(
 
 /// Runs the workers until every piece is written, or every source has failed; returns the
 /// SHA-256 of what was written.
+#[allow(clippy::too_many_arguments)]
 async fn fetch_all(
     replicator: &Replicator,
     transfer: &Transfer,
     id: orbit_wire::TransferId,
     held: &[Held],
+    lanes: &[usize],
     out: &Arc<File>,
     size: u64,
     piece: u64,
-) -> Result<[u8; 32], PullError> {
-    let pieces = Arc::new(Pieces::new(size.div_ceil(piece)));
+    start: Start,
+) -> Result<([u8; 32], Vec<u32>), PullError> {
+    let pieces = Arc::new(Pieces::new(size.div_ceil(piece), start.first));
+    let written = Arc::new(Mutex::new((start.first * piece).min(size)));
     let stop_hashing = StopHashing(pieces.clone());
     let hashing = {
         let (pieces, out) = (pieces.clone(), out.clone());
-        tokio::task::spawn_blocking(move || hash_in_order(&pieces, &out, size, piece))
+        tokio::task::spawn_blocking(move || hash_in_order(&pieces, &out, size, piece, start))
     };
-    let written = Arc::new(Mutex::new(0u64));
     let mut workers = tokio::task::JoinSet::new();
-    for source in held {
-        for _ in 0..STREAMS_PER_SOURCE {
+    for (who, (source, lanes)) in held.iter().zip(lanes).enumerate() {
+        for worker in 0..STREAMS_PER_SOURCE * lanes {
             let worker = Worker {
                 pool: replicator.pool.clone(),
                 id,
+                lane: worker % lanes,
+                who: who as u32,
                 source: source.clone(),
                 out: out.clone(),
                 pieces: pieces.clone(),
@@ -523,19 +788,144 @@ async fn fetch_all(
     if pieces.lock().left != 0 {
         return Err(last.unwrap_or_else(|| PullError::Internal("the workers stopped".into())));
     }
+    // Every piece is written: the hashing thread ends by itself; if this future is dropped
+    // meanwhile, `stop_hashing` stops it (and its checkpoints).
+    let hashed = hashing.await;
     drop(stop_hashing);
-    match hashing.await {
-        Ok(Ok(Some(sha256))) => Ok(sha256),
+    match hashed {
+        Ok(Ok(Some(sha256))) => Ok((sha256, pieces.lock().by.clone())),
         Ok(Ok(None)) => Err(PullError::Internal("the hashing stopped early".into())),
         Ok(Err(e)) => Err(disk_error(e)),
         Err(e) => Err(PullError::Internal(format!("the hashing task failed: {e}"))),
     }
 }
 
-/// One ranged stream from one source.
+/// After a whole-file mismatch, which source sent wrong pieces: for each source in turn, the
+/// file is hashed again in order with that source's pieces taken from another source instead
+/// (nothing on disk changes). When that adds up to the attested SHA-256, the source is named,
+/// with how many of its pieces differed. `None` when no one source explains the mismatch (or a
+/// piece could not be read again).
+#[allow(clippy::too_many_arguments)]
+async fn pinpoint(
+    replicator: &Replicator,
+    id: orbit_wire::TransferId,
+    held: &[Held],
+    by: &[u32],
+    out: &Arc<File>,
+    size: u64,
+    piece: u64,
+    sha256: [u8; 32],
+) -> Option<String> {
+    for (suspect, source) in held.iter().enumerate() {
+        let suspect = suspect as u32;
+        if !by.contains(&suspect) {
+            continue;
+        }
+        let other = held
+            .iter()
+            .position(|h| h.source.star != source.source.star)?;
+        let mut hasher = Sha256::new();
+        let mut differed = 0;
+        for (index, writer) in by.iter().enumerate() {
+            let (start, end) = (index as u64 * piece, ((index as u64 + 1) * piece).min(size));
+            let ours = {
+                let out = out.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; (end - start) as usize];
+                    out.read_exact_at(&mut buf, start).map(|()| buf)
+                })
+                .await
+                .ok()?
+                .ok()?
+            };
+            if *writer != suspect {
+                hasher.update(&ours);
+                continue;
+            }
+            let theirs = read_piece(&replicator.pool, id, &held[other], start, end)
+                .await
+                .inspect_err(|e| warn!(transfer = %id, "cannot read a piece again: {e}"))
+                .ok()?;
+            if theirs != ours {
+                differed += 1;
+            }
+            hasher.update(&theirs);
+        }
+        if <[u8; 32]>::from(hasher.finalize()) == sha256 {
+            warn!(transfer = %id, source = %source.source.star, differed, "a source sent wrong pieces");
+            return Some(format!(
+                "{} sent {differed} piece(s) that differ from {}'s, with which the file has the \
+                 attested SHA-256",
+                source.source.star, held[other].source.star
+            ));
+        }
+    }
+    None
+}
+
+/// The bytes `[start, end)` of `held`'s file, read into memory.
+async fn read_piece(
+    pool: &Arc<crate::pool::Pool>,
+    id: orbit_wire::TransferId,
+    held: &Held,
+    start: u64,
+    end: u64,
+) -> Result<Vec<u8>, PullError> {
+    let source = &held.source;
+    let star = &source.star;
+    let range = ByteRange { start, end };
+    let (first, mut recv, _peer) = open_relay(pool, id, star, source, range).await?;
+    match first {
+        DataFrame::Header { size, version, .. }
+            if size == end - start && version == held.version => {}
+        DataFrame::Error { error, .. } => {
+            return Err(PullError::Refused {
+                source_star: star.clone(),
+                error,
+            })
+        }
+        _ => return Err(protocol(star, "not the header of the piece")),
+    }
+    let mut data = Vec::with_capacity((end - start) as usize);
+    loop {
+        let read = tokio::time::timeout(STALL, framed::read_data_frame(&mut recv))
+            .await
+            .map_err(|_| protocol(star, "silent while a piece was read again"))?;
+        match read {
+            Ok(DataRead::Chunk { offset, payload }) => {
+                if offset != start + data.len() as u64 || offset + payload.len() as u64 > end {
+                    return Err(protocol(star, "a chunk out of order or past its range"));
+                }
+                for part in payload.pieces() {
+                    data.extend_from_slice(part);
+                }
+            }
+            Ok(DataRead::Frame(DataFrame::Trailer { .. })) if data.len() as u64 == end - start => {
+                return Ok(data)
+            }
+            Ok(DataRead::Frame(DataFrame::Mode(_))) => {}
+            Ok(_) => return Err(protocol(star, "a frame out of place")),
+            Err(e) => {
+                let e = e.to_wire();
+                return Err(PullError::Lost {
+                    source_star: star.clone(),
+                    what: "a piece read again",
+                    code: e.code,
+                    message: e.message,
+                });
+            }
+        }
+    }
+}
+
+/// One ranged stream from one source, on one of its connections.
 struct Worker {
     pool: Arc<crate::pool::Pool>,
     id: orbit_wire::TransferId,
+    /// Which connection to the source ([`crate::pool::Pool::get_lane`]).
+    lane: usize,
+    /// The source's index among the agreed ones.
+    who: u32,
     source: Held,
     out: Arc<File>,
     pieces: Arc<Pieces>,
@@ -554,7 +944,7 @@ impl Worker {
             match self.fetch(index, start, end).await {
                 Ok(()) => {
                     failures = 0;
-                    if self.pieces.done(index) {
+                    if self.pieces.done(index, self.who) {
                         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
                         *written += end - start;
                         self.progress.send_replace((*written, self.size));
@@ -581,7 +971,8 @@ impl Worker {
         let source = &self.source.source;
         let star = &source.star;
         let range = ByteRange { start, end };
-        let (first, mut recv, peer) = open_relay(&self.pool, self.id, star, source, range).await?;
+        let (first, mut recv, peer) =
+            open_relay_on(&self.pool, self.id, star, source, range, self.lane).await?;
         match first {
             DataFrame::Header { size, version, .. }
                 if size == end - start && version == self.source.version => {}
@@ -725,5 +1116,51 @@ fn target_error(path: &str, cause: WireError) -> PullError {
     PullError::Target {
         path: path.to_owned(),
         cause: Local(cause),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(star: &str, path: &str, token: &str) -> Upstream {
+        Upstream {
+            star: star.into(),
+            addr: "127.0.0.1:1".into(),
+            path: path.into(),
+            token: token.into(),
+        }
+    }
+
+    #[test]
+    fn a_source_named_again_is_one_more_connection_to_it() {
+        let named = vec![
+            source("a", "/f", "1"),
+            source("b", "/f", "2"),
+            source("a", "/f", "3"),
+            source("a", "/g", "4"),
+            source("a", "/f", "5"),
+        ];
+        let (sources, counts) = distinct(named);
+        let names: Vec<_> = sources
+            .iter()
+            .map(|s| (&*s.star, &*s.path, &*s.token))
+            .collect();
+        assert_eq!(
+            names,
+            [("a", "/f", "1"), ("b", "/f", "2"), ("a", "/g", "4")]
+        );
+        assert_eq!(counts, [3, 1, 1]);
+    }
+
+    #[test]
+    fn a_resume_starts_after_the_written_pieces() {
+        let pieces = Pieces::new(5, 2);
+        let state = pieces.lock();
+        assert_eq!(state.left, 3);
+        assert_eq!(state.queue, [2, 3, 4]);
+        assert_eq!(state.done, [true, true, false, false, false]);
+        drop(state);
+        assert_eq!(Pieces::new(3, 3).lock().left, 0);
     }
 }

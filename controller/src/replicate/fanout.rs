@@ -148,6 +148,9 @@ pub fn destinations(args: &Args) -> Result<Vec<StarPath>, PlanError> {
     if !args.also_from.is_empty() && count > 1 {
         return Err(PlanError::AlsoFromFanout(count));
     }
+    if args.connections.is_some() && count > 1 {
+        return Err(PlanError::ConnectionsFanout(count));
+    }
     let mut all = Vec::with_capacity(count);
     for text in given {
         let parsed = if args.recursive {

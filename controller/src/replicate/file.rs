@@ -12,7 +12,9 @@ use std::sync::Arc;
 use orbit_wire::{ControlEvent, ControlRequest, ReplicateFile, TransferId};
 
 use super::interrupt::{interrupt_signal, Cancelling};
-use super::{event_line, new_transfer_id, Args, ReplicateError, ReplicateJob, Replicated};
+use super::{
+    event_line, new_transfer_id, Args, ConnectionCount, ReplicateError, ReplicateJob, Replicated,
+};
 use crate::connect::{self, StarConnection, StreamError, WireBytes};
 use crate::grid::Grid;
 use crate::progress::{Mode, Progress};
@@ -59,7 +61,22 @@ pub(super) async fn execute(
             path: other.path,
         });
     }
-    if !job.also.is_empty() {
+    // `--connections N`: every source named N times, each name one more connection to it.
+    if let Some(ConnectionCount::Fixed(n)) = args.connections {
+        let named: Vec<_> = std::iter::once(orbit_wire::fanout::Upstream {
+            star: source.star.clone(),
+            addr: job.command.source_addr.clone(),
+            path: source.path.clone(),
+            token: link(&source),
+        })
+        .chain(job.also.iter().cloned())
+        .collect();
+        for _ in 1..n {
+            job.also.extend(named.iter().cloned());
+        }
+    }
+    job.in_pieces = !job.also.is_empty() || matches!(args.connections, Some(ConnectionCount::Auto));
+    if job.in_pieces {
         job.command.token = link(&source);
     }
     if args.detach {
@@ -159,6 +176,7 @@ impl Minting<'_> {
                 timeout_secs: self.timeout_secs,
             },
             also: Vec::new(),
+            in_pieces: false,
         })
     }
 }
@@ -338,6 +356,7 @@ mod tests {
                 timeout_secs: 0,
             },
             also: Vec::new(),
+            in_pieces: false,
         }
     }
 

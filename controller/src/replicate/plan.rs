@@ -123,6 +123,26 @@ pub enum PlanError {
          supported yet"
     )]
     AlsoFromFanout(usize),
+    /// `--connections` with more than one destination.
+    #[error(
+        "--connections takes one destination, not {0}: a fan-out takes one connection per hop"
+    )]
+    ConnectionsFanout(usize),
+    /// `--connections N` with so many sources that the command cannot name them all.
+    #[error(
+        "--connections {connections} with {sources} source(s) needs {needed} source connections; \
+         one command carries at most {most}"
+    )]
+    TooManyConnections {
+        /// The value given.
+        connections: u32,
+        /// The sources: the source and each --also-from.
+        sources: usize,
+        /// `connections * sources`.
+        needed: usize,
+        /// What fits.
+        most: usize,
+    },
     /// `--min-success` above the number of destinations.
     #[error("--min-success {min} is more than the {count} destination(s) given")]
     MinSuccess {

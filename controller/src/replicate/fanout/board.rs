@@ -63,6 +63,7 @@ impl Board {
                     ..file.clone()
                 },
                 also: Vec::new(),
+                in_pieces: false,
             })
             .collect();
         // The bar, if any, shows every destination's bytes together; --json prints per
