@@ -464,6 +464,32 @@ impl Many {
         }
     }
 
+    /// Source `i`'s own attestation of its file for `transfer`, as star-b would ask for it.
+    async fn attestation(&self, i: usize, transfer: TransferId) -> Attestation {
+        let origin = format!("src-{i}");
+        let client = self.grid.star_client("star-b");
+        let conn = client.connect(self.addrs[i], &origin).await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let relay = ControlRequest::Relay(RelayRequest {
+            request_id: 0,
+            transfer_id: transfer,
+            origin: origin.clone(),
+            path: self.path(i),
+            token: self
+                .grid
+                .link_token(&origin, "star-b", &self.path(i), transfer),
+            range: ByteRange { start: 0, end: 0 },
+        });
+        write_frame(&mut send, &relay).await.unwrap();
+        send.finish().unwrap();
+        while let Ok(frame) = read_frame::<DataFrame>(&mut recv, 1 << 20).await {
+            if let DataFrame::Attested(a) = frame {
+                return a;
+            }
+        }
+        panic!("{origin} did not attest its file");
+    }
+
     fn path(&self, i: usize) -> String {
         wire(&self.src_dirs[i].path().join("f"))
     }
@@ -734,31 +760,7 @@ async fn a_source_that_lies_under_its_own_signature_gets_nothing_wrong_published
         unreachable!()
     };
     // src-1's own, genuine attestation of its true file for this transfer...
-    let attestation = {
-        let client = many.grid.star_client("star-b");
-        let conn = client.connect(many.addrs[1], "src-1").await.unwrap();
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let relay = ControlRequest::Relay(RelayRequest {
-            request_id: 0,
-            transfer_id: cmd.file.transfer_id,
-            origin: "src-1".into(),
-            path: many.path(1),
-            token: many
-                .grid
-                .link_token("src-1", "star-b", &many.path(1), cmd.file.transfer_id),
-            range: ByteRange { start: 0, end: 0 },
-        });
-        write_frame(&mut send, &relay).await.unwrap();
-        send.finish().unwrap();
-        let mut attested = None;
-        while let Ok(frame) = read_frame::<DataFrame>(&mut recv, 1 << 20).await {
-            if let DataFrame::Attested(a) = frame {
-                attested = Some(a);
-                break;
-            }
-        }
-        attested.expect("src-1 attests its file")
-    };
+    let attestation = many.attestation(1, cmd.file.transfer_id).await;
     // ...then src-1 is broken into: it keeps its word and serves bytes of its own.
     many.sources[1].take().unwrap().shutdown().await;
     let liar = lying_relay(&many.grid, "src-1", Some(attestation)).await;
@@ -806,31 +808,7 @@ async fn a_source_that_sends_wrong_pieces_under_a_true_attestation_is_named() {
         unreachable!()
     };
     // src-1's genuine attestation of its true file for this transfer...
-    let attestation = {
-        let client = many.grid.star_client("star-b");
-        let conn = client.connect(many.addrs[1], "src-1").await.unwrap();
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        let relay = ControlRequest::Relay(RelayRequest {
-            request_id: 0,
-            transfer_id: cmd.file.transfer_id,
-            origin: "src-1".into(),
-            path: many.path(1),
-            token: many
-                .grid
-                .link_token("src-1", "star-b", &many.path(1), cmd.file.transfer_id),
-            range: ByteRange { start: 0, end: 0 },
-        });
-        write_frame(&mut send, &relay).await.unwrap();
-        send.finish().unwrap();
-        let mut attested = None;
-        while let Ok(frame) = read_frame::<DataFrame>(&mut recv, 1 << 20).await {
-            if let DataFrame::Attested(a) = frame {
-                attested = Some(a);
-                break;
-            }
-        }
-        attested.expect("src-1 attests its file")
-    };
+    let attestation = many.attestation(1, cmd.file.transfer_id).await;
     // ...then src-1 serves bytes of its own under it, beside an honest src-0 that stays.
     many.sources[1].take().unwrap().shutdown().await;
     let liar = lying_relay(&many.grid, "src-1", Some(attestation)).await;
