@@ -47,7 +47,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use machine::{Machine, Replicated, Settings, Start, DEFAULT_TIMEOUT};
-use registry::{AdmitError, Admitted, What};
+use registry::{AdmitError, Admitted, Slot, What};
 
 /// What a fan-out destination adds to a replication: the stars to pull from before the origin,
 /// and the feed it tells the stars relaying from it what it has.
@@ -345,16 +345,8 @@ async fn run(
     admitted: Admitted,
 ) {
     let Admitted { transfer, slot } = admitted;
-    let _slot = match slot {
-        Some(slot) => Some(slot),
-        // Resumed beyond max_transfers: wait for a slot. A star stopping first keeps the journal
-        // entry for its next start; a transfer cancelled first goes on at once, only to remove
-        // its temporary file and entry.
-        None => tokio::select! {
-            _ = replicator.life.cancel.cancelled() => return,
-            _ = transfer.cancel.cancelled() => None,
-            slot = replicator.register.slot() => Some(slot),
-        },
+    let Some(_slot) = slot_of(&replicator, &transfer, slot).await else {
+        return;
     };
     let id = cmd.transfer_id;
     info!(
@@ -399,6 +391,25 @@ async fn run(
     replicator.register.finish(&transfer, event);
 }
 
+/// The slot `transfer` runs in: the one it was admitted with, or, resumed beyond
+/// max_transfers, one it waits for. `None` when the star stops first: the journal entry stays
+/// for its next start. A transfer cancelled first goes on at once without a slot (`Some(None)`),
+/// only to remove its temporary file and entry.
+async fn slot_of(
+    replicator: &Replicator,
+    transfer: &Transfer,
+    slot: Option<Slot>,
+) -> Option<Option<Slot>> {
+    match slot {
+        Some(slot) => Some(Some(slot)),
+        None => tokio::select! {
+            _ = replicator.life.cancel.cancelled() => None,
+            _ = transfer.cancel.cancelled() => Some(None),
+            slot = replicator.register.slot() => Some(Some(slot)),
+        },
+    }
+}
+
 /// Runs a replication from several sources to its end and records its final event.
 async fn run_many(
     replicator: Arc<Replicator>,
@@ -408,14 +419,8 @@ async fn run_many(
     admitted: Admitted,
 ) {
     let Admitted { transfer, slot } = admitted;
-    let _slot = match slot {
-        Some(slot) => Some(slot),
-        // Resumed beyond max_transfers: as `run` does.
-        None => tokio::select! {
-            _ = replicator.life.cancel.cancelled() => return,
-            _ = transfer.cancel.cancelled() => None,
-            slot = replicator.register.slot() => Some(slot),
-        },
+    let Some(_slot) = slot_of(&replicator, &transfer, slot).await else {
+        return;
     };
     let id = cmd.file.transfer_id;
     info!(
