@@ -132,10 +132,12 @@ impl Pieces {
     }
 
     /// The next piece for source `who` to fetch; `None` once every piece is written. When none
-    /// is left to start, a piece another stream is still fetching (BitTorrent's endgame) if it
-    /// is this source's to write: one no source has written to yet, or one of its own. A piece
-    /// another source writes waits for it; should that source go away mid-piece, its stream
-    /// fails (at the latest after [`STALL`] without a byte) and gives the piece back to all.
+    /// is left to start, a piece another stream of the same source is still writing (an
+    /// endgame, as BitTorrent's, between the connections to one source). Not one of another
+    /// source: its bytes would be refused (a piece's bytes all come from one source), after
+    /// taking the uplink's time; four sources sent 288 MiB for 256 so (bench/RESULTS.md). A
+    /// source that goes away mid-piece fails its stream (at the latest after [`STALL`] without a
+    /// byte), which gives the piece back to all.
     async fn next(&self, who: u32) -> Option<u64> {
         loop {
             let moved = self.moved.notified();
@@ -148,11 +150,9 @@ impl Pieces {
                     state.in_flight.push_back(piece);
                     return Some(piece);
                 }
-                // The endgame: a piece another stream is fetching, if this source may write it.
-                let free = |p: &u64| {
-                    matches!(state.by[*p as usize], u32::MAX) || state.by[*p as usize] == who
-                };
-                if let Some(at) = state.in_flight.iter().position(free) {
+                // The endgame: a piece another stream of this source is writing.
+                let own = |p: &u64| state.by[*p as usize] == who;
+                if let Some(at) = state.in_flight.iter().position(own) {
                     let piece = state.in_flight.remove(at).expect("a position in the queue");
                     state.in_flight.push_back(piece);
                     return Some(piece);
