@@ -16,8 +16,9 @@
 //!    the packet work and crypto of one file spread over cores. A worker reads its piece with a
 //!    ranged relay read and writes it at its offset. A piece that fails goes back to the queue
 //!    for any worker; a worker that fails [`MAX_FAILURES`] times in a row stops, and the
-//!    transfer fails only when no worker is left. Once a piece is marked written, no stream
-//!    writes to it again (an endgame's second copy stops at its next chunk).
+//!    transfer fails only when no worker is left. One stream fetches a piece at a time (no
+//!    endgame, [`Pieces::next`]); its bytes all come from the first source that writes to it
+//!    until that source gives it back, and once it is marked written no stream writes to it.
 //! 3. **Verification.** A blocking thread hashes the file back from the page cache in order, each
 //!    piece as soon as it and those before it are written, so that little is left to hash at the
 //!    end. The digest must equal the agreed SHA-256 (and the command's, if it gives one); only
@@ -94,8 +95,6 @@ struct Pieces {
 struct PieceState {
     /// Pieces no one is fetching, next first.
     queue: VecDeque<u64>,
-    /// Pieces being fetched, oldest first.
-    in_flight: VecDeque<u64>,
     /// Which pieces are written.
     done: Vec<bool>,
     /// How many are not.
@@ -116,7 +115,6 @@ impl Pieces {
         Pieces {
             state: Mutex::new(PieceState {
                 queue: (first..count).collect(),
-                in_flight: VecDeque::new(),
                 done: (0..count).map(|i| i < first).collect(),
                 left: count - first,
                 stopped: false,
@@ -131,14 +129,13 @@ impl Pieces {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The next piece for source `who` to fetch; `None` once every piece is written. When none
-    /// is left to start, a piece another stream of the same source is still writing (an
-    /// endgame, as BitTorrent's, between the connections to one source). Not one of another
-    /// source: its bytes would be refused (a piece's bytes all come from one source), after
-    /// taking the uplink's time; four sources sent 288 MiB for 256 so (bench/RESULTS.md). A
-    /// source that goes away mid-piece fails its stream (at the latest after [`STALL`] without a
-    /// byte), which gives the piece back to all.
-    async fn next(&self, who: u32) -> Option<u64> {
+    /// The next piece to fetch; `None` once every piece is written. No endgame: a piece another
+    /// stream is fetching is not fetched twice. Another source's bytes would be refused (a
+    /// piece's bytes all come from one source), and a second stream to the same source shares
+    /// its uplink; either way the duplicate only took the uplink's time (four sources sent 288
+    /// MiB for 256, bench/RESULTS.md). A stream that stops mid-piece fails (at the latest after
+    /// [`STALL`] without a byte) and gives the piece back to all.
+    async fn next(&self) -> Option<u64> {
         loop {
             let moved = self.moved.notified();
             {
@@ -147,14 +144,6 @@ impl Pieces {
                     return None;
                 }
                 if let Some(piece) = state.queue.pop_front() {
-                    state.in_flight.push_back(piece);
-                    return Some(piece);
-                }
-                // The endgame: a piece another stream of this source is writing.
-                let own = |p: &u64| state.by[*p as usize] == who;
-                if let Some(at) = state.in_flight.iter().position(own) {
-                    let piece = state.in_flight.remove(at).expect("a position in the queue");
-                    state.in_flight.push_back(piece);
                     return Some(piece);
                 }
             }
@@ -173,11 +162,10 @@ impl Pieces {
         }
     }
 
-    /// Marks `piece` written; whether it was news (an endgame copy may finish second).
+    /// Marks `piece` written; whether it was news.
     fn done(&self, piece: u64, by: u32) -> bool {
         let news = {
             let mut state = self.lock();
-            state.in_flight.retain(|p| *p != piece);
             let news = !std::mem::replace(&mut state.done[piece as usize], true);
             if news {
                 state.left -= 1;
@@ -245,7 +233,6 @@ impl Pieces {
             if !state.done[piece as usize] && state.by[piece as usize] == who {
                 state.by[piece as usize] = u32::MAX;
             }
-            state.in_flight.retain(|p| *p != piece);
             if !state.done[piece as usize] && !state.queue.contains(&piece) {
                 state.queue.push_front(piece);
             }
@@ -959,7 +946,7 @@ struct Worker {
 impl Worker {
     async fn run(self) -> Result<(), PullError> {
         let mut failures = 0;
-        while let Some(index) = self.pieces.next(self.who).await {
+        while let Some(index) = self.pieces.next().await {
             let start = index * self.piece;
             let end = (start + self.piece).min(self.size);
             match self.fetch(index, start, end).await {
@@ -1066,8 +1053,8 @@ impl Worker {
                         return Err(protocol(star, "a chunk out of order or past its range"));
                     }
                     if !writes.push(payload.pieces()).await? {
-                        // Another stream finished this piece (the endgame), or another source
-                        // writes it: dropping the stream tells the source to stop.
+                        // Another stream wrote this piece (a guard: one stream fetches a piece at
+                        // a time): dropping the stream tells the source to stop.
                         return Ok(false);
                     }
                     offset += len;
