@@ -492,11 +492,7 @@ pub async fn run(grid_dir: &Path, mut args: Args) -> Result<(), ReplicateError> 
         return batch::run(grid_dir, &args, &jobs).await;
     }
     if let Err(e) = batch::check_unbatched(&args) {
-        let e = ReplicateError::from(e);
-        if args.json {
-            println!("{}", crate::json::failure(e.code(), &e.to_string()));
-        }
-        return Err(e);
+        return json_failure(args.json, Err(e.into()));
     }
     match fanout_destinations(&mut args) {
         Ok(Some(destinations)) if args.recursive => {
@@ -506,10 +502,8 @@ pub async fn run(grid_dir: &Path, mut args: Args) -> Result<(), ReplicateError> 
         Ok(None) => {}
         Err(e) => {
             let e = ReplicateError::from(fanout::FanoutError::from(e));
-            if args.json {
-                println!("{}", crate::json::failure(e.code(), &e.to_string()));
-            }
-            return Err(e);
+            // A plan's error is not reported by the fan-out: printed here.
+            return json_failure(args.json, Err(e));
         }
     }
     if args.recursive {
@@ -532,13 +526,19 @@ pub async fn run(grid_dir: &Path, mut args: Args) -> Result<(), ReplicateError> 
             }
             Ok(())
         }
-        Err(e) => {
-            if args.json {
-                println!("{}", crate::json::failure(e.code(), &e.to_string()));
-            }
-            Err(e)
+        Err(e) => json_failure(args.json, Err(e)),
+    }
+}
+
+/// `result`, its failure printed first as the `--json` failure object when `json` asks for it
+/// and nothing has reported it yet.
+fn json_failure(json: bool, result: Result<(), ReplicateError>) -> Result<(), ReplicateError> {
+    if let Err(e) = &result {
+        if json && !e.reported() {
+            println!("{}", crate::json::failure(e.code(), &e.to_string()));
         }
     }
+    result
 }
 
 /// The destinations of a fan-out, or `None` for a single replication; then `args.targets`

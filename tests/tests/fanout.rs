@@ -464,6 +464,19 @@ impl Many {
         }
     }
 
+    /// The command for pieces of 1 MiB from src-0 and src-1, where src-1 has been replaced by a
+    /// relay that serves bytes of its own under src-1's genuine attestation for the transfer.
+    async fn command_with_a_liar(&mut self) -> orbit_wire::fanout::ReplicateMany {
+        let ControlRequest::ReplicateMany(mut cmd) = self.command(MIB as u64) else {
+            unreachable!()
+        };
+        let attestation = self.attestation(1, cmd.file.transfer_id).await;
+        self.sources[1].take().unwrap().shutdown().await;
+        let liar = lying_relay(&self.grid, "src-1", Some(attestation)).await;
+        cmd.also[0].addr = liar.to_string();
+        cmd
+    }
+
     /// Source `i`'s own attestation of its file for `transfer`, as star-b would ask for it.
     async fn attestation(&self, i: usize, transfer: TransferId) -> Attestation {
         let origin = format!("src-{i}");
@@ -755,16 +768,9 @@ async fn a_source_that_lies_under_its_own_signature_gets_nothing_wrong_published
     let sha: [u8; 32] =
         sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).into();
     let mut many = Many::new(2, &bytes).await;
-    let request = many.command(MIB as u64);
-    let ControlRequest::ReplicateMany(mut cmd) = request else {
-        unreachable!()
-    };
-    // src-1's own, genuine attestation of its true file for this transfer...
-    let attestation = many.attestation(1, cmd.file.transfer_id).await;
-    // ...then src-1 is broken into: it keeps its word and serves bytes of its own.
-    many.sources[1].take().unwrap().shutdown().await;
-    let liar = lying_relay(&many.grid, "src-1", Some(attestation)).await;
-    cmd.also[0].addr = liar.to_string();
+    // src-1 is broken into: it keeps its word (its genuine attestation) and serves bytes of its
+    // own.
+    let cmd = many.command_with_a_liar().await;
     // Once the pieces flow, the honest source goes away: the liar serves what is left.
     let client = many.grid.controller_client();
     let (addr, dest_dir) = (many.dest.local_addr(), many.dst.path().to_owned());
@@ -803,16 +809,8 @@ async fn a_source_that_lies_under_its_own_signature_gets_nothing_wrong_published
 async fn a_source_that_sends_wrong_pieces_under_a_true_attestation_is_named() {
     let bytes = random_bytes(32 * MIB);
     let mut many = Many::new(2, &bytes).await;
-    let request = many.command(MIB as u64);
-    let ControlRequest::ReplicateMany(mut cmd) = request else {
-        unreachable!()
-    };
-    // src-1's genuine attestation of its true file for this transfer...
-    let attestation = many.attestation(1, cmd.file.transfer_id).await;
-    // ...then src-1 serves bytes of its own under it, beside an honest src-0 that stays.
-    many.sources[1].take().unwrap().shutdown().await;
-    let liar = lying_relay(&many.grid, "src-1", Some(attestation)).await;
-    cmd.also[0].addr = liar.to_string();
+    // src-1 serves bytes of its own under its genuine attestation, beside an honest src-0.
+    let cmd = many.command_with_a_liar().await;
     let client = many.grid.controller_client();
     let request = ControlRequest::ReplicateMany(cmd);
     let events = within(

@@ -140,6 +140,16 @@ impl ReplicateError {
         }
     }
 
+    /// Whether what it reports has been printed already (a fan-out's lines and summary), so that
+    /// `--json` must not print a failure object on top.
+    pub(super) fn reported(&self) -> bool {
+        match self {
+            ReplicateError::Fanout(e) => e.reported(),
+            ReplicateError::TreeFanout(e) => e.reported(),
+            _ => false,
+        }
+    }
+
     /// The process exit code that reports this failure (see [`crate::exit`]):
     /// [`exit::INCOMPLETE`], [`exit::INTERRUPTED`], [`exit::USAGE`], or by the class of its
     /// wire code [`exit::TEMPORARY`] or [`exit::FAILED`].

@@ -118,7 +118,7 @@ impl FanoutError {
 
     /// Whether the destinations' lines and the summary have been printed already, so that
     /// `--json` must not print a failure object on top.
-    fn reported(&self) -> bool {
+    pub(super) fn reported(&self) -> bool {
         !matches!(self, FanoutError::Plan(_))
     }
 }
@@ -205,14 +205,7 @@ pub async fn run(
     args: &Args,
     destinations: Vec<StarPath>,
 ) -> Result<(), ReplicateError> {
-    let result = execute(grid_dir, args, destinations).await;
-    if let Err(e) = &result {
-        let reported = matches!(e, ReplicateError::Fanout(f) if f.reported());
-        if args.json && !reported {
-            println!("{}", crate::json::failure(e.code(), &e.to_string()));
-        }
-    }
-    result
+    super::json_failure(args.json, execute(grid_dir, args, destinations).await)
 }
 
 async fn execute(
