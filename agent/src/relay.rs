@@ -25,7 +25,9 @@ use tracing::{info, warn};
 
 use orbit_certs::PeerIdentity;
 use orbit_wire::fanout::{AttestClaims, Attestation, RelayRequest};
-use orbit_wire::{ByteRange, DataFrame, FileVersion, ReadRequest, CHUNK_SIZE, WANTS_MODE};
+use orbit_wire::{
+    ByteRange, DataFrame, FileVersion, ReadRequest, CHUNK_SIZE, RANGE_UNHASHED, WANTS_MODE,
+};
 
 use crate::digests::FileKey;
 use crate::error::ToWire;
@@ -150,6 +152,12 @@ async fn originate(
     let again = read.path.clone();
     let reopen = move || jail.open_read(&again);
     let bytes = stream_file(server, send, request.request_id, opened, read.range, reopen).await?;
+    // A piece of a file its requester checks whole asks for no attestation: it has one from
+    // the empty read, and signing here would mean hashing the whole file for each first piece.
+    if request.request_id & RANGE_UNHASHED != 0 && request.range.end > request.range.start {
+        send.finish().map_err(FramedError::from)?;
+        return Ok(bytes);
+    }
     // A whole read has just put the digest in the cache. A ranged one (a resume, a piece of a
     // file from several sources, the empty read that asks for the attestation alone) hashes the
     // whole file once and caches it too: every other piece of the same version finds it there.
@@ -164,11 +172,20 @@ async fn originate(
                     return Err(ServeError::Changed("it was replaced"));
                 }
                 let mut hasher = Sha256::new();
+                // One buffer for the whole file: fresh memory for every chunk cost page faults.
+                let mut buf = vec![0u8; BATCH as usize];
                 let mut offset = 0;
                 while offset < version.size {
-                    let want = (version.size - offset).min(BATCH);
-                    read_chunks(&opened.file, offset, want, &mut hasher)?;
-                    offset += want;
+                    let want = (version.size - offset).min(BATCH) as usize;
+                    match rustix::io::pread(&opened.file, &mut buf[..want], offset) {
+                        Ok(0) => return Err(ServeError::Changed("it became shorter")),
+                        Ok(n) => {
+                            hasher.update(&buf[..n]);
+                            offset += n as u64;
+                        }
+                        Err(rustix::io::Errno::INTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 let after = rustix::fs::fstat(&opened.file)?;
                 Ok((

@@ -18,7 +18,7 @@ use orbit_certs::{PeerIdentity, Role};
 use orbit_wire::token::{self, TokenError, VerifiedLink, VerifiedToken};
 use orbit_wire::{
     ByteRange, DataFrame, ErrorCode, FileVersion, ReadRequest, WireError, CHUNK_SIZE,
-    MAX_CONTROL_FRAME, WANTS_MODE,
+    MAX_CONTROL_FRAME, RANGE_UNHASHED, WANTS_MODE,
 };
 
 use crate::digests::{Digests, FileKey};
@@ -472,10 +472,15 @@ pub(crate) async fn stream_file(
         bounded(limit, write_frame(send, &mode)).await?;
     }
 
-    // A whole file already hashed in this version is not hashed again.
+    // A whole file already hashed in this version is not hashed again, and a range whose
+    // requester checks the whole file itself (`RANGE_UNHASHED`) is not hashed at all: its
+    // trailer's digest is all zeros.
     let key = FileKey::of(&opened.stat);
     let whole = start == 0 && size == version.size;
-    let known = if whole {
+    let unhashed = request_id & RANGE_UNHASHED != 0;
+    let known = if unhashed {
+        Some([0; 32])
+    } else if whole {
         server.reads.digests.get(&key)
     } else {
         None
@@ -501,6 +506,7 @@ pub(crate) async fn stream_file(
         offset += len;
     }
     let (sha256, after) = reader.await.map_err(lost_task)??;
+    tracing::debug!(start, size, hashed = known.is_none(), "range read");
     // A file replaced (renamed over) while it was read leaves the open one intact; the path now
     // names another file, so what was sent is not what the path holds.
     let now = tokio::task::spawn_blocking(reopen)

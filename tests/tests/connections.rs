@@ -134,6 +134,98 @@ fn one_file_over_three_connections_arrives_whole_and_the_source_sees_three() {
     assert_eq!(files, names.map(PathBuf::from).to_vec());
 }
 
+#[test]
+fn the_source_does_not_hash_the_pieces_of_a_file_checked_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pair = Pair::new(tmp.path());
+    let src = pair.src_root.join("f.bin");
+    // Three pieces of 8 MiB and one of 5 bytes.
+    let digest = random_file(&src, 24 * MIB + 5);
+    let a = StarProcess::start_with_env(
+        &[
+            "--config",
+            &pair.config("star-a"),
+            "--allow",
+            &wire(&pair.src_root),
+        ],
+        &[("RUST_LOG", "info,orbit_agent::serve=debug")],
+    );
+    let _b = pair.start_destination(&[]);
+
+    // One stream: the source hashes what it sends, for the trailer the destination checks.
+    let one = pair.dst_root.join("one.bin");
+    succeeded(pair.replicate(&src, &one, &[]));
+    assert_eq!(sha256_file(&one), digest);
+    let line = a.wait_for_line("range read", STEP_TIMEOUT);
+    assert!(line.contains("hashed=true"), "{line}");
+
+    // In pieces: the agreement's empty read, then the four pieces, none of them hashed (the
+    // whole file's digest is the one the source remembers from the first send).
+    let pieces = pair.dst_root.join("pieces.bin");
+    succeeded(pair.replicate(&src, &pieces, &["--connections", "2"]));
+    assert_eq!(sha256_file(&pieces), digest);
+    let lines: Vec<String> = (0..5)
+        .map(|_| a.wait_for_line("range read", STEP_TIMEOUT))
+        .collect();
+    assert!(
+        lines.iter().all(|l| l.contains("hashed=false")),
+        "{lines:#?}"
+    );
+    let sizes = ["size=0", "size=8388608", "size=5"];
+    for size in sizes {
+        assert!(
+            lines.iter().any(|l| l.contains(&format!("{size} "))),
+            "{size}: {lines:#?}"
+        );
+    }
+}
+
+#[test]
+fn over_several_connections_a_file_the_command_does_not_expect_is_not_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pair = Pair::new(tmp.path());
+    let src = pair.src_root.join("f.bin");
+    let digest = random_file(&src, 20 * MIB);
+    let (_a, _) = pair.start_source();
+    let _b = pair.start_destination(&[]);
+    let dst = pair.dst_root.join("f.bin");
+
+    // One source's pieces are fetched while it attests; its digest still decides.
+    let wrong = "ab".repeat(32);
+    let child = pair.replicate(
+        &src,
+        &dst,
+        &["--connections", "2", "--expect-sha256", &wrong, "--json"],
+    );
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or_default()).expect(&stdout);
+    assert_eq!(json["code"], "DataLoss", "{json}");
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&wrong),
+        "{json}"
+    );
+    assert!(
+        list_tree(&pair.dst_root).is_empty(),
+        "{:?}",
+        list_tree(&pair.dst_root)
+    );
+
+    // The right digest: the file arrives.
+    let right = hex::encode(digest);
+    succeeded(pair.replicate(
+        &src,
+        &dst,
+        &["--connections", "2", "--expect-sha256", &right],
+    ));
+    assert_eq!(sha256_file(&dst), digest);
+}
+
 /// The `verified` count of the one journal entry in `journal`, if there is one.
 fn journaled(journal: &Path) -> Option<u64> {
     let entry = std::fs::read_dir(journal)

@@ -30,7 +30,8 @@
 //!    with `data` at most [`CHUNK_SIZE`] bytes and `offset` exactly the bytes sent so far, then
 //!    `Trailer { sha256 }` over every byte sent. Or, at any point, `Error { code, message }`.
 //!    When the request's id has the bit [`WANTS_MODE`], a `Mode(bits)` frame with the file's
-//!    permission bits comes once between the header and the trailer.
+//!    permission bits comes once between the header and the trailer. With the bit
+//!    [`RANGE_UNHASHED`] (a piece of a file checked whole), the trailer's digest is all zeros.
 //! 4. destination → controller, control stream: `Progress` events, then exactly one final
 //!    `Done { bytes, sha256, seconds }` or `Failed(WireError)`.
 //!
@@ -95,7 +96,7 @@ pub use frame::{
 pub use id::{ParseTransferIdError, TransferId};
 pub use msg::{
     ByteRange, ControlEvent, ControlRequest, DataFrame, FileVersion, ReadRequest, ReplicateFile,
-    StarStatus, TransferStatus, WANTS_MODE,
+    StarStatus, TransferStatus, RANGE_UNHASHED, WANTS_MODE,
 };
 
 /// The ALPN protocol name of Orbit's wire protocol, version 1.

@@ -244,6 +244,16 @@ pub struct ReadRequest {
 /// the fields of version 1's messages never change.
 pub const WANTS_MODE: u64 = 1 << 62;
 
+/// The bit of a request's id by which a requester that checks the *whole* file against the
+/// origin's attestation (a piece of a file taken from several sources or over several
+/// connections) says it needs no digest of the range: the source then does not hash the bytes it
+/// sends, and the `Trailer`'s `sha256` is all zeros. On a relay request for a non-empty range it
+/// also asks for no attestation (the requester has one from its read of the empty range): the
+/// stream ends at the trailer. Hashing every piece a second time for a digest nobody reads cost
+/// the source about as much CPU as the whole file's SHA-256. Sources of earlier releases ignore
+/// the bit and send both, which such a requester ignores.
+pub const RANGE_UNHASHED: u64 = 1 << 61;
+
 /// What identifies one version of a file: if any of these change, it is another file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileVersion {
@@ -277,7 +287,8 @@ pub enum DataFrame {
         /// At most [`crate::CHUNK_SIZE`] bytes.
         data: Bytes,
     },
-    /// Last frame: the SHA-256 of every byte sent.
+    /// Last frame: the SHA-256 of every byte sent (all zeros when the request had the bit
+    /// [`RANGE_UNHASHED`]).
     Trailer {
         /// SHA-256 of the bytes sent.
         sha256: [u8; 32],

@@ -696,10 +696,11 @@ pub(super) async fn open_relay(
     from: &Upstream,
     range: ByteRange,
 ) -> Result<Answer, PullError> {
-    open_relay_on(pool, id, origin, from, range, 0).await
+    open_relay_on(pool, id, origin, from, range, 0, WANTS_MODE).await
 }
 
-/// As [`open_relay`], on connection `lane` to the star ([`Pool::get_lane`]).
+/// As [`open_relay`], on connection `lane` to the star ([`Pool::get_lane`]), the request's id
+/// `flags` ([`WANTS_MODE`], [`orbit_wire::RANGE_UNHASHED`]).
 pub(super) async fn open_relay_on(
     pool: &Arc<Pool>,
     id: orbit_wire::TransferId,
@@ -707,6 +708,7 @@ pub(super) async fn open_relay_on(
     from: &Upstream,
     range: ByteRange,
     lane: usize,
+    flags: u64,
 ) -> Result<Answer, PullError> {
     let star = &from.star;
     let peer = pool.get_lane(star, &from.addr, lane).await?;
@@ -717,8 +719,8 @@ pub(super) async fn open_relay_on(
         message: e.message,
     };
     let request = ControlRequest::Relay(RelayRequest {
-        // One request to a stream: the id only asks for the permission bits.
-        request_id: WANTS_MODE,
+        // One request to a stream: the id only carries the flags.
+        request_id: flags,
         transfer_id: id,
         origin: origin.to_owned(),
         path: from.path.clone(),

@@ -22,8 +22,9 @@
 //! 3. **Verification.** A blocking thread hashes the file back from the page cache in order, each
 //!    piece as soon as it and those before it are written, so that little is left to hash at the
 //!    end. The digest must equal the agreed SHA-256 (and the command's, if it gives one); only
-//!    then is the file synced and renamed into place. The pieces' own trailers are not hashed:
-//!    they come from the same source as the bytes, QUIC's encryption already guards the bytes in
+//!    then is the file synced and renamed into place. The pieces are asked for without a digest
+//!    of their own ([`orbit_wire::RANGE_UNHASHED`]), so the sources do not hash them: it would
+//!    come from the same source as the bytes, QUIC's encryption already guards the bytes in
 //!    transit, and the whole-file check against the attested digest is what decides. When it
 //!    fails with several sources, [`pinpoint`] finds the source whose pieces explain it: for each
 //!    source in turn the file is hashed again with that source's pieces read from another one
@@ -41,8 +42,9 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::future::Future;
 use std::os::unix::fs::FileExt as _;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -50,9 +52,12 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use orbit_wire::fanout::{ReplicateMany, Upstream, DEFAULT_PIECE};
-use orbit_wire::{ByteRange, ControlEvent, DataFrame, ErrorCode, FileVersion, WireError};
+use orbit_wire::{
+    ByteRange, ControlEvent, DataFrame, ErrorCode, FileVersion, WireError, RANGE_UNHASHED,
+    WANTS_MODE,
+};
 
-use super::driver::{check_attestation, common_mode, open_relay, open_relay_on};
+use super::driver::{check_attestation, common_mode, open_relay_on};
 use super::error::{Local, PullError};
 use super::machine::{backoff, Replicated, CHECKPOINT};
 use super::registry::Transfer;
@@ -71,6 +76,9 @@ pub(super) const STREAMS_PER_SOURCE: usize = 2;
 pub(super) const MAX_FAILURES: u32 = 3;
 /// The smallest piece a command may ask for.
 const MIN_PIECE: u64 = 1024 * 1024;
+/// A piece's relay request asks for the permission bits, and for no digest of the piece: the
+/// whole file is checked against the attested SHA-256, so the source need not hash it twice.
+const PIECE: u64 = WANTS_MODE | RANGE_UNHASHED;
 
 /// What one source holds, as it attested.
 #[derive(Clone, Debug)]
@@ -266,23 +274,25 @@ pub(super) async fn replicate(
         star: replicator.star.clone(),
         resumes: journaled,
     };
-    let held = tokio::select! {
-        held = agree(replicator, transfer, file.transfer_id, &sources) => held?,
+    // One source (over several connections) has no one to agree with: its pieces are fetched
+    // while it attests, which a source that has not hashed this version yet does only after
+    // hashing it whole. Several sources agree first, before any byte is written; so does a
+    // resume, whose journaled bytes are kept only if the source's SHA-256 is the same.
+    let alone = sources.len() == 1 && resume.is_none();
+    let (held, attesting) = tokio::select! {
+        held = agree(replicator, transfer, file.transfer_id, &sources, alone) => held?,
         _ = transfer.cancel.cancelled() => return Err(PullError::Cancelled),
         _ = replicator.life.cancel.cancelled() => return Err(shutting_down()),
     };
+    // Zero until a lone source's attestation arrives.
     let (size, sha256) = (held[0].version.size, held[0].sha256);
     // A copy no more open than any source's file; the default when none said.
     let mode = held
         .iter()
         .filter_map(|h| h.mode)
         .reduce(|known, bits| common_mode(Some(known), bits));
-    if let Some(expect) = file.expect_sha256.filter(|e| *e != sha256) {
-        return Err(PullError::Mismatch(format!(
-            "the sources' SHA-256 is {}, the command expects {}",
-            hex::encode(sha256),
-            hex::encode(expect)
-        )));
+    if attesting.is_none() {
+        expected(file, sha256)?;
     }
     let piece = match cmd.piece_size {
         0 => DEFAULT_PIECE,
@@ -332,15 +342,50 @@ pub(super) async fn replicate(
     transfer.progress.send_replace((resumed, size));
     let kept = entry.is_some();
     let checkpoints = replicator.store.journal.clone().zip(entry);
+    let attested = Arc::new(OnceLock::new());
+    if attesting.is_none() {
+        let _ = attested.set(sha256);
+    }
     let start = Start {
         first,
         hasher,
         checkpoints,
+        attested: attested.clone(),
+    };
+    let fetch = async {
+        let fetched = fetch_all(
+            replicator,
+            transfer,
+            file.transfer_id,
+            &held,
+            &lanes,
+            &out,
+            size,
+            piece,
+            start,
+        );
+        let Some(attesting) = attesting else {
+            return fetched.await.map(|got| (got, sha256));
+        };
+        // The lone source's word, checked as soon as it comes: a file the command does not
+        // expect stops the fetch.
+        let attesting = async {
+            let sha256 = attesting.await?;
+            expected(file, sha256)?;
+            let _ = attested.set(sha256);
+            Ok(sha256)
+        };
+        let (got, sha256) = tokio::try_join!(fetched, attesting)?;
+        Ok((got, sha256))
     };
     let fetched = tokio::select! {
-        fetched = fetch_all(replicator, transfer, file.transfer_id, &held, &lanes, &out, size, piece, start) => fetched,
+        fetched = fetch => fetched,
         _ = transfer.cancel.cancelled() => Err(PullError::Cancelled),
         _ = replicator.life.cancel.cancelled() => Err(shutting_down()),
+    };
+    let (fetched, sha256) = match fetched {
+        Ok((got, sha256)) => (Ok(got), sha256),
+        Err(e) => (Err(e), sha256),
     };
     // A file that does not add up from several sources: find the source whose pieces make it so.
     let fetched = match fetched {
@@ -430,6 +475,9 @@ struct Start {
     first: u64,
     hasher: Sha256,
     checkpoints: Option<(Arc<Journal>, Entry)>,
+    /// The source's SHA-256 once it is known: a checkpoint waits for it, since a resume keeps
+    /// the bytes only if the source still attests the same.
+    attested: Arc<OnceLock<[u8; 32]>>,
 }
 
 /// Reopens the journaled temporary file of `resume` when the sources still agree on what it
@@ -543,13 +591,25 @@ fn check_prefix(file: &File, len: u64, expect: &str) -> Option<Sha256> {
     (hex::encode(hasher.clone().finalize()) == expect).then_some(hasher)
 }
 
+/// The rest of a lone source's attestation, which the fetch does not wait for.
+type Attesting = std::pin::Pin<Box<dyn Future<Output = Result<[u8; 32], PullError>> + Send>>;
+
 /// Asks every source for its attestation; keeps those that answer, and fails if they disagree.
+/// `alone` (one source): returns as soon as it has said which version it holds, with the rest
+/// of its attestation to come.
 async fn agree(
     replicator: &Replicator,
     transfer: &Transfer,
     id: orbit_wire::TransferId,
     sources: &[Upstream],
-) -> Result<Vec<Held>, PullError> {
+    alone: bool,
+) -> Result<(Vec<Held>, Option<Attesting>), PullError> {
+    if let (true, [source]) = (alone, sources) {
+        let (held, recv) = first_word(&replicator.pool, id, source).await?;
+        let (attester, version) = (replicator.trust.attester(), held.clone());
+        let rest = async move { attestation(recv, &attester, id, &version).await };
+        return Ok((vec![held], Some(Box::pin(rest))));
+    }
     let mut asked = tokio::task::JoinSet::new();
     for (i, source) in sources.iter().enumerate() {
         let pool = replicator.pool.clone();
@@ -596,7 +656,19 @@ async fn agree(
             disagree.join(", ")
         )));
     }
-    Ok(held)
+    Ok((held, None))
+}
+
+/// Whether `sha256` is the one the command expects, if it names one.
+fn expected(file: &orbit_wire::ReplicateFile, sha256: [u8; 32]) -> Result<(), PullError> {
+    match file.expect_sha256.filter(|e| *e != sha256) {
+        Some(expect) => Err(PullError::Mismatch(format!(
+            "the sources' SHA-256 is {}, the command expects {}",
+            hex::encode(sha256),
+            hex::encode(expect)
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn describe(held: &Held) -> String {
@@ -615,9 +687,21 @@ async fn attested(
     id: orbit_wire::TransferId,
     source: &Upstream,
 ) -> Result<Held, PullError> {
+    let (mut held, recv) = first_word(pool, id, source).await?;
+    held.sha256 = attestation(recv, attester, id, &held).await?;
+    Ok(held)
+}
+
+/// What a source says at once when asked for its attestation: the version and permission bits
+/// of its file (`sha256` left zero), and the stream its attestation will come on.
+async fn first_word(
+    pool: &Arc<crate::pool::Pool>,
+    id: orbit_wire::TransferId,
+    source: &Upstream,
+) -> Result<(Held, quinn::RecvStream), PullError> {
     let star = &source.star;
     let empty = ByteRange { start: 0, end: 0 };
-    let (first, mut recv, _peer) = open_relay(pool, id, star, source, empty).await?;
+    let (first, mut recv, _peer) = open_relay_on(pool, id, star, source, empty, 0, PIECE).await?;
     let version = match first {
         DataFrame::Header { version, .. } => version,
         DataFrame::Error { error, .. } => {
@@ -628,43 +712,65 @@ async fn attested(
         }
         _ => return Err(protocol(star, "no header")),
     };
+    // The permission bits come before the (empty) range's trailer, and the attestation after
+    // it, once the source has its file's SHA-256.
     let mut mode = None;
     loop {
         match framed::read_data_frame(&mut recv).await {
-            Ok(DataRead::Frame(DataFrame::Trailer { .. })) => {}
+            Ok(DataRead::Frame(DataFrame::Trailer { .. })) => break,
             Ok(DataRead::Frame(DataFrame::Mode(bits))) => mode = Some(common_mode(mode, bits)),
-            Ok(DataRead::Frame(DataFrame::Attested(attestation))) => {
-                check_attestation(attester, &attestation, id, source)
-                    .and_then(|()| match attestation.claims.version == version {
-                        true => Ok(()),
-                        false => Err("it is for another version of the file".into()),
-                    })
-                    .map_err(|why| PullError::BadAttestation {
-                        star: star.clone(),
-                        why,
-                    })?;
-                return Ok(Held {
-                    source: source.clone(),
-                    version,
-                    sha256: attestation.claims.sha256,
-                    mode,
-                });
-            }
-            Ok(DataRead::Frame(DataFrame::Error { error, .. })) => {
-                return Err(PullError::SourceFailed {
-                    source_star: star.clone(),
-                    error,
+            other => return Err(unexpected(star, other)),
+        }
+    }
+    let held = Held {
+        source: source.clone(),
+        version,
+        sha256: [0; 32],
+        mode,
+    };
+    Ok((held, recv))
+}
+
+/// The rest of [`first_word`]'s stream: the source's attestation, checked.
+async fn attestation(
+    mut recv: quinn::RecvStream,
+    attester: &orbit_certs::Attester,
+    id: orbit_wire::TransferId,
+    held: &Held,
+) -> Result<[u8; 32], PullError> {
+    let (source, star) = (&held.source, &held.source.star);
+    match framed::read_data_frame(&mut recv).await {
+        Ok(DataRead::Frame(DataFrame::Attested(attestation))) => {
+            check_attestation(attester, &attestation, id, source)
+                .and_then(|()| match attestation.claims.version == held.version {
+                    true => Ok(()),
+                    false => Err("it is for another version of the file".into()),
                 })
-            }
-            Ok(_) => return Err(protocol(star, "a frame out of place")),
-            Err(e) => {
-                let e = e.to_wire();
-                return Err(PullError::Lost {
-                    source_star: star.clone(),
-                    what: "the attestation",
-                    code: e.code,
-                    message: e.message,
-                });
+                .map_err(|why| PullError::BadAttestation {
+                    star: star.clone(),
+                    why,
+                })?;
+            Ok(attestation.claims.sha256)
+        }
+        other => Err(unexpected(star, other)),
+    }
+}
+
+/// What a frame other than the one awaited on an attestation's stream means.
+fn unexpected(star: &str, read: Result<DataRead, framed::FramedError>) -> PullError {
+    match read {
+        Ok(DataRead::Frame(DataFrame::Error { error, .. })) => PullError::SourceFailed {
+            source_star: star.to_owned(),
+            error,
+        },
+        Ok(_) => protocol(star, "a frame out of place"),
+        Err(e) => {
+            let e = e.to_wire();
+            PullError::Lost {
+                source_star: star.to_owned(),
+                what: "the attestation",
+                code: e.code,
+                message: e.message,
             }
         }
     }
@@ -693,6 +799,7 @@ fn hash_in_order(
         first,
         mut hasher,
         mut checkpoints,
+        attested,
     } = start;
     let mut buf = vec![0u8; 1024 * 1024];
     let mut since_checkpoint = 0;
@@ -708,9 +815,13 @@ fn hash_in_order(
             hasher.update(&buf[..want]);
             offset += want as u64;
         }
-        if since_checkpoint >= CHECKPOINT && end < size {
-            if let Some((journal, entry)) = &mut checkpoints {
+        let known = attested.get();
+        if since_checkpoint >= CHECKPOINT && end < size && known.is_some() {
+            if let (Some((journal, entry)), Some(sha256)) = (&mut checkpoints, known) {
                 since_checkpoint = 0;
+                if let Some(pieces) = &mut entry.pieces {
+                    pieces.sha256 = hex::encode(sha256);
+                }
                 out.sync_data()?;
                 entry.verified = end;
                 entry.prefix_sha256 = hex::encode(hasher.clone().finalize());
@@ -882,7 +993,7 @@ async fn read_piece(
     let source = &held.source;
     let star = &source.star;
     let range = ByteRange { start, end };
-    let (first, mut recv, _peer) = open_relay(pool, id, star, source, range).await?;
+    let (first, mut recv, _peer) = open_relay_on(pool, id, star, source, range, 0, PIECE).await?;
     match first {
         DataFrame::Header { size, version, .. }
             if size == end - start && version == held.version => {}
@@ -982,7 +1093,7 @@ impl Worker {
         let star = &source.star;
         let range = ByteRange { start, end };
         let (first, mut recv, peer) =
-            open_relay_on(&self.pool, self.id, star, source, range, self.lane).await?;
+            open_relay_on(&self.pool, self.id, star, source, range, self.lane, PIECE).await?;
         match first {
             DataFrame::Header { size, version, .. }
                 if size == end - start && version == self.source.version => {}
@@ -1064,8 +1175,9 @@ impl Worker {
                         return Err(protocol(star, "the piece ended short of its range"));
                     }
                     let ours = writes.flush().await?;
-                    // The attestation that follows was checked at the start; read to the end
-                    // so that the source's stream ends as it should.
+                    // Read to the end, so that the source's stream ends as it should: there
+                    // (from a source of an earlier release) an attestation, which the agreement
+                    // has already checked, or nothing (`RANGE_UNHASHED`).
                     let _ = framed::read_data_frame(recv).await;
                     return Ok(ours);
                 }
