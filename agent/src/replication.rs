@@ -159,6 +159,18 @@ impl Replicator {
         if cmd.also.len() > MAX_UPSTREAMS {
             return Err(StartError::TooManyUpstreams(cmd.also.len()));
         }
+        // One source and `--connections auto` on a star whose setting gives one connection
+        // whatever the size (a host of fewer than 4 CPUs, or `connections = 1`): the file comes
+        // as one stream, as from a fan-out's origin, which costs less than pieces over one
+        // connection (bench/RESULTS.md).
+        if cmd.also.is_empty() && self.connections.for_file(u64::MAX, many::cpus()) == 1 {
+            info!(transfer = %cmd.file.transfer_id, "one connection for this file: taking it as one stream");
+            let fanout = ReplicateFanout {
+                file: cmd.file,
+                upstreams: Vec::new(),
+            };
+            return self.start_fanout(fanout);
+        }
         let span = tracing::info_span!("transfer", transfer_id = %cmd.file.transfer_id);
         let admitted = span.in_scope(|| {
             let admitted = self.admit(&cmd.file, false);

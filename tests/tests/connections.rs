@@ -178,6 +178,17 @@ fn the_source_does_not_hash_the_pieces_of_a_file_checked_whole() {
             "{size}: {lines:#?}"
         );
     }
+    drop(_b);
+
+    // `auto` on a destination whose setting is one connection: one stream, the whole file in
+    // one read, hashed as it is sent (cheaper than pieces over one connection).
+    let _b = pair.start_destination(&[("ORBIT_CONNECTIONS", "1")]);
+    let auto = pair.dst_root.join("auto.bin");
+    succeeded(pair.replicate(&src, &auto, &["--connections", "auto"]));
+    assert_eq!(sha256_file(&auto), digest);
+    let line = a.wait_for_line("range read", STEP_TIMEOUT);
+    let whole = format!("start=0 size={} hashed=", 24 * MIB + 5);
+    assert!(line.contains(&whole), "{line}");
 }
 
 #[test]

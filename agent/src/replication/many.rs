@@ -299,10 +299,7 @@ pub(super) async fn replicate(
         n => n.max(MIN_PIECE),
     };
     // The command's count when it names one (a source repeated), else the star's setting.
-    let setting = replicator.connections.for_file(
-        size,
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-    );
+    let setting = replicator.connections.for_file(size, cpus());
     let lanes: Vec<usize> = match counts.iter().any(|n| *n > 1) {
         true => held
             .iter()
@@ -434,6 +431,11 @@ pub(super) async fn replicate(
         bytes: size,
         sha256,
     })
+}
+
+/// The CPUs this star may use, for the `connections` setting.
+pub(super) fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// Whether two sources are the same file on the same star.
@@ -580,7 +582,7 @@ fn check_prefix(file: &File, len: u64, expect: &str) -> Option<Sha256> {
         return None;
     }
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1024 * 1024];
+    let mut buf = vec![0u8; crate::hashing::HASH_READ];
     let mut offset = 0;
     while offset < len {
         let want = (len - offset).min(buf.len() as u64) as usize;
@@ -801,7 +803,7 @@ fn hash_in_order(
         mut checkpoints,
         attested,
     } = start;
-    let mut buf = vec![0u8; 1024 * 1024];
+    let mut buf = vec![0u8; crate::hashing::HASH_READ];
     let mut since_checkpoint = 0;
     for index in first..size.div_ceil(piece) {
         if !pieces.wait_written(index) {
