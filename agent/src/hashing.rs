@@ -17,6 +17,12 @@ use sha2::{Digest, Sha256};
 
 use crate::framed::Payload;
 
+/// The buffer to read a file into for hashing it: small enough to stay in a core's L2 cache
+/// between the kernel's copy into it and SHA-256's read of it. With 1 MiB, reading 1 GiB from
+/// tmpfs and hashing it cost 0.66-0.73 CPU-s of system time; with 128 KiB, 0.14-0.16, the same
+/// as the read alone (Python's hashlib, `readinto` of a reused buffer, on this 2-core EPYC).
+pub(crate) const HASH_READ: usize = 128 * 1024;
+
 /// Payloads queued between the disk thread and the hashing thread (each at most a chunk or a
 /// few): about 1 MiB.
 const HASH_BEHIND: usize = 16;

@@ -32,6 +32,7 @@ use orbit_wire::{
 use crate::digests::FileKey;
 use crate::error::ToWire;
 use crate::framed::{bounded, write_chunk, write_frame, FramedError};
+use crate::hashing::HASH_READ;
 use crate::logged::Logged;
 use crate::replication::{Feed, Replications, Transfer};
 use crate::serve::{
@@ -172,11 +173,11 @@ async fn originate(
                     return Err(ServeError::Changed("it was replaced"));
                 }
                 let mut hasher = Sha256::new();
-                // One buffer for the whole file: fresh memory for every chunk cost page faults.
-                let mut buf = vec![0u8; BATCH as usize];
+                // One small buffer for the whole file (`HASH_READ`).
+                let mut buf = vec![0u8; HASH_READ];
                 let mut offset = 0;
                 while offset < version.size {
-                    let want = (version.size - offset).min(BATCH) as usize;
+                    let want = (version.size - offset).min(HASH_READ as u64) as usize;
                     match rustix::io::pread(&opened.file, &mut buf[..want], offset) {
                         Ok(0) => return Err(ServeError::Changed("it became shorter")),
                         Ok(n) => {

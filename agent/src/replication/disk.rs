@@ -122,7 +122,7 @@ fn check_prefix(mut file: &File, len: u64, expect: &str) -> std::io::Result<Opti
     file.seek(SeekFrom::Start(0))?;
     let mut prefix = Sha256::new();
     let mut left = len;
-    let mut buf = vec![0u8; 1024 * 1024];
+    let mut buf = vec![0u8; crate::hashing::HASH_READ];
     while left > 0 {
         let want = left.min(buf.len() as u64) as usize;
         file.read_exact(&mut buf[..want])?;
