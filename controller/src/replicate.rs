@@ -331,7 +331,8 @@ pub struct Args {
     /// and encryption spread over the cores of both stars (one connection is driven by one
     /// thread), and checked whole against the source's signed SHA-256 before it is published.
     /// auto leaves the count to the destination's `connections` setting (by default 1 for a
-    /// file under 256 MiB or a host with fewer than 4 CPUs, else half its CPUs, at most 4).
+    /// file under 256 MiB or a host with fewer than 4 CPUs, else half its CPUs, at most 4); a
+    /// destination whose setting gives 1 whatever the size takes the file as one stream.
     /// Without this option (or with 1 and no --also-from) the file comes over one connection
     /// as one stream. Taken in pieces, a destination stopped or killed midway resumes from the
     /// pieces it had verified in order when it starts again. One destination only; not with

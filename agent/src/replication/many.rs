@@ -6,7 +6,10 @@
 //! 1. **Agreement.** Every source is asked for its attestation (a relay read of the empty range,
 //!    each source its own origin): its version of the file, signed with its SHA-256. Sources that
 //!    cannot be reached are left out; sources that disagree on the size or the SHA-256 refuse the
-//!    whole transfer (`FailedPrecondition`, naming them) before the temporary file exists.
+//!    whole transfer (`FailedPrecondition`, naming them) before the temporary file exists. One
+//!    source alone (several connections to it) has no one to agree with: the fetch starts once
+//!    it has named its version, and its SHA-256, which a source that has not hashed this version
+//!    yet sends only after hashing it whole, is awaited beside the pieces.
 //! 2. **Pieces.** The file is split into pieces, taken from one queue by [`STREAMS_PER_SOURCE`]
 //!    workers per *lane*; a lane is one QUIC connection to one source ([`Pool::get_lane`]). A
 //!    source gets as many lanes as the command names it (a source repeated among the others is
