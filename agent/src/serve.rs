@@ -43,7 +43,7 @@ pub(crate) struct Reads {
     pub(crate) max: u32,
     pub(crate) slots: Arc<Semaphore>,
     in_flight: watch::Sender<u32>,
-    pub(crate) digests: Digests,
+    pub(crate) digests: Arc<Digests>,
 }
 
 /// One read counted in flight while it lives.
@@ -62,7 +62,7 @@ impl Reads {
             max,
             slots: Arc::new(Semaphore::new(max as usize)),
             in_flight: watch::channel(0).0,
-            digests: Digests::default(),
+            digests: Arc::default(),
         }
     }
 

@@ -115,11 +115,16 @@ impl Star {
             life.clone(),
         ));
         let register = Arc::new(Replications::new(&name, limits.max_transfers));
+        let reads = Arc::new(Reads::new(limits.max_transfers));
+        if let Some(dir) = &config.state_dir {
+            reads.digests.load(dir);
+        }
         let replicator = Arc::new(Replicator {
             star: name.clone(),
             store: Store {
                 jail: jail.clone(),
                 journal,
+                digests: reads.digests.clone(),
             },
             pool: pool.clone(),
             trust: trust.clone(),
@@ -128,10 +133,6 @@ impl Star {
             metrics: metrics.clone(),
             life: life.clone(),
         });
-        let reads = Arc::new(Reads::new(limits.max_transfers));
-        if let Some(dir) = &config.state_dir {
-            reads.digests.load(dir);
-        }
         let server = Arc::new(Server {
             trust: trust.clone(),
             jail,

@@ -1,6 +1,7 @@
 //! The source's digest cache kept in its state directory: a file sent, the source restarted, the
-//! same file sent again is not hashed again; a damaged cache file is ignored with a warning and
-//! the star serves as before.
+//! same file sent again is not hashed again; a file a star received is not hashed when it sends
+//! it on, unless it changed; a damaged cache file is ignored with a warning and the star serves
+//! as before.
 
 use std::path::Path;
 
@@ -87,6 +88,58 @@ fn a_file_sent_again_after_the_source_restarts_is_not_hashed_again() {
     assert!(
         lines.iter().any(|l| l.contains(FROM_CACHE)),
         "the restarted source hashed the file again:\n{}",
+        lines.join("\n")
+    );
+}
+
+#[test]
+fn a_file_a_star_received_is_not_hashed_again_when_it_sends_it_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = ops::init_grid(tmp.path(), &["star-a", "star-b"]);
+    let (a_root, b_root) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&b_root).unwrap();
+    let src = a_root.join("f.bin");
+    let digest = random_file(&src, 3 * 1024 * 1024 + 1);
+    let _a = start_star(&grid, "star-a", &a_root, &tmp.path().join("state-a"));
+    let b = start_star(&grid, "star-b", &b_root, &tmp.path().join("state-b"));
+
+    // star-b receives the file: it checked every byte, so it knows the digest.
+    let received = b_root.join("f.bin");
+    replicate(&grid, &src, &received, digest);
+    // Sent on (here back to star-a, under another name), it is not hashed again.
+    let back = a_root.join("back.bin");
+    let out = orbitctl(&[
+        "--grid",
+        &wire(&grid),
+        "replicate",
+        &format!("star-b:{}", wire(&received)),
+        &format!("star-a:{}", wire(&back)),
+    ]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(sha256_file(&back), digest);
+    let lines = lines_until(&b, "read completed");
+    assert!(
+        lines.iter().any(|l| l.contains(FROM_CACHE)),
+        "star-b hashed the file it had received:\n{}",
+        lines.join("\n")
+    );
+
+    // Changed in place after it arrived, the file is hashed again, and the copy is right.
+    std::fs::write(&received, b"changed").unwrap();
+    let again = a_root.join("again.bin");
+    let out = orbitctl(&[
+        "--grid",
+        &wire(&grid),
+        "replicate",
+        &format!("star-b:{}", wire(&received)),
+        &format!("star-a:{}", wire(&again)),
+    ]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(std::fs::read(&again).unwrap(), b"changed");
+    let lines = lines_until(&b, "read completed");
+    assert!(
+        !lines.iter().any(|l| l.contains(FROM_CACHE)),
+        "a changed file's digest came from the cache:\n{}",
         lines.join("\n")
     );
 }

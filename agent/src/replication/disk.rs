@@ -29,13 +29,16 @@ use crate::journal::{Entry, Journal};
 /// (bench/RESULTS.md). The free space for the whole file is checked at the start all the same.
 pub(super) const RESERVE_AHEAD: u64 = 64 * 1024 * 1024;
 
-/// What the disk needs from the star: where it may write, and where it journals.
+/// What the disk needs from the star: where it may write, where it journals, and the digests
+/// of whole files it serves.
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     /// The roots.
     pub(crate) jail: Arc<Jail>,
     /// The journal, when the star keeps one.
     pub(crate) journal: Option<Arc<Journal>>,
+    /// The star's digest cache ([`crate::digests`]), which its reads look up.
+    pub(crate) digests: Arc<crate::digests::Digests>,
 }
 
 /// The end of the transfer: what the bytes must add up to.
@@ -133,6 +136,19 @@ fn check_prefix(mut file: &File, len: u64, expect: &str) -> std::io::Result<Opti
 }
 
 impl Store {
+    /// Remembers `sha256` as the digest of the file just published from `file`: this star
+    /// checked every byte of it, so sending it on later (a fan-out's next round, a source among
+    /// several) need not hash it again. Taken from the open file after the rename, which moved
+    /// its change time; a writer that changed the file in between would have it cached under the
+    /// key of its change, and a destination that then gets the file refuses it, since every
+    /// destination checks what it receives: a failed copy, never a wrong file. Files of a tree
+    /// are not remembered: a large tree would push every other digest out of the cache.
+    pub(crate) fn remember(&self, file: &File, sha256: [u8; 32]) {
+        if let Ok(stat) = rustix::fs::fstat(file) {
+            self.digests
+                .insert(crate::digests::FileKey::of(&stat), sha256);
+        }
+    }
     /// Removes a journaled transfer that cannot be resumed: its temporary file and its entry.
     /// Creates nothing, and touches nothing under a root this star may not write to now.
     pub(crate) fn discard(&self, entry: &Entry) {
@@ -457,6 +473,7 @@ impl Disk {
         self.dir
             .publish(&self.part, &self.file, mode)
             .map_err(disk_error("cannot publish the file"))?;
+        self.store.remember(&self.file, sha256);
         self.forget();
         Ok(sha256)
     }
@@ -506,6 +523,7 @@ mod tests {
         let store = Store {
             jail,
             journal: Some(journal.clone()),
+            digests: Arc::default(),
         };
         World {
             _tmp: tmp,

@@ -408,8 +408,8 @@ pub(super) async fn replicate(
     };
     let published = match fetched {
         Ok(got) => {
-            let (dir, part) = (target_dir.clone(), part.clone());
-            blocking(move || verify_and_publish(&out, got, sha256, &dir, &part, mode)).await
+            let (dir, part, store) = (target_dir.clone(), part.clone(), replicator.store.clone());
+            blocking(move || verify_and_publish(&store, &out, got, sha256, &dir, &part, mode)).await
         }
         Err(e) => Err(e),
     };
@@ -1216,6 +1216,7 @@ const STALL: Duration = super::machine::STALL_TIMEOUT;
 /// Checks the SHA-256 of what was written (`got`) against the agreed one, syncs the file and
 /// renames it into place.
 fn verify_and_publish(
+    store: &super::disk::Store,
     out: &File,
     got: [u8; 32],
     sha256: [u8; 32],
@@ -1236,7 +1237,9 @@ fn verify_and_publish(
             e.to_wire().code,
             format!("cannot publish the file: {e}"),
         )))
-    })
+    })?;
+    store.remember(out, sha256);
+    Ok(())
 }
 
 /// The bytes of one piece gathered into writes of [`WRITE_BATCH`] bytes, one in flight on a
