@@ -47,11 +47,17 @@ impl Fan {
     }
 
     /// Starts the five stars.
-    fn start(mut self) -> Fan {
+    fn start(self) -> Fan {
+        self.start_with(&[])
+    }
+
+    /// Starts the five stars, each with `extra` arguments.
+    fn start_with(mut self, extra: &[&str]) -> Fan {
         for name in ["star-a", "star-b", "star-c", "star-d", "star-e"] {
             let config = wire(&self.grid.join(format!("stars/{name}/star.toml")));
             let root = wire(&self.root(name));
             let mut args = vec!["--config", config.as_str(), "--allow", root.as_str()];
+            args.extend_from_slice(extra);
             if name == "star-a" {
                 args.extend(["--metrics-listen", "127.0.0.1:0"]);
             }
@@ -408,6 +414,67 @@ fn ctrl_c_cancels_the_tree_running_and_starts_no_other() {
     for star in ["star-c", "star-d", "star-e"] {
         assert!(!fan.copy(star).exists(), "{star}");
     }
+}
+
+#[test]
+fn a_destination_whose_feeder_dies_mid_tree_is_fed_again_by_the_source() {
+    // A star killed says nothing: its peers learn it from silence, here after 2 s, not 30.
+    let quick = ["--idle-timeout-secs", "2", "--handshake-timeout-secs", "2"];
+    let mut fan = Fan::new().start_with(&quick);
+    make_tree(&fan.data());
+    // Large enough that star-c's tree from star-b is still running when star-b is killed.
+    random_file(&fan.data().join("a/huge.bin"), 96 * 1024 * 1024);
+    let grid = wire(&fan.grid);
+    let source = format!("star-a:{}/", wire(&fan.data()));
+    let targets = fan.targets();
+    // With --delete a complete tree feeds the next at once (no check first).
+    let args = [
+        "--grid",
+        grid.as_str(),
+        "replicate",
+        source.as_str(),
+        targets[0].as_str(),
+        targets[1].as_str(),
+        "-r",
+        "--delete",
+        // star-c gives up on the dead star-b after 3 s without progress, not the default's
+        // minutes (a feeder that restarts would be waited for that long).
+        "--timeout",
+        "3",
+    ];
+    let child = std::process::Command::new(process::bin("orbitctl"))
+        .args(args)
+        .env_remove("ORBIT_GRID")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // star-c's tree has started, from star-b (the source feeds star-b only), once star-c made
+    // its directory: then star-b dies (SIGKILL).
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    while !fan.copy("star-c").exists() {
+        assert!(std::time::Instant::now() < deadline, "star-c never started");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    drop(fan.stars.remove(1));
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("star-b feeds no one more, and star-c is fed again"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("2 of 2 destinations replicated the tree"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.lines().any(|l| l.contains("FAILED")),
+        "the failed attempt is not star-c's result: {stdout}"
+    );
+    assert_same_tree(&fan, "star-b");
+    assert_same_tree(&fan, "star-c");
 }
 
 #[test]

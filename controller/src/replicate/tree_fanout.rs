@@ -9,8 +9,10 @@
 //! the token). A holder that is free takes the next destination, so the holders double each
 //! round and N destinations take about ceil(log2 N) + 1 tree copies of time. The source feeds
 //! a destination again only when no destination holds the complete tree and none is running
-//! that could (said on stderr). A dry run changes nothing, so every destination is compared
-//! with the source itself, all at once.
+//! that could (said on stderr). A holder whose leg did not end complete (it died mid-tree, or
+//! lost its copy) feeds no one more, and its destination is fed again, once, by another holder
+//! or the source. A dry run changes nothing, so every destination is compared with the source
+//! itself, all at once.
 //!
 //! A holder must hold the source's tree and nothing else, or it would hand the others entries
 //! the source never had. With `--delete`, a complete tree is a mirror of the source. Without,

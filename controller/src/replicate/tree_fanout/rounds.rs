@@ -116,6 +116,8 @@ impl<'a> Rounds<'a> {
         let mut free: VecDeque<usize> = VecDeque::new();
         let mut running: JoinSet<Ended> = JoinSet::new();
         let mut jobs: Vec<TreeJob> = Vec::new();
+        // Destinations fed again after a holder's leg to them ended incomplete.
+        let mut fed_again = vec![false; self.nodes.len()];
         loop {
             while let Some(&to) = pending.front() {
                 let from = match free.pop_front() {
@@ -158,14 +160,27 @@ impl<'a> Rounds<'a> {
                 continue;
             }
             if leg.from != SOURCE {
-                match &result {
-                    // A holder that cannot be reached any more is not asked again.
-                    Err(e) if exit::retryable(e.code()) => self.note(format!(
-                        "{}: no longer feeds other destinations after: {}",
-                        self.nodes[leg.from].path.star,
-                        report::one_line(&e.to_string())
+                let (from, to) = (&self.nodes[leg.from].path, &self.nodes[leg.to].path);
+                match incomplete(&job, &result) {
+                    // The holder feeds the next one.
+                    None => free.push_back(leg.from),
+                    // It may have died mid-tree, or lost its copy: it feeds no one more, and
+                    // the destination is fed again, once, by another holder or the source,
+                    // from what it already holds; its failed attempt is not its result.
+                    Some(why) if !fed_again[leg.to] && !self.args.dry_run => {
+                        self.note(format!(
+                            "{to}: its tree from {} did not complete ({why}); {} feeds no one \
+                             more, and {} is fed again",
+                            from.star, from.star, to.star
+                        ));
+                        fed_again[leg.to] = true;
+                        pending.push_front(leg.to);
+                        continue;
+                    }
+                    Some(why) => self.note(format!(
+                        "{}: no longer feeds other destinations after: {why}",
+                        from.star
                     )),
-                    _ => free.push_back(leg.from),
                 }
             }
             // A tree that ends when no one waits feeds no one: no need to check it.
@@ -406,6 +421,16 @@ impl<'a> Rounds<'a> {
             total: summary.total,
         }
         .into())
+    }
+}
+
+/// Why the tree of `job` did not end complete, in one line; `None` when it did.
+fn incomplete(job: &TreeJob, result: &Result<TreeDone, ReplicateError>) -> Option<String> {
+    match result {
+        Ok(done) => report::outcome(&job.destination, &done.summary)
+            .err()
+            .map(|e| report::one_line(&e.to_string())),
+        Err(e) => Some(report::one_line(&e.to_string())),
     }
 }
 
