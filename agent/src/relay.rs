@@ -32,11 +32,11 @@ use orbit_wire::{
 use crate::digests::FileKey;
 use crate::error::ToWire;
 use crate::framed::{bounded, write_chunk, write_frame, FramedError};
-use crate::hashing::HASH_READ;
 use crate::logged::Logged;
 use crate::replication::{Feed, Replications, Transfer};
 use crate::serve::{
-    authorize, lost_task, refuse, stream_file, version_of, Scope, ServeError, Server, VerifiedRead,
+    authorize, hash_prefix, lost_task, refuse, stream_file, version_of, Scope, ServeError, Server,
+    VerifiedRead,
 };
 
 /// How long a relay request waits for its transfer's command to reach this star.
@@ -172,27 +172,9 @@ async fn originate(
                 if FileKey::of(&opened.stat) != key {
                     return Err(ServeError::Changed("it was replaced"));
                 }
-                let mut hasher = Sha256::new();
-                // One small buffer for the whole file (`HASH_READ`).
-                let mut buf = vec![0u8; HASH_READ];
-                let mut offset = 0;
-                while offset < version.size {
-                    let want = (version.size - offset).min(HASH_READ as u64) as usize;
-                    match rustix::io::pread(&opened.file, &mut buf[..want], offset) {
-                        Ok(0) => return Err(ServeError::Changed("it became shorter")),
-                        Ok(n) => {
-                            hasher.update(&buf[..n]);
-                            offset += n as u64;
-                        }
-                        Err(rustix::io::Errno::INTR) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+                let sha256 = hash_prefix(&opened.file, version.size)?;
                 let after = rustix::fs::fstat(&opened.file)?;
-                Ok((
-                    <[u8; 32]>::from(hasher.finalize()),
-                    FileKey::of(&after) == key,
-                ))
+                Ok((sha256, FileKey::of(&after) == key))
             })
             .await
             .map_err(lost_task)??;

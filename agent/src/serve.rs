@@ -5,6 +5,7 @@
 //! Reading and hashing run on a blocking thread; chunks reach the stream through a bounded
 //! channel, so memory per read is bounded by the channel depth and QUIC's windows.
 
+use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use orbit_wire::{
 use crate::digests::{Digests, FileKey};
 use crate::error::{varint, ToWire};
 use crate::framed::{self, bounded, write_chunk, write_frame, FramedError};
-use crate::hashing::Hashing;
+use crate::hashing::{Hashing, HASH_READ};
 use crate::jail::{Confined, Jail, JailError, OpenedFile};
 use crate::lifecycle::Lifecycle;
 use crate::logged::Logged;
@@ -520,6 +521,30 @@ pub(crate) async fn stream_file(
     }
     bounded(limit, write_frame(send, &DataFrame::Trailer { sha256 })).await?;
     Ok(size)
+}
+
+/// The SHA-256 of the first `len` bytes of `file`, read [`HASH_READ`] at a time. Blocking.
+///
+/// # Errors
+///
+/// `Changed` when the file ends before `len`; I/O errors.
+pub(crate) fn hash_prefix(file: &File, len: u64) -> Result<[u8; 32], ServeError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; HASH_READ];
+    let mut at = 0u64;
+    while at < len {
+        let want = (len - at).min(HASH_READ as u64) as usize;
+        match rustix::io::pread(file, &mut buf[..want], at) {
+            Ok(0) => return Err(ServeError::Changed("it became shorter")),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                at += n as u64;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(hasher.finalize().into())
 }
 
 /// What identifies the version of an open file.

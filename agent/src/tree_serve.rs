@@ -497,21 +497,7 @@ async fn prefix(
                 "it is shorter than the bytes asked for",
             ));
         }
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; orbit_wire::CHUNK_SIZE];
-        let mut at = 0u64;
-        while at < len {
-            let want = (len - at).min(buf.len() as u64) as usize;
-            match rustix::io::pread(&opened.file, &mut buf[..want], at) {
-                Ok(0) => return Err(ServeError::Changed("it became shorter")),
-                Ok(n) => {
-                    hasher.update(&buf[..n]);
-                    at += n as u64;
-                }
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let sha256 = crate::serve::hash_prefix(&opened.file, len)?;
         let after = rustix::fs::fstat(&opened.file)?;
         let now = crate::serve::version_of(&crate::jail::OpenedFile {
             file: opened.file,
@@ -520,7 +506,7 @@ async fn prefix(
         if now != version {
             return Err(ServeError::Changed("it was modified"));
         }
-        Ok((version, hasher.finalize().into()))
+        Ok((version, sha256))
     })
     .await
     .map_err(lost_task)?

@@ -29,15 +29,20 @@ fn start_star(grid: &Path, name: &str, root: &Path, state: &Path) -> StarProcess
 /// One `orbitctl replicate` of `src` on star-a to `dst` on star-b; checks the bytes arrived.
 fn replicate(grid: &Path, src: &Path, dst: &Path, digest: [u8; 32]) {
     let _ = std::fs::remove_file(dst);
+    send(grid, ("star-a", src), ("star-b", dst));
+    assert_eq!(sha256_file(dst), digest);
+}
+
+/// One `orbitctl replicate` of a file on one star to another, which must succeed.
+fn send(grid: &Path, (from, src): (&str, &Path), (to, dst): (&str, &Path)) {
     let out = orbitctl(&[
         "--grid",
         &wire(grid),
         "replicate",
-        &format!("star-a:{}", wire(src)),
-        &format!("star-b:{}", wire(dst)),
+        &format!("{from}:{}", wire(src)),
+        &format!("{to}:{}", wire(dst)),
     ]);
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    assert_eq!(sha256_file(dst), digest);
 }
 
 /// Every line `star` logs up to its first containing `needle`, that one included.
@@ -108,14 +113,7 @@ fn a_file_a_star_received_is_not_hashed_again_when_it_sends_it_on() {
     replicate(&grid, &src, &received, digest);
     // Sent on (here back to star-a, under another name), it is not hashed again.
     let back = a_root.join("back.bin");
-    let out = orbitctl(&[
-        "--grid",
-        &wire(&grid),
-        "replicate",
-        &format!("star-b:{}", wire(&received)),
-        &format!("star-a:{}", wire(&back)),
-    ]);
-    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    send(&grid, ("star-b", &received), ("star-a", &back));
     assert_eq!(sha256_file(&back), digest);
     let lines = lines_until(&b, "read completed");
     assert!(
@@ -127,14 +125,7 @@ fn a_file_a_star_received_is_not_hashed_again_when_it_sends_it_on() {
     // Changed in place after it arrived, the file is hashed again, and the copy is right.
     std::fs::write(&received, b"changed").unwrap();
     let again = a_root.join("again.bin");
-    let out = orbitctl(&[
-        "--grid",
-        &wire(&grid),
-        "replicate",
-        &format!("star-b:{}", wire(&received)),
-        &format!("star-a:{}", wire(&again)),
-    ]);
-    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    send(&grid, ("star-b", &received), ("star-a", &again));
     assert_eq!(std::fs::read(&again).unwrap(), b"changed");
     let lines = lines_until(&b, "read completed");
     assert!(

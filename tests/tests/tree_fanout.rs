@@ -157,6 +157,17 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, (bool, u32, Vec<u8>)> {
         .collect()
 }
 
+/// `orbitctl ARGS`, running, its output piped.
+fn spawn_orbitctl(args: &[&str]) -> std::process::Child {
+    std::process::Command::new(process::bin("orbitctl"))
+        .args(args)
+        .env_remove("ORBIT_GRID")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Asserts that `star`'s copy equals the source's tree, and that no partial file is left.
 fn assert_same_tree(fan: &Fan, star: &str) {
     let (want, got) = (snapshot(&fan.data()), snapshot(&fan.copy(star)));
@@ -370,13 +381,7 @@ fn ctrl_c_cancels_the_tree_running_and_starts_no_other() {
     let mut args = vec!["--grid", grid.as_str(), "replicate", source.as_str(), "-r"];
     let targets = fan.targets();
     args.extend(targets.iter().map(String::as_str));
-    let child = std::process::Command::new(process::bin("orbitctl"))
-        .args(&args)
-        .env_remove("ORBIT_GRID")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_orbitctl(&args);
     // The first tree has started once star-b made its directory.
     let deadline = std::time::Instant::now() + STEP_TIMEOUT;
     while !fan.copy("star-b").exists() {
@@ -442,13 +447,7 @@ fn a_destination_whose_feeder_dies_mid_tree_is_fed_again_by_the_source() {
         "--timeout",
         "3",
     ];
-    let child = std::process::Command::new(process::bin("orbitctl"))
-        .args(args)
-        .env_remove("ORBIT_GRID")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_orbitctl(&args);
     // star-c's tree has started, from star-b (the source feeds star-b only), once star-c made
     // its directory: then star-b dies (SIGKILL).
     let deadline = std::time::Instant::now() + STEP_TIMEOUT;
