@@ -159,9 +159,10 @@ async fn originate(
         send.finish().map_err(FramedError::from)?;
         return Ok(bytes);
     }
-    // A whole read has just put the digest in the cache. A ranged one (a resume, a piece of a
-    // file from several sources, the empty read that asks for the attestation alone) hashes the
-    // whole file once and caches it too: every other piece of the same version finds it there.
+    // A whole read has just put the digest in the cache. A ranged one (a resume, the empty read
+    // that asks for the attestation alone, a piece asked for by a star of an earlier release)
+    // hashes the whole file once and caches it too: every later read of the same version finds
+    // it there.
     let sha256 = match server.reads.digests.get(&key) {
         Some(sha256) => sha256,
         None => {

@@ -335,9 +335,13 @@ pub(super) async fn replicate(
         .and_then(|e| e.pieces.as_ref())
         .map_or(piece, |p| p.piece);
     let resumed = (first * piece).min(size);
+    let agreed = match attesting {
+        Some(_) => "one source, its SHA-256 to come",
+        None => "the sources agree",
+    };
     info!(
         transfer = %file.transfer_id, sources = held.len(), connections = ?lanes, size, piece, resumed,
-        "the sources agree; fetching the pieces"
+        "{agreed}; fetching the pieces"
     );
     transfer.progress.send_replace((resumed, size));
     let kept = entry.is_some();

@@ -9,9 +9,9 @@
 //! the token). A holder that is free takes the next destination, so the holders double each
 //! round and N destinations take about ceil(log2 N) + 1 tree copies of time. The source feeds
 //! a destination again only when no destination holds the complete tree and none is running
-//! that could (said on stderr). A holder whose leg did not end complete (it died mid-tree, or
-//! lost its copy) feeds no one more, and its destination is fed again, once, by another holder
-//! or the source. A dry run changes nothing, so every destination is compared with the source
+//! that could (said on stderr). A holder whose leg ended with files failed, or failed for a
+//! reason that may pass (it died mid-tree), feeds no one more, and its destination is fed again,
+//! once, by another holder or the source. A dry run changes nothing, so every destination is compared with the source
 //! itself, all at once.
 //!
 //! A holder must hold the source's tree and nothing else, or it would hand the others entries

@@ -162,8 +162,12 @@ impl<'a> Rounds<'a> {
             if leg.from != SOURCE {
                 let (from, to) = (&self.nodes[leg.from].path, &self.nodes[leg.to].path);
                 match incomplete(&job, &result) {
-                    // The holder feeds the next one.
+                    // The holder feeds the next one; so it does after a refusal that is the
+                    // destination's own (a path outside its roots, say).
                     None => free.push_back(leg.from),
+                    Some(_) if result.as_ref().is_err_and(|e| !exit::retryable(e.code())) => {
+                        free.push_back(leg.from);
+                    }
                     // It may have died mid-tree, or lost its copy: it feeds no one more, and
                     // the destination is fed again, once, by another holder or the source,
                     // from what it already holds; its failed attempt is not its result.
@@ -424,7 +428,9 @@ impl<'a> Rounds<'a> {
     }
 }
 
-/// Why the tree of `job` did not end complete, in one line; `None` when it did.
+/// Why the tree of `job` did not end complete, in one line; `None` when it did. A tree that
+/// ended with files failed, or failed as a whole for a reason that may pass (the feeder gone
+/// away mid-tree), may be its feeder's doing.
 fn incomplete(job: &TreeJob, result: &Result<TreeDone, ReplicateError>) -> Option<String> {
     match result {
         Ok(done) => report::outcome(&job.destination, &done.summary)
