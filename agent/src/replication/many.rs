@@ -93,13 +93,17 @@ struct Held {
     mode: Option<u32>,
 }
 
-/// The pieces still to fetch, shared by the workers.
+/// The pieces still to fetch, shared by the workers. `state` is locked by async tasks too, so
+/// no disk or journal I/O runs under it.
 #[derive(Debug)]
 struct Pieces {
     state: Mutex<PieceState>,
     moved: Notify,
-    /// Wakes the hashing thread when a piece is written or the transfer stops.
+    /// Wakes the hashing thread when a piece is written, a write ends, or the transfer stops.
     written: Condvar,
+    /// Held by a checkpoint's journal write and by [`Pieces::stop`], so that once the transfer
+    /// is stopped (a cancel that removes the entry next) no checkpoint writes the entry back.
+    journaling: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -117,6 +121,9 @@ struct PieceState {
     /// write to the piece, so that a piece's bytes all come from one source and a bad one can be
     /// named ([`pinpoint`]).
     by: Vec<u32>,
+    /// Writes into each piece running now, outside the lock; the piece is hashed only once it is
+    /// written and none runs.
+    writing: Vec<u32>,
 }
 
 impl Pieces {
@@ -130,9 +137,11 @@ impl Pieces {
                 left: count - first,
                 stopped: false,
                 by: vec![u32::MAX; count as usize],
+                writing: vec![0; count as usize],
             }),
             moved: Notify::new(),
             written: Condvar::new(),
+            journaling: Mutex::new(()),
         }
     }
 
@@ -190,8 +199,9 @@ impl Pieces {
     }
 
     /// Writes `data` from source `who` at `at` inside `piece`, unless the piece is already
-    /// written or another source writes it: the lock makes sure no byte of a piece changes once
-    /// it is marked written (and may have been hashed). Returns whether it wrote. Blocking.
+    /// written or another source writes it. No write starts once the piece is marked written,
+    /// and the hashing thread waits for those running ([`Pieces::wait_written`]), so no byte of
+    /// a piece changes after it may have been hashed. Returns whether it wrote. Blocking.
     fn write_unless_done(
         &self,
         out: &File,
@@ -200,33 +210,38 @@ impl Pieces {
         data: &[bytes::Bytes],
         mut at: u64,
     ) -> std::io::Result<bool> {
-        let mut state = self.lock();
-        let writer = &mut state.by[piece as usize];
-        if *writer != u32::MAX && *writer != who {
-            return Ok(false);
+        let p = piece as usize;
+        {
+            let mut state = self.lock();
+            if (state.by[p] != u32::MAX && state.by[p] != who) || state.done[p] {
+                return Ok(false);
+            }
+            state.by[p] = who;
+            state.writing[p] += 1;
         }
-        *writer = who;
-        if state.done[piece as usize] {
-            return Ok(false);
-        }
-        for part in data {
+        let wrote = data.iter().try_for_each(|part| {
             out.write_all_at(part, at)?;
             at += part.len() as u64;
-        }
-        Ok(true)
+            Ok(())
+        });
+        self.lock().writing[p] -= 1;
+        self.written.notify_all();
+        wrote.map(|()| true)
     }
 
-    /// Tells the hashing thread to give up.
+    /// Tells the hashing thread to give up, after the checkpoint it may be journaling.
     fn stop(&self) {
+        let _journaling = self.journaling.lock().unwrap_or_else(|e| e.into_inner());
         self.lock().stopped = true;
         self.written.notify_all();
     }
 
-    /// Blocks until `piece` is written; false if the transfer stopped first.
+    /// Blocks until `piece` is written and no write into it runs; false if the transfer
+    /// stopped first.
     fn wait_written(&self, piece: u64) -> bool {
         let mut state = self.lock();
         loop {
-            if state.done[piece as usize] {
+            if state.done[piece as usize] && state.writing[piece as usize] == 0 {
                 return true;
             }
             if state.stopped {
@@ -834,17 +849,17 @@ fn hash_in_order(
                 out.sync_data()?;
                 entry.verified = end;
                 entry.prefix_sha256 = hex::encode(hasher.clone().finalize());
-                // Under the lock, and only while the transfer runs: once it stopped (a cancel
-                // that removes the entry next), no checkpoint writes the entry back.
-                let state = pieces.lock();
-                if state.stopped {
+                // Only while the transfer runs: once it stopped (a cancel that removes the entry
+                // next), no checkpoint writes the entry back.
+                let journaling = pieces.journaling.lock().unwrap_or_else(|e| e.into_inner());
+                if pieces.lock().stopped {
                     return Ok(None);
                 }
                 if let Err(e) = journal.write(entry) {
                     warn!("cannot journal a checkpoint, the transfer will not resume: {e}");
                     checkpoints = None;
                 }
-                drop(state);
+                drop(journaling);
             }
         }
     }
