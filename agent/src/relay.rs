@@ -32,6 +32,7 @@ use orbit_wire::{
 use crate::digests::FileKey;
 use crate::error::ToWire;
 use crate::framed::{bounded, write_chunk, write_frame, FramedError};
+use crate::jail::Confined;
 use crate::logged::Logged;
 use crate::replication::{Feed, Replications, Transfer};
 use crate::serve::{
@@ -105,7 +106,15 @@ pub(crate) async fn handle(
     let result = match following {
         Some(transfer) => {
             info!(%peer, transfer = %request.transfer_id, path = %Logged(&request.path), "relaying the file this star receives");
-            follow(&server, &mut send, id, &transfer, request.range).await
+            follow(
+                &server,
+                &mut send,
+                id,
+                &transfer,
+                &verified.path,
+                request.range,
+            )
+            .await
         }
         None if request.origin == *star => {
             info!(%peer, transfer = %request.transfer_id, path = %Logged(&request.path), "sending the file as the fan-out's origin");
@@ -220,19 +229,38 @@ async fn follow(
     send: &mut SendStream,
     request_id: u64,
     transfer: &Transfer,
+    path: &Confined,
     range: ByteRange,
 ) -> Result<u64, ServeError> {
     let star = &server.trust.name;
     let mut feed = transfer.feed.subscribe();
     let (epoch, version, file) = loop {
-        {
+        let held = {
             let now = feed.borrow_and_update();
             still_good(&now, None, star)?;
-            if let (Some(version), Some(file)) = (now.version, &now.file) {
-                break (now.epoch, version, file.clone());
+            match (now.version, &now.file) {
+                (Some(version), Some(file)) => Some(Ok((now.epoch, version, file.clone()))),
+                // The transfer has ended and let go of its file: the file as published.
+                (Some(version), None) if now.ended => match now.published {
+                    Some(key) if now.attestation.is_some() => Some(Err((now.epoch, version, key))),
+                    _ => {
+                        return Err(ServeError::NotRelaying {
+                            star: star.clone(),
+                            path: transfer.target_path.clone(),
+                            transfer: transfer.id,
+                        })
+                    }
+                },
+                _ => None,
             }
+        };
+        match held {
+            Some(Ok(held)) => break held,
+            Some(Err((epoch, version, key))) => {
+                break (epoch, version, reopen(server, path, key).await?)
+            }
+            None => changed(server, &mut feed).await?,
         }
-        changed(server, &mut feed).await?;
     };
     let (start, end) = (range.start.min(version.size), range.end.min(version.size));
     let header = DataFrame::Header {
@@ -307,6 +335,20 @@ async fn follow(
     .await?;
     send.finish().map_err(FramedError::from)?;
     Ok(end - start)
+}
+
+/// The file an ended transfer published, opened again by its path, if it is still that file.
+async fn reopen(server: &Server, path: &Confined, key: FileKey) -> Result<Arc<File>, ServeError> {
+    let (jail, path) = (server.jail.clone(), path.clone());
+    let opened = tokio::task::spawn_blocking(move || jail.open_read(&path))
+        .await
+        .map_err(lost_task)??;
+    if FileKey::of(&opened.stat) != key {
+        return Err(ServeError::Changed(
+            "it was changed or replaced after this star received it",
+        ));
+    }
+    Ok(Arc::new(opened.file))
 }
 
 /// Whether the feed still holds the bytes being relayed: this star's own copy has not failed

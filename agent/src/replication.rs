@@ -374,9 +374,16 @@ async fn run(
         &transfer,
     )
     .await;
-    if let (Some(fanout), Err(error)) = (&fanout, &result) {
-        let error = error.to_wire();
-        fanout.feed.send_modify(|f| f.failed = Some(error));
+    if let Some(fanout) = &fanout {
+        let failed = result.as_ref().err().map(PullError::to_wire);
+        fanout.feed.send_modify(|f| {
+            if failed.is_some() {
+                f.failed = failed;
+            }
+            // Relay reads under way keep their own handle; later ones open the file again.
+            f.file = None;
+            f.ended = true;
+        });
     }
     let took = transfer.started.elapsed();
     let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_wire().code);

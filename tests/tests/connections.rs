@@ -110,6 +110,12 @@ fn one_file_over_three_connections_arrives_whole_and_the_source_sees_three() {
     succeeded(pair.replicate(&src, &dst, &["--connections", "auto"]));
     assert_eq!(sha256_file(&dst), digest);
     assert_eq!(handshakes(), 1.0, "auto took more than one connection");
+    // Done, the star holds no handle on the file (deleted or replaced, it would keep its space).
+    let held = std::fs::read_dir(format!("/proc/{}/fd", b.pid()))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+        .any(|to| to == dst);
+    assert!(!held, "star-b holds the file it received open");
     drop(b);
 
     // The destination's setting forces three.

@@ -237,6 +237,59 @@ async fn a_relay_that_stops_midway_leaves_its_children_to_the_next_upstream() {
     assert!(!middle.exists() || sha256_file(&middle) == sha);
 }
 
+/// Whether any file descriptor of this process (where every star of these tests runs) is open
+/// on `path`, or on the file that was at `path` and has been deleted since.
+fn held_open(path: &std::path::Path) -> bool {
+    let deleted = format!("{} (deleted)", path.display());
+    std::fs::read_dir("/proc/self/fd").unwrap().any(|fd| {
+        std::fs::read_link(fd.unwrap().path())
+            .is_ok_and(|to| to == path || to.as_os_str() == deleted.as_str())
+    })
+}
+
+/// A destination remembers an ended transfer for an hour, for `wait` and for the stars that
+/// relay from it later. It keeps no handle on its copy meanwhile (a file deleted or replaced
+/// since would keep its space, and each transfer a descriptor): a star asking later gets the
+/// copy opened again by its path, and one that changed since is not relayed at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_destination_done_with_its_copy_holds_no_handle_but_still_relays_it() {
+    let size = 8 * MIB;
+    let (fan, sha) = Fan::new(3, size).await;
+    let client = &fan.grid.controller_client();
+    let ask = |i: usize, upstreams: &[usize]| {
+        let request = ControlRequest::ReplicateFanout(fan.command(i, upstreams));
+        let (addr, name) = (fan.addr(i), fan.name(i));
+        async move {
+            let events = within(
+                "a destination's copy",
+                client.control_at(addr, &name, &request),
+            )
+            .await
+            .unwrap();
+            expect_done(events.last().unwrap().clone())
+        }
+    };
+    // star-1 alone first, from the origin.
+    assert_eq!(ask(0, &[]).await, (size as u64, sha));
+    assert!(!held_open(&fan.target(0)), "star-1 still holds its copy");
+    // star-2, asked once star-1 has ended, pulls from star-1: the origin sends nothing more.
+    assert_eq!(ask(1, &[0]).await, (size as u64, sha));
+    assert_eq!(sha256_file(&fan.target(1)), sha);
+    assert_eq!(fan.origin.metrics().bytes_sent(), size as u64);
+    assert_eq!(fan.sent(0), size as u64, "star-1 relayed its copy");
+    assert!(!held_open(&fan.target(1)), "star-2 still holds its copy");
+    // One byte of star-1's copy is changed in place. star-3 does not get that copy from
+    // star-1: it goes on to the origin, and its copy is the origin's file.
+    let mut changed = std::fs::read(fan.target(0)).unwrap();
+    changed[size / 2] ^= 1;
+    std::fs::write(fan.target(0), changed).unwrap();
+    assert_eq!(ask(2, &[0]).await, (size as u64, sha));
+    assert_eq!(sha256_file(&fan.target(2)), sha);
+    assert_eq!(fan.sent(0), size as u64, "star-1 relayed a changed copy");
+    assert_eq!(fan.origin.metrics().bytes_sent(), 2 * size as u64);
+    assert!(part_files(fan.dirs[2].path()).is_empty());
+}
+
 /// A star that answers relay requests with bytes of its own: what a broken-into relay does.
 async fn lying_relay(
     grid: &Grid,

@@ -474,6 +474,13 @@ impl Disk {
             .publish(&self.part, &self.file, mode)
             .map_err(disk_error("cannot publish the file"))?;
         self.store.remember(&self.file, sha256);
+        if let Some(feed) = &self.feed {
+            // What the file is once published, for the relay reads that come after the
+            // transfer ends and the feed lets go of its handle.
+            if let Ok(stat) = rustix::fs::fstat(&self.file) {
+                feed.send_modify(|f| f.published = Some(crate::digests::FileKey::of(&stat)));
+            }
+        }
         self.forget();
         Ok(sha256)
     }

@@ -61,8 +61,17 @@ pub(crate) struct Feed {
     pub(crate) version: Option<orbit_wire::FileVersion>,
     /// Bytes from 0 written to the file.
     pub(crate) written: u64,
-    /// A read handle on the temporary file (after the publish, the published file).
+    /// A read handle on the temporary file (after the publish, the published file), until the
+    /// transfer ends. Not kept beyond: a star remembers an ended transfer for up to
+    /// [`KEEP_FOR`], and a handle kept that long would keep a file deleted or replaced since
+    /// taking its space, and one descriptor for each of up to [`KEEP_FINISHED`] transfers.
     pub(crate) file: Option<Arc<std::fs::File>>,
+    /// What the published file was when this star published it. A relay read that comes after
+    /// the transfer ended opens the file again by its path, and relays it only if it is still
+    /// that file.
+    pub(crate) published: Option<crate::digests::FileKey>,
+    /// The transfer has ended: `file` is gone, and a relay read has `published` or nothing.
+    pub(crate) ended: bool,
     /// The origin's attestation, once this star has verified the whole file against it and
     /// published it.
     pub(crate) attestation: Option<Arc<orbit_wire::fanout::Attestation>>,
