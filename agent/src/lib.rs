@@ -29,8 +29,10 @@
 //! | `error` | the wire codes of local errors (jail, I/O, token, framing) |
 //! | `framed` | frames on QUIC streams |
 //! | `digests` | SHA-256 of whole files served, by file version |
+//! | `buffers` | the buffers chunks are read into for sending, used again once acknowledged |
 //! | `udp` | the UDP socket, with GSO batches kept within one send |
 
+mod buffers;
 mod check;
 pub mod config;
 mod connection;

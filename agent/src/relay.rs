@@ -29,6 +29,7 @@ use orbit_wire::{
     ByteRange, DataFrame, FileVersion, ReadRequest, CHUNK_SIZE, RANGE_UNHASHED, WANTS_MODE,
 };
 
+use crate::buffers::Buffers;
 use crate::digests::FileKey;
 use crate::error::ToWire;
 use crate::framed::{bounded, write_chunk, write_frame, FramedError};
@@ -282,9 +283,9 @@ async fn follow(
             continue;
         }
         let want = (written - offset).min(BATCH);
-        let file = file.clone();
+        let (file, buffers) = (file.clone(), server.reads.buffers.clone());
         let (chunks, kept) = tokio::task::spawn_blocking(move || {
-            let chunks = read_chunks(&file, offset, want, &mut hasher);
+            let chunks = read_chunks(&file, offset, want, &buffers, &mut hasher);
             (chunks, hasher)
         })
         .await
@@ -385,13 +386,14 @@ fn read_chunks(
     file: &File,
     mut offset: u64,
     len: u64,
+    buffers: &Arc<Buffers>,
     hasher: &mut Sha256,
 ) -> Result<Vec<Bytes>, ServeError> {
     let end = offset + len;
     let mut chunks = Vec::new();
     while offset < end {
         let want = (end - offset).min(CHUNK_SIZE as u64) as usize;
-        let mut buf = Vec::with_capacity(want);
+        let mut buf = buffers.take();
         while buf.len() < want {
             let at = offset + buf.len() as u64;
             match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
@@ -404,7 +406,7 @@ fn read_chunks(
         buf.truncate(want);
         hasher.update(&buf);
         offset += want as u64;
-        chunks.push(Bytes::from(buf));
+        chunks.push(buffers.share(buf));
     }
     Ok(chunks)
 }
