@@ -240,10 +240,12 @@ async fn follow(
             let now = feed.borrow_and_update();
             still_good(&now, None, star)?;
             match (now.version, &now.file) {
-                (Some(version), Some(file)) => Some(Ok((now.epoch, version, file.clone()))),
+                (Some(version), Some(file)) => Held::Open(now.epoch, version, file.clone()),
                 // The transfer has ended and let go of its file: the file as published.
                 (Some(version), None) if now.ended => match now.published {
-                    Some(key) if now.attestation.is_some() => Some(Err((now.epoch, version, key))),
+                    Some(key) if now.attestation.is_some() => {
+                        Held::Published(now.epoch, version, key)
+                    }
                     _ => {
                         return Err(ServeError::NotRelaying {
                             star: star.clone(),
@@ -252,15 +254,15 @@ async fn follow(
                         })
                     }
                 },
-                _ => None,
+                _ => Held::NotYet,
             }
         };
         match held {
-            Some(Ok(held)) => break held,
-            Some(Err((epoch, version, key))) => {
+            Held::Open(epoch, version, file) => break (epoch, version, file),
+            Held::Published(epoch, version, key) => {
                 break (epoch, version, reopen(server, path, key).await?)
             }
-            None => changed(server, &mut feed).await?,
+            Held::NotYet => changed(server, &mut feed).await?,
         }
     };
     let (start, end) = (range.start.min(version.size), range.end.min(version.size));
@@ -336,6 +338,16 @@ async fn follow(
     .await?;
     send.finish().map_err(FramedError::from)?;
     Ok(end - start)
+}
+
+/// What a relay read finds in its transfer's feed.
+enum Held {
+    /// The file being received (or just published), with its epoch and version.
+    Open(u64, FileVersion, Arc<File>),
+    /// The transfer has ended: what its published file was.
+    Published(u64, FileVersion, FileKey),
+    /// Nothing to read yet.
+    NotYet,
 }
 
 /// The file an ended transfer published, opened again by its path, if it is still that file.

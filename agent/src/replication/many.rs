@@ -1263,9 +1263,9 @@ fn verify_and_publish(
 }
 
 /// The bytes of one piece gathered into writes of [`WRITE_BATCH`] bytes, one in flight on the
-/// transfer's [`PieceDisk`] while the next gathers. A blocking task for each 64 KiB chunk, awaited before
-/// the next chunk was read, made the piece path take 1.8 times as long as one stream
-/// (bench/RESULTS.md). Memory per stream: two batches.
+/// transfer's [`PieceDisk`] while the next gathers. A blocking task for each 64 KiB chunk,
+/// awaited before the next chunk was read, made the piece path take 1.8 times as long as one
+/// stream (bench/RESULTS.md). Memory per stream: two batches.
 struct Writes {
     disk: PieceDisk,
     index: u64,
