@@ -241,9 +241,10 @@ async fn follow(
             still_good(&now, None, star)?;
             match (now.version, &now.file) {
                 (Some(version), Some(file)) => Held::Open(now.epoch, version, file.clone()),
-                // The transfer has ended and let go of its file: the file as published.
-                (Some(version), None) if now.ended => match now.published {
-                    Some(key) if now.attestation.is_some() => {
+                // The transfer has ended and let go of its file: the file as published, or
+                // nothing to wait for.
+                _ if now.ended => match (now.version, now.published) {
+                    (Some(version), Some(key)) if now.attestation.is_some() => {
                         Held::Published(now.epoch, version, key)
                     }
                     _ => {
