@@ -17,6 +17,7 @@ use orbit_wire::{ErrorCode, FileVersion, ReplicateFile, WireError};
 
 use super::error::{Local, PullError};
 use super::registry::Feed;
+use crate::digests::FileKey;
 use crate::error::ToWire;
 use crate::framed::Payload;
 use crate::hashing::{Digests, Hashing, Stopped};
@@ -143,11 +144,11 @@ impl Store {
     /// key of its change, and a destination that then gets the file refuses it, since every
     /// destination checks what it receives: a failed copy, never a wrong file. Files of a tree
     /// are not remembered: a large tree would push every other digest out of the cache.
-    pub(crate) fn remember(&self, file: &File, sha256: [u8; 32]) {
-        if let Ok(stat) = rustix::fs::fstat(file) {
-            self.digests
-                .insert(crate::digests::FileKey::of(&stat), sha256);
-        }
+    /// Returns the key it was remembered under, if the file could be looked at.
+    pub(crate) fn remember(&self, file: &File, sha256: [u8; 32]) -> Option<FileKey> {
+        let key = FileKey::of(&rustix::fs::fstat(file).ok()?);
+        self.digests.insert(key, sha256);
+        Some(key)
     }
     /// Removes a journaled transfer that cannot be resumed: its temporary file and its entry.
     /// Creates nothing, and touches nothing under a root this star may not write to now.
@@ -473,13 +474,11 @@ impl Disk {
         self.dir
             .publish(&self.part, &self.file, mode)
             .map_err(disk_error("cannot publish the file"))?;
-        self.store.remember(&self.file, sha256);
+        let published = self.store.remember(&self.file, sha256);
         if let Some(feed) = &self.feed {
             // What the file is once published, for the relay reads that come after the
             // transfer ends and the feed lets go of its handle.
-            if let Ok(stat) = rustix::fs::fstat(&self.file) {
-                feed.send_modify(|f| f.published = Some(crate::digests::FileKey::of(&stat)));
-            }
+            feed.send_modify(|f| f.published = published);
         }
         self.forget();
         Ok(sha256)
